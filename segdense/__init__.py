@@ -1,0 +1,2 @@
+"""segdense: semantic segmentation on DenseNet backbones."""
+__version__ = "0.1.0"

@@ -1,0 +1,37 @@
+"""DenseNet backbones for segmentation. Needs only torch.
+
+>>> from segdense.backbones import build_backbone
+>>> net = build_backbone("densenet121", output_stride=16)
+>>> feats = net.forward_features(torch.randn(1, 3, 224, 224))
+"""
+from .densenet import (
+    DenseNet,
+    densenet121,
+    densenet161,
+    densenet169,
+    densenet201,
+    densenet_custom,
+    valid_output_strides,
+)
+from .features import FeatureSpec, feature_at_stride
+from .registry import build_backbone, list_backbones, register_backbone
+from .weights import adapt_input_conv, convert_old_keys, load_pretrained, read_state_dict
+
+__all__ = [
+    "DenseNet",
+    "FeatureSpec",
+    "adapt_input_conv",
+    "build_backbone",
+    "convert_old_keys",
+    "densenet121",
+    "densenet161",
+    "densenet169",
+    "densenet201",
+    "densenet_custom",
+    "feature_at_stride",
+    "list_backbones",
+    "load_pretrained",
+    "read_state_dict",
+    "register_backbone",
+    "valid_output_strides",
+]

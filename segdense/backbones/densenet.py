@@ -1,0 +1,369 @@
+"""DenseNet-BC (Huang et al. 2017) with a configurable output stride, for segmentation.
+
+The module tree and parameter names equal torchvision's ``models.densenet`` (``features.conv0``,
+``features.denseblock{b}.denselayer{l}.norm1``, ``features.transition{t}.conv``, ``features.norm5``,
+``classifier``), so torchvision checkpoints load without renaming and the parameter counts match.
+Output strides below the nominal one keep every transition's BN and 1x1 conv and only turn its
+pooling into an identity, then dilate the 3x3 convs after it: the same state_dict loads at every
+output stride.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+
+from .features import FeatureSpec
+from .registry import register_backbone
+
+__all__ = [
+    "DenseNet",
+    "densenet121",
+    "densenet169",
+    "densenet201",
+    "densenet161",
+    "densenet_custom",
+    "valid_output_strides",
+]
+
+
+class _DenseLayer(nn.Module):
+    """Pre-activation bottleneck: BN-ReLU-1x1 conv (bn_size*k) then BN-ReLU-3x3 conv (k)."""
+
+    def __init__(
+        self,
+        num_input_features: int,
+        growth_rate: int,
+        bn_size: int,
+        drop_rate: float,
+        dilation: int = 1,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(
+            bn_size * growth_rate, growth_rate, 3, padding=dilation, dilation=dilation, bias=False
+        )
+        self.drop_rate = float(drop_rate)
+        self.memory_efficient = memory_efficient
+
+    def bottleneck(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
+
+    def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        if self.memory_efficient and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
+            # Recompute concat+BN+ReLU+1x1 in backward instead of storing them.
+            out = cp.checkpoint(self.bottleneck, inputs, use_reentrant=False)
+        else:
+            out = self.bottleneck(inputs)
+        out = self.conv2(self.relu2(self.norm2(out)))
+        if self.drop_rate > 0:
+            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        return out
+
+
+class _DenseBlock(nn.ModuleDict):
+    """``num_layers`` dense layers; every layer sees the concatenation of the block input and all
+    earlier layers' outputs, and the block returns that whole concatenation."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        num_input_features: int,
+        bn_size: int,
+        growth_rate: int,
+        drop_rate: float,
+        dilation: int = 1,
+        memory_efficient: bool = False,
+    ) -> None:
+        super().__init__()
+        for i in range(num_layers):
+            layer = _DenseLayer(
+                num_input_features + i * growth_rate,
+                growth_rate,
+                bn_size,
+                drop_rate,
+                dilation=dilation,
+                memory_efficient=memory_efficient,
+            )
+            self.add_module(f"denselayer{i + 1}", layer)
+
+    def forward(self, init_features: torch.Tensor) -> torch.Tensor:
+        features = [init_features]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class _Transition(nn.Module):
+    """BN-ReLU-1x1 conv (compression) then 2x2 average pooling, or no pooling when dilated."""
+
+    def __init__(self, num_input_features: int, num_output_features: int, downsample: bool = True):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_input_features)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(num_input_features, num_output_features, 1, bias=False)
+        self.pool = nn.AvgPool2d(2, stride=2) if downsample else nn.Identity()
+
+    def forward_with_skip(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (output, BN-ReLU of the input): the latter is the block's feature map for decoders."""
+        skip = self.relu(self.norm(x))
+        return self.pool(self.conv(skip)), skip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_skip(x)[0]
+
+
+def valid_output_strides(num_blocks: int, initial_output_stride: int = 4) -> list[int]:
+    """Output strides a DenseNet with ``num_blocks`` blocks can run at: powers of two from the
+    initial output stride up to the nominal one (initial * 2**(num_blocks-1))."""
+    return [initial_output_stride * 2**i for i in range(num_blocks)]
+
+
+class DenseNet(nn.Module):
+    """DenseNet-BC backbone and classifier.
+
+    Args:
+        num_units_per_block: dense layers in each block, e.g. ``(6, 12, 24, 16)`` for DenseNet-121.
+        growth_rate: channels each dense layer adds (k).
+        theta: compression of the transitions (output channels = floor(theta * C)).
+        num_init_features: stem filters; ``None`` means 2 * growth_rate.
+        bn_size: bottleneck width multiplier (the 1x1 conv makes bn_size * k channels).
+        drop_rate: dropout after each dense layer.
+        num_classes: ``None`` for a feature extractor, else the classifier's classes.
+        global_pool: average-pool the final map before the classifier (image classification).
+        output_stride: ``None`` for the nominal stride, else a power of two from the initial
+            output stride up to the nominal one (see :func:`valid_output_strides`).
+        initial_output_stride: 4 for the standard stem (7x7/2 conv + 3x3/2 max-pool), 2 to skip
+            the max-pool.
+        spatial_squeeze: drop the 1x1 spatial dims of pooled outputs, giving (N, C).
+        memory_efficient: recompute each layer's concat+BN+ReLU+1x1 conv in backward.
+        in_channels: channels of the input image.
+    """
+
+    def __init__(
+        self,
+        num_units_per_block: Sequence[int] = (6, 12, 24, 16),
+        growth_rate: int = 32,
+        theta: float = 0.5,
+        num_init_features: int | None = None,
+        bn_size: int = 4,
+        drop_rate: float = 0.0,
+        num_classes: int | None = None,
+        global_pool: bool = True,
+        output_stride: int | None = None,
+        initial_output_stride: int = 4,
+        spatial_squeeze: bool = True,
+        memory_efficient: bool = False,
+        in_channels: int = 3,
+    ) -> None:
+        super().__init__()
+        units = [int(u) for u in num_units_per_block]
+        if not units or any(u < 1 for u in units):
+            raise ValueError(f"num_units_per_block must be a non-empty list of positive ints, got {list(num_units_per_block)}")
+        if growth_rate < 1:
+            raise ValueError(f"growth_rate must be positive, got {growth_rate}")
+        if not 0.0 < theta <= 1.0:
+            raise ValueError(f"theta (compression) must be in (0, 1], got {theta}")
+        if initial_output_stride not in (2, 4):
+            raise ValueError(f"initial_output_stride must be 2 or 4, got {initial_output_stride}")
+        if in_channels < 1:
+            raise ValueError(f"in_channels must be positive, got {in_channels}")
+        if num_classes is not None and num_classes < 1:
+            raise ValueError(f"num_classes must be None or a positive int, got {num_classes}")
+        valid = valid_output_strides(len(units), initial_output_stride)
+        if output_stride is None:
+            output_stride = valid[-1]
+        if output_stride not in valid:
+            raise ValueError(
+                f"output_stride={output_stride} is not valid for this DenseNet "
+                f"({len(units)} blocks, initial_output_stride={initial_output_stride}); "
+                f"valid output strides: {valid}"
+            )
+        if num_init_features is None:
+            num_init_features = 2 * growth_rate
+
+        self.num_units_per_block = tuple(units)
+        self.growth_rate = growth_rate
+        self.theta = theta
+        self.output_stride = output_stride
+        self.initial_output_stride = initial_output_stride
+        self.global_pool = global_pool
+        self.spatial_squeeze = spatial_squeeze
+        self.num_classes = num_classes
+        self.in_channels = in_channels
+
+        stem = [
+            ("conv0", nn.Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False)),
+            ("norm0", nn.BatchNorm2d(num_init_features)),
+            ("relu0", nn.ReLU(inplace=True)),
+        ]
+        if initial_output_stride == 4:
+            stem.append(("pool0", nn.MaxPool2d(3, stride=2, padding=1)))
+        self.features = nn.Sequential(OrderedDict(stem))
+
+        feature_info = [FeatureSpec("stem", num_init_features, 2)]
+        stride, dilation = initial_output_stride, 1
+        channels = num_init_features
+        for i, num_layers in enumerate(units):
+            block = _DenseBlock(
+                num_layers, channels, bn_size, growth_rate, drop_rate, dilation, memory_efficient
+            )
+            self.features.add_module(f"denseblock{i + 1}", block)
+            channels += num_layers * growth_rate
+            feature_info.append(FeatureSpec(f"block{i + 1}", channels, stride))
+            if i != len(units) - 1:
+                downsample = stride < output_stride
+                out_channels = int(channels * theta)
+                self.features.add_module(
+                    f"transition{i + 1}", _Transition(channels, out_channels, downsample)
+                )
+                channels = out_channels
+                if downsample:
+                    stride *= 2
+                else:
+                    dilation *= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.num_features = channels
+        self.feature_info = feature_info
+        self.classifier = nn.Linear(channels, num_classes) if num_classes is not None else None
+
+        # Initialisation as in torchvision.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.constant_(m.bias, 0)
+
+    @property
+    def min_input_size(self) -> int:
+        """Smallest height/width the network accepts (every feature map stays non-empty)."""
+        return self.output_stride
+
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"expected an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
+            )
+        if not torch.jit.is_tracing() and min(x.shape[-2:]) < self.min_input_size:
+            raise ValueError(
+                f"input of size {tuple(x.shape[-2:])} is too small: height and width must be at "
+                f"least {self.min_input_size} at output_stride={self.output_stride}"
+            )
+
+    def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+        """Feature maps for decoders, shallow to deep, named and sized as ``feature_info`` says:
+        the stride-2 stem map, then each block's output at full width (BN-ReLU applied)."""
+        self._check_input(x)
+        out: OrderedDict[str, torch.Tensor] = OrderedDict()
+        f = self.features
+        x = f.relu0(f.norm0(f.conv0(x)))
+        out["stem"] = x
+        if self.initial_output_stride == 4:
+            x = f.pool0(x)
+        num_blocks = len(self.num_units_per_block)
+        for i in range(num_blocks):
+            x = getattr(f, f"denseblock{i + 1}")(x)
+            if i != num_blocks - 1:
+                x, skip = getattr(f, f"transition{i + 1}").forward_with_skip(x)
+                out[f"block{i + 1}"] = skip
+            else:
+                out[f"block{i + 1}"] = F.relu(f.norm5(x))
+        return out
+
+    def forward_head(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooling and classifier on the final (BN-ReLU) feature map, as the seed library does."""
+        if self.global_pool:
+            x = F.adaptive_avg_pool2d(x, 1)
+        if self.classifier is not None:
+            # The Linear classifier applied at every position: a 1x1 convolution with its weights.
+            w = self.classifier.weight
+            x = F.conv2d(x, w.view(w.shape[0], w.shape[1], 1, 1), self.classifier.bias)
+        if self.global_pool and self.spatial_squeeze:
+            x = torch.flatten(x, 1)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits when ``num_classes`` is set, otherwise the final feature map (pooled when
+        ``global_pool``)."""
+        return self.forward_head(self.forward_features(x)[f"block{len(self.num_units_per_block)}"])
+
+
+def _densenet(
+    arch: str | None,
+    num_units_per_block: Sequence[int],
+    growth_rate: int,
+    num_init_features: int | None,
+    pretrained: str | None = None,
+    **kwargs,
+) -> DenseNet:
+    model = DenseNet(num_units_per_block, growth_rate, num_init_features=num_init_features, **kwargs)
+    if pretrained:
+        from .weights import load_pretrained
+
+        load_pretrained(model, pretrained, arch=arch)
+    return model
+
+
+@register_backbone
+def densenet121(pretrained: str | None = None, **kwargs) -> DenseNet:
+    """DenseNet-121 (k=32, units 6-12-24-16). ``pretrained``: a checkpoint path or ``"imagenet"``.
+    Other keyword arguments are :class:`DenseNet`'s."""
+    return _densenet("densenet121", (6, 12, 24, 16), 32, 64, pretrained, **kwargs)
+
+
+@register_backbone
+def densenet169(pretrained: str | None = None, **kwargs) -> DenseNet:
+    """DenseNet-169 (k=32, units 6-12-32-32)."""
+    return _densenet("densenet169", (6, 12, 32, 32), 32, 64, pretrained, **kwargs)
+
+
+@register_backbone
+def densenet201(pretrained: str | None = None, **kwargs) -> DenseNet:
+    """DenseNet-201 (k=32, units 6-12-48-32)."""
+    return _densenet("densenet201", (6, 12, 48, 32), 32, 64, pretrained, **kwargs)
+
+
+@register_backbone
+def densenet161(pretrained: str | None = None, **kwargs) -> DenseNet:
+    """DenseNet-161 (k=48, units 6-12-36-24, 96 stem filters)."""
+    return _densenet("densenet161", (6, 12, 36, 24), 48, 96, pretrained, **kwargs)
+
+
+@register_backbone
+def densenet_custom(
+    num_units_per_block: Sequence[int] = (6, 12, 24, 16),
+    growth_rate: int = 32,
+    theta: float = 0.5,
+    bn_size: int = 4,
+    drop_rate: float = 0.0,
+    num_init_features: int | None = None,
+    in_channels: int = 3,
+    pretrained: str | None = None,
+    **kwargs,
+) -> DenseNet:
+    """Any DenseNet-BC: the seed library's ``densenet_X``. ``num_init_features`` defaults to
+    2 * growth_rate. ``pretrained`` takes a checkpoint path of the same architecture."""
+    return _densenet(
+        None,
+        num_units_per_block,
+        growth_rate,
+        num_init_features,
+        pretrained,
+        theta=theta,
+        bn_size=bn_size,
+        drop_rate=drop_rate,
+        in_channels=in_channels,
+        **kwargs,
+    )

@@ -1,0 +1,165 @@
+"""Loading pretrained DenseNet weights: torchvision checkpoints (new or old key form), safetensors
+files, and torchvision's hosted ImageNet weights."""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+# torchvision's hosted ImageNet-1k checkpoints (DenseNet*_Weights.IMAGENET1K_V1).
+IMAGENET_URLS = {
+    "densenet121": "https://download.pytorch.org/models/densenet121-a639ec97.pth",
+    "densenet169": "https://download.pytorch.org/models/densenet169-b2777c0a.pth",
+    "densenet201": "https://download.pytorch.org/models/densenet201-c1103571.pth",
+    "densenet161": "https://download.pytorch.org/models/densenet161-8d451a50.pth",
+}
+
+# The hosted files name dense-layer parameters 'denselayer1.norm.1.weight'; torchvision renames
+# them to 'denselayer1.norm1.weight' on load, and so do we.
+_OLD_KEY = re.compile(
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+)
+
+
+def convert_old_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename torchvision's old dotted keys (``norm.1``) to the current ones (``norm1``)."""
+    out = {}
+    for key, value in state_dict.items():
+        m = _OLD_KEY.match(key)
+        out[m.group(1) + m.group(2) if m else key] = value
+    return out
+
+
+def _unwrap(obj, path: str) -> dict[str, torch.Tensor]:
+    """Find the state_dict inside a checkpoint (a bare one, or under 'state_dict'/'model')."""
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model"):
+            if key in obj and isinstance(obj[key], dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise ValueError(f"{path} does not hold a state_dict of tensors")
+    prefix = "module."
+    if obj and all(k.startswith(prefix) for k in obj):  # saved from DataParallel/DDP
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state_dict from a ``.pth``/``.pt`` (``torch.load(weights_only=True)``) or a
+    ``.safetensors`` file, with old torchvision keys converted."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            try:
+                from safetensors.torch import load_file
+            except ImportError as e:  # pragma: no cover - safetensors ships with our deps
+                raise ImportError("reading .safetensors files needs the 'safetensors' package") from e
+            obj = load_file(str(path))
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, ValueError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"could not read weights from {path}: {e}") from e
+    return convert_old_keys(_unwrap(obj, str(path)))
+
+
+def download_imagenet_weights(arch: str, timeout: float = 30.0) -> Path:
+    """Download torchvision's ImageNet checkpoint for ``arch`` into the torch hub cache (or use the
+    cached copy) and return its path. Fails with a clear message, never hangs, without network."""
+    if arch not in IMAGENET_URLS:
+        raise ValueError(
+            f"no ImageNet weights for {arch!r}; available for: {', '.join(IMAGENET_URLS)}. "
+            "Pass pretrained=PATH to load a checkpoint file instead."
+        )
+    url = IMAGENET_URLS[arch]
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    target = cache / url.rsplit("/", 1)[1]
+    if target.is_file():
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + f".part{os.getpid()}")
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
+            while chunk := response.read(1 << 20):
+                f.write(chunk)
+        os.replace(tmp, target)
+    except (urllib.error.URLError, OSError, TimeoutError) as e:
+        tmp.unlink(missing_ok=True)
+        raise RuntimeError(
+            f"could not download ImageNet weights for {arch} from {url} ({e}). Without network "
+            f"access, download that file elsewhere and pass pretrained='/path/to/{target.name}', "
+            f"or place it at {target}."
+        ) from e
+    return target
+
+
+def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt an RGB stem kernel (O, 3, kH, kW) to ``in_channels`` inputs: summed for one channel,
+    otherwise repeated cyclically and rescaled by 3 / in_channels to keep activations' scale."""
+    if weight.shape[1] == in_channels:
+        return weight
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    reps = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str | None = None) -> None:
+    """Load ``pretrained`` (a file path, or ``"imagenet"`` for the builder's torchvision weights) into
+    a DenseNet, strictly: every backbone parameter must be present and of the right shape.
+
+    A classifier of another size (or a model built without one) drops the file's classifier and
+    logs that it did; a different ``in_channels`` adapts the stem.
+    """
+    if str(pretrained) == "imagenet":
+        if arch is None:
+            raise ValueError("pretrained='imagenet' needs a named DenseNet (densenet121/169/201/161)")
+        path = download_imagenet_weights(arch)
+    else:
+        path = Path(pretrained)
+    state = read_state_dict(path)
+    own = model.state_dict()
+
+    for key in [k for k in state if k.startswith("classifier.")]:
+        if key not in own or own[key].shape != state[key].shape:
+            del state[key]
+            logger.warning(
+                "pretrained weights %s: dropped %s (its classifier does not match this model's "
+                "num_classes); the classifier keeps its fresh initialisation", path, key
+            )
+    stem = "features.conv0.weight"
+    if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
+        state[stem] = adapt_input_conv(state[stem], own[stem].shape[1])
+
+    missing = [k for k in own if k not in state]
+    if model.classifier is not None:
+        missing = [k for k in missing if not k.startswith("classifier.")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in state
+        if k in own and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or wrong:
+        parts = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if items:
+                shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+                parts.append(f"{label} keys: {shown}")
+        raise ValueError(
+            f"pretrained weights {path} do not fit this model ({type(model).__name__} with "
+            f"units {getattr(model, 'num_units_per_block', '?')}): " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=False)
