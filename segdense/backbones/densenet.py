@@ -55,15 +55,36 @@ class _DenseLayer(nn.Module):
         self.drop_rate = float(drop_rate)
         self.memory_efficient = memory_efficient
 
-    def bottleneck(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def bottleneck(self, *inputs: torch.Tensor) -> torch.Tensor:
         return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
 
+    def _checkpointed_bottleneck(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Concat+BN+ReLU+1x1 conv, recomputed in backward instead of stored. The recomputation
+        normalises with the same batch statistics but leaves the running statistics alone, so they
+        are updated once per step as in the plain path."""
+        first_call = [True]
+
+        def run(*tensors: torch.Tensor) -> torch.Tensor:
+            x = torch.cat(tensors, 1)
+            if first_call[0]:
+                first_call[0] = False
+                x = self.norm1(x)
+            else:
+                n = self.norm1  # update throw-away copies of the running statistics
+                mean, var = n.running_mean.clone(), n.running_var.clone()
+                x = F.batch_norm(x, mean, var, n.weight, n.bias, True, n.momentum or 0.0, n.eps)
+            return self.conv1(self.relu1(x))
+
+        # The tensors go in one by one: the block keeps appending to its list afterwards.
+        return cp.checkpoint(run, *inputs, use_reentrant=False)
+
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        if self.memory_efficient and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-            # Recompute concat+BN+ReLU+1x1 in backward instead of storing them.
-            out = cp.checkpoint(self.bottleneck, inputs, use_reentrant=False)
+        if self.memory_efficient and self.training and torch.is_grad_enabled() and any(
+            t.requires_grad for t in inputs
+        ):
+            out = self._checkpointed_bottleneck(inputs)
         else:
-            out = self.bottleneck(inputs)
+            out = self.bottleneck(*inputs)
         out = self.conv2(self.relu2(self.norm2(out)))
         if self.drop_rate > 0:
             out = F.dropout(out, p=self.drop_rate, training=self.training)

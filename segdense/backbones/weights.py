@@ -25,7 +25,7 @@ IMAGENET_URLS = {
 # The hosted files name dense-layer parameters 'denselayer1.norm.1.weight'; torchvision renames
 # them to 'denselayer1.norm1.weight' on load, and so do we.
 _OLD_KEY = re.compile(
-    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$"
+    r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var|num_batches_tracked))$"
 )
 
 
@@ -68,9 +68,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             obj = load_file(str(path))
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
+    except Exception as e:  # torch.load raises several kinds (unpickling, zip, weights-only refusals)
         raise ValueError(f"could not read weights from {path}: {e}") from e
     return convert_old_keys(_unwrap(obj, str(path)))
 
@@ -143,7 +141,8 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
         state[stem] = adapt_input_conv(state[stem], own[stem].shape[1])
 
-    missing = [k for k in own if k not in state]
+    # Files saved before BatchNorm counted batches (torchvision's hosted ones) lack these counters.
+    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if model.classifier is not None:
         missing = [k for k in missing if not k.startswith("classifier.")]
     unexpected = [k for k in state if k not in own]
