@@ -1,0 +1,192 @@
+"""``train(cfg)``: turns a composed training configuration into a run (tools/train.py calls it)."""
+from __future__ import annotations
+
+import logging
+import os
+import random
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .validate import ConfigError, validate_config
+
+logger = logging.getLogger("segdense.train")
+
+
+def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
+    """``build_model`` arguments from the backbone and head blocks."""
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    head = OmegaConf.to_container(cfg.head, resolve=True)
+    name = backbone.pop("name")
+    output_stride = backbone.pop("output_stride")
+    pretrained = backbone.pop("pretrained", None)
+    memory_efficient = backbone.pop("memory_efficient", False)
+    return dict(
+        backbone=name,
+        head=head.pop("name"),
+        num_classes=num_classes,
+        output_stride=output_stride,
+        pretrained=pretrained,
+        aux_loss=cfg.aux_loss,
+        memory_efficient=memory_efficient,
+        backbone_kwargs=backbone,
+        **head,
+    )
+
+
+def build_datasets(cfg: DictConfig):
+    """(train_set, val_set) with the augmentation pipelines of ``cfg.augmentation``."""
+    from segdense.data import build_dataset, build_transforms
+
+    block = OmegaConf.to_container(cfg.dataset, resolve=True)
+    aug = OmegaConf.to_container(cfg.augmentation, resolve=True)
+    train_split, val_split = block.pop("train_split"), block.pop("val_split")
+    train_set = build_dataset(split=train_split, transform=build_transforms(aug["train"], seed=cfg.seed), **block)
+    val_set = build_dataset(split=val_split, transform=build_transforms(aug["eval"]), **block)
+    return train_set, val_set
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+
+
+def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
+    """The checkpoint to resume from; refuses to start over a run dir that already has one."""
+    from segdense.engine import find_last_checkpoint
+
+    existing = find_last_checkpoint(run_dir)
+    if resume in (None, "", "null"):
+        if existing is not None:
+            raise ConfigError(
+                f"{run_dir} already holds a training run ({existing}); pass resume=auto to continue it, "
+                "or choose another hydra.run.dir (nothing was overwritten)"
+            )
+        return None
+    if resume == "auto":
+        if existing is None:
+            logger.info("resume=auto: no checkpoint in %s yet, starting a new run", run_dir)
+        return existing
+    path = Path(resume)
+    if not path.is_file():
+        raise ConfigError(f"resume={resume}: no such checkpoint file")
+    return path
+
+
+def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world: int, cfg: DictConfig) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    mc = model.model_config
+    classes = ", ".join(train_set.class_names)
+    amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    return "\n".join([
+        "segdense training",
+        f"  model     {mc['backbone']} + {mc['head']}, output stride {mc['output_stride']}"
+        f"{', aux head' if mc['aux_loss'] else ''}{', memory-efficient' if mc['memory_efficient'] else ''}"
+        f" — {params:,} parameters",
+        f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
+        f"{train_set.num_classes} classes ({classes})",
+        f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
+        f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}, {cfg.scheduler.name}",
+        f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}",
+    ])
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequence[Any] = ()) -> dict:
+    """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
+    validation metrics. ``run_dir`` defaults to Hydra's output directory."""
+    from segdense.data import build_dataloader, validate_dataset
+    from segdense.engine import Trainer, build_optimizer, build_scheduler, resolve_amp, resolve_device
+    from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
+    from segdense.losses import build_criterion
+    from segdense.models import build_model, param_groups
+
+    validate_config(cfg)
+    device = resolve_device(cfg.device)
+    rank, local_rank, world = init_distributed(device.type)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", local_rank)
+    if run_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        run_dir = HydraConfig.get().runtime.output_dir
+    run_dir = Path(broadcast_object(str(run_dir)))  # every rank uses rank 0's directory
+    if not is_main_process():
+        logging.getLogger("segdense").setLevel(logging.WARNING)
+    resume_path = resolve_resume(cfg.resume, run_dir)
+    seed_everything(cfg.seed, cfg.deterministic)
+
+    train_set, val_set = build_datasets(cfg)
+    if cfg.validate_data != "off" and is_main_process():
+        report = validate_dataset(train_set, sample=None if cfg.validate_data == "full" else 64, seed=cfg.seed)
+        if not report.ok:
+            raise ConfigError(f"the training data has problems:\n{report.format()}")
+
+    model = build_model(**model_kwargs(cfg, train_set.num_classes))
+    if world > 1 and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    criterion = build_criterion(
+        OmegaConf.to_container(cfg.loss.terms, resolve=True), aux_weight=cfg.loss.aux_weight,
+        num_classes=train_set.num_classes,
+    )
+    opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
+    name = opt.pop("name")
+    groups = param_groups(
+        model, cfg.lr, head_lr_mult=opt.pop("head_lr_mult", 1.0),
+        weight_decay=opt.get("weight_decay", 0.0), no_decay_norm_bias=opt.pop("no_decay_norm_bias", False),
+    )
+    optimizer = build_optimizer(name, groups, cfg.lr, **opt)
+    sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
+    scheduler = build_scheduler(sched.pop("name"), optimizer, cfg.iterations, **sched)
+
+    trainer = Trainer(
+        model, criterion, optimizer, scheduler, train_set, val_set,
+        iterations=cfg.iterations, batch_size=cfg.batch_size, run_dir=run_dir,
+        class_names=train_set.class_names, palette=train_set.palette,
+        val_loader_fn=lambda ds: build_dataloader(ds, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2)),
+        device=device, amp=cfg.amp, channels_last=cfg.channels_last, grad_clip=cfg.grad_clip,
+        compile=cfg.compile, seed=cfg.seed, val_interval=cfg.val_interval,
+        checkpoint_interval=cfg.checkpoint_interval, log_interval=cfg.log_interval, num_workers=cfg.num_workers,
+        dataset_info={"name": cfg.dataset.name, "config": OmegaConf.to_container(cfg.dataset, resolve=True)},
+        config=OmegaConf.to_container(cfg, resolve=True), tensorboard=cfg.tensorboard, hooks=hooks,
+    )
+    if resume_path is not None:
+        trainer.resume_from(resume_path)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world, cfg))
+        logger.info("run directory: %s", run_dir)
+    result = trainer.fit()
+    if is_main_process() and result:
+        logger.info(
+            "done: mIoU %.2f (best %.2f at iteration %d); checkpoints in %s",
+            100 * result["mIoU"], 100 * trainer.best_miou, trainer.best_iteration, run_dir / "checkpoints",
+        )
+    return result
+
+
+def run_cli(job, cfg: DictConfig):
+    """Run ``job(cfg)`` for a command-line tool: a user's mistake (bad config, missing file, a loss
+    gone NaN) prints one clear message and exits with status 2 instead of a traceback."""
+    import sys
+
+    try:
+        return job(cfg)
+    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
+        logger.error("%s", e)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    finally:
+        from segdense.engine.distributed import cleanup_distributed
+
+        cleanup_distributed()

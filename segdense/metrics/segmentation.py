@@ -1,0 +1,92 @@
+"""Semantic-segmentation metrics accumulated over a whole dataset (and across processes).
+
+The confusion matrix comes from torchmetrics (which also reduces it across processes under
+``torch.distributed``); the scores follow mmseg: a class absent from both the labels and the
+predictions has an undefined IoU and is left out of the means.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+
+def metrics_from_confusion(confusion: torch.Tensor, class_names: list[str] | None = None) -> dict:
+    """Scores from a (true, predicted) confusion matrix: ``mIoU``, ``mAcc``, ``aAcc`` and
+    ``per_class`` (name, IoU, Acc; NaN where the class never occurs)."""
+    cm = confusion.double()
+    tp = cm.diag()
+    gt = cm.sum(1)
+    pred = cm.sum(0)
+    union = gt + pred - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    acc = torch.where(gt > 0, tp / gt.clamp(min=1), torch.full_like(tp, float("nan")))
+    total = cm.sum()
+    names = class_names or [str(i) for i in range(cm.shape[0])]
+    return {
+        "mIoU": _nanmean(iou),
+        "mAcc": _nanmean(acc),
+        "aAcc": float(tp.sum() / total) if total > 0 else float("nan"),
+        "per_class": [
+            {"name": n, "IoU": float(i), "Acc": float(a)} for n, i, a in zip(names, iou.tolist(), acc.tolist())
+        ],
+    }
+
+
+def _nanmean(values: torch.Tensor) -> float:
+    valid = values[~values.isnan()]
+    return float(valid.mean()) if valid.numel() else float("nan")
+
+
+class SegmentationMetrics:
+    """Accumulates a confusion matrix over batches of (logits or class indices, target) pairs;
+    pixels labelled ``ignore_index`` are skipped."""
+
+    def __init__(self, num_classes: int, class_names: list[str] | None = None, ignore_index: int = 255,
+                 device: torch.device | str = "cpu") -> None:
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"got {len(class_names)} class names for {num_classes} classes")
+        self.num_classes = num_classes
+        self.class_names = class_names
+        self.ignore_index = ignore_index
+        self.confusion = MulticlassConfusionMatrix(
+            num_classes, ignore_index=ignore_index, validate_args=False
+        ).to(device)
+
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
+        """``prediction``: (N, C, H, W) logits or (N, H, W) class indices; ``target``: (N, H, W)."""
+        if prediction.dim() == 4:
+            prediction = prediction.argmax(1)
+        if prediction.shape != target.shape:
+            raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
+        bad = (target != self.ignore_index) & ((target < 0) | (target >= self.num_classes))
+        if bad.any():
+            values = sorted(set(target[bad].unique().tolist()))
+            raise ValueError(
+                f"target holds labels {values[:10]} outside [0, {self.num_classes}) and not {self.ignore_index}"
+            )
+        self.confusion.update(prediction.reshape(-1), target.reshape(-1))
+
+    def compute(self) -> dict:
+        result = metrics_from_confusion(self.confusion.compute().cpu(), self.class_names)
+        result["confusion"] = self.confusion.compute().cpu().tolist()
+        return result
+
+    def reset(self) -> None:
+        self.confusion.reset()
+
+
+def format_metrics_table(result: dict) -> str:
+    """A per-class IoU/Acc table followed by the summary line, for terminals and logs."""
+    width = max([len(c["name"]) for c in result["per_class"]] + [5])
+    lines = [f"{'class':<{width}}  {'IoU':>6}  {'Acc':>6}", "-" * (width + 16)]
+    for c in result["per_class"]:
+        lines.append(f"{c['name']:<{width}}  {_pct(c['IoU'])}  {_pct(c['Acc'])}")
+    lines.append("-" * (width + 16))
+    lines.append(f"mIoU {_pct(result['mIoU'])}  mAcc {_pct(result['mAcc'])}  aAcc {_pct(result['aAcc'])}")
+    return "\n".join(lines)
+
+
+def _pct(v: float) -> str:
+    return "   n/a" if v is None or math.isnan(v) else f"{100 * v:6.2f}"

@@ -1,0 +1,25 @@
+"""Train a segmentation model: ``python tools/train.py [group=option ...] [key=value ...]``.
+
+Examples: ``python tools/train.py`` (embedded synthetic data), ``python tools/train.py backbone=densenet121
+output_stride=16``, ``python tools/train.py dataset=voc dataset.root=/data/VOCdevkit aux_loss=true``,
+``python tools/train.py -m backbone=densenet121,densenet169 output_stride=8,16``,
+``torchrun --nproc_per_node=2 tools/train.py ...``. See conf/config.yaml for every key.
+"""
+import hydra
+from omegaconf import DictConfig
+
+from segdense.config.schema import register_schema
+
+register_schema()
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    from segdense.config.train_job import run_cli, train
+
+    result = run_cli(train, cfg)
+    return float(result.get("mIoU", float("nan"))) if result else float("nan")
+
+
+if __name__ == "__main__":
+    main()
