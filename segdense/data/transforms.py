@@ -7,6 +7,7 @@ converting to tensors, so YAML never needs a ``ToTensor`` item. Masks always use
 """
 from __future__ import annotations
 
+import inspect
 from typing import Any, Mapping, Sequence
 
 import albumentations as A
@@ -88,6 +89,13 @@ def _build_one(item: Mapping[str, Any]) -> A.BasicTransform:
                          f"{kwargs['mask_interpolation']}")
     if "transforms" in kwargs:
         kwargs["transforms"] = [_build_one(child) for child in kwargs["transforms"]]
+    # albumentations only warns about unknown arguments (e.g. 1.x's value/mask_value); here they are errors.
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ValueError(f"{name} has no argument(s) {', '.join(unknown)}; its arguments are: "
+                             f"{', '.join(n for n in params if n not in ('args', 'kwargs'))}")
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
