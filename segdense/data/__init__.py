@@ -1,0 +1,21 @@
+"""Datasets, augmentation pipelines, data loaders and dataset validation.
+
+Importing this package imports albumentations and Pillow (never imported by ``segdense`` itself).
+"""
+from .base import SegmentationDataset
+from .cityscapes import Cityscapes, label_ids_to_train_ids
+from .folder import FolderDataset
+from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
+from .loader import build_dataloader, infinite_batches, pad_collate
+from .registry import build_dataset, list_datasets
+from .synthetic import SyntheticShapes
+from .transforms import CatMaxRandomCrop, build_transforms
+from .validate import DatasetReport, validate_dataset
+from .voc import VOCSegmentation
+
+__all__ = [
+    "IGNORE_INDEX", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
+    "SegmentationDataset", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
+    "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
+    "read_mask", "validate_dataset",
+]

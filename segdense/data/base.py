@@ -1,0 +1,95 @@
+"""The base class every segdense dataset derives from."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .io import IGNORE_INDEX, read_image, read_mask
+
+Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
+
+
+def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """Untransformed sample as tensors: image float (3, H, W) normalised with ImageNet mean/std, mask int64."""
+    from .transforms import imagenet_normalise
+
+    return imagenet_normalise(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+
+
+class SegmentationDataset(Dataset):
+    """A semantic-segmentation dataset: ``dataset[i] -> (image, mask)`` after ``transform``.
+
+    ``image`` is a float tensor (3, H, W), ``mask`` an int64 tensor (H, W) with ``ignore_index`` (255) on pixels
+    that carry no label. Without a transform the image is only normalised with ImageNet mean/std.
+
+    Subclasses set ``class_names``, ``palette`` and implement ``__len__``, ``load_image`` and ``load_mask``
+    (the raw, untransformed data); path-based datasets also fill ``files`` with (image path, mask path) pairs and
+    ``unpaired`` with the files that have no partner.
+    """
+
+    ignore_index: int = IGNORE_INDEX
+    class_names: list[str]
+    palette: list[tuple[int, int, int]]
+
+    def __init__(self, transform: Transform | None = None):
+        self.transform = transform
+        self.files: list[tuple[Path, Path]] = []
+        self.unpaired: list[tuple[Path, str]] = []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_image(self, index: int) -> np.ndarray:
+        """Raw image ``index`` as RGB uint8 (H, W, 3)."""
+        return read_image(self.files[index][0])
+
+    def load_mask(self, index: int) -> np.ndarray:
+        """Raw mask ``index`` as int64 (H, W) with train labels and 255 = ignore."""
+        return read_mask(self.files[index][1])
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """Untransformed sample: (RGB uint8 (H, W, 3), int64 (H, W) mask)."""
+        return self.load_image(index), self.load_mask(index)
+
+    def describe(self, index: int) -> tuple[str, str]:
+        """Where sample ``index`` comes from, as (image, mask) for messages."""
+        image, mask = self.files[index]
+        return str(image), str(mask)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
+        image, mask = self.load_raw(index)
+        if self.transform is None:
+            return to_tensors(image, mask)
+        return self.transform(image, mask)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes)"
+
+
+def layout_error(dataset: str, root: str | Path, problem: str, layout: str) -> FileNotFoundError:
+    """One error for a missing or wrongly laid out dataset root, showing the layout expected."""
+    return FileNotFoundError(f"{dataset} root {str(root)!r}: {problem}.\nExpected layout:\n{layout.rstrip()}")
+
+
+def read_split_list(path: Path, dataset: str, root: Path, layout: str) -> list[str]:
+    """Non-empty stripped lines of a split list file (the first column of each line)."""
+    if not path.is_file():
+        raise layout_error(dataset, root, f"split list {str(path)!r} does not exist", layout)
+    return [line.split()[0] for line in path.read_text().splitlines() if line.strip()]
+
+
+def check_split(split: str, valid: Sequence[str], dataset: str) -> None:
+    if split not in valid:
+        raise ValueError(f"unknown {dataset} split {split!r}; valid splits: {', '.join(valid)}")

@@ -1,0 +1,81 @@
+"""A user's own data: ``images/`` and ``masks/`` with matching file stems."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .base import SegmentationDataset, Transform, layout_error, read_split_list
+from .io import IMAGE_EXTENSIONS, read_mask
+from .voc import voc_palette
+
+LAYOUT = """\
+<root>/
+  images/<name>.{jpg,png,...}    any common image format; sub-folders allowed
+  masks/<name>.png               same relative name, single-channel or palette PNG of class indices
+                                 (or RGB-coded with mask_colors given), 255 = ignore
+  splits/<split>.txt             optional: one name per line (without extension); without it every pair is used
+"""
+
+
+def _index(folder: Path) -> dict[str, Path]:
+    files = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+            files[path.relative_to(folder).with_suffix("").as_posix()] = path
+    return files
+
+
+class FolderDataset(SegmentationDataset):
+    """Images and masks in two folders, paired by relative path without extension.
+
+    Args:
+        root: folder holding ``images/`` and ``masks/`` (names changeable with ``image_dir``/``mask_dir``).
+        split: name of a list file ``<root>/splits/<split>.txt``; if that file is missing and ``split`` is
+            ``all`` (or the ``splits/`` folder does not exist) every pair is used.
+        class_names: names of the classes, index order.
+        palette: colours to draw the classes with (default: the VOC colour map).
+        mask_colors: for RGB-coded masks, the RGB colour of every class in index order; other colours are ignored.
+    """
+
+    def __init__(self, root: str | Path, class_names: Sequence[str], split: str = "all",
+                 palette: Sequence[Sequence[int]] | None = None, mask_colors: Sequence[Sequence[int]] | None = None,
+                 image_dir: str = "images", mask_dir: str = "masks", transform: Transform | None = None):
+        super().__init__(transform)
+        self.root, self.split = Path(root), split
+        if not class_names:
+            raise ValueError("FolderDataset needs class_names (the name of every class, in index order)")
+        self.class_names = [str(name) for name in class_names]
+        self.palette = [tuple(int(c) for c in color) for color in (palette or voc_palette(len(self.class_names)))]
+        if len(self.palette) < self.num_classes:
+            raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
+        if mask_colors is not None and len(mask_colors) != self.num_classes:
+            raise ValueError(f"mask_colors must give one RGB colour per class ({self.num_classes}), got {len(mask_colors)}")
+        self.mask_colors = None if mask_colors is None else [tuple(int(c) for c in color) for color in mask_colors]
+        folders = (self.root / image_dir, self.root / mask_dir)
+        for folder in folders:
+            if not folder.is_dir():
+                raise layout_error("folder dataset", root, f"missing folder {folder.name}/", LAYOUT)
+        images, masks = _index(folders[0]), _index(folders[1])
+        list_file = self.root / "splits" / f"{split}.txt"
+        if list_file.is_file() or (split != "all" and (self.root / "splits").is_dir()):
+            names = read_split_list(list_file, "folder dataset", root, LAYOUT)
+        elif split == "all":
+            names = sorted(set(images) | set(masks))
+        else:
+            raise layout_error("folder dataset", root, f"split {split!r} needs the list file {list_file}", LAYOUT)
+        for name in names:
+            if name in images and name in masks:
+                self.files.append((images[name], masks[name]))
+            elif name in images:
+                self.unpaired.append((images[name], "image has no mask"))
+            elif name in masks:
+                self.unpaired.append((masks[name], "mask has no image"))
+            else:
+                self.unpaired.append((folders[0] / name, f"listed in {list_file.name} but neither image nor mask exists"))
+        if not self.files and not self.unpaired:
+            raise layout_error("folder dataset", root, f"no images found in {folders[0]}", LAYOUT)
+
+    def load_mask(self, index: int) -> np.ndarray:
+        return read_mask(self.files[index][1], colors=self.mask_colors)

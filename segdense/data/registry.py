@@ -1,0 +1,45 @@
+"""Build any dataset by name: ``build_dataset("voc", split="val", root=...)``."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..backbones.registry import unknown_name_message
+from .base import SegmentationDataset, Transform
+from .cityscapes import Cityscapes
+from .folder import FolderDataset
+from .synthetic import SyntheticShapes
+from .voc import VOCSegmentation
+
+
+def _voc_aug(split: str = "trainaug", **kwargs: Any) -> VOCSegmentation:
+    return VOCSegmentation(split=split, **kwargs)
+
+
+_DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
+    "synthetic": SyntheticShapes,
+    "voc": VOCSegmentation,
+    "voc_aug": _voc_aug,  # VOC 2012 whose train split is SBD's trainaug; its val is VOC val
+    "cityscapes": Cityscapes,
+    "folder": FolderDataset,
+}
+
+
+def list_datasets() -> list[str]:
+    """Names accepted by :func:`build_dataset`, sorted."""
+    return sorted(_DATASETS)
+
+
+def build_dataset(name: str, split: str, transform: Transform | None = None, **kwargs: Any) -> SegmentationDataset:
+    """The dataset registered as ``name`` for ``split``, with the constructor's keyword arguments (e.g. ``root``).
+
+    ``train_split``/``val_split`` keys (from a Hydra ``dataset:`` block) are ignored, so the trainer can call
+    ``build_dataset(split=cfg.dataset.train_split, **cfg.dataset)``.
+    """
+    if name not in _DATASETS:
+        raise ValueError(unknown_name_message("dataset", name, list_datasets()))
+    kwargs.pop("train_split", None)
+    kwargs.pop("val_split", None)
+    try:
+        return _DATASETS[name](split=split, transform=transform, **kwargs)
+    except TypeError as exc:
+        raise TypeError(f"dataset {name!r}: {exc}") from None

@@ -1,0 +1,141 @@
+"""Augmentation pipelines built from plain data (a list of ``{"type": name, **kwargs}`` items).
+
+``type`` is an albumentations class name (``RandomScale``, ``PadIfNeeded``, ``HorizontalFlip``, ``Normalize``...)
+or a segdense transform from :data:`SEGDENSE_TRANSFORMS` (``CatMaxRandomCrop``). An item with a ``transforms``
+list (``OneOf``, ``SomeOf``, ``Sequential``) has its children built the same way. The pipeline always ends by
+converting to tensors, so YAML never needs a ``ToTensor`` item. Masks always use nearest interpolation.
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping, Sequence
+
+import albumentations as A
+import numpy as np
+import torch
+
+from ..backbones.registry import unknown_name_message
+from .io import IGNORE_INDEX
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class CatMaxRandomCrop(A.DualTransform):
+    """Random crop that avoids crops dominated by one class (mmseg's ``RandomCrop(cat_max_ratio=...)``).
+
+    Up to ``max_tries`` crops are drawn; the first whose most frequent label (ignoring ``ignore_index``) covers at
+    most ``cat_max_ratio`` of its labelled pixels is taken, else the last one drawn. ``cat_max_ratio=1`` is a
+    plain random crop. The input must be at least ``height`` x ``width`` (pad first with ``PadIfNeeded``).
+    """
+
+    def __init__(self, height: int, width: int, cat_max_ratio: float = 1.0, ignore_index: int = IGNORE_INDEX,
+                 max_tries: int = 10, p: float = 1.0):
+        super().__init__(p=p)
+        if not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must lie in (0, 1], got {cat_max_ratio}")
+        self.height, self.width = int(height), int(width)
+        self.cat_max_ratio, self.ignore_index, self.max_tries = float(cat_max_ratio), int(ignore_index), int(max_tries)
+
+    def get_transform_init_args_names(self) -> tuple[str, ...]:
+        return ("height", "width", "cat_max_ratio", "ignore_index", "max_tries")
+
+    @property
+    def targets_as_params(self) -> list[str]:
+        return ["image", "mask"]
+
+    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
+        height, width = params["shape"][:2]
+        if height < self.height or width < self.width:
+            raise ValueError(f"CatMaxRandomCrop of {self.height}x{self.width} needs an input at least that large, got "
+                             f"{height}x{width}; put PadIfNeeded before it in the pipeline")
+        mask = data.get("mask")
+        for _ in range(self.max_tries):
+            top = int(self.py_random.randint(0, height - self.height))
+            left = int(self.py_random.randint(0, width - self.width))
+            if mask is None or self.cat_max_ratio >= 1:
+                break
+            crop = mask[top:top + self.height, left:left + self.width]
+            _, counts = np.unique(crop[crop != self.ignore_index], return_counts=True)
+            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
+                break
+        return {"top": top, "left": left}
+
+    def apply(self, img: np.ndarray, top: int = 0, left: int = 0, **params: Any) -> np.ndarray:
+        return img[top:top + self.height, left:left + self.width]
+
+    def apply_to_mask(self, mask: np.ndarray, top: int = 0, left: int = 0, **params: Any) -> np.ndarray:
+        return mask[top:top + self.height, left:left + self.width]
+
+
+SEGDENSE_TRANSFORMS: dict[str, type] = {"CatMaxRandomCrop": CatMaxRandomCrop}
+_NEAREST = 0  # cv2.INTER_NEAREST
+
+
+def _build_one(item: Mapping[str, Any]) -> A.BasicTransform:
+    if not isinstance(item, Mapping) or "type" not in item:
+        raise ValueError(f"each augmentation item must be a mapping with a 'type' key, got {item!r}")
+    kwargs = dict(item)
+    name = kwargs.pop("type")
+    cls = SEGDENSE_TRANSFORMS.get(name)
+    if cls is None:
+        cls = getattr(A, name, None)
+        if not (isinstance(cls, type) and issubclass(cls, (A.BasicTransform, A.BaseCompose))):
+            valid = sorted(SEGDENSE_TRANSFORMS) + sorted(
+                n for n in dir(A) if isinstance(getattr(A, n), type) and issubclass(getattr(A, n), A.BasicTransform))
+            raise ValueError(unknown_name_message("transform", name, valid))
+    if kwargs.get("mask_interpolation", _NEAREST) != _NEAREST:
+        raise ValueError(f"{name}: masks must use nearest interpolation (mask_interpolation=0), got "
+                         f"{kwargs['mask_interpolation']}")
+    if "transforms" in kwargs:
+        kwargs["transforms"] = [_build_one(child) for child in kwargs["transforms"]]
+    # albumentations only warns about unknown arguments (e.g. 1.x's value/mask_value); here they are errors.
+    params = inspect.signature(cls).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        unknown = sorted(set(kwargs) - set(params))
+        if unknown:
+            raise ValueError(f"{name} has no argument(s) {', '.join(unknown)}; its arguments are: "
+                             f"{', '.join(n for n in params if n not in ('args', 'kwargs'))}")
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"cannot build transform {name} with arguments {kwargs}: {exc}") from None
+
+
+def imagenet_normalise(image: np.ndarray) -> torch.Tensor:
+    """RGB uint8 (H, W, 3) to a float tensor (3, H, W) normalised with ImageNet mean/std."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return tensor.sub_(mean).div_(std)
+
+
+class SegmentationTransform:
+    """Callable ``(image HWC uint8, mask HW) -> (float tensor CHW, int64 tensor HW)`` around an albumentations
+    pipeline. ``set_random_seed`` makes it reproducible (the loader calls it per worker)."""
+
+    def __init__(self, transforms: Sequence[A.BasicTransform], seed: int | None = None):
+        self.pipeline = A.Compose(list(transforms), mask_interpolation=_NEAREST, seed=seed)
+
+    def set_random_seed(self, seed: int) -> None:
+        self.pipeline.set_random_seed(seed)
+
+    def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        # albumentations' OpenCV kernels need uint8 masks; labels live in [0, 255] so nothing is lost.
+        out = self.pipeline(image=np.ascontiguousarray(image), mask=np.asarray(mask, dtype=np.uint8))
+        image_out, mask_out = out["image"], out["mask"]
+        if isinstance(image_out, np.ndarray):
+            image_out = torch.from_numpy(np.ascontiguousarray(image_out)).permute(2, 0, 1)
+        if isinstance(mask_out, np.ndarray):
+            mask_out = torch.from_numpy(np.ascontiguousarray(mask_out))
+        return image_out.float(), mask_out.long()
+
+    def __repr__(self) -> str:
+        return f"SegmentationTransform({self.pipeline.transforms})"
+
+
+def build_transforms(spec: Sequence[Mapping[str, Any]], seed: int | None = None) -> SegmentationTransform:
+    """Build a pipeline from a list of ``{"type": name, **kwargs}`` items (e.g. ``cfg.augmentation.train``)."""
+    if isinstance(spec, Mapping) or isinstance(spec, str):
+        raise ValueError(f"an augmentation pipeline is a list of items, got {type(spec).__name__}")
+    return SegmentationTransform([_build_one(item) for item in spec], seed=seed)

@@ -1,0 +1,63 @@
+"""Building blocks and feature selection shared by the heads."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..backbones.features import FeatureSpec, feature_at_stride
+
+
+class ConvBNReLU(nn.Sequential):
+    """kxk convolution (no bias), BatchNorm, ReLU; 'same' padding for any dilation."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1):
+        padding = dilation * (kernel_size - 1) // 2
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bilinear resize (align_corners=False); a no-op when the size already matches."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def describe(feature_info: Sequence[FeatureSpec]) -> str:
+    return ", ".join(f"{s.name} (stride {s.stride}, {s.channels} ch)" for s in feature_info)
+
+
+def deepest(feature_info: Sequence[FeatureSpec]) -> FeatureSpec:
+    return feature_info[-1]
+
+
+def low_level_feature(feature_info: Sequence[FeatureSpec], head: str, stride: int = 4) -> FeatureSpec:
+    """The deepest feature at ``stride`` (the stride-4 'low-level' map of DeepLabV3+)."""
+    spec = feature_at_stride(feature_info, stride)
+    if spec is None:
+        raise ValueError(
+            f"head {head!r} needs a stride-{stride} feature, but this backbone has none; "
+            f"its features are: {describe(feature_info)}"
+        )
+    return spec
+
+
+def find_feature(feature_info: Sequence[FeatureSpec], name: str, head: str) -> FeatureSpec:
+    for spec in feature_info:
+        if spec.name == name:
+            return spec
+    raise ValueError(
+        f"head {head!r} was asked for feature {name!r}, which the backbone does not have; "
+        f"its features are: {describe(feature_info)}"
+    )
+
+
+def classifier(in_channels: int, num_classes: int, dropout: float) -> nn.Sequential:
+    """Dropout then a 1x1 convolution to class logits."""
+    return nn.Sequential(nn.Dropout2d(dropout), nn.Conv2d(in_channels, num_classes, 1))

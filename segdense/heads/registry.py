@@ -1,0 +1,57 @@
+"""Head registry: build any registered decoder head by name from a backbone's ``feature_info``."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch.nn as nn
+
+from ..backbones.features import FeatureSpec
+from ..backbones.registry import unknown_name_message
+
+_HEADS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
+    """Register a head class (or builder), as ``@register_head("name")`` or ``@register_head``.
+
+    A head is called as ``Head(feature_info, num_classes, output_stride, **head_kwargs)`` and its
+    ``forward`` takes the backbone's ordered dict of features and returns logits at the head's
+    own resolution (the model upsamples them to the input size).
+    """
+
+    def decorator(cls: Callable[..., nn.Module], name: str | None = None) -> Callable[..., nn.Module]:
+        key = name or cls.__name__
+        if key in _HEADS and _HEADS[key] is not cls:
+            raise ValueError(f"a head named {key!r} is already registered")
+        _HEADS[key] = cls
+        return cls
+
+    if callable(cls_or_name):
+        return decorator(cls_or_name)
+    return lambda cls: decorator(cls, cls_or_name)
+
+
+def list_heads() -> list[str]:
+    """Names of all registered heads, sorted."""
+    return sorted(_HEADS)
+
+
+def build_head(
+    name: str,
+    feature_info: Sequence[FeatureSpec],
+    num_classes: int,
+    output_stride: int,
+    **head_kwargs,
+) -> nn.Module:
+    """Build the head registered as ``name`` for a backbone described by ``feature_info``."""
+    if name not in _HEADS:
+        raise ValueError(unknown_name_message("head", name, list_heads()))
+    check_num_classes(num_classes)
+    if not feature_info:
+        raise ValueError(f"head {name!r} needs a backbone with at least one feature; feature_info is empty")
+    return _HEADS[name](list(feature_info), num_classes, output_stride, **head_kwargs)
+
+
+def check_num_classes(num_classes) -> None:
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive int, got {num_classes!r}")

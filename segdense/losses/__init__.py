@@ -1,0 +1,25 @@
+"""Segmentation losses (all ignore ``ignore_index`` pixels, 255 by default) and the criterion.
+
+>>> from segdense.losses import build_criterion
+>>> criterion = build_criterion([{"name": "cross_entropy", "weight": 1.0}, {"name": "dice", "weight": 0.5}])
+>>> total, logs = criterion(model(images), masks)
+"""
+from .base import SegLoss, build_loss, check_inputs, list_losses, register_loss
+from .criterion import Criterion, build_criterion
+from .pixelwise import CrossEntropyLoss, FocalLoss, OhemCrossEntropyLoss
+from .region import DiceLoss, LovaszSoftmaxLoss
+
+__all__ = [
+    "CrossEntropyLoss",
+    "Criterion",
+    "DiceLoss",
+    "FocalLoss",
+    "LovaszSoftmaxLoss",
+    "OhemCrossEntropyLoss",
+    "SegLoss",
+    "build_criterion",
+    "build_loss",
+    "check_inputs",
+    "list_losses",
+    "register_loss",
+]

@@ -1,0 +1,86 @@
+"""The training criterion: a weighted sum of registered losses, plus an auxiliary-output term."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from .base import build_loss, check_inputs
+
+
+class Criterion(nn.Module):
+    """``criterion(outputs, target) -> (total, logs)``.
+
+    ``outputs`` is a logits tensor or a ``{"out": ..., "aux": ...}`` dict. ``total`` is
+    ``sum_i w_i * L_i(out) + aux_weight * sum_i w_i * L_i(aux)``; ``logs`` holds each term's
+    unweighted value on ``out`` (keyed by term name), ``"aux"`` (the weighted term sum on the aux
+    output, before ``aux_weight``) when an aux output is given, and ``"total"``; all detached.
+    """
+
+    def __init__(self, terms: Sequence[tuple[str, float, nn.Module]], aux_weight: float, ignore_index: int,
+                 num_classes: int | None):
+        super().__init__()
+        self.names = [name for name, _, _ in terms]
+        self.weights = [float(w) for _, w, _ in terms]
+        self.losses = nn.ModuleList(loss for _, _, loss in terms)
+        self.aux_weight = float(aux_weight)
+        self.ignore_index = ignore_index
+        self.num_classes = num_classes
+
+    def _weighted(self, logits, target, logs=None):
+        total = 0.0
+        for name, weight, loss in zip(self.names, self.weights, self.losses):
+            value = loss.compute(logits, target)
+            if logs is not None:
+                logs[name] = value.detach()
+            total = total + weight * value
+        return total
+
+    def forward(self, outputs, target: torch.Tensor):
+        if isinstance(outputs, Mapping):
+            if "out" not in outputs:
+                raise ValueError(f"outputs dict must have an 'out' entry, got keys {sorted(outputs)}")
+            out, aux = outputs["out"], outputs.get("aux")
+        else:
+            out, aux = outputs, None
+        check_inputs(out, target, self.ignore_index, self.num_classes)
+        target = target.long()
+        logs: dict[str, torch.Tensor] = {}
+        total = self._weighted(out, target, logs)
+        if aux is not None:
+            check_inputs(aux, target, self.ignore_index, self.num_classes)
+            aux_value = self._weighted(aux, target)
+            logs["aux"] = aux_value.detach()
+            total = total + self.aux_weight * aux_value
+        logs["total"] = total.detach()
+        return total, logs
+
+
+def build_criterion(
+    terms: Sequence[Mapping] | None = None,
+    aux_weight: float = 0.4,
+    ignore_index: int = 255,
+    num_classes: int | None = None,
+) -> Criterion:
+    """Build the criterion from a list of terms such as
+    ``[{"name": "cross_entropy", "weight": 1.0}, {"name": "dice", "weight": 0.5, "smooth": 1.0}]``
+    (every key besides ``name`` and ``weight`` goes to the loss). Default: cross-entropy alone.
+    A name used twice is logged as ``name``, ``name_2``, ..."""
+    if terms is None:
+        terms = [{"name": "cross_entropy", "weight": 1.0}]
+    if not terms:
+        raise ValueError("build_criterion needs at least one loss term, e.g. [{'name': 'cross_entropy'}]")
+    if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be None or a positive int, got {num_classes!r}")
+    built, seen = [], {}
+    for i, term in enumerate(terms):
+        if not isinstance(term, Mapping) or "name" not in term:
+            raise ValueError(f"loss term {i} must be a mapping with a 'name' key, got {term!r}")
+        kwargs = dict(term)
+        name = kwargs.pop("name")
+        weight = float(kwargs.pop("weight", 1.0))
+        loss = build_loss(name, ignore_index=ignore_index, num_classes=num_classes, **kwargs)
+        seen[name] = seen.get(name, 0) + 1
+        built.append((name if seen[name] == 1 else f"{name}_{seen[name]}", weight, loss))
+    return Criterion(built, aux_weight, ignore_index, num_classes)

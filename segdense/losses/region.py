@@ -1,0 +1,77 @@
+"""Region losses: soft Dice and Lovasz-softmax."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .base import SegLoss, register_loss, zero_loss
+
+
+@register_loss("dice")
+class DiceLoss(SegLoss):
+    """Soft multiclass Dice loss over the batch: for each class c,
+    ``dice_c = (2 * sum(p_c * t_c) + smooth) / (sum(p_c) + sum(t_c) + smooth)`` with p the softmax
+    and t the one-hot target, both over the non-ignored pixels; loss = 1 - mean_c dice_c."""
+
+    def __init__(self, ignore_index: int = 255, num_classes: int | None = None, smooth: float = 1.0):
+        super().__init__(ignore_index, num_classes)
+        if smooth < 0:
+            raise ValueError(f"smooth must be >= 0, got {smooth}")
+        self.smooth = float(smooth)
+
+    def compute(self, logits, target):
+        valid = target != self.ignore_index
+        if not bool(valid.any()):
+            return zero_loss(logits)
+        c = logits.shape[1]
+        mask = valid.unsqueeze(1).to(logits.dtype)
+        prob = F.softmax(logits, 1) * mask
+        onehot = F.one_hot(torch.where(valid, target, 0), c).permute(0, 3, 1, 2).to(logits.dtype) * mask
+        dims = (0, 2, 3)
+        inter = (prob * onehot).sum(dims)
+        denom = prob.sum(dims) + onehot.sum(dims)
+        dice = (2 * inter + self.smooth) / (denom + self.smooth).clamp(min=1e-12)
+        return 1.0 - dice.mean()
+
+
+def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+    """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors (Berman et al.)."""
+    gts = gt_sorted.sum()
+    intersection = gts - gt_sorted.cumsum(0)
+    union = gts + (1.0 - gt_sorted).cumsum(0)
+    jaccard = 1.0 - intersection / union
+    if gt_sorted.numel() > 1:
+        jaccard[1:] = jaccard[1:] - jaccard[:-1]
+    return jaccard
+
+
+@register_loss("lovasz_softmax")
+class LovaszSoftmaxLoss(SegLoss):
+    """Lovasz-softmax loss (Berman et al. 2018), a convex surrogate of the per-class IoU, over all
+    non-ignored pixels of the batch. ``classes="present"`` averages over the classes present in
+    the target (the authors' default), ``"all"`` over every class."""
+
+    def __init__(self, ignore_index: int = 255, num_classes: int | None = None, classes: str = "present"):
+        super().__init__(ignore_index, num_classes)
+        if classes not in ("present", "all"):
+            raise ValueError(f"classes must be 'present' or 'all', got {classes!r}")
+        self.classes = classes
+
+    def compute(self, logits, target):
+        valid = target != self.ignore_index
+        if not bool(valid.any()):
+            return zero_loss(logits)
+        c = logits.shape[1]
+        prob = F.softmax(logits, 1).permute(0, 2, 3, 1)[valid]  # (P, C)
+        labels = target[valid]
+        losses = []
+        for k in range(c):
+            fg = (labels == k).to(prob.dtype)
+            if self.classes == "present" and fg.sum() == 0:
+                continue
+            errors = (fg - prob[:, k]).abs()
+            errors_sorted, perm = torch.sort(errors, descending=True)
+            losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
+        if not losses:
+            return zero_loss(logits)
+        return torch.stack(losses).mean()
