@@ -130,6 +130,7 @@ class Trainer:
         self.best_iteration = 0
         self.skipped_steps = 0
         self.history: list[dict] = []
+        self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.writer = None
         if tensorboard and self.is_main:
             from torch.utils.tensorboard import SummaryWriter
@@ -196,6 +197,9 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=self.num_workers > 0,
+            # Its own generator: creating the iterator must not draw from the global RNG, whose
+            # state (dropout) a resumed run restores from the checkpoint.
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float] | None:
@@ -253,6 +257,8 @@ class Trainer:
                     ) from e
                 self.scheduler.step()
                 self.iteration += 1
+                if logged is not None:
+                    self.loss_history.append(float(logged["loss"]))
                 window_images += images.shape[0] * world_size()
                 window_iters += 1
                 lr = self.optimizer.param_groups[0]["lr"]

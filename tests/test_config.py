@@ -1,0 +1,126 @@
+"""Hydra composition of conf/, overrides, and configuration errors caught before anything is built."""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra.errors import ConfigCompositionException, MissingConfigException
+
+from segdense.config.train_job import model_kwargs
+from segdense.config.validate import ConfigError, validate_config
+
+from train_utils import TINY, compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_is_the_embedded_synthetic_demo():
+    cfg = compose_config()
+    assert cfg.dataset.name == "synthetic"
+    assert cfg.backbone.name == "densenet121"
+    assert cfg.backbone.output_stride == cfg.output_stride
+    validate_config(cfg)
+
+
+def test_the_documented_command_composes():
+    cfg = compose_config(["backbone=densenet121", "output_stride=16", "iterations=3"])
+    validate_config(cfg)
+    kwargs = model_kwargs(cfg, num_classes=5)
+    assert kwargs["backbone"] == "densenet121"
+    assert kwargs["output_stride"] == 16
+    assert kwargs["num_classes"] == 5
+    assert cfg.iterations == 3
+
+
+@pytest.mark.parametrize("backbone", ["densenet121", "densenet169", "densenet201", "densenet161", "custom"])
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn"])
+def test_every_backbone_and_head_option_validates(backbone, head):
+    validate_config(compose_config([f"backbone={backbone}", f"head={head}", "output_stride=8"]))
+
+
+@pytest.mark.parametrize("dataset", ["synthetic", "voc", "voc_aug", "cityscapes", "folder"])
+def test_every_dataset_option_validates(dataset):
+    validate_config(compose_config([f"dataset={dataset}"]))
+
+
+def test_voc_recipe_is_mmseg_like():
+    cfg = compose_config(["dataset=voc", "dataset.root=/data/VOCdevkit"])
+    assert list(cfg.crop_size) == [512, 512]
+    assert cfg.lr == 0.01
+    assert cfg.optimizer.name == "sgd" and cfg.optimizer.momentum == 0.9
+    assert cfg.optimizer.weight_decay == 0.0005
+    assert cfg.scheduler.name == "poly" and cfg.scheduler.power == 0.9
+
+
+def test_cityscapes_recipe_crops_512_by_1024():
+    cfg = compose_config(["dataset=cityscapes"])
+    assert list(cfg.crop_size) == [512, 1024]
+
+
+def test_command_line_beats_dataset_recipe():
+    cfg = compose_config(["dataset=voc", "crop_size=[256,256]", "lr=0.02"])
+    assert list(cfg.crop_size) == [256, 256] and cfg.lr == 0.02
+
+
+def test_wrong_type_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="iterations"):
+        compose_config(["iterations=many"])
+
+
+def test_unknown_top_level_key_fails_at_compose():
+    with pytest.raises(ConfigCompositionException, match="itterations"):
+        compose_config(["itterations=5"])
+
+
+def test_appended_unknown_top_level_key_is_refused_before_building():
+    with pytest.raises(ConfigError, match="unknown key 'itterations' \\(did you mean 'iterations'"):
+        validate_config(compose_config(["+itterations=5"]))
+
+
+def test_unknown_group_option_lists_choices():
+    with pytest.raises(MissingConfigException, match="densenet121"):
+        compose_config(["backbone=densenet12"])
+
+
+@pytest.mark.parametrize("stride", [12, 64, 2])
+def test_invalid_output_stride_is_refused_with_valid_list(stride):
+    cfg = compose_config([f"output_stride={stride}"])
+    with pytest.raises(ConfigError, match=r"valid output strides: \[4, 8, 16, 32\]"):
+        validate_config(cfg)
+
+
+def test_unknown_key_in_group_names_valid_keys():
+    cfg = compose_config(["+head.chanels=64"])
+    with pytest.raises(ConfigError, match=r"head.chanels is not an argument of deeplabv3plus; valid keys: .*channels"):
+        validate_config(cfg)
+
+
+def test_unknown_dataset_and_loss_names():
+    cfg = compose_config(["dataset.name=vocc", "loss.terms=[{name: dyce}]"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    assert "unknown dataset 'vocc'" in str(err.value) and "Did you mean 'voc'" in str(err.value)
+    assert "unknown loss 'dyce'" in str(err.value)
+
+
+def test_several_problems_are_reported_together():
+    cfg = compose_config(["output_stride=12", "batch_size=0", "amp=fp32"])
+    with pytest.raises(ConfigError) as err:
+        validate_config(cfg)
+    text = str(err.value)
+    assert "output_stride=12" in text and "batch_size must be positive" in text and "amp must be one of" in text
+
+
+def test_tiny_test_config_validates():
+    validate_config(compose_config(TINY))
+
+
+def test_train_tool_reports_bad_config_without_traceback(tmp_path):
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "train.py"), "output_stride=12", f"hydra.run.dir={tmp_path}"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert out.returncode == 2
+    assert "valid output strides: [4, 8, 16, 32]" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "checkpoints").exists()

@@ -1,0 +1,248 @@
+"""The training engine end to end on tiny models: artefacts, exact resume, best checkpoint, NaN, DDP."""
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from segdense.config.train_job import train
+from segdense.config.validate import ConfigError
+from segdense.engine import checkpoint as ckpt
+from segdense.engine import load_checkpoint
+
+from train_utils import TINY, compose_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def restore_determinism():
+    yield
+    torch.use_deterministic_algorithms(False)
+
+
+class Crash(Exception):
+    """Stands for the process dying at an arbitrary point."""
+
+
+def capture(store):
+    def hook(trainer, iteration):
+        store["trainer"] = trainer
+
+    return hook
+
+
+def crash_at(n):
+    def hook(trainer, iteration):
+        if iteration == n:
+            raise Crash(f"killed after iteration {n}")
+
+    return hook
+
+
+def test_short_run_lowers_loss_and_writes_every_artefact(tmp_path):
+    seen = {}
+    cfg = compose_config(TINY + ["iterations=12", "val_interval=6", "checkpoint_interval=6", "tensorboard=true", "lr=0.05"])
+    result = train(cfg, run_dir=tmp_path, hooks=[capture(seen)])
+    losses = seen["trainer"].loss_history
+    assert len(losses) == 12
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert 0.0 <= result["mIoU"] <= 1.0 and len(result["per_class"]) == 5
+    for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "config.yaml"):
+        assert (tmp_path / name).is_file(), name
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["iteration"] == 12 and [h["iteration"] for h in metrics["history"]] == [6, 12]
+    state = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert state["iteration"] == 12
+    assert state["model_config"]["backbone"] == "densenet_custom"
+    assert state["dataset"]["class_names"][1] == "circle"
+    assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
+
+
+def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
+    from segdense import build_model
+
+    train(compose_config(TINY), run_dir=tmp_path)
+    state = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    model = build_model(**state["model_config"])
+    model.load_state_dict(state["model"])  # strict
+
+
+def test_tensorboard_logs_losses_lr_and_val_metrics(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(compose_config(TINY + ["tensorboard=true"]), run_dir=tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/cross_entropy", "train/lr", "train/images_per_second", "val/mIoU"} <= tags
+    assert "val_IoU/background" in tags
+    assert "val/image_gt_pred" in events.Tags()["images"]
+
+
+def _final_weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints/last.pt")["model"]
+
+
+RESUME = TINY + ["iterations=6", "checkpoint_interval=2", "val_interval=3", "deterministic=true"]
+
+
+def test_resumed_run_ends_with_exactly_the_uninterrupted_weights(tmp_path):
+    train(compose_config(RESUME), run_dir=tmp_path / "a")
+    with pytest.raises(Crash):
+        train(compose_config(RESUME), run_dir=tmp_path / "b", hooks=[crash_at(3)])
+    assert load_checkpoint(tmp_path / "b/checkpoints/last.pt")["iteration"] == 2
+    train(compose_config(RESUME + ["resume=auto"]), run_dir=tmp_path / "b")
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monkeypatch):
+    train(compose_config(RESUME), run_dir=tmp_path / "a")
+    real_save = torch.save
+    calls = {"n": 0}
+
+    def dying_save(obj, f, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # saves: last@2, best@3, then last@4 dies half-written
+            f.write(b"half a checkpoint")
+            raise Crash("killed while writing")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt.torch, "save", dying_save)
+    with pytest.raises(Crash):
+        train(compose_config(RESUME), run_dir=tmp_path / "b")
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    survivor = load_checkpoint(tmp_path / "b/checkpoints/last.pt")
+    assert survivor["iteration"] == 2
+    assert not list((tmp_path / "b/checkpoints").glob(".*tmp*"))
+    train(compose_config(RESUME + ["resume=auto"]), run_dir=tmp_path / "b")
+    a, b = _final_weights(tmp_path / "a"), _final_weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_from_explicit_path_restores_iteration_and_optimizer(tmp_path):
+    train(compose_config(TINY), run_dir=tmp_path / "a")
+    seen = {}
+    path = tmp_path / "a/checkpoints/last.pt"
+    train(compose_config(TINY + ["iterations=6", f"resume={path}"]), run_dir=tmp_path / "b", hooks=[capture(seen)])
+    trainer = seen["trainer"]
+    assert trainer.iteration == 6 and len(trainer.loss_history) == 2
+    assert load_checkpoint(path)["optimizer"]["state"]  # momentum buffers were saved and restored
+
+
+def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
+    train(compose_config(TINY), run_dir=tmp_path)
+    before = (tmp_path / "checkpoints/last.pt").read_bytes()
+    with pytest.raises(ConfigError, match="resume=auto"):
+        train(compose_config(TINY), run_dir=tmp_path)
+    assert (tmp_path / "checkpoints/last.pt").read_bytes() == before
+
+
+def test_resume_with_another_model_is_refused(tmp_path):
+    train(compose_config(TINY), run_dir=tmp_path)
+    with pytest.raises(ValueError, match="resume with the same model settings"):
+        train(compose_config(TINY + ["resume=auto", "backbone.growth_rate=4"]), run_dir=tmp_path)
+
+
+def test_best_checkpoint_follows_the_best_miou(tmp_path, monkeypatch):
+    from segdense.engine import trainer as trainer_mod
+
+    scores = iter([0.3, 0.6, 0.4])
+
+    def fake_evaluate(*args, **kwargs):
+        m = next(scores)
+        return {"mIoU": m, "mAcc": m, "aAcc": m, "per_class": [{"name": "x", "IoU": m, "Acc": m}]}
+
+    monkeypatch.setattr(trainer_mod, "evaluate", fake_evaluate)
+    train(compose_config(TINY + ["iterations=6"]), run_dir=tmp_path)
+    best = load_checkpoint(tmp_path / "checkpoints/best.pt")
+    assert best["iteration"] == 4 and best["best_miou"] == 0.6
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["best_mIoU"] == 0.6 and metrics["best_iteration"] == 4
+    assert metrics["last"]["mIoU"] == 0.4
+
+
+def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
+    from segdense.losses import criterion as criterion_mod
+
+    real_forward = criterion_mod.Criterion.forward
+    calls = {"n": 0}
+
+    def forward(self, outputs, target):
+        calls["n"] += 1
+        total, terms = real_forward(self, outputs, target)
+        return (total * float("nan") if calls["n"] == 3 else total), terms
+
+    monkeypatch.setattr(criterion_mod.Criterion, "forward", forward)
+    with pytest.raises(FloatingPointError, match="at iteration 3"):
+        train(compose_config(TINY), run_dir=tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["iteration"] == 2  # last good state kept
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ddp_grad_worker(rank, world, port, images, masks, out):
+    import torch.distributed as dist
+
+    from segdense import build_model
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16,
+                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8}, channels=16)
+    model.eval()  # batch statistics would differ per process without SyncBatchNorm (CUDA only)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    half = images.shape[0] // world
+    logits = ddp(images[rank * half:(rank + 1) * half])
+    torch.nn.functional.cross_entropy(logits, masks[rank * half:(rank + 1) * half]).backward()
+    if rank == 0:
+        torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+    dist.destroy_process_group()
+
+
+def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    from segdense import build_model
+
+    torch.manual_seed(1)
+    images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4, 32, 32))
+    out = tmp_path / "grads.pt"
+    mp.spawn(_ddp_grad_worker, args=(2, _free_port(), images, masks, str(out)), nprocs=2, join=True)
+    torch.manual_seed(0)
+    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16,
+                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8}, channels=16)
+    model.eval()
+    torch.nn.functional.cross_entropy(model(images), masks).backward()
+    ddp_grads = torch.load(out, weights_only=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torchrun_two_cpu_processes_complete_a_run(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        str(ROOT / "tools" / "train.py"), *TINY, f"hydra.run.dir={tmp_path}",
+    ]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["iteration"] == 4 and not math.isnan(metrics["last"]["mIoU"])
+    state = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    assert state["config"]["batch_size"] == 4
+    assert "2 process(es) = 8" in (tmp_path / "train.log").read_text()
