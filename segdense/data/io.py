@@ -33,13 +33,14 @@ def _open(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise DatasetFileError(path, "file does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFileError(path, f"cannot be decoded as an image ({exc.__class__.__name__}: {exc})") from None
+        detail = exc.__class__.__name__ if str(path) in str(exc) else f"{exc.__class__.__name__}: {exc}"
+        raise DatasetFileError(path, f"cannot be decoded as an image ({detail})") from None
     return image
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as an RGB ``uint8`` array of shape (H, W, 3)."""
-    return np.asarray(_open(path).convert("RGB"), dtype=np.uint8)
+    return np.array(_open(path).convert("RGB"), dtype=np.uint8)  # a writable copy
 
 
 def read_mask(path: str | Path, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
