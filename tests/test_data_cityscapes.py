@@ -70,3 +70,19 @@ def test_wrong_layout_shows_expected_layout(tmp_path):
     (tmp_path / "leftImg8bit" / "train").mkdir(parents=True)
     with pytest.raises(FileNotFoundError, match="(?s)gtFine/train.*Expected layout.*labelIds"):
         Cityscapes(tmp_path, "train")
+
+
+def test_prepare_tool_writes_train_ids_in_parallel(cityscapes, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools/prepare_cityscapes.py"
+    spec = importlib.util.spec_from_file_location("prepare_cityscapes_tool", path)
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    root, label_ids = cityscapes
+    assert tool.main([str(root), "--workers", "2"]) == 0
+    assert "wrote 4" in capsys.readouterr().out
+    first = sorted(root.glob("gtFine/train/aachen/*_labelTrainIds.png"))[0]
+    from segdense.data import read_mask
+    np.testing.assert_array_equal(read_mask(first), label_ids_to_train_ids(label_ids))

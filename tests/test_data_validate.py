@@ -1,9 +1,11 @@
 """validate_dataset and tools/check_dataset.py report every planted fault by path."""
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+from hydra import compose, initialize_config_dir
 
 from segdense.data import FolderDataset, SyntheticShapes, VOCSegmentation, validate_dataset
 from segdense.data.io import write_index_png
@@ -76,17 +78,35 @@ def test_num_classes_override_flags_higher_labels():
     assert not report.ok and "outside [0, 3)" in report.errors[0] and "synthetic:val" in report.errors[0]
 
 
-def run_tool(*args):
-    return subprocess.run([sys.executable, str(ROOT / "tools/check_dataset.py"), *args], capture_output=True,
-                          text=True, cwd=ROOT)
+def load_tool():
+    spec = importlib.util.spec_from_file_location("check_dataset_tool", ROOT / "tools/check_dataset.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def composed(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base=None):
+        return compose("config", overrides=list(overrides))
 
 
 def test_check_tool_exits_nonzero_and_names_faults(tmp_path):
     splits = faulty_voc(tmp_path / "VOCdevkit")
-    result = run_tool("dataset=voc", f"dataset.root={tmp_path / 'VOCdevkit'}", "+full=true")
+    result = subprocess.run([sys.executable, str(ROOT / "tools/check_dataset.py"), "dataset=voc",
+                             f"dataset.root={tmp_path / 'VOCdevkit'}", "+full=true"],
+                            capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert f"{splits['train'][0]}.jpg: cannot be decoded" in result.stdout and "label values [21, 99]" in result.stdout
-    ok = run_tool("dataset=voc", f"dataset.root={tmp_path / 'VOCdevkit'}", "+split=val")
-    assert ok.returncode == 0 and "OK" in ok.stdout and "background" in ok.stdout
-    missing = run_tool("dataset=voc", f"dataset.root={tmp_path / 'nothing'}")
-    assert missing.returncode == 2 and "Expected layout" in missing.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit"]  # no Hydra output folder left behind
+
+
+def test_check_tool_passes_a_clean_split(tmp_path, capsys):
+    make_voc(tmp_path)
+    assert load_tool().check(composed("dataset=voc", f"dataset.root={tmp_path}", "+split=val")) == 0
+    out = capsys.readouterr().out
+    assert "checked 2 of 2 samples: OK" in out and "background" in out
+
+
+def test_check_tool_shows_layout_for_a_missing_root(tmp_path, capsys):
+    assert load_tool().check(composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}")) == 2
+    assert "Expected layout" in capsys.readouterr().err

@@ -1,6 +1,5 @@
 """Pascal VOC 2012 and the SBD trainaug split (miniature trees in temp dirs)."""
-import subprocess
-import sys
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -105,7 +104,9 @@ def test_voc_aug_val_is_voc_val(voc):
     assert [i.stem for i, _ in build_dataset("voc_aug", "val", root=root).files] == splits["val"]
 
 
-def test_prepare_voc_aug_tool_reports_missing_sbd(tmp_path, voc):
-    result = subprocess.run([sys.executable, str(ROOT / "tools/prepare_voc_aug.py"), str(voc[0]),
-                             str(tmp_path / "no_sbd")], capture_output=True, text=True)
-    assert result.returncode == 1 and "dataset/cls" in result.stderr
+def test_prepare_voc_aug_tool_reports_missing_sbd(tmp_path, voc, capsys):
+    spec = importlib.util.spec_from_file_location("prepare_voc_aug_tool", ROOT / "tools/prepare_voc_aug.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(voc[0]), str(tmp_path / "no_sbd")]) == 1
+    assert "dataset/cls" in capsys.readouterr().err
