@@ -1,8 +1,11 @@
 """Cityscapes: layout, labelId -> trainId on every id, official names and colours, prepare tool."""
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from segdense.data import Cityscapes, label_ids_to_train_ids
+from segdense.data import Cityscapes, label_ids_to_train_ids, read_mask
 from segdense.data.cityscapes import LABELS
 from segdense.data.prepare import prepare_cityscapes
 from tests.data_fixtures import make_cityscapes
@@ -73,9 +76,6 @@ def test_wrong_layout_shows_expected_layout(tmp_path):
 
 
 def test_prepare_tool_writes_train_ids_in_parallel(cityscapes, capsys):
-    import importlib.util
-    from pathlib import Path
-
     path = Path(__file__).resolve().parents[1] / "tools/prepare_cityscapes.py"
     spec = importlib.util.spec_from_file_location("prepare_cityscapes_tool", path)
     tool = importlib.util.module_from_spec(spec)
@@ -84,5 +84,4 @@ def test_prepare_tool_writes_train_ids_in_parallel(cityscapes, capsys):
     assert tool.main([str(root), "--workers", "2"]) == 0
     assert "wrote 4" in capsys.readouterr().out
     first = sorted(root.glob("gtFine/train/aachen/*_labelTrainIds.png"))[0]
-    from segdense.data import read_mask
     np.testing.assert_array_equal(read_mask(first), label_ids_to_train_ids(label_ids))

@@ -69,3 +69,23 @@ def test_pad_collate_single_size_is_a_plain_stack():
     batch = [(torch.ones(3, 4, 4), torch.zeros(4, 4, dtype=torch.long))] * 2
     images, masks, sizes = pad_collate(batch)
     assert images.shape == (2, 3, 4, 4) and (masks == 0).all() and sizes.tolist() == [[4, 4], [4, 4]]
+
+
+def test_distributed_run_uses_a_distributed_sampler(tmp_path):
+    import torch.distributed as dist
+    from torch.utils.data import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        dataset = SyntheticShapes("train", num_samples=6, image_size=16)
+        train = build_dataloader(dataset, batch_size=2, train=True)
+        evaluation = build_dataloader(dataset, batch_size=2, train=False)
+        assert isinstance(train.sampler, DistributedSampler) and train.sampler.shuffle
+        assert isinstance(evaluation.sampler, DistributedSampler) and not evaluation.sampler.shuffle
+        assert len(list(infinite_batches_take(train, 4))) == 4
+    finally:
+        dist.destroy_process_group()
+
+
+def infinite_batches_take(loader, count):
+    return itertools.islice(infinite_batches(loader), count)
