@@ -24,7 +24,8 @@ def faulty_voc(root: Path) -> dict[str, list[str]]:
     bad = np.zeros((24, 32), np.uint8)
     bad[0, 0], bad[1, 1] = 21, 99
     write_index_png(base / "SegmentationClass" / f"{train[2]}.png", bad)
-    (base / "JPEGImages" / "2010_000005.jpg").write_bytes((base / "JPEGImages" / f"{splits['val'][0]}.jpg").read_bytes())
+    val_jpeg = base / "JPEGImages" / f"{splits['val'][0]}.jpg"
+    (base / "JPEGImages" / "2010_000005.jpg").write_bytes(val_jpeg.read_bytes())  # listed, but no mask
     (base / "ImageSets/Segmentation/train.txt").write_text("\n".join(train + ["2010_000005"]) + "\n")
     return splits
 

@@ -83,7 +83,8 @@ def write_index_png(path: str | Path, mask: np.ndarray, palette: Sequence[Sequen
     """Write a label mask as an 8-bit PNG, as a palette PNG when ``palette`` is given."""
     mask = np.asarray(mask)
     if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
-        raise ValueError(f"mask values must lie in [0, 255] to be written as an 8-bit PNG, got {mask.min()}..{mask.max()}")
+        raise ValueError(f"mask values must lie in [0, 255] to be written as an 8-bit PNG, "
+                         f"got {mask.min()}..{mask.max()}")
     image = Image.fromarray(mask.astype(np.uint8))
     if palette is not None:  # putpalette turns the "L" image into a "P" image with the same indices
         flat = [c for color in palette for c in color]
