@@ -128,3 +128,9 @@ def test_default_yaml_resolves_crop_size_and_builds():
     assert image_t.shape == (3, 48, 64) and mask_t.shape == (48, 64)
     image_e, mask_e = build_transforms(spec["eval"])(image, mask)
     assert image_e.shape == (3, 96, 128) and torch.equal(mask_e, torch.from_numpy(mask).long())
+
+
+def test_mask_values_beyond_8_bits_are_refused():
+    image, mask = aligned_pattern()
+    with pytest.raises(ValueError, match="0, 255"):
+        build_transforms([{"type": "Normalize"}])(image, mask.astype(np.int64) + 300)

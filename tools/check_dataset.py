@@ -17,14 +17,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segdense.data import build_dataset, validate_dataset  # noqa: E402
 
-# A check writes nothing: no Hydra output folder or log files.
-for _override in ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none", "hydra/hydra_logging=none"):
-    if not any(arg.startswith(_override.split("=")[0] + "=") for arg in sys.argv[1:]):
-        sys.argv.append(_override)
 
-
-@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def check(cfg: DictConfig) -> int:
+    """Build the configured dataset split, validate it, print the report; the exit status."""
     spec = OmegaConf.to_container(cfg.dataset, resolve=True)
     split = cfg.get("split") or spec["train_split"]
     sample = None if cfg.get("full", False) else int(cfg.get("sample", 64))
@@ -32,12 +27,22 @@ def main(cfg: DictConfig) -> None:
         dataset = build_dataset(split=split, **spec)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        return 2
     print(f"{spec['name']} split {split!r}: {dataset!r}")
     report = validate_dataset(dataset, sample=sample, seed=int(cfg.get("seed", 0)))
     print(report.format())
-    sys.exit(0 if report.ok else 1)
+    return 0 if report.ok else 1
+
+
+@hydra.main(config_path="../conf", config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    sys.exit(check(cfg))
 
 
 if __name__ == "__main__":
+    # A check writes nothing: no Hydra output folder or log files.
+    for override in ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
+                     "hydra/hydra_logging=none"):
+        if not any(arg.startswith(override.split("=")[0] + "=") for arg in sys.argv[1:]):
+            sys.argv.append(override)
     main()

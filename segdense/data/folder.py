@@ -51,7 +51,8 @@ class FolderDataset(SegmentationDataset):
         if len(self.palette) < self.num_classes:
             raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
         if mask_colors is not None and len(mask_colors) != self.num_classes:
-            raise ValueError(f"mask_colors must give one RGB colour per class ({self.num_classes}), got {len(mask_colors)}")
+            raise ValueError(f"mask_colors must give one RGB colour per class ({self.num_classes}), "
+                             f"got {len(mask_colors)}")
         self.mask_colors = None if mask_colors is None else [tuple(int(c) for c in color) for color in mask_colors]
         folders = (self.root / image_dir, self.root / mask_dir)
         for folder in folders:
@@ -73,7 +74,8 @@ class FolderDataset(SegmentationDataset):
             elif name in masks:
                 self.unpaired.append((masks[name], "mask has no image"))
             else:
-                self.unpaired.append((folders[0] / name, f"listed in {list_file.name} but neither image nor mask exists"))
+                problem = f"listed in {list_file.name} but neither image nor mask exists"
+                self.unpaired.append((folders[0] / name, problem))
         if not self.files and not self.unpaired:
             raise layout_error("folder dataset", root, f"no images found in {folders[0]}", LAYOUT)
 

@@ -33,13 +33,14 @@ def _open(path: str | Path) -> Image.Image:
     except FileNotFoundError:
         raise DatasetFileError(path, "file does not exist") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFileError(path, f"cannot be decoded as an image ({exc.__class__.__name__}: {exc})") from None
+        detail = exc.__class__.__name__ if str(path) in str(exc) else f"{exc.__class__.__name__}: {exc}"
+        raise DatasetFileError(path, f"cannot be decoded as an image ({detail})") from None
     return image
 
 
 def read_image(path: str | Path) -> np.ndarray:
     """An image file as an RGB ``uint8`` array of shape (H, W, 3)."""
-    return np.asarray(_open(path).convert("RGB"), dtype=np.uint8)
+    return np.array(_open(path).convert("RGB"), dtype=np.uint8)  # a writable copy
 
 
 def read_mask(path: str | Path, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:
@@ -82,7 +83,8 @@ def write_index_png(path: str | Path, mask: np.ndarray, palette: Sequence[Sequen
     """Write a label mask as an 8-bit PNG, as a palette PNG when ``palette`` is given."""
     mask = np.asarray(mask)
     if mask.min(initial=0) < 0 or mask.max(initial=0) > 255:
-        raise ValueError(f"mask values must lie in [0, 255] to be written as an 8-bit PNG, got {mask.min()}..{mask.max()}")
+        raise ValueError(f"mask values must lie in [0, 255] to be written as an 8-bit PNG, "
+                         f"got {mask.min()}..{mask.max()}")
     image = Image.fromarray(mask.astype(np.uint8))
     if palette is not None:  # putpalette turns the "L" image into a "P" image with the same indices
         flat = [c for color in palette for c in color]

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .cityscapes import label_ids_to_train_ids
 from .io import DatasetFileError, read_mask, write_index_png
-from .voc import PALETTE as VOC_PALETTE, voc_palette, voc_year_dir
+from .voc import voc_palette, voc_year_dir
 
 SBD_LAYOUT = """\
 <sbd_root>/                  (benchmark_RELEASE, from the SBD download)
@@ -115,4 +115,4 @@ def prepare_cityscapes(root: str | Path, splits: Iterable[str] = ("train", "val"
     return len(files)
 
 
-__all__ = ["prepare_cityscapes", "prepare_voc_aug", "read_sbd_mat", "VOC_PALETTE"]
+__all__ = ["prepare_cityscapes", "prepare_voc_aug", "read_sbd_mat"]

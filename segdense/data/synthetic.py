@@ -63,8 +63,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         elif cls == 3:  # triangle from three points on a circle
             angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.3, 0.3, 3)
             px, py = radius * np.cos(angles), radius * np.sin(angles)
-            sides = [(px[(k + 1) % 3] - px[k]) * (dy - py[k]) - (py[(k + 1) % 3] - py[k]) * (dx - px[k]) for k in range(3)]
-            region = ((sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)) | ((sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0))
+            sides = [(px[(k + 1) % 3] - px[k]) * (dy - py[k]) - (py[(k + 1) % 3] - py[k]) * (dx - px[k])
+                     for k in range(3)]
+            inside_ccw = (sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)
+            region = inside_ccw | ((sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0))
         else:  # ring
             dist2 = dy * dy + dx * dx
             region = (dist2 <= radius * radius) & (dist2 >= (radius * rng.uniform(0.45, 0.65)) ** 2)
@@ -87,7 +89,8 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     if rng.random() < 0.3:  # a small void patch of noise, labelled ignore
         side = int(rng.uniform(0.05, 0.11) * scale) + 1
         top, left = int(rng.integers(0, max(height - side, 1))), int(rng.integers(0, max(width - side, 1)))
-        image[top:top + side, left:left + side] = rng.uniform(0, 255, size=(min(side, height - top), min(side, width - left), 3))
+        noise_shape = (min(side, height - top), min(side, width - left), 3)
+        image[top:top + side, left:left + side] = rng.uniform(0, 255, size=noise_shape)
         labels[top:top + side, left:left + side] = IGNORE_INDEX
     return np.clip(image, 0, 255).astype(np.uint8), labels
 

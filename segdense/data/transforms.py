@@ -122,7 +122,10 @@ class SegmentationTransform:
 
     def __call__(self, image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         # albumentations' OpenCV kernels need uint8 masks; labels live in [0, 255] so nothing is lost.
-        out = self.pipeline(image=np.ascontiguousarray(image), mask=np.asarray(mask, dtype=np.uint8))
+        mask = np.asarray(mask)
+        if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 255):
+            raise ValueError(f"mask values must lie in [0, 255] (255 = ignore), got {mask.min()}..{mask.max()}")
+        out = self.pipeline(image=np.ascontiguousarray(image), mask=mask.astype(np.uint8, copy=False))
         image_out, mask_out = out["image"], out["mask"]
         if isinstance(image_out, np.ndarray):
             image_out = torch.from_numpy(np.ascontiguousarray(image_out)).permute(2, 0, 1)

@@ -53,7 +53,8 @@ def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = Non
     ``[0, num_classes)`` and 255 (with the values), and files without a partner (always, whatever ``sample``).
     """
     num_classes = dataset.num_classes if num_classes is None else int(num_classes)
-    names = list(dataset.class_names)[:num_classes] + [f"class{i}" for i in range(len(dataset.class_names), num_classes)]
+    names = list(dataset.class_names)[:num_classes]
+    names += [f"class{i}" for i in range(len(names), num_classes)]
     count = len(dataset)
     if sample is None or sample >= count:
         indices = np.arange(count)
