@@ -15,7 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segdense.config.schema import register_schema  # noqa: E402
 from segdense.data import build_dataset, validate_dataset  # noqa: E402
+
+register_schema()
 
 
 def check(cfg: DictConfig) -> int:
