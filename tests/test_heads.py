@@ -160,3 +160,28 @@ def test_aux_head_uses_block3_then_stride16_then_second_deepest():
 def test_head_asked_for_a_missing_feature_lists_the_backbone_features():
     with pytest.raises(ValueError, match="feature 'block9'.*block4 \\(stride 16"):
         build_head("fcn", tiny_backbone(16).feature_info, 5, 16, in_feature="block9")
+
+
+DENSENET121_OS16 = [
+    FeatureSpec("stem", 64, 2), FeatureSpec("block1", 256, 4), FeatureSpec("block2", 512, 8),
+    FeatureSpec("block3", 1024, 16), FeatureSpec("block4", 1024, 16),
+]
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_deeplabv3_parameter_count_on_densenet121_follows_the_architecture():
+    c, k = 1024, 21
+    aspp = (c * 256 + 512) + 3 * (c * 9 * 256 + 512) + (c * 256 + 256) + (5 * 256 * 256 + 512)
+    expected = aspp + (256 * 9 * 256 + 512) + (256 * k + k)
+    assert count(build_head("deeplabv3", DENSENET121_OS16, k, 16)) == expected == 8_528_405
+
+
+def test_denseaspp_parameter_count_on_densenet121_follows_the_paper_widths():
+    c, d0, d1, k = 1024, 128, 64, 21
+    first = c * d0 + 2 * d0 + d0 * 9 * d1
+    later = sum(2 * (c + i * d1) + (c + i * d1) * d0 + 2 * d0 + d0 * 9 * d1 for i in range(1, 5))
+    expected = first + later + (c + 5 * d1) * k + k
+    assert count(build_head("denseaspp", DENSENET121_OS16, k, 16)) == expected == 1_144_917
