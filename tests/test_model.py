@@ -209,3 +209,22 @@ def test_importing_segdense_needs_neither_hydra_nor_albumentations():
     code = "import sys, segdense, segdense.losses; print('hydra' in sys.modules or 'albumentations' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_onnx_export_at_one_size_runs_at_another_odd_size(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    import warnings
+
+    model = tiny("fpn", output_stride=8, num_classes=3).eval()  # fpn resizes the most
+    path = tmp_path / "model.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, (torch.randn(1, 3, 64, 96),), str(path), dynamo=False,
+                          input_names=["x"], dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}})
+    x = torch.randn(2, 3, 97, 131)
+    got = ort.InferenceSession(str(path)).run(None, {"x": x.numpy()})[0]
+    with torch.no_grad():
+        expected = model(x).numpy()
+    assert got.shape == (2, 3, 97, 131)
+    assert abs(got - expected).max() < 1e-4
