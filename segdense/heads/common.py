@@ -23,8 +23,9 @@ class ConvBNReLU(nn.Sequential):
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False); a no-op when the size already matches."""
-    if tuple(x.shape[-2:]) == tuple(size):
+    """Bilinear resize (align_corners=False); a no-op when the size already matches, except while
+    tracing (ONNX export), where the sizes seen at export need not be the ones seen at run time."""
+    if tuple(x.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
         return x
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 

@@ -16,7 +16,8 @@ def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
 
     A head is called as ``Head(feature_info, num_classes, output_stride, **head_kwargs)`` and its
     ``forward`` takes the backbone's ordered dict of features and returns logits at the head's
-    own resolution (the model upsamples them to the input size).
+    own resolution (the model upsamples them to the input size). ``output_stride`` is the
+    backbone's; heads read each feature's actual stride from ``feature_info``.
     """
 
     def decorator(cls: Callable[..., nn.Module], name: str | None = None) -> Callable[..., nn.Module]:

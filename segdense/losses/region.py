@@ -23,10 +23,10 @@ class DiceLoss(SegLoss):
         valid = target != self.ignore_index
         if not bool(valid.any()):
             return zero_loss(logits)
-        c = logits.shape[1]
         mask = valid.unsqueeze(1).to(logits.dtype)
         prob = F.softmax(logits, 1) * mask
-        onehot = F.one_hot(torch.where(valid, target, 0), c).permute(0, 3, 1, 2).to(logits.dtype) * mask
+        # One-hot by scatter in the logits' dtype: F.one_hot would allocate an int64 (N, H, W, C).
+        onehot = torch.zeros_like(prob).scatter_(1, torch.where(valid, target, 0).unsqueeze(1), 1.0) * mask
         dims = (0, 2, 3)
         inter = (prob * onehot).sum(dims)
         denom = prob.sum(dims) + onehot.sum(dims)

@@ -50,6 +50,6 @@ class SegmentationModel(nn.Module):
 
 
 def _upsample(logits: torch.Tensor, size) -> torch.Tensor:
-    if tuple(logits.shape[-2:]) == tuple(size):
+    if tuple(logits.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
         return logits
     return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)
