@@ -37,13 +37,6 @@ def valid_pixels():
     return [(n, i, j) for n in range(n_) for i in range(h) for j in range(w) if TARGET[n, i, j] != 255]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_every_loss_is_registered():
     assert set(LOSSES) <= set(list_losses())

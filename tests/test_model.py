@@ -11,15 +11,6 @@ from segdense.backbones import FeatureSpec, register_backbone
 from segdense.models import SegmentationModel, build_model, param_groups
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: with several test processes sharing two cores, torch's thread pool
-    spins against itself and small convolutions get ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 HEADS = ["fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn", "aux"]
 TINY = dict(num_units_per_block=(2, 2, 2, 2), growth_rate=8)
 

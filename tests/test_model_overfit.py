@@ -6,15 +6,6 @@ import torch.nn.functional as F
 from segdense.models import build_model
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """One intra-op thread: with several test processes sharing two cores, torch's thread pool
-    spins against itself and small convolutions get ten times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 # Narrow heads keep each run to a second or two on CPU.
 NARROW = {
     "fcn": dict(channels=32),
