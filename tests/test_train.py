@@ -246,3 +246,36 @@ def test_torchrun_two_cpu_processes_complete_a_run(tmp_path):
     state = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert state["config"]["batch_size"] == 4
     assert "2 process(es) = 8" in (tmp_path / "train.log").read_text()
+
+
+def test_training_refuses_data_with_out_of_range_labels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from data_fixtures import make_folder
+
+    root = tmp_path / "data"
+    make_folder(root, ["a", "b", "c", "d"], size=(40, 40), num_classes=3)
+    bad = np.array(Image.open(root / "masks" / "b.png"))
+    bad[0, 0] = 7
+    Image.fromarray(bad).save(root / "masks" / "b.png")
+    overrides = [o for o in TINY if o != "validate_data=off" and not o.startswith("dataset.")]
+    cfg = compose_config(overrides + [
+        "dataset=folder", f"dataset.root={root}", "dataset.class_names=[a,b,c]",
+        "dataset.train_split=all", "dataset.val_split=all", "crop_size=[32,32]", "validate_data=quick",
+    ])
+    with pytest.raises(ConfigError, match=r"(?s)the training data has problems.*b\.png.*7"):
+        train(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_multirun_sweep_runs_every_combination(tmp_path):
+    tiny = [o for o in TINY if not o.startswith("head")]
+    cmd = [sys.executable, str(ROOT / "tools" / "train.py"), "-m", *tiny, "head=fcn,deeplabv3", "head.channels=16",
+           "iterations=2", f"hydra.sweep.dir={tmp_path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
+    assert len(runs) == 2
+    heads = {load_checkpoint(r / "checkpoints/last.pt")["model_config"]["head"] for r in runs}
+    assert heads == {"fcn", "deeplabv3"}

@@ -105,7 +105,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
     validation metrics. ``run_dir`` defaults to Hydra's output directory."""
     from segdense.data import build_dataloader, validate_dataset
-    from segdense.engine import Trainer, build_optimizer, build_scheduler, resolve_amp, resolve_device
+    from segdense.engine import Trainer, build_optimizer, build_scheduler, resolve_device
     from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
     from segdense.losses import build_criterion
     from segdense.models import build_model, param_groups
