@@ -6,6 +6,7 @@ import torch
 from torch.utils.data import Dataset
 
 from segdense.data import SyntheticShapes, build_dataloader, build_transforms, infinite_batches, pad_collate
+from segdense.data.loader import ShardSampler
 
 FLIP = [{"type": "HorizontalFlip", "p": 0.5}, {"type": "Normalize"}]
 
@@ -81,10 +82,15 @@ def test_distributed_run_uses_a_distributed_sampler(tmp_path):
         train = build_dataloader(dataset, batch_size=2, train=True)
         evaluation = build_dataloader(dataset, batch_size=2, train=False)
         assert isinstance(train.sampler, DistributedSampler) and train.sampler.shuffle
-        assert isinstance(evaluation.sampler, DistributedSampler) and not evaluation.sampler.shuffle
+        assert isinstance(evaluation.sampler, ShardSampler) and list(evaluation.sampler) == list(range(6))
         assert len(list(infinite_batches_take(train, 4))) == 4
     finally:
         dist.destroy_process_group()
+
+
+def test_shard_sampler_covers_every_sample_exactly_once():
+    shards = [list(ShardSampler(7, rank, 3)) for rank in range(3)]
+    assert shards == [[0, 3, 6], [1, 4], [2, 5]]
 
 
 def infinite_batches_take(loader, count):

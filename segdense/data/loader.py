@@ -41,12 +41,27 @@ class _SeedWorker:
             transform.set_random_seed(seed)
 
 
+class ShardSampler(torch.utils.data.Sampler):
+    """Every ``world_size``-th index from ``rank``, in order, without the padding
+    ``DistributedSampler`` adds: each sample is evaluated exactly once across all processes."""
+
+    def __init__(self, dataset_size: int, rank: int, world_size: int) -> None:
+        self.indices = range(rank, dataset_size, world_size)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
                      pin_memory: bool | None = None, persistent_workers: bool | None = None,
                      drop_last: bool | None = None) -> DataLoader:
     """A DataLoader for training (shuffled, ``drop_last``) or evaluation (in order, :func:`pad_collate`).
 
-    Under an initialised ``torch.distributed`` process group each rank gets a ``DistributedSampler`` shard
+    Under an initialised ``torch.distributed`` process group each rank gets a ``DistributedSampler`` shard for
+    training and a :class:`ShardSampler` (no duplicated samples, so metrics count each image once) for evaluation
     (call :func:`infinite_batches`, or ``loader.sampler.set_epoch`` yourself, to reshuffle per epoch).
     ``pin_memory`` defaults to whether CUDA is available, ``persistent_workers`` to ``num_workers > 0``.
     Training batches are ``(images, masks)``; evaluation batches ``(images, masks, sizes)``.
@@ -56,8 +71,10 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
     if train and len(dataset) < batch_size and drop_last is not False:
         raise ValueError(f"the training set has {len(dataset)} samples, fewer than one batch of {batch_size}")
     generator = torch.Generator().manual_seed(int(seed))
-    if dist.is_available() and dist.is_initialized():
-        sampler = DistributedSampler(dataset, shuffle=train, seed=int(seed), drop_last=train)
+    if dist.is_available() and dist.is_initialized() and train:
+        sampler = DistributedSampler(dataset, shuffle=True, seed=int(seed), drop_last=True)
+    elif dist.is_available() and dist.is_initialized():
+        sampler = ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size())
     elif train:
         sampler = RandomSampler(dataset, generator=generator)
     else:
