@@ -9,7 +9,7 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable, Mapping
 
-from segdense.backbones.registry import unknown_name_message
+from segdense.registry import unknown_name_message
 
 
 class ConfigError(ValueError):

@@ -1,9 +1,9 @@
 """Build any dataset by name: ``build_dataset("voc", split="val", root=...)``."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
-from ..backbones.registry import unknown_name_message
+from ..registry import Registry
 from .base import SegmentationDataset, Transform
 from .cityscapes import Cityscapes
 from .folder import FolderDataset
@@ -15,18 +15,19 @@ def _voc_aug(split: str = "trainaug", **kwargs: Any) -> VOCSegmentation:
     return VOCSegmentation(split=split, **kwargs)
 
 
-_DATASETS: dict[str, Callable[..., SegmentationDataset]] = {
+_DATASETS = Registry("dataset")
+_DATASETS.update({
     "synthetic": SyntheticShapes,
     "voc": VOCSegmentation,
     "voc_aug": _voc_aug,  # VOC 2012 whose train split is SBD's trainaug; its val is VOC val
     "cityscapes": Cityscapes,
     "folder": FolderDataset,
-}
+})
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`build_dataset`, sorted."""
-    return sorted(_DATASETS)
+    return _DATASETS.names()
 
 
 def build_dataset(name: str, split: str, transform: Transform | None = None, **kwargs: Any) -> SegmentationDataset:
@@ -35,11 +36,10 @@ def build_dataset(name: str, split: str, transform: Transform | None = None, **k
     ``train_split``/``val_split`` keys (from a Hydra ``dataset:`` block) are ignored, so the trainer can call
     ``build_dataset(split=cfg.dataset.train_split, **cfg.dataset)``.
     """
-    if name not in _DATASETS:
-        raise ValueError(unknown_name_message("dataset", name, list_datasets()))
+    builder = _DATASETS.builder(name)
     kwargs.pop("train_split", None)
     kwargs.pop("val_split", None)
     try:
-        return _DATASETS[name](split=split, transform=transform, **kwargs)
+        return builder(split=split, transform=transform, **kwargs)
     except TypeError as exc:
         raise TypeError(f"dataset {name!r}: {exc}") from None

@@ -14,7 +14,7 @@ import albumentations as A
 import numpy as np
 import torch
 
-from ..backbones.registry import unknown_name_message
+from ..registry import unknown_name_message
 from .io import IGNORE_INDEX
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

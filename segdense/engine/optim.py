@@ -7,7 +7,7 @@ from typing import Iterable
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from segdense.backbones.registry import unknown_name_message
+from segdense.registry import unknown_name_message
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 SCHEDULERS = ("poly", "cosine", "constant")

@@ -6,9 +6,9 @@ from typing import Callable, Sequence
 import torch.nn as nn
 
 from ..backbones.features import FeatureSpec
-from ..backbones.registry import unknown_name_message
+from ..registry import Registry
 
-_HEADS: dict[str, Callable[..., nn.Module]] = {}
+_HEADS = Registry("head")
 
 
 def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
@@ -16,25 +16,14 @@ def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
 
     A head is called as ``Head(feature_info, num_classes, output_stride, **head_kwargs)`` and its
     ``forward`` takes the backbone's ordered dict of features and returns logits at the head's
-    own resolution (the model upsamples them to the input size). ``output_stride`` is the
-    backbone's; heads read each feature's actual stride from ``feature_info``.
+    own resolution (the model upsamples them to the input size).
     """
-
-    def decorator(cls: Callable[..., nn.Module], name: str | None = None) -> Callable[..., nn.Module]:
-        key = name or cls.__name__
-        if key in _HEADS and _HEADS[key] is not cls:
-            raise ValueError(f"a head named {key!r} is already registered")
-        _HEADS[key] = cls
-        return cls
-
-    if callable(cls_or_name):
-        return decorator(cls_or_name)
-    return lambda cls: decorator(cls, cls_or_name)
+    return _HEADS.register(cls_or_name)
 
 
 def list_heads() -> list[str]:
     """Names of all registered heads, sorted."""
-    return sorted(_HEADS)
+    return _HEADS.names()
 
 
 def build_head(
@@ -45,12 +34,11 @@ def build_head(
     **head_kwargs,
 ) -> nn.Module:
     """Build the head registered as ``name`` for a backbone described by ``feature_info``."""
-    if name not in _HEADS:
-        raise ValueError(unknown_name_message("head", name, list_heads()))
+    head = _HEADS.builder(name)
     check_num_classes(num_classes)
     if not feature_info:
         raise ValueError(f"head {name!r} needs a backbone with at least one feature; feature_info is empty")
-    return _HEADS[name](list(feature_info), num_classes, output_stride, **head_kwargs)
+    return head(list(feature_info), num_classes, output_stride, **head_kwargs)
 
 
 def check_num_classes(num_classes) -> None:

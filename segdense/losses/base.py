@@ -1,39 +1,30 @@
 """Loss registry and the input checks every segmentation loss shares."""
 from __future__ import annotations
 
-from typing import Callable
+
 
 import torch
 import torch.nn as nn
 
-from ..backbones.registry import unknown_name_message
+from ..registry import Registry
 
-_LOSSES: dict[str, Callable[..., nn.Module]] = {}
+_LOSSES = Registry("loss")
 
 
 def register_loss(name: str):
     """Register a loss class as ``@register_loss("name")``. It is built as
     ``cls(ignore_index=..., num_classes=..., **loss_kwargs)``."""
-
-    def decorator(cls):
-        if name in _LOSSES and _LOSSES[name] is not cls:
-            raise ValueError(f"a loss named {name!r} is already registered")
-        _LOSSES[name] = cls
-        return cls
-
-    return decorator
+    return _LOSSES.register(name)
 
 
 def list_losses() -> list[str]:
     """Names of all registered losses, sorted."""
-    return sorted(_LOSSES)
+    return _LOSSES.names()
 
 
 def build_loss(name: str, ignore_index: int = 255, num_classes: int | None = None, **kwargs) -> nn.Module:
     """Build the loss registered as ``name``."""
-    if name not in _LOSSES:
-        raise ValueError(unknown_name_message("loss", name, list_losses()))
-    return _LOSSES[name](ignore_index=ignore_index, num_classes=num_classes, **kwargs)
+    return _LOSSES.builder(name)(ignore_index=ignore_index, num_classes=num_classes, **kwargs)
 
 
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, num_classes: int | None) -> None:
