@@ -1,8 +1,6 @@
 """Loss registry and the input checks every segmentation loss shares."""
 from __future__ import annotations
 
-
-
 import torch
 import torch.nn as nn
 
