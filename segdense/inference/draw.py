@@ -67,7 +67,7 @@ def confusion_image(confusion: Sequence[Sequence[float]], class_names: Sequence[
     label_w = 10 + max(int(font.getlength(name)) for name in class_names)
     top = label_w + 20  # column names are drawn rotated
     left = label_w + 20
-    canvas = Image.new("RGB", (left + n * cell + 10, top + n * cell + 10), (255, 255, 255))
+    canvas = Image.new("RGB", (max(left + n * cell + 10, 300), top + n * cell + 30), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     for i in range(n):
         for j in range(n):
@@ -84,5 +84,5 @@ def confusion_image(confusion: Sequence[Sequence[float]], class_names: Sequence[
     for j in range(n):
         cdraw.text((8, j * cell + cell // 3), class_names[j], fill=(0, 0, 0), font=font)
     canvas.paste(columns.rotate(90, expand=True), (left, 0))
-    draw.text((8, 4), "rows: ground truth / columns: prediction (% of row)", fill=(0, 0, 0), font=font)
+    draw.text((8, top + n * cell + 10), "rows: ground truth, columns: prediction (% of row)", fill=(0, 0, 0), font=font)
     return np.asarray(canvas)

@@ -50,7 +50,7 @@ def _read_file(path: Path) -> np.ndarray:
             return _pil_to_rgb(_exif_upright(image), path)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         pil_error = exc
-    rgb = _read_with_opencv(path)
+    rgb = _read_with_opencv(path) if path.suffix.lower() in (".tif", ".tiff") else None  # e.g. 16-bit colour TIFF
     if rgb is None:
         raise ImageReadError(path, f"cannot be decoded as an image ({pil_error.__class__.__name__}: {pil_error})")
     return rgb
