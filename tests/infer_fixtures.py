@@ -27,16 +27,56 @@ def tiny_checkpoint(tmp_path_factory) -> Path:
 
 
 class OneHotOracle(nn.Module):
-    """Predicts the labels it is given: logits are the one-hot of ``labels`` (a stand-in perfect model)."""
+    """A stand-in model whose logits are the one-hot of the class index written in the image's channel
+    ``channel`` (so it predicts whatever the image says, at any size, crop or batch)."""
 
-    def __init__(self, labels: torch.Tensor, num_classes: int):
+    def __init__(self, num_classes: int, channel: int = 0):
         super().__init__()
-        self.register_buffer("labels", labels)
-        self.num_classes = num_classes
+        self.num_classes, self.channel = num_classes, channel
+        self.model_config = {"backbone": "oracle", "head": "one-hot", "num_classes": num_classes}
 
     def forward(self, images):
-        labels = self.labels[: images.shape[0], : images.shape[-2], : images.shape[-1]].clamp(max=self.num_classes - 1)
+        labels = images[:, self.channel].round().long().clamp(0, self.num_classes - 1)
         return torch.nn.functional.one_hot(labels, self.num_classes).permute(0, 3, 1, 2).float()
+
+
+class TensorDataset(torch.utils.data.Dataset):
+    """In-memory (image, mask) pairs of any sizes, with class names (for the evaluation loop)."""
+
+    def __init__(self, pairs, class_names):
+        self.pairs, self.class_names = pairs, list(class_names)
+
+    @property
+    def num_classes(self):
+        return len(self.class_names)
+
+    def __len__(self):
+        return len(self.pairs)
+
+    def __getitem__(self, i):
+        return self.pairs[i]
+
+    def describe(self, i):
+        return f"memory[{i}]", f"memory[{i}]"
+
+
+def oracle_bundle(num_classes: int, channel: int = 0):
+    from segdense.inference.loading import ModelBundle, default_palette
+
+    return ModelBundle(OneHotOracle(num_classes, channel), [f"class{i}" for i in range(num_classes)],
+                       default_palette(num_classes), source="oracle")
+
+
+def labelled_images(sizes, num_classes: int, seed: int = 0):
+    """(image, mask) pairs whose image channel 0 holds the mask's labels (channels 1, 2 noise)."""
+    generator = torch.Generator().manual_seed(seed)
+    pairs = []
+    for h, w in sizes:
+        mask = torch.randint(0, num_classes, (h, w), generator=generator)
+        image = torch.rand(3, h, w, generator=generator)
+        image[0] = mask.float()
+        pairs.append((image, mask))
+    return pairs
 
 
 def write_image(path: Path, array: np.ndarray, **save_kwargs) -> Path:
