@@ -19,11 +19,11 @@ def export_job(cfg: DictConfig) -> list[dict]:
     output = Path(cfg.output)
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output} exists; pass overwrite=true to replace it")
-    check_writable_dir(output.parent)
     sizes = [list(s) for s in OmegaConf.to_container(cfg.sizes)]
     if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
         raise ConfigError(f"sizes={sizes}: expected a list of [height, width] pairs")
     bundle = load_bundle(cfg.checkpoint)
+    check_writable_dir(output.parent)
     results = export_model(bundle, cfg.format, output, sizes=sizes, opset=cfg.opset, verify=cfg.verify,
                            tolerance=cfg.tolerance)
     print(f"wrote {output} ({cfg.format})")

@@ -20,8 +20,8 @@ def infer_job(cfg: DictConfig):
     from .eval_job import infer_options
 
     files = find_images(cfg.input)
-    output = check_writable_dir(cfg.output)
     bundle = load_bundle(cfg.checkpoint)
+    output = check_writable_dir(cfg.output)
     predictor = Predictor(bundle, device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size,
                           **infer_options(cfg, bundle))
     logger.info("%s: %d image(s) -> %s", predictor, len(files), output)
