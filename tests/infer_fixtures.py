@@ -18,12 +18,16 @@ TINY_EVAL = [o for o in TINY if not o.startswith(("head", "dataset.image_size", 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
+    # Imported by several test modules, so pytest may instantiate it once per module: the run directory in the
+    # session's base temp folder makes every instance after the first reuse the same checkpoint.
     from segdense.config.train_job import train
 
-    run_dir = tmp_path_factory.mktemp("tiny_run")
-    train(compose_config(TINY_EVAL), run_dir=run_dir)
-    torch.use_deterministic_algorithms(False)
-    return run_dir / "checkpoints" / "last.pt"
+    run_dir = tmp_path_factory.getbasetemp() / "tiny_infer_run"
+    checkpoint = run_dir / "checkpoints" / "last.pt"
+    if not checkpoint.is_file():
+        train(compose_config(TINY_EVAL), run_dir=run_dir)
+        torch.use_deterministic_algorithms(False)
+    return checkpoint
 
 
 class OneHotOracle(nn.Module):

@@ -88,3 +88,14 @@ def test_missing_onnx_names_the_extra_to_install(tiny_checkpoint, tmp_path, monk
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(ExportError, match=r'\[export\]'):
         verify_onnx(load_bundle(tiny_checkpoint).model, tmp_path / "m.onnx", SIZES)
+
+
+@pytest.mark.parametrize("head", ["deeplabv3plus", "fpn"])
+def test_decoders_with_skip_connections_export_with_dynamic_sizes(head, tmp_path):
+    from segdense.inference.loading import ModelBundle, default_palette
+
+    model = segdense.build_model("densenet_custom", head, num_classes=3, output_stride=8, channels=16,
+                                 backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8})
+    bundle = ModelBundle(model.eval(), ["a", "b", "c"], default_palette(3))
+    results = export_model(bundle, "onnx", tmp_path / "m.onnx", sizes=SIZES)
+    assert max(r["max_abs_diff"] for r in results) <= 1e-4
