@@ -71,12 +71,15 @@ def _pil_to_rgb(image, source) -> np.ndarray:
         if mode in ("P", "PA"):  # palette images may carry transparency: go through RGBA
             image = image.convert("RGBA")
         return np.asarray(image.convert("RGB"), dtype=np.uint8)
-    # 16/32-bit integer and float greyscale ("I;16", "I;16B", "I", "F"): scale the values, don't clip them
-    return array_to_rgb(np.asarray(image), source=source)
+    # 16/32-bit integer and float greyscale ("I;16", "I;16B", "I", "F"): scale the values, don't clip them.
+    # Integer files are 16-bit data (Pillow may open a 16-bit PNG as "I"), however dark the image.
+    return array_to_rgb(np.asarray(image), source=source, wide_ints_are_16_bit=True)
 
 
-def array_to_rgb(array: np.ndarray, source: Any = "array") -> np.ndarray:
-    """An image array of a supported shape and dtype as RGB uint8 (H, W, 3)."""
+def array_to_rgb(array: np.ndarray, source: Any = "array", wide_ints_are_16_bit: bool = False) -> np.ndarray:
+    """An image array of a supported shape and dtype as RGB uint8 (H, W, 3). uint16 is scaled by 255/65535;
+    wider integers too, unless they all lie in 0..255 (e.g. ``np.array`` of 8-bit values) and
+    ``wide_ints_are_16_bit`` is False."""
     a = np.asarray(array)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -86,13 +89,13 @@ def array_to_rgb(array: np.ndarray, source: Any = "array") -> np.ndarray:
         raise ImageReadError(
             source, f"array of shape {tuple(np.shape(array))} is not an image; expected (H, W), (H, W, 3) or (H, W, 4)"
         )
-    a = _to_uint8(a, source)
+    a = _to_uint8(a, source, wide_ints_are_16_bit)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=2)
     return np.ascontiguousarray(a)
 
 
-def _to_uint8(a: np.ndarray, source: Any) -> np.ndarray:
+def _to_uint8(a: np.ndarray, source: Any, wide_ints_are_16_bit: bool = False) -> np.ndarray:
     if a.dtype == np.uint8:
         return a
     if a.dtype == np.bool_:
@@ -103,7 +106,7 @@ def _to_uint8(a: np.ndarray, source: Any) -> np.ndarray:
         scale = 255.0 if a.max(initial=0) <= 1.0 else 1.0  # [0, 1] floats, else values already on 0..255
         return np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
     if np.issubdtype(a.dtype, np.integer):
-        if a.max(initial=0) <= 255 and a.dtype.itemsize > 2:  # 32-bit "I" holding 8-bit values
+        if not wide_ints_are_16_bit and a.dtype.itemsize > 2 and a.min(initial=0) >= 0 and a.max(initial=0) <= 255:
             return np.clip(a, 0, 255).astype(np.uint8)
         return np.clip(np.rint(a.astype(np.float64) * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
     raise ImageReadError(source, f"unsupported pixel type {a.dtype}")
