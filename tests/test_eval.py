@@ -87,7 +87,8 @@ def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_pa
     for mode, extra in [("whole", []), ("slide", ["crop_size=[32,32]", "stride=[24,24]"]),
                         ("tta", ["scales=[0.75,1.25]", "flip=true"])]:
         cfg = compose_eval([f"checkpoint={tiny_checkpoint}", "progress=false", "num_workers=0",
-                            f"output_dir={tmp_path / mode}", "mode=" + ("slide" if mode == "slide" else "whole"), *extra])
+                            f"output_dir={tmp_path / mode}", "mode=" + ("slide" if mode == "slide" else "whole"),
+                            *extra])
         results[mode] = evaluate_job(cfg)
         written = json.loads((tmp_path / mode / "metrics.json").read_text())
         assert written["num_images"] == 8 and written["dataset"] == "synthetic"  # the training dataset, val split

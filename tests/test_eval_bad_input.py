@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from segdense.config.eval_job import evaluate_job, run_tool
 from segdense.config.export_job import export_job
@@ -63,7 +62,8 @@ def test_eval_tool_reports_a_missing_checkpoint_in_one_line(tmp_path):
 def test_a_corrupt_checkpoint_is_named(name, corrupt_checkpoint, tmp_path, capsys):
     job = {"eval": evaluate_job, "infer": infer_job, "export": export_job}[name]
     write_image(tmp_path / "x.png", np.zeros((40, 40, 3), np.uint8))
-    extra = {"eval": [f"output_dir={tmp_path / 'out'}"], "infer": [f"input={tmp_path / 'x.png'}", f"output={tmp_path / 'out'}"],
+    extra = {"eval": [f"output_dir={tmp_path / 'out'}"],
+             "infer": [f"input={tmp_path / 'x.png'}", f"output={tmp_path / 'out'}"],
              "export": ["format=safetensors", f"output={tmp_path / 'out' / 'm.safetensors'}"]}[name]
     err = fails_with(job, compose(name, [f"checkpoint={corrupt_checkpoint}", *extra]), capsys)
     assert str(corrupt_checkpoint) in err and "could not be read" in err
@@ -84,7 +84,8 @@ def test_a_dataset_with_other_classes_than_the_checkpoint_is_refused(tiny_checkp
     write_image(root / "images" / "a.png", np.zeros((40, 40, 3), np.uint8))
     write_image(root / "masks" / "a.png", np.zeros((40, 40), np.uint8))
     cfg = compose("eval", [f"checkpoint={tiny_checkpoint}", "dataset=folder", f"dataset.root={root}",
-                           "dataset.class_names=[cat,dog]", "split=all", f"output_dir={tmp_path / 'out'}", "progress=false"])
+                           "dataset.class_names=[cat,dog]", "split=all", f"output_dir={tmp_path / 'out'}",
+                           "progress=false"])
     err = fails_with(evaluate_job, cfg, capsys)
     assert "dataset 'folder' has 2 classes but the checkpoint" in err and "predicts 5" in err
     assert not (tmp_path / "out" / "metrics.json").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import segdense
-from segdense.export import ExportError, export_model, verify_onnx, verify_torchscript
+from segdense.export import ExportError, export_model, verify_torchscript
 from segdense.inference import load_bundle
 
 from infer_fixtures import tiny_checkpoint  # noqa: F401
@@ -85,9 +85,11 @@ def test_missing_onnx_names_the_extra_to_install(tiny_checkpoint, tmp_path, monk
     with pytest.raises(ExportError, match=r'pip install -e "\.\[export\]"'):
         export_model(load_bundle(tiny_checkpoint), "onnx", tmp_path / "m.onnx")
     assert not (tmp_path / "m.onnx").exists()
+    monkeypatch.delitem(sys.modules, "onnx")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    with pytest.raises(ExportError, match=r'\[export\]'):
-        verify_onnx(load_bundle(tiny_checkpoint).model, tmp_path / "m.onnx", SIZES)
+    with pytest.raises(ExportError, match=r'onnxruntime: pip install -e "\.\[export\]"'):
+        export_model(load_bundle(tiny_checkpoint), "onnx", tmp_path / "m.onnx")
+    assert not (tmp_path / "m.onnx").exists()
 
 
 @pytest.mark.parametrize("head", ["deeplabv3plus", "fpn"])

@@ -84,7 +84,7 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     result = evaluate_model(
         bundle, dataset, infer, device, amp_dtype=resolve_amp(cfg.amp, device), batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, output_dir=output_dir, save_predictions=cfg.save_predictions,
-        dataset_name=name, progress=cfg.progress,
+        dataset_name=name, progress=cfg.progress, channels_last=device.type == "cuda",
     )
     print(format_metrics_table(result))
     print(f"metrics: {Path(output_dir) / 'metrics.json'}")

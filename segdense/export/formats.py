@@ -40,7 +40,8 @@ class LogitsOnly(nn.Module):
 
 def _example(model: nn.Module, size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    return torch.randn(batch, int(getattr(getattr(model, "backbone", None), "in_channels", 3)), *size, generator=generator)
+    channels = int(getattr(getattr(model, "backbone", None), "in_channels", 3))
+    return torch.randn(batch, channels, *size, generator=generator)
 
 
 def _tmp_for(path: Path) -> Path:
@@ -163,6 +164,12 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
         x = _example(model, sizes[0])
         return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]
     if format == "onnx":
+        if verify:  # know before writing anything that the check can run
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
+                                  "(or pass verify=false)") from None
         export_onnx(model, output, sizes[0], opset)
         results = verify_onnx(model, output, sizes) if verify else []
     else:

@@ -28,7 +28,8 @@ class InferenceReport:
         return not self.failed
 
     def summary(self) -> str:
-        text = f"{len(self.written)} image(s) written, {len(self.skipped)} skipped (outputs exist), {len(self.failed)} failed"
+        text = (f"{len(self.written)} image(s) written, {len(self.skipped)} skipped (outputs exist), "
+                f"{len(self.failed)} failed")
         for path, why in self.failed:
             text += f"\n  failed: {path}: {why}"
         return text

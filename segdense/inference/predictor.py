@@ -45,7 +45,8 @@ class Predictor:
         self._transform = None
 
     @classmethod
-    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto", **kwargs: Any) -> "Predictor":
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+                        **kwargs: Any) -> "Predictor":
         """Rebuild the model from a segdense ``.pt`` checkpoint or ``.safetensors`` file; ``kwargs`` as for
         :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``)."""
         return cls(load_bundle(path), device=device, **kwargs)

@@ -96,7 +96,9 @@ class MultiScaleFlip:
         total = None
         for scale in self.scales:
             size = (max(self.min_size, round(h * scale)), max(self.min_size, round(w * scale)))
-            scaled = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+            scaled = images
+            if size != (h, w):
+                scaled = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             views = [(scaled, False)] + ([(scaled.flip(-1), True)] if self.flip else [])
             for view, flipped in views:
                 logits = self.base(model, view).float()

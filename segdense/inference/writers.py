@@ -37,7 +37,8 @@ def write_png(path: str | os.PathLike, rgb: np.ndarray) -> Path:
     return atomic_write_bytes(path, _encoded(lambda b: Image.fromarray(np.asarray(rgb, dtype=np.uint8)).save(b, "PNG")))
 
 
-def write_label_png(path: str | os.PathLike, labels: np.ndarray, palette: Sequence[Sequence[int]] | None = None) -> Path:
+def write_label_png(path: str | os.PathLike, labels: np.ndarray,
+                    palette: Sequence[Sequence[int]] | None = None) -> Path:
     """Class indices as an 8-bit PNG whose pixel values are the indices; a palette ("P") PNG when ``palette`` is
     given, so viewers show colours while the values stay indices."""
     from PIL import Image
