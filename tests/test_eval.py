@@ -138,3 +138,16 @@ def test_a_dataset_with_other_classes_is_refused(tmp_path):
     with pytest.raises(DatasetMismatchError, match="has 2 classes but the checkpoint oracle predicts 4"):
         evaluate_model(oracle_bundle(4), dataset, whole_logits, torch.device("cpu"), output_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cityscapes_predictions_are_saved_as_label_ids_for_the_server(tmp_path):
+    from segdense.data.cityscapes import CLASS_NAMES
+
+    truth = torch.tensor([[0, 13, 18, 10]])  # road, car, bicycle, sky as trainIds
+    image = torch.stack([truth.float(), torch.zeros(1, 4), torch.zeros(1, 4)])
+    dataset = TensorDataset([(image, truth)], CLASS_NAMES)
+    bundle = oracle_bundle(19)
+    bundle.class_names = list(CLASS_NAMES)
+    evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), save_predictions=tmp_path,
+                   dataset_name="cityscapes", progress=False)
+    assert np.asarray(Image.open(tmp_path / "labels" / "000000.png")).tolist() == [[7, 26, 33, 23]]

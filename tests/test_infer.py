@@ -123,10 +123,14 @@ def test_bad_images_and_inputs_get_one_clear_error(tmp_path):
         load_image(tmp_path / "missing.png")
     with pytest.raises(ImageReadError, match=r"array of shape \(2, 3, 4, 5\) is not an image"):
         load_image(np.zeros((2, 3, 4, 5)))
+    write_image(tmp_path / "b.png", np.zeros((4, 4, 3), np.uint8))
+    write_image(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    assert [p.name for p in find_images(str(tmp_path / "*.png"))] == ["a.png", "b.png"]
     with pytest.raises(FileNotFoundError, match="matches no files"):
         find_images(str(tmp_path / "*.jpg"))
+    (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no images"):
-        find_images(tmp_path)
+        find_images(tmp_path / "empty")
 
 
 def test_predictor_accepts_paths_pil_images_and_arrays_alike(tiny_checkpoint, tmp_path):
@@ -165,3 +169,16 @@ def test_import_segdense_needs_no_pillow_or_albumentations():
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert run.stdout.strip() == "[]", run.stderr
+
+
+def test_overlay_draws_a_legend_of_the_classes_present():
+    from segdense.inference.draw import overlay
+
+    palette = [[200, 0, 0], [0, 200, 0], [0, 0, 200]]
+    labels = np.zeros((40, 30), np.int64)
+    labels[:, 15:] = 2
+    picture = overlay(np.zeros((40, 30, 3), np.uint8), labels, palette, ["red", "green", "blue"])
+    assert picture.shape[0] >= 40 and picture.shape[1] > 30
+    assert picture[0, 0].tolist() == [100, 0, 0]  # image and prediction blended half and half
+    legend = {tuple(c) for c in picture[:, 30:].reshape(-1, 3).tolist()}
+    assert (200, 0, 0) in legend and (0, 0, 200) in legend and (0, 200, 0) not in legend
