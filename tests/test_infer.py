@@ -155,6 +155,12 @@ def test_batched_prediction_equals_one_by_one(tiny_checkpoint):
         assert np.array_equal(labels, predictor.predict(image))
 
 
+def test_images_smaller_than_the_output_stride_are_predicted(tiny_checkpoint):
+    predictor = segdense.Predictor.from_checkpoint(tiny_checkpoint)
+    assert predictor.predict(np.zeros((3, 5, 3), np.uint8)).shape == (3, 5)
+    assert predictor.predict(np.zeros((1, 200), np.uint8)).shape == (1, 200)
+
+
 def test_predictor_slide_and_tta_keep_the_image_size(tiny_checkpoint):
     predictor = segdense.Predictor.from_checkpoint(tiny_checkpoint, mode="slide", crop_size=[32, 32], stride=[24, 24],
                                                    scales=[0.8, 1.25], flip=True)

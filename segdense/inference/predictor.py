@@ -39,9 +39,9 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
-        min_size = int(getattr(getattr(self.model, "backbone", None), "min_input_size", 1))
+        self.min_size = int(getattr(getattr(self.model, "backbone", None), "min_input_size", 1))
         crop = crop_size if crop_size is not None else bundle.crop_size
-        self.infer = build_infer(mode, crop, stride, scales, flip, min_size=min_size, max_batch=self.batch_size)
+        self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size)
         self._transform = None
 
     @classmethod
@@ -110,8 +110,11 @@ class Predictor:
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
         from segdense.engine.evaluate import autocast_context
 
+        h, w = batch.shape[-2:]
+        if min(h, w) < self.min_size:  # smaller than the backbone accepts: pad bottom/right, crop the logits
+            batch = F.pad(batch, (0, max(0, self.min_size - w), 0, max(0, self.min_size - h)))
         with autocast_context(self.device, self.amp_dtype):
-            return self.infer(self.model, batch).float()
+            return self.infer(self.model, batch).float()[..., :h, :w]
 
     def __repr__(self) -> str:
         mc = getattr(self.model, "model_config", {})
