@@ -97,7 +97,10 @@ def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_pa
     assert len(labelled) == 1 and 0.9 * 8 * 48 * 48 < labelled.pop() <= 8 * 48 * 48  # labels' own resolution
     for r in results.values():
         assert 0.0 <= r["mIoU"] <= 1.0 and 0.0 < r["aAcc"] <= 1.0
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["infer"] == "whole"
     assert "SlideInference" in json.loads((tmp_path / "slide" / "metrics.json").read_text())["infer"]
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["infer"] == (
+        "MultiScaleFlip(scales=[0.75, 1.25], flip=True, base=whole)")
 
 
 def test_eval_dataset_override_and_saved_predictions(tiny_checkpoint, tmp_path):

@@ -67,6 +67,7 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     ``metrics.json`` and ``confusion.png`` to ``cfg.output_dir`` (default: Hydra's run directory)."""
     from segdense.engine import resolve_amp, resolve_device
     from segdense.inference import build_infer, load_bundle
+    from segdense.inference.tta import describe_infer
     from segdense.inference.evaluation import evaluate_model
     from segdense.metrics import format_metrics_table
 
@@ -80,7 +81,8 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         from hydra.core.hydra_config import HydraConfig
 
         output_dir = HydraConfig.get().runtime.output_dir
-    logger.info("evaluating %s on %s (%d images) with %r", bundle.source, name, len(dataset), infer)
+    logger.info("evaluating %s on %s (%d images), inference: %s", bundle.source, name, len(dataset),
+                describe_infer(infer))
     result = evaluate_model(
         bundle, dataset, infer, device, amp_dtype=resolve_amp(cfg.amp, device), batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, output_dir=output_dir, save_predictions=cfg.save_predictions,

@@ -17,6 +17,7 @@ import torch.nn as nn
 
 from .draw import colorize, confusion_image
 from .loading import ModelBundle
+from .tta import describe_infer
 from .writers import check_writable_dir, write_json, write_label_png, write_png
 
 logger = logging.getLogger("segdense.eval")
@@ -125,7 +126,7 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
         output_dir = Path(output_dir)
         write_json(output_dir / "metrics.json", {
             "checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
-            "infer": repr(infer.infer if isinstance(infer, PredictionSaver) else infer), **result,
+            "infer": describe_infer(infer.infer if isinstance(infer, PredictionSaver) else infer), **result,
         })
         write_png(output_dir / "confusion.png", confusion_image(result["confusion"], bundle.class_names))
     return result

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .loading import ModelBundle, load_bundle
-from .tta import build_infer
+from .tta import build_infer, describe_infer
 
 
 class Predictor:
@@ -119,7 +119,7 @@ class Predictor:
     def __repr__(self) -> str:
         mc = getattr(self.model, "model_config", {})
         return (f"Predictor({mc.get('backbone')} + {mc.get('head')}, {self.num_classes} classes, device={self.device}, "
-                f"infer={self.infer!r})")
+                f"infer={describe_infer(self.infer)})")
 
 
 def _is_rgb_uint8(image: Any) -> bool:

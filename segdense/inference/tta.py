@@ -110,7 +110,14 @@ class MultiScaleFlip:
         return total / (len(self.scales) * (2 if self.flip else 1))
 
     def __repr__(self) -> str:
-        return f"MultiScaleFlip(scales={self.scales}, flip={self.flip}, base={self.base!r})"
+        return f"MultiScaleFlip(scales={self.scales}, flip={self.flip}, base={describe_infer(self.base)})"
+
+
+def describe_infer(infer: Infer) -> str:
+    """A readable name for an inference strategy (``whole``, ``SlideInference(...)``, ...)."""
+    if infer is whole_logits:
+        return "whole"
+    return getattr(infer, "__name__", None) or repr(infer)
 
 
 MODES = ("whole", "slide")
