@@ -188,3 +188,11 @@ def test_overlay_draws_a_legend_of_the_classes_present():
     assert picture[0, 0].tolist() == [100, 0, 0]  # image and prediction blended half and half
     legend = {tuple(c) for c in picture[:, 30:].reshape(-1, 3).tolist()}
     assert (200, 0, 0) in legend and (0, 0, 200) in legend and (0, 200, 0) not in legend
+
+
+def test_a_model_in_memory_can_be_wrapped(tiny_checkpoint):
+    model = segdense.load_model(tiny_checkpoint)
+    wrapped = segdense.Predictor.from_model(model, device="cpu")
+    assert wrapped.class_names == model.class_names and wrapped.palette == model.palette
+    image = np.random.default_rng(3).integers(0, 256, (40, 42, 3), dtype=np.uint8)
+    assert np.array_equal(wrapped.predict(image), segdense.Predictor.from_checkpoint(tiny_checkpoint).predict(image))

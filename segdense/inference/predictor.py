@@ -51,6 +51,23 @@ class Predictor:
         :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``)."""
         return cls(load_bundle(path), device=device, **kwargs)
 
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, class_names: Sequence[str] | None = None,
+                   palette: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> "Predictor":
+        """Wrap a model already in memory (e.g. from :func:`segdense.load_model` or a training loop); class names
+        and palette default to the model's ``class_names``/``palette`` attributes, else indices and VOC colours.
+        Images are normalised with ImageNet mean/std."""
+        from .loading import default_palette
+
+        num_classes = int(getattr(model, "model_config", {}).get("num_classes", 0)) or None
+        names = list(class_names or getattr(model, "class_names", None) or [])
+        if not names:
+            if num_classes is None:
+                raise ValueError("pass class_names: the model has no model_config['num_classes'] to count them")
+            names = [str(i) for i in range(num_classes)]
+        colours = palette or getattr(model, "palette", None) or default_palette(len(names))
+        return cls(ModelBundle(model, names, [list(c) for c in colours], source=type(model).__name__), **kwargs)
+
     @property
     def class_names(self) -> list[str]:
         return self.bundle.class_names
