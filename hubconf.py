@@ -1,0 +1,15 @@
+"""torch.hub entry points.
+
+    model = torch.hub.load("path/to/segdense", "densenet121", source="local", output_stride=16)
+    model = torch.hub.load("path/to/segdense", "build_model", source="local", backbone="densenet121",
+                           head="deeplabv3plus", num_classes=21)
+    model = torch.hub.load("path/to/segdense", "load_model", source="local", path="model.safetensors")
+
+Backbone entry points take the builders' arguments (``output_stride``, ``initial_output_stride``, ``num_classes``,
+``pretrained="imagenet"`` or a weights file, ...). Only torch is needed (plus safetensors for .safetensors files).
+"""
+dependencies = ["torch"]
+
+from segdense.backbones import densenet121, densenet161, densenet169, densenet201, densenet_custom  # noqa: E402,F401
+from segdense.inference.loading import load_model  # noqa: E402,F401
+from segdense.models import build_model  # noqa: E402,F401

@@ -1,0 +1,93 @@
+"""``evaluate_job(cfg)`` for tools/eval.py, and ``run_tool``, the error boundary of the inference tools."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+from .validate import ConfigError
+
+logger = logging.getLogger("segdense.eval")
+
+
+def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
+    """Run ``job(cfg)``; a user's mistake (missing or corrupt checkpoint, wrong dataset, unreadable input,
+    unwritable output...) prints one ``error:`` line and exits with status 2 instead of a traceback."""
+    from segdense.data import DatasetFileError
+    from segdense.export import ExportError
+
+    try:
+        return job(cfg)
+    except (ValueError, FileNotFoundError, PermissionError, DatasetFileError, ExportError) as e:
+        logger.debug("error details", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def infer_options(cfg: DictConfig, bundle) -> dict:
+    """``build_infer`` arguments from the mode/crop_size/stride/scales/flip keys (crop default: training crop)."""
+    def plain(value):
+        return OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+
+    return dict(
+        mode=cfg.mode, crop_size=plain(cfg.crop_size) if cfg.crop_size is not None else bundle.crop_size,
+        stride=plain(cfg.stride), scales=plain(cfg.scales), flip=bool(cfg.flip),
+    )
+
+
+def build_eval_dataset(cfg: DictConfig, bundle):
+    """The dataset named by ``cfg.dataset`` (when given) or the checkpoint's own, with the checkpoint's eval
+    pipeline, at ``cfg.split`` (default: the dataset's val split); returns (dataset, name)."""
+    from segdense.data import build_dataset, build_transforms
+
+    chosen = cfg.get("dataset")
+    if chosen is not None:
+        block = OmegaConf.to_container(chosen, resolve=True)
+    else:
+        block = dict(bundle.dataset.get("config") or {})
+        if not block:
+            raise ConfigError(f"{bundle.source} does not say which dataset it was trained on; pass dataset=NAME "
+                              "(conf/dataset/) and dataset.root=DIR")
+    name = block.pop("name")
+    split = cfg.split or block.get("val_split") or "val"
+    try:
+        dataset = build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
+    except TypeError as e:
+        raise ConfigError(str(e)) from None
+    if len(dataset) == 0:
+        raise ConfigError(f"dataset {name!r} split {split!r} holds no images")
+    return dataset, name
+
+
+def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
+    """Rebuild the model from ``cfg.checkpoint`` alone, evaluate it, print the per-class table and write
+    ``metrics.json`` and ``confusion.png`` to ``cfg.output_dir`` (default: Hydra's run directory)."""
+    from segdense.engine import resolve_amp, resolve_device
+    from segdense.inference import build_infer, load_bundle
+    from segdense.inference.tta import describe_infer
+    from segdense.inference.evaluation import evaluate_model
+    from segdense.metrics import format_metrics_table
+
+    bundle = load_bundle(cfg.checkpoint)
+    dataset, name = build_eval_dataset(cfg, bundle)
+    device = resolve_device(cfg.device)
+    min_size = int(getattr(bundle.model.backbone, "min_input_size", 1))
+    infer = build_infer(**infer_options(cfg, bundle), min_size=min_size, max_batch=cfg.batch_size)
+    output_dir = output_dir or cfg.output_dir
+    if output_dir is None:
+        from hydra.core.hydra_config import HydraConfig
+
+        output_dir = HydraConfig.get().runtime.output_dir
+    logger.info("evaluating %s on %s (%d images), inference: %s", bundle.source, name, len(dataset),
+                describe_infer(infer))
+    result = evaluate_model(
+        bundle, dataset, infer, device, amp_dtype=resolve_amp(cfg.amp, device), batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers, output_dir=output_dir, save_predictions=cfg.save_predictions,
+        dataset_name=name, progress=cfg.progress, channels_last=device.type == "cuda",
+    )
+    print(format_metrics_table(result))
+    print(f"metrics: {Path(output_dir) / 'metrics.json'}")
+    return result

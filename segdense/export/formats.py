@@ -1,0 +1,183 @@
+"""ONNX, TorchScript and safetensors export of a segmentation model, with parity checks.
+
+The exported graphs take a normalised float32 image batch (N, 3, H, W) of any batch size and any height and
+width (not only multiples of the output stride) and return logits (N, num_classes, H, W): the bilinear upsampling
+to the input size and the ASPP image pooling use the input's runtime shape, which the checks confirm by running
+two different sizes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from segdense.inference.loading import METADATA_KEY, ModelBundle
+from segdense.inference.writers import atomic_write_bytes
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+
+
+class ExportError(RuntimeError):
+    """An export that could not be written or verified."""
+
+
+class LogitsOnly(nn.Module):
+    """The model in eval mode returning only the logits tensor (never the training dict)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.model(images)
+        return out["out"] if isinstance(out, dict) else out
+
+
+def _example(model: nn.Module, size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    channels = int(getattr(getattr(model, "backbone", None), "in_channels", 3))
+    return torch.randn(batch, channels, *size, generator=generator)
+
+
+def _tmp_for(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: Sequence[int] = (64, 64),
+                opset: int = 17) -> Path:
+    """Write ``model`` as ONNX with dynamic batch, height and width (TorchScript-based exporter)."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
+        raise ExportError('format=onnx needs the onnx package: pip install -e ".[export]"') from None
+    path = Path(path)
+    wrapped = LogitsOnly(model).eval()
+    tmp = _tmp_for(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches (checked below)
+            torch.onnx.export(
+                wrapped, (_example(model, example_size, batch=2),), str(tmp), input_names=["images"],
+                output_names=["logits"], opset_version=opset, dynamo=False,
+                dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
+                              "logits": {0: "batch", 2: "height", 3: "width"}},
+            )
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def export_torchscript(model: nn.Module, path: str | os.PathLike, example_size: Sequence[int] = (64, 64)) -> Path:
+    """Write ``model`` traced to TorchScript (shapes stay symbolic, so any input size works)."""
+    path = Path(path)
+    wrapped = LogitsOnly(model).eval()
+    tmp = _tmp_for(path)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(wrapped, _example(model, example_size, batch=2), check_trace=False)
+            torch.jit.save(traced, str(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _reference(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return LogitsOnly(model).eval()(x)
+
+
+def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[Sequence[int]]) -> list[dict]:
+    """Run the ONNX file in onnxruntime on one input per size (batch 2 then 1) and compare with PyTorch:
+    ``[{size, batch, max_abs_diff}]``."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]"') from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    results = []
+    for i, size in enumerate(sizes):
+        x = _example(model, size, batch=2 if i % 2 == 0 else 1, seed=i + 1)
+        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        results.append(_compare(_reference(model, x), got, size, x.shape[0]))
+    return results
+
+
+def verify_torchscript(model: nn.Module, path: str | os.PathLike, sizes: Sequence[Sequence[int]]) -> list[dict]:
+    """Load the TorchScript file and compare it with PyTorch on one input per size."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated but still the portable format
+        scripted = torch.jit.load(str(path), map_location="cpu")
+    results = []
+    for i, size in enumerate(sizes):
+        x = _example(model, size, batch=2 if i % 2 == 0 else 1, seed=i + 1)
+        with torch.no_grad():
+            got = scripted(x)
+        results.append(_compare(_reference(model, x), got, size, x.shape[0]))
+    return results
+
+
+def _compare(expected: torch.Tensor, got: torch.Tensor, size, batch: int) -> dict:
+    if tuple(got.shape) != tuple(expected.shape):
+        raise ExportError(f"exported model gave shape {tuple(got.shape)} for input size {list(size)}, "
+                          f"PyTorch {tuple(expected.shape)}: the export did not keep the sizes dynamic")
+    return {"size": [int(s) for s in size], "batch": batch,
+            "max_abs_diff": float((expected.float() - got.float()).abs().max())}
+
+
+def save_safetensors(bundle: ModelBundle, path: str | os.PathLike) -> Path:
+    """Weights (fp32, contiguous) plus the model description as safetensors metadata, readable by
+    :func:`segdense.load_model` and :meth:`segdense.Predictor.from_checkpoint`."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().cpu().contiguous() for k, v in bundle.model.state_dict().items()}
+    data = save(tensors, metadata={METADATA_KEY: json.dumps(bundle.metadata()), "format": "pt"})
+    return atomic_write_bytes(path, data)
+
+
+def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
+                 sizes: Sequence[Sequence[int]] = ((64, 64), (77, 93)), opset: int = 17,
+                 verify: bool = True, tolerance: float = 1e-4) -> list[dict]:
+    """Export ``bundle.model`` as ``format`` to ``output``; with ``verify`` run it back and raise ExportError when
+    the maximum absolute difference to PyTorch exceeds ``tolerance``. Returns the comparisons made."""
+    if format not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    model = bundle.model.cpu().float().eval()
+    output = Path(output)
+    if format == "safetensors":
+        save_safetensors(bundle, output)
+        if not verify:
+            return []
+        from segdense.inference.loading import load_bundle
+
+        reloaded = load_bundle(output).model
+        x = _example(model, sizes[0])
+        return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]
+    if format == "onnx":
+        if verify:  # know before writing anything that the check can run
+            try:
+                import onnxruntime  # noqa: F401
+            except ImportError:
+                raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
+                                  "(or pass verify=false)") from None
+        export_onnx(model, output, sizes[0], opset)
+        results = verify_onnx(model, output, sizes) if verify else []
+    else:
+        export_torchscript(model, output, sizes[0])
+        results = verify_torchscript(model, output, sizes) if verify else []
+    worst = max((r["max_abs_diff"] for r in results), default=0.0)
+    if worst > tolerance:
+        output.unlink(missing_ok=True)
+        raise ExportError(f"the exported {format} model differs from PyTorch by {worst:.3g} > {tolerance:g} "
+                          f"({results}); {output} was removed")
+    return results

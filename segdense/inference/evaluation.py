@@ -1,0 +1,132 @@
+"""Evaluating a rebuilt model on a dataset with any inference strategy, reusing the engine's validation loop
+(:func:`segdense.engine.evaluate`), and writing ``metrics.json``, ``confusion.png`` and optionally predictions.
+
+Metrics are computed at the resolution of the labels the eval pipeline yields (the default pipeline only
+normalises the image, so the original label resolution). Batches are padded bottom/right by ``pad_collate``;
+padded pixels carry label 255 and are ignored, and slide/TTA run on the padded batch (see ``tta.py``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .draw import colorize, confusion_image
+from .loading import ModelBundle
+from .tta import describe_infer
+from .writers import check_writable_dir, write_json, write_label_png, write_png
+
+logger = logging.getLogger("segdense.eval")
+
+
+class DatasetMismatchError(ValueError):
+    """The dataset's classes do not match the model's."""
+
+
+def check_dataset_classes(bundle: ModelBundle, dataset, dataset_name: str) -> None:
+    """One clear error when ``dataset`` has another number of classes than the model predicts; a warning when
+    only the names differ."""
+    names = list(getattr(dataset, "class_names", []))
+    if len(names) != bundle.num_classes:
+        raise DatasetMismatchError(
+            f"dataset {dataset_name!r} has {len(names)} classes but the checkpoint {bundle.source} predicts "
+            f"{bundle.num_classes} ({', '.join(bundle.class_names[:8])}{', ...' if bundle.num_classes > 8 else ''}); "
+            "evaluate it on the dataset it was trained on, or one with the same classes"
+        )
+    if names != bundle.class_names:
+        logger.warning("dataset %r names its classes %s, the checkpoint %s; comparing by index",
+                       dataset_name, names, bundle.class_names)
+
+
+def cityscapes_train_to_label_ids() -> np.ndarray:
+    """trainId → labelId lookup (256 entries; 255 → 0 'unlabeled'), for the official evaluation server."""
+    from segdense.data.cityscapes import LABELS
+
+    table = np.zeros(256, dtype=np.uint8)
+    for _, label_id, train_id, _ in LABELS:
+        if train_id != 255 and label_id >= 0:
+            table[train_id] = label_id
+    return table
+
+
+class PredictionSaver:
+    """Wraps a loader and an ``infer`` callable so the evaluation loop also writes every prediction (cropped to
+    the sample's own size) as ``color/<name>.png`` and ``labels/<name>.png`` under ``directory``."""
+
+    def __init__(self, infer: Callable, dataset, directory: Path, palette, label_table: np.ndarray | None = None):
+        self.infer, self.dataset, self.directory = infer, dataset, Path(directory)
+        self.palette, self.label_table = palette, label_table
+        self._sizes: torch.Tensor | None = None
+        self._next_index = 0
+
+    def wrap(self, loader) -> "_TrackedLoader":
+        return _TrackedLoader(loader, self)
+
+    def name(self, index: int) -> str:
+        image = self.dataset.describe(index)[0] if hasattr(self.dataset, "describe") else ""
+        return Path(image).stem if image and Path(image).is_file() else f"{index:06d}"
+
+    def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        logits = self.infer(model, images)
+        predictions = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        for i, prediction in enumerate(predictions):
+            h, w = (int(v) for v in self._sizes[i])
+            labels = prediction[:h, :w]
+            name = self.name(self._next_index + i)
+            write_png(self.directory / "color" / f"{name}.png", colorize(labels, self.palette))
+            raw = self.label_table[labels] if self.label_table is not None else labels
+            write_label_png(self.directory / "labels" / f"{name}.png", raw)
+        self._next_index += len(predictions)
+        return logits
+
+
+class _TrackedLoader:
+    def __init__(self, loader, saver: PredictionSaver):
+        self.loader, self.saver = loader, saver
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            self.saver._sizes = batch[2]
+            yield batch
+
+
+def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.device,
+                   amp_dtype: torch.dtype | None = None, batch_size: int = 4, num_workers: int = 0,
+                   output_dir: str | Path | None = None, save_predictions: str | Path | None = None,
+                   dataset_name: str = "", progress: bool = True, channels_last: bool = False) -> dict:
+    """Metrics of ``bundle.model`` on ``dataset`` (``mIoU``, ``mAcc``, ``aAcc``, ``per_class``, ``confusion``).
+    With ``output_dir``: ``metrics.json`` and ``confusion.png`` there. With ``save_predictions``: coloured and raw
+    label PNGs (labelIds for Cityscapes)."""
+    from segdense.data import build_dataloader
+    from segdense.engine import evaluate
+    from segdense.metrics import SegmentationMetrics
+
+    check_dataset_classes(bundle, dataset, dataset_name)
+    if output_dir is not None:
+        check_writable_dir(output_dir)
+    if save_predictions is not None:
+        check_writable_dir(save_predictions, "save_predictions")
+    model = bundle.model.to(device).eval()
+    loader = build_dataloader(dataset, batch_size, train=False, num_workers=num_workers)
+    if save_predictions is not None:
+        table = cityscapes_train_to_label_ids() if dataset_name == "cityscapes" else None
+        saver = PredictionSaver(infer, dataset, Path(save_predictions), bundle.palette, table)
+        loader, infer = saver.wrap(loader), saver
+    metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
+    result = evaluate(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
+                      infer=infer, progress=progress)
+    if output_dir is not None:
+        output_dir = Path(output_dir)
+        write_json(output_dir / "metrics.json", {
+            "checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
+            "infer": describe_infer(infer.infer if isinstance(infer, PredictionSaver) else infer), **result,
+        })
+        write_png(output_dir / "confusion.png", confusion_image(result["confusion"], bundle.class_names))
+    return result

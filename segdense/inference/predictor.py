@@ -1,0 +1,143 @@
+"""``Predictor``: a trained model as a function from images to class maps."""
+from __future__ import annotations
+
+import os
+from collections import defaultdict
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .loading import ModelBundle, load_bundle
+from .tta import build_infer, describe_infer
+
+
+class Predictor:
+    """Runs a segmentation model on images given as paths, PIL images or numpy arrays (RGB, any size/mode).
+
+    Images are preprocessed with the model's own eval pipeline (from its checkpoint), batched ``batch_size`` at a
+    time (images of equal size together, so batching never changes a result), run on ``device`` (``auto``: CUDA
+    when present) with AMP where safe (``amp=auto``: bf16/fp16 autocast for the forward pass on CUDA only;
+    averaging and softmax stay float32), optionally with slide inference and multi-scale/flip TTA.
+
+    >>> predictor = Predictor.from_checkpoint("best.pt")
+    >>> labels = predictor.predict("street.jpg")      # (H, W) int64 class indices
+    >>> probs = predictor.predict_proba(image_array)   # (C, H, W) float32, sums to 1 over C
+    """
+
+    def __init__(self, bundle: ModelBundle, device: str | torch.device = "auto", amp: str | bool = "auto",
+                 mode: str = "whole", crop_size: int | Sequence[int] | None = None,
+                 stride: int | Sequence[int] | None = None, scales: Sequence[float] | None = None,
+                 flip: bool = False, batch_size: int = 4):
+        from segdense.engine import resolve_amp, resolve_device
+
+        self.bundle = bundle
+        self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
+        self.amp_dtype = resolve_amp(amp, self.device)
+        self.model = bundle.model.to(self.device).eval()
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        self.batch_size = int(batch_size)
+        self.min_size = int(getattr(getattr(self.model, "backbone", None), "min_input_size", 1))
+        crop = crop_size if crop_size is not None else bundle.crop_size
+        self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size)
+        self._transform = None
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
+                        **kwargs: Any) -> "Predictor":
+        """Rebuild the model from a segdense ``.pt`` checkpoint or ``.safetensors`` file; ``kwargs`` as for
+        :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``)."""
+        return cls(load_bundle(path), device=device, **kwargs)
+
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, class_names: Sequence[str] | None = None,
+                   palette: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> "Predictor":
+        """Wrap a model already in memory (e.g. from :func:`segdense.load_model` or a training loop); class names
+        and palette default to the model's ``class_names``/``palette`` attributes, else indices and VOC colours.
+        Images are normalised with ImageNet mean/std."""
+        from .loading import default_palette
+
+        num_classes = int(getattr(model, "model_config", {}).get("num_classes", 0)) or None
+        names = list(class_names or getattr(model, "class_names", None) or [])
+        if not names:
+            if num_classes is None:
+                raise ValueError("pass class_names: the model has no model_config['num_classes'] to count them")
+            names = [str(i) for i in range(num_classes)]
+        colours = palette or getattr(model, "palette", None) or default_palette(len(names))
+        return cls(ModelBundle(model, names, [list(c) for c in colours], source=type(model).__name__), **kwargs)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bundle.class_names
+
+    @property
+    def palette(self) -> list[list[int]]:
+        return self.bundle.palette
+
+    @property
+    def num_classes(self) -> int:
+        return self.bundle.num_classes
+
+    def predict(self, image: Any) -> np.ndarray:
+        """(H, W) int64 class indices at the image's own size."""
+        return self.predict_batch([image])[0]
+
+    def predict_proba(self, image: Any) -> np.ndarray:
+        """(num_classes, H, W) float32 class probabilities at the image's own size."""
+        return self.logits_batch([image])[0].softmax(0).numpy()
+
+    def predict_batch(self, images: Sequence[Any]) -> list[np.ndarray]:
+        """Class indices for each image (see :meth:`predict`)."""
+        return [logits.argmax(0).numpy() for logits in self.logits_batch(images)]
+
+    def preprocess(self, image: Any) -> tuple[np.ndarray, torch.Tensor]:
+        """(RGB uint8 image, normalised float tensor (3, h, w)) through the model's eval pipeline."""
+        from .images import load_image
+
+        rgb = image if _is_rgb_uint8(image) else load_image(image)
+        if self._transform is None:
+            from segdense.data import build_transforms
+
+            self._transform = build_transforms(self.bundle.eval_pipeline)
+        tensor, _ = self._transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
+        return rgb, tensor
+
+    @torch.inference_mode()
+    def logits_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
+        """Float32 logits (num_classes, H, W) on the CPU for each image, at the image's own size."""
+        prepared = [self.preprocess(image) for image in images]
+        by_size: dict[tuple, list[int]] = defaultdict(list)
+        for i, (_, tensor) in enumerate(prepared):
+            by_size[tuple(tensor.shape)].append(i)
+        results: list[torch.Tensor | None] = [None] * len(prepared)
+        for indices in by_size.values():
+            for start in range(0, len(indices), self.batch_size):
+                chunk = indices[start:start + self.batch_size]
+                batch = torch.stack([prepared[i][1] for i in chunk]).to(self.device)
+                logits = self._forward(batch)
+                for i, item in zip(chunk, logits):
+                    size = prepared[i][0].shape[:2]
+                    if tuple(item.shape[-2:]) != tuple(size):  # the eval pipeline resized the image
+                        item = F.interpolate(item[None], size=size, mode="bilinear", align_corners=False)[0]
+                    results[i] = item.float().cpu()
+        return results  # type: ignore[return-value]
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor:
+        from segdense.engine.evaluate import autocast_context
+
+        h, w = batch.shape[-2:]
+        if min(h, w) < self.min_size:  # smaller than the backbone accepts: pad bottom/right, crop the logits
+            batch = F.pad(batch, (0, max(0, self.min_size - w), 0, max(0, self.min_size - h)))
+        with autocast_context(self.device, self.amp_dtype):
+            return self.infer(self.model, batch).float()[..., :h, :w]
+
+    def __repr__(self) -> str:
+        mc = getattr(self.model, "model_config", {})
+        return (f"Predictor({mc.get('backbone')} + {mc.get('head')}, {self.num_classes} classes, device={self.device}, "
+                f"infer={describe_infer(self.infer)})")
+
+
+def _is_rgb_uint8(image: Any) -> bool:
+    return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3

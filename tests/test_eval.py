@@ -1,0 +1,156 @@
+"""Evaluation: whole, slide and multi-scale/flip TTA through the engine's loop; metrics, tables and outputs."""
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segdense.engine import evaluate
+from segdense.inference import MultiScaleFlip, SlideInference, build_infer, load_bundle, whole_logits
+from segdense.inference.evaluation import (
+    DatasetMismatchError, cityscapes_train_to_label_ids, evaluate_model,
+)
+from segdense.inference.tta import window_starts
+from segdense.metrics import SegmentationMetrics, format_metrics_table
+
+from infer_fixtures import TensorDataset, labelled_images, oracle_bundle, tiny_checkpoint  # noqa: F401
+from train_utils import CONF
+
+SIZES = [(20, 30), (26, 17), (13, 13)]  # different sizes: batches are padded, padding must be ignored
+
+
+def compose_eval(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="eval", overrides=list(overrides))
+
+
+@pytest.mark.parametrize("infer", [
+    whole_logits,
+    SlideInference(crop_size=8, stride=5),
+    MultiScaleFlip(scales=[1.0], flip=True, base=SlideInference(crop_size=[9, 7], stride=[4, 6])),
+], ids=["whole", "slide", "slide+flip"])
+def test_a_perfect_predictor_scores_one_in_every_mode(infer):
+    dataset = TensorDataset(labelled_images(SIZES, 4), [f"c{i}" for i in range(4)])
+    bundle = oracle_bundle(4)
+    result = evaluate_model(bundle, dataset, infer, torch.device("cpu"), batch_size=2, progress=False)
+    assert result["mIoU"] == 1.0 and result["mAcc"] == 1.0 and result["aAcc"] == 1.0
+    assert sum(map(sum, result["confusion"])) == sum(h * w for h, w in SIZES)  # padding never counted
+
+
+def test_per_class_table_on_a_hand_made_case(tmp_path):
+    # truth:      0 0 0 0 1 1 2 2      IoU: c0 3/5, c1 2/3, c2 1/2; Acc: c0 3/4, c1 1, c2 1/2; aAcc 6/8
+    # prediction: 0 0 0 1 1 1 2 0
+    truth = torch.tensor([[0, 0, 0, 0, 1, 1, 2, 2]])
+    prediction = torch.tensor([[0, 0, 0, 1, 1, 1, 2, 0]]).float()
+    image = torch.stack([torch.zeros(1, 8), prediction, torch.zeros(1, 8)])  # the oracle reads channel 1
+    dataset = TensorDataset([(image, truth)], ["road", "car", "sky"])
+    bundle = oracle_bundle(3, channel=1)
+    bundle.class_names = ["road", "car", "sky"]
+    result = evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), output_dir=tmp_path, progress=False)
+    per_class = {c["name"]: (c["IoU"], c["Acc"]) for c in result["per_class"]}
+    assert per_class == pytest.approx({"road": (0.6, 0.75), "car": (2 / 3, 1.0), "sky": (0.5, 0.5)})
+    assert result["aAcc"] == pytest.approx(0.75)
+    assert result["mIoU"] == pytest.approx((0.6 + 2 / 3 + 0.5) / 3)
+    table = format_metrics_table(result)
+    assert "road" in table and " 60.00" in table and " 66.67" in table
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["per_class"][2] == {"name": "sky", "IoU": 0.5, "Acc": 0.5}
+    assert written["confusion"] == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
+    confusion_png = Image.open(tmp_path / "confusion.png")
+    assert confusion_png.mode == "RGB" and min(confusion_png.size) > 3 * 28
+
+
+def test_slide_windows_cover_the_image_and_end_flush():
+    assert window_starts(10, 4, 3) == [0, 3, 6]
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]
+    assert window_starts(3, 4, 3) == [0]
+
+
+def test_slide_with_a_window_as_large_as_the_image_equals_whole(tiny_checkpoint):
+    model = load_bundle(tiny_checkpoint).model
+    x = torch.randn(1, 3, 40, 52)
+    with torch.no_grad():
+        assert torch.equal(SlideInference(crop_size=[40, 52])(model, x), whole_logits(model, x))
+        assert torch.allclose(build_infer("whole", scales=[1.0], flip=True)(model, x),
+                              (whole_logits(model, x) + whole_logits(model, x.flip(-1)).flip(-1)) / 2)
+        tta = build_infer("slide", crop_size=32, stride=24, scales=[0.8, 1.25], min_size=32)
+        assert tta(model, x).shape == (1, 5, 40, 52)
+
+
+def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_path):
+    from segdense.config.eval_job import evaluate_job
+
+    results = {}
+    for mode, extra in [("whole", []), ("slide", ["crop_size=[32,32]", "stride=[24,24]"]),
+                        ("tta", ["scales=[0.75,1.25]", "flip=true"])]:
+        cfg = compose_eval([f"checkpoint={tiny_checkpoint}", "progress=false", "num_workers=0",
+                            f"output_dir={tmp_path / mode}", "mode=" + ("slide" if mode == "slide" else "whole"),
+                            *extra])
+        results[mode] = evaluate_job(cfg)
+        written = json.loads((tmp_path / mode / "metrics.json").read_text())
+        assert written["num_images"] == 8 and written["dataset"] == "synthetic"  # the training dataset, val split
+        assert [c["name"] for c in written["per_class"]] == ["background", "circle", "rectangle", "triangle", "ring"]
+    labelled = {sum(map(sum, r["confusion"])) for r in results.values()}
+    assert len(labelled) == 1 and 0.9 * 8 * 48 * 48 < labelled.pop() <= 8 * 48 * 48  # labels' own resolution
+    for r in results.values():
+        assert 0.0 <= r["mIoU"] <= 1.0 and 0.0 < r["aAcc"] <= 1.0
+    assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["infer"] == "whole"
+    assert "SlideInference" in json.loads((tmp_path / "slide" / "metrics.json").read_text())["infer"]
+    assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["infer"] == (
+        "MultiScaleFlip(scales=[0.75, 1.25], flip=True, base=whole)")
+
+
+def test_eval_dataset_override_and_saved_predictions(tiny_checkpoint, tmp_path):
+    from segdense.config.eval_job import evaluate_job
+
+    cfg = compose_eval([f"checkpoint={tiny_checkpoint}", "dataset=synthetic", "dataset.num_samples=3",
+                        "dataset.image_size=40", "split=val", "progress=false", "num_workers=0",
+                        f"output_dir={tmp_path}", f"save_predictions={tmp_path / 'preds'}"])
+    assert cfg.batch_size == 4 and cfg.crop_size is None  # the dataset file's training recipe does not leak in
+    result = evaluate_job(cfg)
+    assert 0.9 * 3 * 40 * 40 < sum(map(sum, result["confusion"])) <= 3 * 40 * 40
+    colors = sorted((tmp_path / "preds" / "color").glob("*.png"))
+    labels = sorted((tmp_path / "preds" / "labels").glob("*.png"))
+    assert [p.name for p in labels] == ["000000.png", "000001.png", "000002.png"] and len(colors) == 3
+    raw = np.asarray(Image.open(labels[0]))
+    assert raw.shape == (40, 40) and raw.max() < 5
+    assert np.asarray(Image.open(colors[0]).convert("RGB")).shape == (40, 40, 3)
+
+
+def test_cityscapes_predictions_are_written_as_label_ids():
+    table = cityscapes_train_to_label_ids()
+    assert table[[0, 1, 10, 13, 18, 255]].tolist() == [7, 8, 23, 26, 33, 0]  # road, sidewalk, sky, car, bicycle
+
+
+def test_metrics_of_the_loop_and_of_evaluate_model_agree(tiny_checkpoint):
+    from segdense.data import SyntheticShapes, build_dataloader
+
+    bundle = load_bundle(tiny_checkpoint)
+    dataset = SyntheticShapes(split="val", num_samples=4, image_size=48)
+    metrics = SegmentationMetrics(5, bundle.class_names)
+    direct = evaluate(bundle.model, build_dataloader(dataset, 2, train=False), metrics, torch.device("cpu"))
+    ours = evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), batch_size=3, progress=False)
+    assert ours["confusion"] == direct["confusion"]
+
+
+def test_a_dataset_with_other_classes_is_refused(tmp_path):
+    dataset = TensorDataset(labelled_images([(8, 8)], 2), ["a", "b"])
+    with pytest.raises(DatasetMismatchError, match="has 2 classes but the checkpoint oracle predicts 4"):
+        evaluate_model(oracle_bundle(4), dataset, whole_logits, torch.device("cpu"), output_dir=tmp_path)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_cityscapes_predictions_are_saved_as_label_ids_for_the_server(tmp_path):
+    from segdense.data.cityscapes import CLASS_NAMES
+
+    truth = torch.tensor([[0, 13, 18, 10]])  # road, car, bicycle, sky as trainIds
+    image = torch.stack([truth.float(), torch.zeros(1, 4), torch.zeros(1, 4)])
+    dataset = TensorDataset([(image, truth)], CLASS_NAMES)
+    bundle = oracle_bundle(19)
+    bundle.class_names = list(CLASS_NAMES)
+    evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), save_predictions=tmp_path,
+                   dataset_name="cityscapes", progress=False)
+    assert np.asarray(Image.open(tmp_path / "labels" / "000000.png")).tolist() == [[7, 26, 33, 23]]

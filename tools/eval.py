@@ -1,0 +1,23 @@
+"""Evaluate a checkpoint: ``python tools/eval.py checkpoint=PATH [dataset=NAME dataset.root=DIR] [key=value ...]``.
+
+Examples: ``python tools/eval.py checkpoint=run/checkpoints/best.pt``, ``... mode=slide crop_size=[512,1024]``,
+``... scales=[0.5,0.75,1.0,1.25,1.5,1.75] flip=true``, ``... save_predictions=preds``. See conf/eval.yaml.
+"""
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig) -> float:
+    from segdense.config.eval_job import evaluate_job, run_tool
+
+    return float(run_tool(evaluate_job, cfg)["mIoU"])
+
+
+if __name__ == "__main__":
+    main()

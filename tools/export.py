@@ -1,0 +1,23 @@
+"""Export a checkpoint: ``python tools/export.py checkpoint=PATH format=onnx|torchscript|safetensors output=FILE``.
+
+ONNX needs ``pip install -e ".[export]"``. The export is run back and compared with PyTorch. See conf/export.yaml.
+"""
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="export")
+def main(cfg: DictConfig) -> None:
+    from segdense.config.eval_job import run_tool
+    from segdense.config.export_job import export_job
+
+    run_tool(export_job, cfg)
+
+
+if __name__ == "__main__":
+    main()

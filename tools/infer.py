@@ -1,0 +1,25 @@
+"""Predict on images: ``python tools/infer.py checkpoint=PATH input=FILE|DIR|GLOB output=DIR [key=value ...]``.
+
+Exit status 1 when some image could not be read or written (the others are still done). See conf/infer.yaml.
+"""
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="infer")
+def main(cfg: DictConfig) -> None:
+    from segdense.config.eval_job import run_tool
+    from segdense.config.infer_job import infer_job
+
+    report = run_tool(infer_job, cfg)
+    if not report.ok:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
