@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from segdense.config.eval_job import evaluate_job, run_tool
+from segdense.config.cli import run_tool
+from segdense.config.eval_job import evaluate_job
 from segdense.config.export_job import export_job
 from segdense.config.infer_job import infer_job
 from segdense.inference import CheckpointError, load_bundle

@@ -14,7 +14,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
-    from segdense.config.eval_job import evaluate_job, run_tool
+    from segdense.config.cli import run_tool
+    from segdense.config.eval_job import evaluate_job
 
     return float(run_tool(evaluate_job, cfg)["mIoU"])
 

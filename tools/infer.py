@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    from segdense.config.eval_job import run_tool
+    from segdense.config.cli import run_tool
     from segdense.config.infer_job import infer_job
 
     report = run_tool(infer_job, cfg)

@@ -15,9 +15,10 @@ register_schema()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from segdense.config.train_job import run_cli, train
+    from segdense.config.cli import run_tool
+    from segdense.config.train_job import train
 
-    result = run_cli(train, cfg)
+    result = run_tool(train, cfg)
     return float(result.get("mIoU", float("nan"))) if result else float("nan")
 
 

@@ -1,30 +1,14 @@
-"""``evaluate_job(cfg)`` for tools/eval.py, and ``run_tool``, the error boundary of the inference tools."""
+"""``evaluate_job(cfg)`` for tools/eval.py."""
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
 from .validate import ConfigError
 
 logger = logging.getLogger("segdense.eval")
-
-
-def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``job(cfg)``; a user's mistake (missing or corrupt checkpoint, wrong dataset, unreadable input,
-    unwritable output...) prints one ``error:`` line and exits with status 2 instead of a traceback."""
-    from segdense.data import DatasetFileError
-    from segdense.export import ExportError
-
-    try:
-        return job(cfg)
-    except (ValueError, FileNotFoundError, PermissionError, DatasetFileError, ExportError) as e:
-        logger.debug("error details", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def infer_options(cfg: DictConfig, bundle) -> dict:

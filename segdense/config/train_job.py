@@ -174,19 +174,3 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         )
     return result
 
-
-def run_cli(job, cfg: DictConfig):
-    """Run ``job(cfg)`` for a command-line tool: a user's mistake (bad config, missing file, a loss
-    gone NaN) prints one clear message and exits with status 2 instead of a traceback."""
-    import sys
-
-    try:
-        return job(cfg)
-    except (ConfigError, FileNotFoundError, FloatingPointError) as e:
-        logger.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
-    finally:
-        from segdense.engine.distributed import cleanup_distributed
-
-        cleanup_distributed()
