@@ -24,7 +24,7 @@ def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     except (ValueError, FileNotFoundError, PermissionError, FloatingPointError, DatasetFileError, ExportError) as e:
         if os.environ.get("SEGDENSE_DEBUG") == "1":
             raise
-        logger.error("%s", e)
+        logger.debug("error details", exc_info=True)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
     finally:

@@ -41,9 +41,12 @@ def evaluate(
     metrics.reset()
     batches = loader
     if progress:
+        import sys
+
         from tqdm import tqdm
 
-        batches = tqdm(loader, desc="val", leave=False, dynamic_ncols=True)
+        # A bar on terminals only: in logs and pipes it would be noise.
+        batches = tqdm(loader, desc="val", leave=False, dynamic_ncols=True, disable=not sys.stderr.isatty())
     for i, batch in enumerate(batches):
         images, masks = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         if channels_last:

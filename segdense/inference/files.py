@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,7 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(todo), desc="infer", unit="img", dynamic_ncols=True)
+        bar = tqdm(total=len(todo), desc="infer", unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
     for start in range(0, len(todo), predictor.batch_size):
         chunk = []
         for path, targets in todo[start:start + predictor.batch_size]:
