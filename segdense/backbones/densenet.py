@@ -15,8 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-
+from .efficient_block import buffered_dense_block, dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
 from .registry import register_backbone
 
@@ -59,14 +58,10 @@ class _DenseLayer(nn.Module):
         return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
 
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        if self.memory_efficient and torch.is_grad_enabled() and any(t.requires_grad for t in inputs):
-            # Recompute concat+BN+ReLU+1x1 in backward instead of storing them.
-            out = cp.checkpoint(self.bottleneck, inputs, use_reentrant=False)
-        else:
-            out = self.bottleneck(inputs)
-        out = self.conv2(self.relu2(self.norm2(out)))
-        if self.drop_rate > 0:
-            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        # The memory-efficient path lives in the block (it needs the whole block's shared buffer).
+        out = self.conv2(self.relu2(self.norm2(self.bottleneck(inputs))))
+        if self.drop_rate > 0 and self.training:
+            out = out * dropout_mask(out, self.drop_rate)
         return out
 
 
@@ -95,12 +90,30 @@ class _DenseBlock(nn.ModuleDict):
                 memory_efficient=memory_efficient,
             )
             self.add_module(f"denselayer{i + 1}", layer)
+        self.memory_efficient = memory_efficient and supports_efficient(list(self.values()))
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
+        layers = list(self.values())
+        if self.memory_efficient and self.training and torch.is_grad_enabled():
+            # Linear-memory training path: shared buffer, BN-ReLU recomputed in backward.
+            return efficient_dense_block(init_features, layers)
+        if not torch.is_grad_enabled() and not self.training and _eager():
+            # Inference: write every layer into one buffer instead of re-concatenating.
+            return buffered_dense_block(init_features, layers)
         features = [init_features]
-        for layer in self.values():
+        for layer in layers:
             features.append(layer(features))
         return torch.cat(features, 1)
+
+
+def _eager() -> bool:
+    """False while tracing, exporting or compiling (they get the plain graph)."""
+    return not (
+        torch.jit.is_tracing()
+        or torch.jit.is_scripting()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    )
 
 
 class _Transition(nn.Module):
@@ -145,7 +158,8 @@ class DenseNet(nn.Module):
         initial_output_stride: 4 for the standard stem (7x7/2 conv + 3x3/2 max-pool), 2 to skip
             the max-pool.
         spatial_squeeze: drop the 1x1 spatial dims of pooled outputs, giving (N, C).
-        memory_efficient: recompute each layer's concat+BN+ReLU+1x1 conv in backward.
+        memory_efficient: train with linear memory: each dense block writes into one shared
+            buffer and recomputes its BN-ReLU outputs in backward (see ``efficient_block``).
         in_channels: channels of the input image.
     """
 
