@@ -150,15 +150,13 @@ def test_channels_last_and_bf16_autocast_match_plain():
         torch.testing.assert_close(q.grad, p.grad, rtol=5e-2, atol=5e-3)
 
 
-def test_eval_mode_output_equals_plain_concatenation():
+def test_eval_mode_output_equals_plain():
     plain, eff = _pair("densenet_custom", num_units_per_block=(2, 3), growth_rate=8)
-    plain.eval(), eff.eval()
     x = torch.randn(2, 3, 32, 32)
+    _train_step(plain, x), _train_step(eff, x)  # non-trivial running statistics
+    plain.eval(), eff.eval()
     with torch.no_grad():
-        fast = eff(x)  # buffered inference path
-    with torch.enable_grad():
-        ref = plain(x)  # grad mode: the plain concatenating path
-    torch.testing.assert_close(fast, ref.detach(), **TOL)
+        torch.testing.assert_close(eff(x), plain(x), **TOL)
 
 
 def test_torch_compile_works_in_eval_mode():
@@ -182,3 +180,12 @@ def test_onnx_export_works_in_eval_mode():
     (out,) = sess.run(None, {"x": x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_training_step_gives_plain_gradients():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    x = torch.randn(2, 3, 32, 32)
+    torch.compile(eff, backend="aot_eager")(x).square().mean().backward()
+    plain(x).square().mean().backward()
+    for p, q in zip(plain.parameters(), eff.parameters()):
+        assert_close_scaled(q.grad, p.grad, "compiled gradient", rel=1e-4)

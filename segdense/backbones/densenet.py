@@ -15,7 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from .efficient_block import buffered_dense_block, dropout_mask, efficient_dense_block, supports_efficient
+from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
 from .registry import register_backbone
 
@@ -97,23 +97,12 @@ class _DenseBlock(nn.ModuleDict):
         if self.memory_efficient and self.training and torch.is_grad_enabled():
             # Linear-memory training path: shared buffer, BN-ReLU recomputed in backward.
             return efficient_dense_block(init_features, layers)
-        if not torch.is_grad_enabled() and not self.training and _eager():
-            # Inference: write every layer into one buffer instead of re-concatenating.
-            return buffered_dense_block(init_features, layers)
+        # Elsewhere (inference, frozen BN) the plain graph. A buffered inference variant measured
+        # no faster than torchvision's concatenation on CPU, so it was not kept.
         features = [init_features]
         for layer in layers:
             features.append(layer(features))
         return torch.cat(features, 1)
-
-
-def _eager() -> bool:
-    """False while tracing, exporting or compiling (they get the plain graph)."""
-    return not (
-        torch.jit.is_tracing()
-        or torch.jit.is_scripting()
-        or torch.compiler.is_compiling()
-        or torch.onnx.is_in_onnx_export()
-    )
 
 
 class _Transition(nn.Module):

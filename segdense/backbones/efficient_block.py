@@ -172,26 +172,3 @@ def efficient_dense_block(x: torch.Tensor, layers: Sequence["_DenseLayer"]) -> t
     """Training forward of a dense block with linear memory; returns the block's concatenated
     output (input channels followed by every layer's new channels)."""
     return _EfficientDenseBlock.apply(x, list(layers), *_params(layers))
-
-
-@torch.no_grad()
-def buffered_dense_block(x: torch.Tensor, layers: Sequence["_DenseLayer"]) -> torch.Tensor:
-    """Inference forward of a dense block into one pre-allocated buffer (no per-layer
-    concatenation copies). Eval-mode BN only; no autograd."""
-    n, c0, h, w = x.shape
-    k = layers[0].conv2.out_channels
-    fmt = (
-        torch.channels_last
-        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        else torch.contiguous_format
-    )
-    buf = torch.empty(
-            (n, c0 + len(layers) * k, h, w), dtype=x.dtype, device=x.device, memory_format=fmt
-        )
-    buf[:, :c0].copy_(x)
-    for i, layer in enumerate(layers):
-        c_in = c0 + i * k
-        out = layer.conv1(layer.relu1(layer.norm1(buf[:, :c_in])))
-        out = layer.conv2(layer.relu2(layer.norm2(out)))
-        buf[:, c_in : c_in + k].copy_(out)
-    return buf

@@ -113,12 +113,14 @@ def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48),
 
 
 def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Settings]:
-    """Named grids. ``quick``: densenet121 at OS32 and OS8, batch 2, 256^2 (< 2 min on 2 cores).
+    """Named grids. ``quick``: densenet121 plain at OS32 and plain + memory-efficient at OS8,
+    batch 2, 256^2, each beside torchvision (< 2 min on 2 idle cores).
     ``cpu``: quick's rows with more repetitions, the deeplabv3 rows and the depth series.
     ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last,
     compile off and on."""
     if name == "quick":
-        rows = _family(device, 32, 2, 256) + _family(device, 8, 2, 256)
+        rows = [r for r in _family(device, 32, 2, 256) if not r.memory_efficient]
+        rows += _family(device, 8, 2, 256)
         return rows, Settings(warmup=1, reps=3)
     if name == "cpu":
         rows = _family(device, 32, 2, 256) + _family(device, 8, 2, 256)

@@ -65,10 +65,11 @@ def count_flops(row: Row, model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     return inference, float(fc.get_total_flops())
 
 
-def matmul_peak(device: str, dtype: torch.dtype = torch.float32, n: int | None = None, reps: int = 5) -> float:
-    """Best achieved FLOP/s of a square matmul on this device: the yardstick for FLOP/s fractions."""
+def matmul_peak(device: str, dtype: torch.dtype = torch.float32, n: int | None = None, reps: int = 4) -> float:
+    """Best achieved FLOP/s of a square matmul on this device: the yardstick for FLOP/s fractions.
+    Large (4096^2 on CPU) because smaller products stay well below the cores' matmul rate."""
     if n is None:
-        n = 8192 if torch.device(device).type == "cuda" else 1024
+        n = 8192 if torch.device(device).type == "cuda" else 4096
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
