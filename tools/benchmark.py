@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -79,7 +80,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         rows, settings = rows_and_settings(args)
-        measured = run(rows, settings, log=lambda s: print(s, file=sys.stderr, flush=True))
+        start = time.perf_counter()
+        measured = run(rows, settings, log=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}",
+                                                           file=sys.stderr, flush=True))
     except (ValueError, RuntimeError) as e:
         print(f"benchmark: {e}", file=sys.stderr)
         return 2
