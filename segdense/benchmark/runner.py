@@ -154,6 +154,8 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
 
     if settings.measure_memory:
         for res in live():
+            if settings.memory_output_strides and res.row.output_stride not in settings.memory_output_strides:
+                continue
             log(f"peak memory: {res.row.label()}")
             if torch.device(device).type == "cuda":
                 x, y = inputs[id(res)]
