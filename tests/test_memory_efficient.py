@@ -190,3 +190,10 @@ def test_torch_compile_training_step_gives_plain_gradients():
     plain(x).square().mean().backward()
     for p, q in zip(plain.parameters(), eff.parameters()):
         assert_close_scaled(q.grad, p.grad, "compiled gradient", rel=1e-9)
+
+
+def test_channels_last_memory_efficient_equals_plain():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 3), growth_rate=8, output_stride=8)
+    plain, eff = (m.double().to(memory_format=torch.channels_last) for m in (plain, eff))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    _assert_same_step(plain, eff, x, rel=1e-9)

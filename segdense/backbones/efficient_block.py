@@ -61,6 +61,17 @@ def _bn_relu_recompute(
     return (x * scale.to(x.dtype).view(shape)).add_(shift.to(x.dtype).view(shape)).relu_()
 
 
+def _layer_input(buf: torch.Tensor, channels: int) -> torch.Tensor:
+    """The first ``channels`` channels of the shared buffer. NCHW: a view (every channel plane is
+    contiguous, so BN reads it in place). Channels-last: a view would interleave the channels
+    with gaps and push BN onto its slow generic kernel, so a compact channels-last copy is made
+    (transient, like the plain path's concatenation, and never kept for backward)."""
+    view = buf[:, :channels]
+    if buf.is_contiguous(memory_format=torch.channels_last) and not buf.is_contiguous():
+        return view.contiguous(memory_format=torch.channels_last)
+    return view
+
+
 def _weight(conv: nn.Conv2d, like: torch.Tensor) -> torch.Tensor:
     # Under autocast the activations may be bf16/fp16 while parameters stay fp32.
     return conv.weight.to(like.dtype)
@@ -83,7 +94,7 @@ class _EfficientDenseBlock(torch.autograd.Function):
         saved, stats, masks = [], [], []
         for i, layer in enumerate(layers):
             c_in = c0 + i * k
-            a1, m1, s1 = _bn_train(buf[:, :c_in], layer.norm1)
+            a1, m1, s1 = _bn_train(_layer_input(buf, c_in), layer.norm1)
             z1 = layer.conv1._conv_forward(a1.relu_(), _weight(layer.conv1, a1), None)
             del a1
             a2, m2, s2 = _bn_train(z1, layer.norm2)
@@ -129,7 +140,7 @@ class _EfficientDenseBlock(torch.autograd.Function):
             )
             del ga2
             # First half: BN1-ReLU recomputed from the shared buffer (a view, no concatenation).
-            inp = buf[:, :c_in]
+            inp = _layer_input(buf, c_in)
             a1 = _bn_relu_recompute(inp, layer.norm1, m1, s1)
             ga1, gw1, _ = _conv_backward(
                 gz1, a1, _weight(conv1, a1), None, list(conv1.stride), list(conv1.padding),

@@ -92,6 +92,8 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
         raise ValueError("all rows of one run must use the same device")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes, as in training; warm-up autotunes
     amp = next((r.amp for r in rows if r.amp), None)
     peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
     peak = matmul_peak(device, peak_dtype)
