@@ -28,7 +28,7 @@ def test_torchvision_baseline_has_the_same_dilation_and_parameters():
 def test_run_reports_times_ratios_and_flops_for_each_row():
     rows = [Row("torchvision", output_stride=8, **TINY), Row("segdense", output_stride=8, **TINY),
             Row("segdense", output_stride=8, memory_efficient=True, **TINY)]
-    measured = run(rows, Settings(warmup=1, reps=2, measure_memory=False), log=lambda s: None)
+    measured = run(rows, Settings(warmup=1, reps=2, measure_memory=False, matmul_size=256), log=lambda s: None)
     summary = summarise(measured)
     assert [d["error"] for d in summary] == [None, None, None]
     for d in summary:
@@ -44,7 +44,7 @@ def test_run_reports_times_ratios_and_flops_for_each_row():
 
 
 def test_cpu_peak_memory_is_measured_in_a_subprocess_and_is_lower_when_memory_efficient():
-    kw = dict(TINY, units=(8, 8), growth_rate=16, batch=2, crop=96, output_stride=8)
+    kw = dict(TINY, units=(12,), growth_rate=16, batch=2, crop=96, output_stride=4)
     plain = cpu_peak_bytes(Row("segdense", **kw))
     eff = cpu_peak_bytes(Row("segdense", memory_efficient=True, **kw))
     assert 0 < eff < plain
@@ -66,7 +66,7 @@ def test_cli_writes_table_and_json(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom",
            "--units", "2", "2", "2", "2", "--growth-rate", "8", "--output-stride", "32", "--batch", "1",
-           "--crop", "64", "--reps", "1", "--no-memory", "--json", str(out)]
+           "--crop", "64", "--reps", "1", "--no-memory", "--matmul-size", "256", "--json", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "tv custom2-2-2-2k8 os32 b1x64 plain" in proc.stdout

@@ -46,6 +46,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-flops", action="store_true")
+    p.add_argument("--matmul-size", type=int, default=None, help="side of the peak-measuring matmul")
     p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU, segdense plain rows)")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
@@ -73,6 +74,7 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
         measure_memory=settings.measure_memory and not args.no_memory,
         measure_flops=settings.measure_flops and not args.no_flops,
         onnx=settings.onnx or args.onnx,
+        matmul_size=args.matmul_size or settings.matmul_size,
     )
 
 
