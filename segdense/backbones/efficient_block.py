@@ -45,9 +45,8 @@ def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.
             if bn.momentum is None:
                 momentum = 1.0 / float(bn.num_batches_tracked)
         running_mean, running_var = bn.running_mean, bn.running_var
-    weight = bn.weight if bn.weight is not None else None
     return torch.native_batch_norm(
-        x, weight, bn.bias, running_mean, running_var, True, momentum, bn.eps
+        x, bn.weight, bn.bias, running_mean, running_var, True, momentum, bn.eps
     )
 
 
