@@ -197,3 +197,11 @@ def test_channels_last_memory_efficient_equals_plain():
     plain, eff = (m.double().to(memory_format=torch.channels_last) for m in (plain, eff))
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
     _assert_same_step(plain, eff, x, rel=1e-9)
+
+
+def test_sync_batchnorm_falls_back_to_the_plain_graph():
+    _, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    eff = torch.nn.SyncBatchNorm.convert_sync_batchnorm(eff)
+    out = eff.features.denseblock1(torch.randn(2, 16, 8, 8, requires_grad=True))
+    assert "EfficientDenseBlock" not in type(out.grad_fn).__name__
+    assert type(out.grad_fn).__name__.startswith("Cat")

@@ -90,11 +90,11 @@ class _DenseBlock(nn.ModuleDict):
                 memory_efficient=memory_efficient,
             )
             self.add_module(f"denselayer{i + 1}", layer)
-        self.memory_efficient = memory_efficient and supports_efficient(list(self.values()))
+        self.memory_efficient = memory_efficient
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
         layers = list(self.values())
-        if self.memory_efficient and self.training and torch.is_grad_enabled():
+        if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
             # Linear-memory training path: shared buffer, BN-ReLU recomputed in backward.
             return efficient_dense_block(init_features, layers)
         # Elsewhere (inference, frozen BN) the plain graph. A buffered inference variant measured

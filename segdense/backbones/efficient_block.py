@@ -170,9 +170,11 @@ def _params(layers: Sequence["_DenseLayer"]) -> list[torch.Tensor]:
 
 
 def supports_efficient(layers: Sequence["_DenseLayer"]) -> bool:
-    """The efficient Function handles the standard layer (affine BNs, bias-free convs)."""
+    """The efficient Function handles the standard layer: plain affine ``BatchNorm2d`` (not, e.g.,
+    ``SyncBatchNorm``, whose statistics span processes) and bias-free zero-padded convs."""
     return all(
-        l.norm1.affine and l.norm2.affine and l.conv1.bias is None and l.conv2.bias is None
+        type(l.norm1) is nn.BatchNorm2d and type(l.norm2) is nn.BatchNorm2d
+        and l.norm1.affine and l.norm2.affine and l.conv1.bias is None and l.conv2.bias is None
         and l.conv2.padding_mode == "zeros"
         for l in layers
     )
