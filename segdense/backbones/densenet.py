@@ -15,8 +15,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
-
+from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
 from .registry import register_backbone
 
@@ -55,39 +54,14 @@ class _DenseLayer(nn.Module):
         self.drop_rate = float(drop_rate)
         self.memory_efficient = memory_efficient
 
-    def bottleneck(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, inputs: list[torch.Tensor]) -> torch.Tensor:
         return self.conv1(self.relu1(self.norm1(torch.cat(inputs, 1))))
 
-    def _checkpointed_bottleneck(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        """Concat+BN+ReLU+1x1 conv, recomputed in backward instead of stored. The recomputation
-        normalises with the same batch statistics but leaves the running statistics alone, so they
-        are updated once per step as in the plain path."""
-        first_call = [True]
-
-        def run(*tensors: torch.Tensor) -> torch.Tensor:
-            x = torch.cat(tensors, 1)
-            if first_call[0]:
-                first_call[0] = False
-                x = self.norm1(x)
-            else:
-                n = self.norm1  # update throw-away copies of the running statistics
-                mean, var = n.running_mean.clone(), n.running_var.clone()
-                x = F.batch_norm(x, mean, var, n.weight, n.bias, True, n.momentum or 0.0, n.eps)
-            return self.conv1(self.relu1(x))
-
-        # The tensors go in one by one: the block keeps appending to its list afterwards.
-        return cp.checkpoint(run, *inputs, use_reentrant=False)
-
     def forward(self, inputs: list[torch.Tensor]) -> torch.Tensor:
-        if self.memory_efficient and self.training and torch.is_grad_enabled() and any(
-            t.requires_grad for t in inputs
-        ):
-            out = self._checkpointed_bottleneck(inputs)
-        else:
-            out = self.bottleneck(*inputs)
-        out = self.conv2(self.relu2(self.norm2(out)))
-        if self.drop_rate > 0:
-            out = F.dropout(out, p=self.drop_rate, training=self.training)
+        # The memory-efficient path lives in the block (it needs the whole block's shared buffer).
+        out = self.conv2(self.relu2(self.norm2(self.bottleneck(inputs))))
+        if self.drop_rate > 0 and self.training:
+            out = out * dropout_mask(out, self.drop_rate)
         return out
 
 
@@ -116,10 +90,17 @@ class _DenseBlock(nn.ModuleDict):
                 memory_efficient=memory_efficient,
             )
             self.add_module(f"denselayer{i + 1}", layer)
+        self.memory_efficient = memory_efficient
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
+        layers = list(self.values())
+        if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
+            # Linear-memory training path: shared buffer, BN-ReLU recomputed in backward.
+            return efficient_dense_block(init_features, layers)
+        # Elsewhere (inference, frozen BN) the plain graph. A buffered inference variant measured
+        # no faster than torchvision's concatenation on CPU, so it was not kept.
         features = [init_features]
-        for layer in self.values():
+        for layer in layers:
             features.append(layer(features))
         return torch.cat(features, 1)
 
@@ -166,7 +147,8 @@ class DenseNet(nn.Module):
         initial_output_stride: 4 for the standard stem (7x7/2 conv + 3x3/2 max-pool), 2 to skip
             the max-pool.
         spatial_squeeze: drop the 1x1 spatial dims of pooled outputs, giving (N, C).
-        memory_efficient: recompute each layer's concat+BN+ReLU+1x1 conv in backward.
+        memory_efficient: train with linear memory: each dense block writes into one shared
+            buffer and recomputes its BN-ReLU outputs in backward (see ``efficient_block``).
         in_channels: channels of the input image.
     """
 

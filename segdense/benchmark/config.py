@@ -1,0 +1,147 @@
+"""What a benchmark row is, and the presets (grids of rows) the tool runs."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+
+IMPLS = ("segdense", "torchvision")
+AMP_DTYPES = (None, "bf16", "fp16")
+
+
+@dataclass(frozen=True)
+class Row:
+    """One configuration to measure. ``impl="torchvision"`` is the baseline: torchvision's DenseNet
+    of the same architecture with the same dilation applied (backbone rows only)."""
+
+    impl: str = "segdense"
+    backbone: str = "densenet121"
+    head: str | None = None
+    output_stride: int = 32
+    batch: int = 2
+    crop: int = 256
+    memory_efficient: bool = False
+    channels_last: bool = False
+    amp: str | None = None
+    compile: bool = False
+    device: str = "cpu"
+    units: tuple[int, ...] | None = None  # densenet_custom only
+    growth_rate: int | None = None  # densenet_custom only
+    num_classes: int = 21
+
+    def __post_init__(self) -> None:
+        if self.impl not in IMPLS:
+            raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.amp not in AMP_DTYPES:
+            raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
+        if self.impl == "torchvision" and self.head is not None:
+            raise ValueError("torchvision baseline rows are backbone-only (head=None)")
+        if (self.units is None) != (self.backbone != "densenet_custom"):
+            raise ValueError("units (and growth_rate) are given exactly when backbone='densenet_custom'")
+        if self.batch < 1 or self.crop < self.output_stride:
+            raise ValueError(f"batch must be >= 1 and crop >= output_stride, got {self.batch}, {self.crop}")
+
+    @property
+    def mode(self) -> str:
+        return "mem-eff" if self.memory_efficient else "plain"
+
+    @property
+    def arch(self) -> str:
+        if self.units is None:
+            return self.backbone
+        return f"custom{'-'.join(map(str, self.units))}k{self.growth_rate}"
+
+    def group_key(self) -> tuple:
+        """Rows that differ only in implementation and memory mode compare against each other."""
+        d = dataclasses.asdict(self)
+        d.pop("impl")
+        d.pop("memory_efficient")
+        return tuple(sorted((k, str(v)) for k, v in d.items()))
+
+    def label(self) -> str:
+        parts = [self.impl[:2] if self.impl == "segdense" else "tv", self.arch]
+        if self.head:
+            parts.append(self.head)
+        parts += [f"os{self.output_stride}", f"b{self.batch}x{self.crop}", self.mode]
+        parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
+        if self.amp:
+            parts.append(self.amp)
+        return " ".join(parts)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> "Row":
+        d = json.loads(text)
+        if d.get("units") is not None:
+            d["units"] = tuple(d["units"])
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How hard to measure: warm-up and timed repetitions (median and spread are reported)."""
+
+    warmup: int = 1
+    reps: int = 5
+    measure_memory: bool = True
+    memory_output_strides: tuple[int, ...] | None = None  # peak memory only for these rows (None: all)
+    measure_flops: bool = True
+    matmul_size: int | None = None  # side of the peak-measuring matmul (None: 4096 CPU, 8192 CUDA)
+    onnx: bool = False  # also time ONNX Runtime inference of segdense plain backbone rows (CPU)
+
+
+def _family(device: str, output_stride: int, batch: int, crop: int, head: str | None = None,
+            baseline: bool = True, **kw) -> list[Row]:
+    """segdense plain + memory-efficient rows and, for backbone rows, torchvision's plain and
+    checkpointed (memory_efficient=True) DenseNet with the same dilation."""
+    common = dict(device=device, output_stride=output_stride, batch=batch, crop=crop, **kw)
+    rows = []
+    if baseline and head is None:
+        rows += [Row("torchvision", **common), Row("torchvision", memory_efficient=True, **common)]
+    rows += [Row("segdense", head=head, **common), Row("segdense", head=head, memory_efficient=True, **common)]
+    return rows
+
+
+def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48), growth_rate: int = 12,
+                  batch: int = 2, crop: int = 128, output_stride: int = 8) -> list[Row]:
+    """Custom DenseNets with ``u`` units in each of 4 blocks: peak memory vs depth."""
+    rows = []
+    for u in units:
+        rows += _family(device, output_stride, batch, crop, backbone="densenet_custom",
+                        units=(u,) * 4, growth_rate=growth_rate, baseline=False)
+    return rows
+
+
+def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Settings]:
+    """Named grids. ``quick``: densenet121 plain at OS32 and plain + memory-efficient at OS8,
+    batch 2, 256^2, each beside torchvision (< 2 min on 2 idle cores).
+    ``cpu``: quick's rows with more repetitions, the deeplabv3 rows and the depth series.
+    ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last;
+    deeplabv3 at OS8 also compiled."""
+    if name == "quick":
+        rows = [r for r in _family(device, 32, 2, 256) if not r.memory_efficient]
+        rows += _family(device, 8, 2, 256)
+        # A CPU memory row is a fresh subprocess (~10 s): only the OS8 rows the target is about.
+        return rows, Settings(warmup=1, reps=3, memory_output_strides=(8,))
+    if name == "cpu":
+        rows = _family(device, 32, 2, 256) + _family(device, 8, 2, 256)
+        rows += _family(device, 8, 2, 256, head="deeplabv3")
+        rows += growth_series(device)
+        return rows, Settings(warmup=1, reps=7, onnx=True)
+    if name == "growth":
+        return growth_series(device), Settings(warmup=1, reps=3)
+    if name == "gpu":
+        kw = dict(channels_last=True, amp="bf16")
+        rows = []
+        for os_ in (16, 8):
+            rows += _family("cuda", os_, 16, 512, **kw)
+            rows += _family("cuda", os_, 16, 512, head="deeplabv3", **kw)
+        # Compilation costs about a minute per row and mode: only the headline rows (OS8).
+        rows += _family("cuda", 8, 16, 512, head="deeplabv3", compile=True, **kw)
+        return rows, Settings(warmup=3, reps=10)
+    raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")
+
+
+PRESETS = ("quick", "cpu", "growth", "gpu")

@@ -1,0 +1,118 @@
+"""Build the network a benchmark row measures, and its training loss.
+
+Imports only torch/torchvision/segdense.backbones; ``segdense.build_model`` (heads) is imported
+lazily so backbone rows work without it.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .config import Row
+
+
+class MissingHeadSupport(RuntimeError):
+    """segdense.build_model (the heads package) is not available in this checkout."""
+
+
+def dilate_torchvision_densenet(features: nn.Module, output_stride: int, initial_stride: int = 4) -> None:
+    """Apply segdense's output-stride rule to torchvision's ``DenseNet.features`` in place: a
+    transition past the output stride keeps BN+conv but drops its pooling, and every 3x3 conv
+    after it is dilated (x2 per skipped pooling)."""
+    stride, dilation = initial_stride, 1
+    for name, module in features.named_children():
+        if name.startswith("denseblock") and dilation > 1:
+            for layer in module.children():
+                layer.conv2.dilation = (dilation, dilation)
+                layer.conv2.padding = (dilation, dilation)
+        if name.startswith("transition"):
+            if stride < output_stride:
+                stride *= 2
+            else:
+                module.pool = nn.Identity()
+                dilation *= 2
+
+
+class _TorchvisionFeatures(nn.Module):
+    def __init__(self, row: Row) -> None:
+        super().__init__()
+        from torchvision.models import densenet as tvd
+
+        if row.backbone == "densenet_custom":
+            net = tvd.DenseNet(growth_rate=row.growth_rate, block_config=row.units,
+                               num_init_features=2 * row.growth_rate, memory_efficient=row.memory_efficient)
+        else:
+            builder = getattr(tvd, row.backbone, None)
+            if builder is None:
+                raise ValueError(f"torchvision has no {row.backbone!r}")
+            net = builder(weights=None, memory_efficient=row.memory_efficient)
+        dilate_torchvision_densenet(net.features, row.output_stride)
+        self.features = net.features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.features(x))
+
+
+class _SegdenseFeatures(nn.Module):
+    def __init__(self, row: Row) -> None:
+        super().__init__()
+        from segdense.backbones import build_backbone
+
+        kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient)
+        if row.backbone == "densenet_custom":
+            kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
+        self.net = build_backbone(row.backbone, **kw)
+        self.last = self.net.feature_info[-1].name
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.forward_features(x)[self.last]
+
+
+def _segdense_model(row: Row) -> nn.Module:
+    try:
+        from segdense import build_model  # lazily: the heads land on another branch
+    except ImportError as e:
+        raise MissingHeadSupport(
+            f"head={row.head!r} needs segdense.build_model (segdense/heads, segdense/models), "
+            f"which this checkout lacks ({e}); run backbone rows only or merge the heads branch"
+        ) from None
+    return build_model(backbone=row.backbone, head=row.head, num_classes=row.num_classes,
+                       output_stride=row.output_stride, memory_efficient=row.memory_efficient)
+
+
+def build(row: Row) -> nn.Module:
+    """The row's network on its device (and memory format), in training mode."""
+    if row.head is not None:
+        model = _segdense_model(row)
+    elif row.impl == "torchvision":
+        model = _TorchvisionFeatures(row)
+    else:
+        model = _SegdenseFeatures(row)
+    model = model.to(row.device)
+    if row.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.train()
+
+
+def make_input(row: Row, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """A random image batch and a random label map."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(row.batch, 3, row.crop, row.crop, generator=g)
+    y = torch.randint(0, row.num_classes, (row.batch, row.crop, row.crop), generator=g)
+    x = x.to(row.device)
+    if row.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y.to(row.device)
+
+
+def loss_of(row: Row, out: torch.Tensor | dict, y: torch.Tensor) -> torch.Tensor:
+    """Backbone rows: mean of the deepest feature map. Head rows: cross-entropy on the logits
+    (upsampled to the label size when the head returns them smaller)."""
+    if isinstance(out, dict):
+        out = out["out"] if "out" in out else next(iter(out.values()))
+    if row.head is None:
+        return out.float().mean()
+    if out.shape[-2:] != y.shape[-2:]:
+        out = F.interpolate(out, size=y.shape[-2:], mode="bilinear", align_corners=False)
+    return F.cross_entropy(out.float(), y)

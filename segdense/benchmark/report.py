@@ -1,0 +1,88 @@
+"""Turn measurements into rows with ratios to their baselines, a terminal table and JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from .runner import Result, median_spread
+
+
+def _ratio(a, b):
+    return a / b if a is not None and b else None
+
+
+def summarise(run: dict) -> list[dict]:
+    """One dict per row. Ratios: ``*_vs_tv`` against torchvision's plain DenseNet of the same
+    architecture and dilation (same run); ``*_vs_plain`` against segdense's plain mode."""
+    results: list[Result] = run["results"]
+    peak = run["matmul_peak_flops"]
+    out = []
+    for res in results:
+        r = res.row
+        train, train_sp = median_spread(res.train_s)
+        inf, inf_sp = median_spread(res.infer_s)
+        onnx, onnx_sp = median_spread(res.onnx_s)
+        d = {"label": r.label(), "config": dataclasses.asdict(r), "error": res.error,
+             "train_step_s": train, "train_spread": train_sp, "infer_s": inf, "infer_spread": inf_sp,
+             "train_img_s": _ratio(r.batch, train), "infer_img_s": _ratio(r.batch, inf),
+             "onnx_infer_s": onnx, "onnx_spread": onnx_sp, "onnx_vs_eager": _ratio(inf, onnx),
+             "peak_mb": res.peak_bytes / 2**20 if res.peak_bytes is not None else None,
+             "gflops_per_img": res.flops_infer / r.batch / 1e9 if res.flops_infer else None,
+             "train_gflops_per_img": res.flops_train / r.batch / 1e9 if res.flops_train else None,
+             "infer_peak_frac": _ratio(_ratio(res.flops_infer, inf), peak),
+             "train_peak_frac": _ratio(_ratio(res.flops_train, train), peak),
+             "train_s_raw": res.train_s, "infer_s_raw": res.infer_s}
+        out.append(d)
+    by_key = {}
+    for res, d in zip(results, out):
+        by_key.setdefault(res.row.group_key(), {})[(res.row.impl, res.row.memory_efficient)] = d
+    for res, d in zip(results, out):
+        group = by_key[res.row.group_key()]
+        for name, base in (("tv", group.get(("torchvision", False))), ("plain", group.get(("segdense", False)))):
+            for m, key in (("train", "train_step_s"), ("infer", "infer_s"), ("mem", "peak_mb")):
+                d[f"{m}_vs_{name}"] = _ratio(d[key], base[key]) if base and base is not d else None
+    return out
+
+
+def _f(v, fmt):
+    return "-" if v is None else format(v, fmt)
+
+
+COLUMNS = [
+    ("row", 44, lambda d: d["label"]),
+    ("step ms", 8, lambda d: _f(d["train_step_s"] and d["train_step_s"] * 1e3, ".0f")),
+    ("±%", 4, lambda d: _f(d["train_spread"] and d["train_spread"] * 100, ".0f")),
+    ("train im/s", 10, lambda d: _f(d["train_img_s"], ".2f")),
+    ("inf im/s", 8, lambda d: _f(d["infer_img_s"], ".2f")),
+    ("±%", 4, lambda d: _f(d["infer_spread"] and d["infer_spread"] * 100, ".0f")),
+    ("peak MB", 8, lambda d: _f(d["peak_mb"], ".0f")),
+    ("GF/img", 7, lambda d: _f(d["gflops_per_img"], ".2f")),
+    ("inf %pk", 7, lambda d: _f(d["infer_peak_frac"] and d["infer_peak_frac"] * 100, ".0f")),
+    ("trn %pk", 7, lambda d: _f(d["train_peak_frac"] and d["train_peak_frac"] * 100, ".0f")),
+    ("step/tv", 7, lambda d: _f(d["train_vs_tv"], ".2f")),
+    ("inf/tv", 6, lambda d: _f(d["infer_vs_tv"], ".2f")),
+    ("mem/tv", 6, lambda d: _f(d["mem_vs_tv"], ".2f")),
+    ("step/pl", 7, lambda d: _f(d["train_vs_plain"], ".2f")),
+    ("mem/pl", 6, lambda d: _f(d["mem_vs_plain"], ".2f")),
+    ("ort×", 5, lambda d: _f(d["onnx_vs_eager"], ".2f")),
+]
+
+
+def table(rows: list[dict], markdown: bool = False) -> str:
+    """Fixed-width table (or Markdown) of the summarised rows; errors on their own lines."""
+    if markdown:
+        lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |",
+                 "|" + "|".join("---" for _ in COLUMNS) + "|"]
+        lines += ["| " + " | ".join(str(c[2](d)) for c in COLUMNS) + " |" for d in rows]
+    else:
+        lines = ["  ".join(c[0].rjust(c[1]) if i else c[0].ljust(c[1]) for i, c in enumerate(COLUMNS))]
+        for d in rows:
+            cells = [str(c[2](d)) for c in COLUMNS]
+            lines.append("  ".join(v.rjust(c[1]) if i else v.ljust(c[1]) for i, (v, c) in enumerate(zip(cells, COLUMNS))))
+    lines += [f"error in {d['label']}: {d['error']}" for d in rows if d["error"]]
+    return "\n".join(lines)
+
+
+def to_json(run: dict, rows: list[dict]) -> str:
+    head = {k: v for k, v in run.items() if k != "results"}
+    return json.dumps({**head, "rows": rows}, indent=2)

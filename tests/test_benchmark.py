@@ -1,0 +1,84 @@
+"""tools/benchmark.py and segdense.benchmark on a tiny DenseNet (seconds, not minutes)."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import segdense
+from segdense.benchmark import Row, Settings, run, summarise, table
+from segdense.benchmark.measure import cpu_peak_bytes
+from segdense.benchmark.models import MissingHeadSupport, build
+
+ROOT = Path(__file__).resolve().parent.parent
+TINY = dict(backbone="densenet_custom", units=(2, 2, 2, 2), growth_rate=8, batch=1, crop=64)
+
+
+def test_torchvision_baseline_has_the_same_dilation_and_parameters():
+    for os_ in (32, 8):
+        tv = build(Row("torchvision", output_stride=os_, **TINY))
+        sd = build(Row("segdense", output_stride=os_, **TINY))
+        assert sum(p.numel() for p in tv.parameters()) == sum(p.numel() for p in sd.parameters())
+        x = torch.randn(1, 3, 64, 64)
+        assert tv(x).shape == sd(x).shape == (1, sd.net.num_features, 64 // os_, 64 // os_)
+
+
+def test_run_reports_times_ratios_and_flops_for_each_row():
+    rows = [Row("torchvision", output_stride=8, **TINY), Row("segdense", output_stride=8, **TINY),
+            Row("segdense", output_stride=8, memory_efficient=True, **TINY)]
+    measured = run(rows, Settings(warmup=1, reps=2, measure_memory=False, matmul_size=256), log=lambda s: None)
+    summary = summarise(measured)
+    assert [d["error"] for d in summary] == [None, None, None]
+    for d in summary:
+        assert len(d["train_s_raw"]) == 2 and d["train_step_s"] > 0 and d["infer_img_s"] > 0
+        assert 0 < d["infer_peak_frac"] and d["gflops_per_img"] > 0
+    assert summary[0]["train_vs_tv"] is None  # the baseline itself
+    assert summary[1]["train_vs_tv"] == pytest.approx(summary[1]["train_step_s"] / summary[0]["train_step_s"])
+    assert summary[2]["train_vs_plain"] == pytest.approx(summary[2]["train_step_s"] / summary[1]["train_step_s"])
+    # Same architecture, so the same FLOPs in every row of the group.
+    assert len({d["gflops_per_img"] for d in summary}) == 1
+    text = table(summary)
+    assert all(d["label"] in text for d in summary)
+
+
+def test_cpu_peak_memory_is_measured_in_a_subprocess_and_is_lower_when_memory_efficient():
+    kw = dict(TINY, units=(12,), growth_rate=16, batch=2, crop=96, output_stride=4)
+    plain = cpu_peak_bytes(Row("segdense", **kw))
+    eff = cpu_peak_bytes(Row("segdense", memory_efficient=True, **kw))
+    assert 0 < eff < plain
+
+
+def test_head_rows_without_build_model_raise_a_clear_error(monkeypatch):
+    monkeypatch.delattr(segdense, "build_model", raising=False)
+    monkeypatch.setitem(sys.modules, "segdense.build_model", None)
+    with pytest.raises(MissingHeadSupport, match="segdense.build_model"):
+        build(Row("segdense", head="deeplabv3", output_stride=8, **TINY))
+
+
+def test_row_rejects_a_torchvision_head_row():
+    with pytest.raises(ValueError, match="backbone-only"):
+        Row("torchvision", head="deeplabv3")
+
+
+def test_cli_writes_table_and_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom",
+           "--units", "2", "2", "2", "2", "--growth-rate", "8", "--output-stride", "32", "--batch", "1",
+           "--crop", "64", "--reps", "1", "--no-memory", "--matmul-size", "256", "--json", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "tv custom2-2-2-2k8 os32 b1x64 plain" in proc.stdout
+    data = json.loads(out.read_text())
+    assert data["matmul_peak_flops"] > 0
+    assert {d["config"]["impl"] for d in data["rows"]} == {"torchvision", "segdense"}
+    assert len(data["rows"]) == 4
+
+
+def test_cli_bad_configuration_is_one_clear_error():
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom",
+           "--output-stride", "32", "--crop", "16", "--no-baseline"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2
+    assert "crop >= output_stride" in proc.stderr and "Traceback" not in proc.stderr

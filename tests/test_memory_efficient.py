@@ -1,0 +1,207 @@
+"""The memory-efficient DenseNet path (shared block buffer, BN-ReLU recomputed in backward) is the
+plain network: same forward, same gradients, same BN running statistics, far less saved memory."""
+import io
+
+import pytest
+import torch
+
+from segdense.backbones import build_backbone, densenet_custom
+
+TOL = dict(rtol=1e-4, atol=1e-6)
+
+
+def assert_close_scaled(actual, expected, what, rel):
+    """Equal up to rounding: the largest deviation is below ``rel`` of the tensor's scale."""
+    err = (actual - expected).abs().max().item()
+    scale = expected.abs().max().item()
+    assert err <= rel * scale + 1e-12, f"{what}: max deviation {err:.3g} at scale {scale:.3g}"
+
+
+def _pair(builder: str, **kw):
+    torch.manual_seed(0)
+    plain = build_backbone(builder, memory_efficient=False, **kw)
+    eff = build_backbone(builder, memory_efficient=True, **kw)
+    eff.load_state_dict(plain.state_dict())
+    return plain, eff
+
+
+def _train_step(net, x, seed=1):
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)  # same dropout masks in both modes
+    feats = net.forward_features(x)
+    # A loss that weighs channels differently, so every gradient path is exercised.
+    w = lambda f: torch.linspace(-1, 1, f.shape[1], dtype=f.dtype).view(1, -1, 1, 1)
+    loss = sum((f * w(f)).square().mean() for f in feats.values())
+    loss.backward()
+    return feats, x.grad
+
+
+def _assert_same_step(plain, eff, x, rel):
+    fp, gp = _train_step(plain, x)
+    fe, ge = _train_step(eff, x)
+    for name in fp:
+        assert_close_scaled(fe[name], fp[name], f"forward {name}", rel)
+    assert_close_scaled(ge, gp, "input gradient", rel)
+    for (name, p), q in zip(plain.named_parameters(), eff.parameters()):
+        assert_close_scaled(q.grad, p.grad, f"gradient of {name}", rel)
+    for (name, b), c in zip(plain.named_buffers(), eff.buffers()):
+        assert_close_scaled(c.double(), b.double(), f"buffer {name}", rel)
+
+
+def _relative_error(a: list[torch.Tensor], b: list[torch.Tensor]) -> float:
+    a, b = torch.cat([t.flatten() for t in a]), torch.cat([t.flatten() for t in b])
+    return ((a - b).norm() / b.norm()).item()
+
+
+@pytest.mark.parametrize(
+    "builder, output_stride",
+    [("densenet121", 32), ("densenet121", 8), ("densenet169", 16), ("densenet201", 8), ("densenet161", 8)],
+)
+def test_builder_memory_efficient_equals_plain(builder, output_stride):
+    # Full-size builders are slow on CI CPUs: each at one output stride, in fp32 (the custom nets
+    # below cover every output stride in float64, to 1e-9). BN reductions over a buffer view sum in
+    # another order than over a fresh concatenation; through 100-200 randomly initialised layers
+    # that fp32 rounding grows to ~0.5% of the gradient's norm (in float64 the two agree to 1e-13).
+    plain, eff = _pair(builder, output_stride=output_stride)
+    x = torch.randn(2, 3, 64, 64)  # 64x64 keeps the deepest BN's batch statistics well conditioned
+    fp, gp = _train_step(plain, x)
+    fe, ge = _train_step(eff, x)
+    for name in fp:
+        assert_close_scaled(fe[name], fp[name], f"forward {name}", rel=1e-3)
+    assert _relative_error([ge], [gp]) < 2e-2
+    assert _relative_error([p.grad for p in eff.parameters()], [p.grad for p in plain.parameters()]) < 2e-2
+    assert _relative_error(list(eff.buffers()), list(plain.buffers())) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "output_stride, initial_output_stride",
+    [(os_, 4) for os_ in (4, 8, 16, 32)] + [(os_, 2) for os_ in (2, 4, 8, 16)],
+)
+def test_custom_memory_efficient_equals_plain(output_stride, initial_output_stride):
+    kw = dict(num_units_per_block=(2, 3, 2, 2), growth_rate=8, output_stride=output_stride,
+              initial_output_stride=initial_output_stride)
+    plain, eff = _pair("densenet_custom", **kw)
+    plain.double(), eff.double()
+    _assert_same_step(plain, eff, torch.randn(2, 3, 64, 64, dtype=torch.float64), rel=1e-9)
+
+
+def test_memory_efficient_with_dropout_equals_plain():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(3, 2), growth_rate=8, drop_rate=0.3)
+    plain.double(), eff.double()
+    _assert_same_step(plain, eff, torch.randn(2, 3, 32, 32, dtype=torch.float64), rel=1e-9)
+
+
+def test_running_stats_updated_once_per_training_forward():
+    _, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    _train_step(eff, torch.randn(2, 3, 32, 32))
+    bn = eff.features.denseblock1.denselayer2.norm1
+    assert bn.num_batches_tracked.item() == 1
+    # One momentum-0.1 update from (0, 1) towards the batch mean: |mean| must be small but nonzero.
+    assert 0 < bn.running_mean.abs().max() < 1
+
+
+def test_block_input_gradient_reaches_stem():
+    _, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    _train_step(eff, torch.randn(2, 3, 32, 32))
+    assert eff.features.conv0.weight.grad is not None
+    assert eff.features.conv0.weight.grad.abs().sum() > 0
+
+
+def _saved_bytes(net, x) -> int:
+    """Bytes of distinct storages autograd keeps for backward after a forward pass."""
+    storages = {}
+
+    def pack(t):
+        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        net.forward_features(x.requires_grad_())
+    return sum(storages.values())
+
+
+def test_memory_efficient_saves_under_half_of_plain():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(6, 12, 24, 16), growth_rate=8,
+                       output_stride=8)
+    x = torch.randn(1, 3, 64, 64)
+    assert _saved_bytes(eff, x.clone()) < 0.5 * _saved_bytes(plain, x.clone())
+
+
+def test_saved_memory_grows_linearly_with_depth():
+    def saved(units):
+        _, eff = _pair("densenet_custom", num_units_per_block=(units,), growth_rate=8)
+        return _saved_bytes(eff, torch.randn(1, 3, 32, 32))
+
+    s8, s16, s32 = saved(8), saved(16), saved(32)
+    # Linear: doubling depth adds the same amount each time (plain mode would grow ~4x).
+    assert (s32 - s16) == pytest.approx(2 * (s16 - s8), rel=0.05)
+
+
+def test_channels_last_and_bf16_autocast_match_plain():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    plain, eff = (m.to(memory_format=torch.channels_last) for m in (plain, eff))
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fp, gp = _train_step(plain, x)
+        fe, ge = _train_step(eff, x)
+    torch.testing.assert_close(fe["block2"].float(), fp["block2"].float(), rtol=2e-2, atol=2e-2)
+    for p, q in zip(plain.parameters(), eff.parameters()):
+        assert q.grad.dtype == p.dtype
+        torch.testing.assert_close(q.grad, p.grad, rtol=5e-2, atol=5e-3)
+
+
+def test_eval_mode_output_equals_plain():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 3), growth_rate=8)
+    x = torch.randn(2, 3, 32, 32)
+    _train_step(plain, x), _train_step(eff, x)  # non-trivial running statistics
+    plain.eval(), eff.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(eff(x), plain(x), **TOL)
+
+
+def test_torch_compile_works_in_eval_mode():
+    net = densenet_custom(num_units_per_block=(2, 2), growth_rate=8, memory_efficient=True).eval()
+    x = torch.randn(1, 3, 32, 32)
+    # aot_eager runs Dynamo and AOTAutograd (the graph capture that could break) without
+    # spending ~20 s of C++ compilation in Inductor on a 2-core CI machine.
+    compiled = torch.compile(net, backend="aot_eager")
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), net(x), **TOL)
+
+
+def test_onnx_export_works_in_eval_mode():
+    ort = pytest.importorskip("onnxruntime")
+    net = densenet_custom(num_units_per_block=(2, 2), growth_rate=8, memory_efficient=True,
+                          output_stride=8).eval()
+    x = torch.randn(1, 3, 32, 32)
+    buf = io.BytesIO()
+    torch.onnx.export(net, (x,), buf, dynamo=False, input_names=["x"])
+    sess = ort.InferenceSession(buf.getvalue(), providers=["CPUExecutionProvider"])
+    (out,) = sess.run(None, {"x": x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(out), net(x), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_compile_training_step_gives_plain_gradients():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    plain.double(), eff.double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    torch.compile(eff, backend="aot_eager")(x).square().mean().backward()
+    plain(x).square().mean().backward()
+    for p, q in zip(plain.parameters(), eff.parameters()):
+        assert_close_scaled(q.grad, p.grad, "compiled gradient", rel=1e-9)
+
+
+def test_channels_last_memory_efficient_equals_plain():
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 3), growth_rate=8, output_stride=8)
+    plain, eff = (m.double().to(memory_format=torch.channels_last) for m in (plain, eff))
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    _assert_same_step(plain, eff, x, rel=1e-9)
+
+
+def test_sync_batchnorm_falls_back_to_the_plain_graph():
+    _, eff = _pair("densenet_custom", num_units_per_block=(2, 2), growth_rate=8)
+    eff = torch.nn.SyncBatchNorm.convert_sync_batchnorm(eff)
+    out = eff.features.denseblock1(torch.randn(2, 16, 8, 8, requires_grad=True))
+    assert "EfficientDenseBlock" not in type(out.grad_fn).__name__
+    assert type(out.grad_fn).__name__.startswith("Cat")

@@ -1,0 +1,104 @@
+#!/usr/bin/env python
+"""Benchmark segdense's DenseNets against torchvision's, side by side.
+
+    python tools/benchmark.py --quick                       # < 2 min on 2 CPU cores
+    python tools/benchmark.py --preset cpu --json cpu.json  # the numbers in docs/benchmarks.md
+    python tools/benchmark.py --preset gpu --json gpu.json  # H100/H200: bf16, channels_last, compile
+    python tools/benchmark.py --backbone densenet121 --output-stride 32 8 --batch 2 --crop 256 \
+        --device cuda --amp bf16 --channels-last --compile
+
+Prints a table (training step, inference, peak training memory, GFLOPs, FLOP/s as a fraction of a
+matmul peak measured in the same run, and ratios to torchvision's and to segdense's plain mode) and
+writes every number to ``--json``. Needs only torch/torchvision (segdense.build_model for heads).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from segdense.benchmark import PRESETS, Row, Settings, preset, run, summarise, table, to_json  # noqa: E402
+from segdense.benchmark.config import _family  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="same as --preset quick")
+    p.add_argument("--preset", choices=PRESETS, help="a named grid (see segdense.benchmark.preset)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cpu; gpu preset: cuda)")
+    p.add_argument("--backbone", nargs="+", default=["densenet121"])
+    p.add_argument("--units", nargs="+", type=int, default=None,
+                   help="units per block, with --backbone densenet_custom")
+    p.add_argument("--growth-rate", type=int, default=32, help="with --backbone densenet_custom")
+    p.add_argument("--head", default=None, help="a segdense head (e.g. deeplabv3); default: backbone only")
+    p.add_argument("--output-stride", nargs="+", type=int, default=[32, 8])
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--crop", type=int, default=256)
+    p.add_argument("--amp", choices=["bf16", "fp16"], default=None)
+    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", action="store_true", help="torch.compile every row")
+    p.add_argument("--no-baseline", action="store_true", help="skip the torchvision rows")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--reps", type=int, default=None)
+    p.add_argument("--no-memory", action="store_true")
+    p.add_argument("--no-flops", action="store_true")
+    p.add_argument("--matmul-size", type=int, default=None, help="side of the peak-measuring matmul")
+    p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU, segdense plain rows)")
+    p.add_argument("--json", type=Path, default=None, help="write all measurements here")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    return p.parse_args(argv)
+
+
+def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
+    name = "quick" if args.quick else args.preset
+    if name:
+        rows, settings = preset(name, device=args.device or ("cuda" if name == "gpu" else "cpu"))
+    else:
+        rows = []
+        for backbone in args.backbone:
+            custom = backbone == "densenet_custom"
+            extra = dict(units=tuple(args.units or (6, 12, 24, 16)), growth_rate=args.growth_rate) if custom else {}
+            for os_ in args.output_stride:
+                rows += _family(args.device or "cpu", os_, args.batch, args.crop, head=args.head,
+                                baseline=not args.no_baseline, backbone=backbone, amp=args.amp,
+                                channels_last=args.channels_last, compile=args.compile, **extra)
+        settings = Settings()
+    return rows, dataclasses.replace(
+        settings,
+        warmup=settings.warmup if args.warmup is None else args.warmup,
+        reps=settings.reps if args.reps is None else args.reps,
+        measure_memory=settings.measure_memory and not args.no_memory,
+        measure_flops=settings.measure_flops and not args.no_flops,
+        onnx=settings.onnx or args.onnx,
+        matmul_size=args.matmul_size or settings.matmul_size,
+    )
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        rows, settings = rows_and_settings(args)
+        start = time.perf_counter()
+        measured = run(rows, settings, log=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}",
+                                                           file=sys.stderr, flush=True))
+    except (ValueError, RuntimeError) as e:
+        print(f"benchmark: {e}", file=sys.stderr)
+        return 2
+    summary = summarise(measured)
+    print(f"machine: {measured['machine']}")
+    print(f"matmul peak: {measured['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({measured['matmul_peak_dtype']}); "
+          f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s")
+    print(table(summary, markdown=args.markdown))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(to_json(measured, summary))
+        print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
