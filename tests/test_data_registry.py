@@ -37,7 +37,7 @@ def test_config_has_recipe_and_split_keys(name):
     cfg = dataset_config(name)
     assert cfg.dataset.name == name and "train_split" in cfg.dataset and "val_split" in cfg.dataset
     assert (list(cfg.crop_size), cfg.batch_size) == RECIPES[name]
-    assert cfg.iterations > 0 and cfg.lr == 0.01
+    assert cfg.iterations > 0 and cfg.lr == (0.02 if name == "synthetic" else 0.01)
 
 
 def build_from_config(cfg, split_key):
