@@ -1,5 +1,6 @@
-"""Suite-wide settings."""
+"""Suite-wide settings and shared fixtures."""
 import torch
+from infer_fixtures import tiny_checkpoint  # noqa: F401  (a fixture: a small trained checkpoint)
 
 
 def pytest_configure(config):

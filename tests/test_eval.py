@@ -14,7 +14,7 @@ from segdense.inference.evaluation import (
 from segdense.inference.tta import window_starts
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 
-from infer_fixtures import TensorDataset, labelled_images, oracle_bundle, tiny_checkpoint  # noqa: F401
+from infer_fixtures import TensorDataset, labelled_images, oracle_bundle
 from train_utils import CONF
 
 SIZES = [(20, 30), (26, 17), (13, 13)]  # different sizes: batches are padded, padding must be ignored

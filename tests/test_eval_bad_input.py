@@ -13,7 +13,7 @@ from segdense.config.export_job import export_job
 from segdense.config.infer_job import infer_job
 from segdense.inference import CheckpointError, load_bundle
 
-from infer_fixtures import tiny_checkpoint, write_image  # noqa: F401
+from infer_fixtures import write_image
 from train_utils import CONF
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ import segdense
 from segdense.export import ExportError, export_model, verify_torchscript
 from segdense.inference import load_bundle
 
-from infer_fixtures import tiny_checkpoint  # noqa: F401
 from train_utils import CONF
 
 # two sizes, neither a multiple of the output stride (16), the second with batch 1

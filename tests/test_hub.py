@@ -3,7 +3,6 @@ from pathlib import Path
 
 import torch
 
-from infer_fixtures import tiny_checkpoint  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ from PIL import Image
 import segdense
 from segdense.inference.images import ImageReadError, find_images, load_image
 
-from infer_fixtures import tiny_checkpoint, write_image  # noqa: F401
+from infer_fixtures import write_image
 from train_utils import CONF
 
 ROOT = Path(__file__).resolve().parents[1]

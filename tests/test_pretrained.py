@@ -8,7 +8,7 @@ import torch
 from segdense.backbones import adapt_input_conv, convert_old_keys, densenet121, densenet_custom
 from segdense.backbones import weights as weights_mod
 
-torchvision = pytest.importorskip("torchvision")
+import torchvision  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,8 @@
 """Loss registry and the input checks every segmentation loss shares."""
 from __future__ import annotations
 
+import abc
+
 import torch
 import torch.nn as nn
 
@@ -57,7 +59,7 @@ def zero_loss(logits: torch.Tensor) -> torch.Tensor:
     return logits.sum() * 0.0
 
 
-class SegLoss(nn.Module):
+class SegLoss(nn.Module, abc.ABC):
     """Base class: ``forward(logits, target)`` checks the inputs, then calls ``compute``."""
 
     def __init__(self, ignore_index: int = 255, num_classes: int | None = None):
@@ -69,5 +71,6 @@ class SegLoss(nn.Module):
         check_inputs(logits, target, self.ignore_index, self.num_classes)
         return self.compute(logits, target.long())
 
-    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # pragma: no cover
-        raise NotImplementedError
+    @abc.abstractmethod
+    def compute(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss of valid logits/targets (``target`` holds class indices and ``ignore_index``)."""
