@@ -2,7 +2,12 @@
 
 Importing this package imports albumentations and Pillow (never imported by ``segdense`` itself).
 """
-from .base import SegmentationDataset
+import os
+
+# albumentations asks the network for its latest version on import (up to 2 s, a warning offline).
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+from .base import SegmentationDataset  # noqa: E402
 from .cityscapes import Cityscapes, label_ids_to_train_ids
 from .folder import FolderDataset
 from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
