@@ -194,12 +194,44 @@ def test_wrong_channel_count_has_clear_error():
 
 
 def test_channels_last_gives_same_result():
-    model = tiny(output_stride=8, num_classes=4, global_pool=False).eval()
+    # Forced contiguous NCHW against channels-last weights and input: same values.
+    model = tiny(output_stride=8, num_classes=4, global_pool=False, channels_last=False).eval()
     x = torch.randn(2, 3, 45, 61)
     with torch.no_grad():
         ref = model(x)
+        assert ref.is_contiguous()
+        model.channels_last = True
         out = model.to(memory_format=torch.channels_last)(x.to(memory_format=torch.channels_last))
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_cpu_runs_channels_last_by_default_with_the_same_values_and_gradients():
+    auto = tiny(output_stride=8, global_pool=False)
+    nchw = tiny(output_stride=8, global_pool=False, channels_last=False)
+    nchw.load_state_dict(auto.state_dict())
+    x = torch.randn(2, 3, 40, 48)
+    feats_auto, feats_nchw = auto.forward_features(x), nchw.forward_features(x)
+    for name in feats_auto:
+        assert feats_auto[name].is_contiguous(memory_format=torch.channels_last), name
+        assert feats_nchw[name].is_contiguous(), name
+        torch.testing.assert_close(feats_auto[name], feats_nchw[name], rtol=1e-4, atol=1e-5)
+    sum(f.square().mean() for f in feats_auto.values()).backward()
+    sum(f.square().mean() for f in feats_nchw.values()).backward()
+    for (name, p), q in zip(auto.named_parameters(), nchw.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_traced_graph_stays_in_the_input_format():
+    model = tiny(output_stride=16, global_pool=False).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, torch.randn(1, 3, 64, 64))
+        out = traced(torch.randn(1, 3, 64, 64))
+    assert out.is_contiguous()
+
+
+def test_channels_last_must_be_none_or_bool():
+    with pytest.raises(ValueError, match="channels_last must be None"):
+        tiny(channels_last="yes")
 
 
 def test_in_channels_other_than_three():

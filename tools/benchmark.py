@@ -93,6 +93,9 @@ def main(argv=None) -> int:
     print(f"matmul peak: {measured['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({measured['matmul_peak_dtype']}); "
           f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s")
     print(table(summary, markdown=args.markdown))
+    if any(r.device == "cpu" and r.impl == "segdense" and not r.channels_last for r in rows):
+        print("note: segdense rows run channels-last on CPU by default (DenseNet(channels_last=None)); "
+              "'cl' rows give both implementations channels-last weights and input.")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(to_json(measured, summary))

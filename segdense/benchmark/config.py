@@ -104,6 +104,14 @@ def _family(device: str, output_stride: int, batch: int, crop: int, head: str | 
     return rows
 
 
+def _channels_last_pair(device: str, output_stride: int, batch: int, crop: int) -> list[Row]:
+    """torchvision and segdense plain, both with channels-last weights and input. On CPU segdense
+    runs channels-last by itself (``DenseNet(channels_last=None)``), so this pair shows how much
+    of its lead over the plain torchvision row is the memory format."""
+    common = dict(device=device, output_stride=output_stride, batch=batch, crop=crop, channels_last=True)
+    return [Row("torchvision", **common), Row("segdense", **common)]
+
+
 def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48), growth_rate: int = 12,
                   batch: int = 2, crop: int = 128, output_stride: int = 8) -> list[Row]:
     """Custom DenseNets with ``u`` units in each of 4 blocks: peak memory vs depth."""
@@ -115,20 +123,22 @@ def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48),
 
 
 def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Settings]:
-    """Named grids. ``quick``: densenet121 plain at OS32 and plain + memory-efficient at OS8,
-    batch 2, 256^2, each beside torchvision (< 2 min on 2 idle cores).
+    """Named grids. ``quick``: densenet121 plain at OS32 (also with channels-last weights and
+    input for both) and plain + memory-efficient at OS8, batch 2, 256^2, each beside torchvision
+    (< 2 min on 2 idle cores).
     ``cpu``: quick's rows with more repetitions, the deeplabv3 rows and the depth series.
     ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last.
     Compiled rows are opt-in (``--compile``): compiling DenseNet-121 + ASPP took over three minutes
     on an H200 with torch 2.11, longer than a preset should."""
     if name == "quick":
         rows = [r for r in _family(device, 32, 2, 256) if not r.memory_efficient]
+        rows += _channels_last_pair(device, 32, 2, 256)
         rows += _family(device, 8, 2, 256)
         # A CPU memory row is a fresh subprocess (~10 s): only the OS8 rows the target is about.
         return rows, Settings(warmup=1, reps=3, memory_output_strides=(8,))
     if name == "cpu":
-        rows = _family(device, 32, 2, 256) + _family(device, 8, 2, 256)
-        rows += _family(device, 8, 2, 256, head="deeplabv3")
+        rows = _family(device, 32, 2, 256) + _channels_last_pair(device, 32, 2, 256)
+        rows += _family(device, 8, 2, 256) + _family(device, 8, 2, 256, head="deeplabv3")
         rows += growth_series(device)
         return rows, Settings(warmup=1, reps=7, onnx=True)
     if name == "growth":
