@@ -41,6 +41,8 @@ def test_run_reports_times_ratios_and_flops_for_each_row():
     assert len({d["gflops_per_img"] for d in summary}) == 1
     text = table(summary)
     assert all(d["label"] in text for d in summary)
+    # Interleaved rows need more than oneDNN's default 1024 cached primitives; the run says what it used.
+    assert int(measured["machine"]["onednn_primitive_cache_capacity"]) >= 16384
 
 
 def test_cpu_peak_memory_is_measured_in_a_subprocess_and_is_lower_when_memory_efficient():

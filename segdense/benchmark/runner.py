@@ -44,7 +44,8 @@ def median_spread(xs: list[float]) -> tuple[float | None, float | None]:
 def machine_info(device: str) -> dict:
     info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__}
+            "torch": torch.__version__,
+            "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")}
     try:
         info["cpu_model"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
                                  if l.startswith("model name"))
@@ -87,6 +88,11 @@ def _onnx_times(row: Row, model, x, reps: int) -> list[float]:
 def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print) -> dict:
     """Measure every row; rows' repetitions are interleaved so load changes hit all alike."""
     t0 = time.perf_counter()
+    # oneDNN (CPU convolutions) caches 1024 compiled primitives by default. Interleaving many
+    # rows (shapes x memory formats x passes) overflows it, and every call then recompiles its
+    # kernels: measured 1.6-3x slower rows, worst for those with the most distinct primitives.
+    # Read when the first primitive is made, so it takes effect if nothing ran a conv before.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
     device = rows[0].device
     if any(r.device != device for r in rows):
         raise ValueError("all rows of one run must use the same device")
