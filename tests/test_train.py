@@ -65,6 +65,21 @@ def test_short_run_lowers_loss_and_writes_every_artefact(tmp_path):
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
 
 
+@pytest.mark.parametrize("setting, expected", [("auto", None), ("false", False)])
+def test_channels_last_setting_reaches_the_backbone_on_cpu(tmp_path, setting, expected):
+    # auto leaves the CPU choice to the backbone (channels-last); false means NCHW everywhere.
+    seen = {}
+    train(compose_config(TINY + ["iterations=1", f"channels_last={setting}"]), run_dir=tmp_path,
+          hooks=[capture(seen)])
+    trainer = seen["trainer"]
+    assert trainer.model.backbone.channels_last is expected and not trainer.channels_last
+    images = torch.randn(1, 3, 64, 64)
+    trainer.model.eval()
+    with torch.no_grad():
+        stem = trainer.model.backbone.forward_features(images)["stem"]
+    assert stem.is_contiguous(memory_format=torch.channels_last) is (expected is None)
+
+
 def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
     from segdense import build_model
 

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
+from segdense.backbones.densenet import DenseNet
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 
 from . import checkpoint as ckpt
@@ -91,6 +92,12 @@ class Trainer:
             raise ValueError(f"iterations must be positive, got {iterations}")
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.amp_dtype = resolve_amp(amp, self.device)
+        # auto: the whole model channels-last on CUDA; on CPU the DenseNet backbone converts its
+        # input itself (DenseNet(channels_last=None)). False: channels-last nowhere.
+        if channels_last is False:
+            for m in model.modules():
+                if isinstance(m, DenseNet):
+                    m.channels_last = False
         if channels_last == "auto":
             channels_last = self.device.type == "cuda"
         self.channels_last = bool(channels_last)
