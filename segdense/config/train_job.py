@@ -88,6 +88,12 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
     mc = model.model_config
     classes = ", ".join(train_set.class_names)
     amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
+    if cfg.channels_last is False:
+        layout = "NCHW"
+    elif cfg.channels_last is True or device.type == "cuda":
+        layout = "channels-last"
+    else:
+        layout = "channels-last backbone"  # auto on CPU: DenseNet(channels_last=None)
     return "\n".join([
         "segdense training",
         f"  model     {mc['backbone']} + {mc['head']}, output stride {mc['output_stride']}"
@@ -97,7 +103,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"{train_set.num_classes} classes ({classes})",
         f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}, {cfg.scheduler.name}",
-        f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}",
+        f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
     ])
 
 
