@@ -127,7 +127,8 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     input for both) and plain + memory-efficient at OS8, batch 2, 256^2, each beside torchvision
     (< 2 min on 2 idle cores).
     ``cpu``: quick's rows with more repetitions, the deeplabv3 rows and the depth series.
-    ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last.
+    ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last, and
+    deeplabv3 at OS8 with batch 8 (the memory-efficient target's configuration).
     Compiled rows are opt-in (``--compile``): compiling DenseNet-121 + ASPP took over three minutes
     on an H200 with torch 2.11, longer than a preset should."""
     if name == "quick":
@@ -149,6 +150,8 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         for os_ in (16, 8):
             rows += _family("cuda", os_, 16, 512, **kw)
             rows += _family("cuda", os_, 16, 512, head="deeplabv3", **kw)
+        # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2.
+        rows += _family("cuda", 8, 8, 512, head="deeplabv3", **kw)
         return rows, Settings(warmup=3, reps=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")
 
