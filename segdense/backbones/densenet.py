@@ -152,7 +152,7 @@ class DenseNet(nn.Module):
         in_channels: channels of the input image.
         channels_last: run the network in the channels-last memory format. ``None`` (auto): on
             CPU inputs only, where oneDNN's convolutions and the BN kernels are faster in it
-            (training step 0.8x, inference 0.75x of contiguous NCHW for densenet121 on 2 cores;
+            (training step 0.85x, inference 0.77x of contiguous NCHW for densenet121 on 2 cores;
             docs/benchmarks.md); CUDA inputs keep the format they arrive in (the trainer picks
             channels-last there under AMP). Values are the same up to float rounding; the
             returned feature maps are then channels-last tensors. Tracing (ONNX/TorchScript
