@@ -78,6 +78,36 @@ def test_cli_writes_table_and_json(tmp_path):
     assert len(data["rows"]) == 4
 
 
+def test_cli_mode_keeps_only_that_memory_mode():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "tools" / "benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rows, _ = cli.rows_and_settings(cli.parse_args(["--output-stride", "16", "--mode", "plain"]))
+    assert [r.label() for r in rows] == ["tv densenet121 os16 b2x256 plain", "se densenet121 os16 b2x256 plain"]
+    rows, _ = cli.rows_and_settings(cli.parse_args(["--quick", "--mode", "mem-eff"]))
+    assert rows and all(r.memory_efficient for r in rows)
+
+
+def test_compile_adds_a_compiled_twin_of_each_row_and_reports_its_speedup():
+    import importlib.util
+
+    from segdense.benchmark.runner import Result
+
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "tools" / "benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    rows, _ = cli.rows_and_settings(cli.parse_args(["--output-stride", "16", "--mode", "plain", "--no-baseline", "--compile"]))
+    assert [r.label() for r in rows] == ["se densenet121 os16 b2x256 plain", "se densenet121 os16 b2x256 plain compile"]
+    eager, compiled = Result(rows[0], train_s=[0.3, 0.2, 0.2], infer_s=[0.1]), Result(rows[1], train_s=[0.1, 0.1, 0.2], infer_s=[0.04])
+    summary = summarise({"results": [eager, compiled], "matmul_peak_flops": 1.0})
+    assert summary[0]["train_compile_speedup"] is None
+    assert summary[1]["train_compile_speedup"] == pytest.approx(2.0)
+    assert summary[1]["infer_compile_speedup"] == pytest.approx(2.5)
+    assert "cmp×" in table(summary)
+
+
 def test_cli_bad_configuration_is_one_clear_error():
     cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom",
            "--output-stride", "32", "--crop", "16", "--no-baseline"]

@@ -3,9 +3,9 @@
 
     python tools/benchmark.py --quick                       # < 2 min on 2 CPU cores
     python tools/benchmark.py --preset cpu --json cpu.json  # the numbers in docs/benchmarks.md
-    python tools/benchmark.py --preset gpu --json gpu.json  # H100/H200: bf16, channels_last, compile
+    python tools/benchmark.py --preset gpu --json gpu.json  # H100/H200: bf16, channels_last, OS16/OS8
     python tools/benchmark.py --backbone densenet121 --output-stride 32 8 --batch 2 --crop 256 \
-        --device cuda --amp bf16 --channels-last --compile
+        --device cuda --amp bf16 --channels-last --compile   # eager and compiled twins of each row
 
 Prints a table (training step, inference, peak training memory, GFLOPs, FLOP/s as a fraction of a
 matmul peak measured in the same run, and ratios to torchvision's and to segdense's plain mode) and
@@ -40,8 +40,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--crop", type=int, default=256)
     p.add_argument("--amp", choices=["bf16", "fp16"], default=None)
     p.add_argument("--channels-last", action="store_true")
-    p.add_argument("--compile", action="store_true", help="torch.compile every row")
+    p.add_argument("--compile", action="store_true",
+                   help="also measure every row under torch.compile, beside its eager twin")
     p.add_argument("--no-baseline", action="store_true", help="skip the torchvision rows")
+    p.add_argument("--mode", choices=["plain", "mem-eff"], default=None,
+                   help="only rows of this memory mode (default: both)")
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--no-memory", action="store_true")
@@ -65,8 +68,12 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
             for os_ in args.output_stride:
                 rows += _family(args.device or "cpu", os_, args.batch, args.crop, head=args.head,
                                 baseline=not args.no_baseline, backbone=backbone, amp=args.amp,
-                                channels_last=args.channels_last, compile=args.compile, **extra)
+                                channels_last=args.channels_last, **extra)
         settings = Settings()
+    if args.mode:
+        rows = [r for r in rows if r.mode == args.mode]
+    if args.compile:
+        rows += [dataclasses.replace(r, compile=True) for r in rows]
     return rows, dataclasses.replace(
         settings,
         warmup=settings.warmup if args.warmup is None else args.warmup,

@@ -129,8 +129,9 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     ``cpu``: quick's rows with more repetitions, the deeplabv3 rows and the depth series.
     ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last, and
     deeplabv3 at OS8 with batch 8 (the memory-efficient target's configuration).
-    Compiled rows are opt-in (``--compile``): compiling DenseNet-121 + ASPP took over three minutes
-    on an H200 with torch 2.11, longer than a preset should."""
+    Compiled rows are opt-in (``--compile`` adds a compiled twin of every row): compiling
+    DenseNet-121 + ASPP took over three minutes on an H200 with torch 2.11, longer than a preset
+    should."""
     if name == "quick":
         rows = [r for r in _family(device, 32, 2, 256) if not r.memory_efficient]
         rows += _channels_last_pair(device, 32, 2, 256)

@@ -31,11 +31,17 @@ def summarise(run: dict) -> list[dict]:
              "train_gflops_per_img": res.flops_train / r.batch / 1e9 if res.flops_train else None,
              "infer_peak_frac": _ratio(_ratio(res.flops_infer, inf), peak),
              "train_peak_frac": _ratio(_ratio(res.flops_train, train), peak),
-             "train_s_raw": res.train_s, "infer_s_raw": res.infer_s}
+             "first_step_s": res.first_step_s, "train_s_raw": res.train_s, "infer_s_raw": res.infer_s}
         out.append(d)
     by_key = {}
     for res, d in zip(results, out):
         by_key.setdefault(res.row.group_key(), {})[(res.row.impl, res.row.memory_efficient)] = d
+    eager = {dataclasses.replace(res.row, compile=False): d for res, d in zip(results, out) if not res.row.compile}
+    for res, d in zip(results, out):
+        twin = eager.get(dataclasses.replace(res.row, compile=False)) if res.row.compile else None
+        # Speed-up of torch.compile over the same row in eager mode (same run).
+        d["train_compile_speedup"] = _ratio(twin and twin["train_step_s"], d["train_step_s"])
+        d["infer_compile_speedup"] = _ratio(twin and twin["infer_s"], d["infer_s"])
     for res, d in zip(results, out):
         group = by_key[res.row.group_key()]
         for name, base in (("tv", group.get(("torchvision", False))), ("plain", group.get(("segdense", False)))):
@@ -65,6 +71,7 @@ COLUMNS = [
     ("step/pl", 7, lambda d: _f(d["train_vs_plain"], ".2f")),
     ("mem/pl", 6, lambda d: _f(d["mem_vs_plain"], ".2f")),
     ("ort×", 5, lambda d: _f(d["onnx_vs_eager"], ".2f")),
+    ("cmp×", 5, lambda d: _f(d["train_compile_speedup"], ".2f")),
 ]
 
 

@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from .config import Row, Settings
-from .measure import (count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, matmul_peak, timed,
+from .measure import (count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, matmul_peak, sync, timed,
                       train_step)
 from .models import build, make_input
 
@@ -27,6 +27,7 @@ class Result:
     peak_bytes: int | None = None
     flops_infer: float | None = None  # per batch
     flops_train: float | None = None  # per batch, forward + backward of the plain network
+    first_step_s: float | None = None  # first training step + first inference (compile time)
     error: str | None = None
 
 
@@ -117,12 +118,18 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
     live = lambda: [r for r in results if r.error is None]
 
     log("warm-up ...")
-    for _ in range(settings.warmup):
+    for i in range(settings.warmup):
         for res in live():
             x, y = inputs[id(res)]
+            t = time.perf_counter()
             _safe(res, lambda: train_step(res.row, models[id(res)], x, y), log)
             _safe(res, lambda: (models[id(res)].eval(), infer(res.row, models[id(res)], x),
                                 models[id(res)].train()), log)
+            if i == 0 and res.error is None:
+                sync(device)
+                res.first_step_s = time.perf_counter() - t
+                if res.row.compile:
+                    log(f"  compiled {res.row.label()}: first training step + inference {res.first_step_s:.1f} s")
     log(f"timing {settings.reps} interleaved repetitions of {len(live())} rows ...")
     for _ in range(settings.reps):
         for res in live():
