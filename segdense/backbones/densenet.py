@@ -116,9 +116,13 @@ class _Transition(nn.Module):
         self.pool = nn.AvgPool2d(2, stride=2) if downsample else nn.Identity()
 
     def forward_with_skip(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (output, BN-ReLU of the input): the latter is the block's feature map for decoders."""
+        """Return (output, BN-ReLU of the input): the latter is the block's feature map for decoders.
+
+        The 2x2 average pooling runs before the bias-free 1x1 conv, not after it as in torchvision:
+        both are linear, so the result is the same (to float rounding) while the conv sees a
+        quarter of the pixels."""
         skip = self.relu(self.norm(x))
-        return self.pool(self.conv(skip)), skip
+        return self.conv(self.pool(skip)), skip
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_skip(x)[0]
