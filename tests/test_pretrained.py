@@ -48,6 +48,24 @@ def test_logits_equal_torchvision_at_output_stride_32(tv_model, tv_checkpoint):
         torch.testing.assert_close(model(x), tv_model(x), rtol=0, atol=1e-5)
 
 
+def test_training_gradients_equal_torchvision(tmp_path):
+    # Float64, training mode (batch statistics), a small DenseNet-BC: segdense's graph (transitions
+    # pool before their 1x1 conv; channels-last on CPU) computes torchvision's gradients.
+    torch.manual_seed(0)
+    tv = torchvision.models.DenseNet(growth_rate=8, block_config=(2, 3, 2, 2), num_init_features=16,
+                                     num_classes=5).double().train()
+    path = tmp_path / "tiny.pth"
+    torch.save(tv.state_dict(), path)
+    model = densenet_custom(num_units_per_block=(2, 3, 2, 2), growth_rate=8, num_classes=5,
+                            pretrained=str(path)).double().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    tv(x).square().mean().backward()
+    model(x).square().mean().backward()
+    tv_params = dict(tv.named_parameters())
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, tv_params[name].grad, rtol=1e-9, atol=1e-12, msg=name)
+
+
 def test_old_dotted_keys_load(tv_model, tmp_path):
     old = to_old_keys(tv_model.state_dict())
     assert "features.denseblock1.denselayer1.norm.1.weight" in old
