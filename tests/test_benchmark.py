@@ -37,12 +37,26 @@ def test_run_reports_times_ratios_and_flops_for_each_row():
     assert summary[0]["train_vs_tv"] is None  # the baseline itself
     assert summary[1]["train_vs_tv"] == pytest.approx(summary[1]["train_step_s"] / summary[0]["train_step_s"])
     assert summary[2]["train_vs_plain"] == pytest.approx(summary[2]["train_step_s"] / summary[1]["train_step_s"])
-    # Same architecture, so the same FLOPs in every row of the group.
-    assert len({d["gflops_per_img"] for d in summary}) == 1
+    # Plain and memory-efficient segdense do the same FLOPs; torchvision's transitions convolve
+    # before pooling, so it does more (transition 1 still pools at OS8).
+    assert summary[1]["gflops_per_img"] == summary[2]["gflops_per_img"] < summary[0]["gflops_per_img"]
     text = table(summary)
     assert all(d["label"] in text for d in summary)
     # Interleaved rows need more than oneDNN's default 1024 cached primitives; the run says what it used.
     assert int(measured["machine"]["onednn_primitive_cache_capacity"]) >= 16384
+
+
+def test_onnx_runtime_rows_time_both_runtimes_alternately_and_count_segdense_flops():
+    rows = [Row("torchvision", output_stride=32, **TINY), Row("segdense", output_stride=32, **TINY)]
+    measured = run(rows, Settings(warmup=1, reps=3, measure_memory=False, matmul_size=256, onnx=True),
+                   log=lambda s: None)
+    tv, se = measured["results"]
+    assert not tv.onnx_s and len(se.onnx_s) == len(se.onnx_eager_s) == 3
+    summary = summarise(measured)
+    assert summary[1]["onnx_vs_eager"] == pytest.approx(
+        sorted(se.onnx_eager_s)[1] / sorted(se.onnx_s)[1])
+    # Pooling before the transitions' 1x1 convs: fewer FLOPs than torchvision's same network.
+    assert summary[1]["gflops_per_img"] < summary[0]["gflops_per_img"]
 
 
 def test_cpu_peak_memory_is_measured_in_a_subprocess_and_is_lower_when_memory_efficient():

@@ -22,10 +22,11 @@ def summarise(run: dict) -> list[dict]:
         train, train_sp = median_spread(res.train_s)
         inf, inf_sp = median_spread(res.infer_s)
         onnx, onnx_sp = median_spread(res.onnx_s)
+        onnx_eager, _ = median_spread(res.onnx_eager_s)
         d = {"label": r.label(), "config": dataclasses.asdict(r), "error": res.error,
              "train_step_s": train, "train_spread": train_sp, "infer_s": inf, "infer_spread": inf_sp,
              "train_img_s": _ratio(r.batch, train), "infer_img_s": _ratio(r.batch, inf),
-             "onnx_infer_s": onnx, "onnx_spread": onnx_sp, "onnx_vs_eager": _ratio(inf, onnx),
+             "onnx_infer_s": onnx, "onnx_spread": onnx_sp, "onnx_vs_eager": _ratio(onnx_eager, onnx),
              "peak_mb": res.peak_bytes / 2**20 if res.peak_bytes is not None else None,
              "gflops_per_img": res.flops_infer / r.batch / 1e9 if res.flops_infer else None,
              "train_gflops_per_img": res.flops_train / r.batch / 1e9 if res.flops_train else None,

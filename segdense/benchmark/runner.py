@@ -24,6 +24,7 @@ class Result:
     train_s: list[float] = field(default_factory=list)
     infer_s: list[float] = field(default_factory=list)
     onnx_s: list[float] = field(default_factory=list)
+    onnx_eager_s: list[float] = field(default_factory=list)  # eager, alternating with onnx_s
     peak_bytes: int | None = None
     flops_infer: float | None = None  # per batch
     flops_train: float | None = None  # per batch, forward + backward of the plain network
@@ -67,7 +68,9 @@ def _safe(result: Result, fn: Callable[[], None], log) -> None:
         log(f"  ! {result.row.label()}: {result.error}")
 
 
-def _onnx_times(row: Row, model, x, reps: int) -> list[float]:
+def _onnx_times(row: Row, model, x, reps: int) -> tuple[list[float], list[float]]:
+    """ONNX Runtime inference times and, alternating with them, eager inference times of the same
+    model and input, so their ratio is not skewed by load drifting between two phases."""
     import onnxruntime as ort
 
     model.eval()
@@ -77,13 +80,14 @@ def _onnx_times(row: Row, model, x, reps: int) -> list[float]:
         sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     feed = {"x": x.cpu().numpy()}
     sess.run(None, feed)
-    out = []
+    ort_s, eager_s = [], []
     for _ in range(reps):
         t = time.perf_counter()
         sess.run(None, feed)
-        out.append(time.perf_counter() - t)
+        ort_s.append(time.perf_counter() - t)
+        eager_s.append(timed(lambda: infer(row, model, x), row.device))
     model.train()
-    return out
+    return ort_s, eager_s
 
 
 def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print) -> dict:
@@ -150,13 +154,18 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
             r = res.row
             if r.impl == "segdense" and not r.memory_efficient and r.head is None and not r.compile:
                 log(f"ONNX Runtime: {r.label()}")
-                _safe(res, lambda: res.onnx_s.extend(
-                    _onnx_times(r, models[id(res)], inputs[id(res)][0], settings.reps)), log)
+                def _onnx(res=res, r=r):
+                    ort_s, eager_s = _onnx_times(r, models[id(res)], inputs[id(res)][0], settings.reps)
+                    res.onnx_s.extend(ort_s)
+                    res.onnx_eager_s.extend(eager_s)
+                _safe(res, _onnx, log)
 
     if settings.measure_flops:
         counted: dict[tuple, tuple[float, float]] = {}
         for res in live():
-            key = res.row.group_key()
+            # Per implementation: segdense's transitions pool before their 1x1 conv, so it does
+            # fewer FLOPs than torchvision's DenseNet of the same architecture.
+            key = (res.row.group_key(), res.row.impl)
             if key not in counted:
                 plain = dataclasses.replace(res.row, memory_efficient=False, compile=False)
                 def _count(plain=plain):
