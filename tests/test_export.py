@@ -32,6 +32,9 @@ def test_onnx_has_dynamic_batch_height_width_and_matches_pytorch(tiny_checkpoint
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     dims = [d.dim_param for d in graph.input[0].type.tensor_type.shape.dim]
     assert dims[0] == "batch" and dims[2:] == ["height", "width"]
+    # Dense blocks export as incremental two-way concatenations (faster in ONNX Runtime).
+    block_concats = [n for n in graph.node if n.op_type == "Concat" and "denseblock" in n.name]
+    assert block_concats and all(len(n.input) == 2 for n in block_concats)
 
 
 def test_torchscript_trace_matches_pytorch_at_other_sizes(tiny_checkpoint, tmp_path):
