@@ -248,11 +248,13 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_torchrun_two_cpu_processes_complete_a_run(tmp_path):
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_torchrun_two_cpu_processes_complete_a_run(tmp_path, memory_efficient):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
         str(ROOT / "tools" / "train.py"), *TINY, f"hydra.run.dir={tmp_path}",
+        f"backbone.memory_efficient={str(memory_efficient).lower()}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -260,7 +262,10 @@ def test_torchrun_two_cpu_processes_complete_a_run(tmp_path):
     assert metrics["iteration"] == 4 and not math.isnan(metrics["last"]["mIoU"])
     state = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert state["config"]["batch_size"] == 4
-    assert "2 process(es) = 8" in (tmp_path / "train.log").read_text()
+    log = (tmp_path / "train.log").read_text()
+    assert "2 process(es) = 8" in log
+    # gloo: the memory-efficient dense blocks sync their BatchNorm statistics themselves
+    assert ("BatchNorm statistics synced across 2 processes" in log) == memory_efficient
 
 
 def test_training_refuses_data_with_out_of_range_labels(tmp_path):

@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from segdense.backbones.efficient_block import sync_dense_layer_norms
+
 from .validate import ConfigError, validate_config
 
 logger = logging.getLogger("segdense.train")
@@ -140,6 +142,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     model = build_model(**model_kwargs(cfg, train_set.num_classes))
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    elif world > 1 and model.model_config["memory_efficient"]:
+        # gloo on CPU: PyTorch's SyncBatchNorm cannot run there, the memory-efficient dense blocks
+        # all-reduce their own statistics, so their layers train on the global batch.
+        sync_dense_layer_norms(model)
+        logger.info("memory-efficient dense blocks: BatchNorm statistics synced across %d processes", world)
     criterion = build_criterion(
         OmegaConf.to_container(cfg.loss.terms, resolve=True), aux_weight=cfg.loss.aux_weight,
         num_classes=train_set.num_classes,

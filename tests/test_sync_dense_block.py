@@ -1,0 +1,82 @@
+"""Memory-efficient dense blocks under SyncBatchNorm: statistics all-reduced across processes
+(gloo on CPU, where PyTorch's own SyncBatchNorm cannot run) give what one process computes on the
+whole batch."""
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+import pytest
+
+from segdense.backbones import densenet_custom
+from segdense.backbones.efficient_block import sync_dense_layer_norms
+
+
+def _block(seed, sync):
+    torch.manual_seed(seed)
+    net = densenet_custom(num_units_per_block=(3,), growth_rate=4, num_init_features=6, memory_efficient=True)
+    block = net.features.denseblock1
+    if sync == "SyncBatchNorm":
+        block = torch.nn.SyncBatchNorm.convert_sync_batchnorm(block)
+    elif sync == "DenseSyncBatchNorm":  # what the trainer uses on CPU, where DDP refuses SyncBatchNorm
+        block = sync_dense_layer_norms(block)
+    for m in block.modules():  # non-trivial affine parameters
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.5, 0.5)
+    return block.double().train()
+
+
+def _loss(out, total):
+    w = torch.linspace(-1, 1, out.shape[1], dtype=out.dtype).view(1, -1, 1, 1)
+    return (out * w).square().sum() / total
+
+
+def _step(block, x, total):
+    x = x.clone().requires_grad_()
+    out = block(x)
+    _loss(out, total).backward()
+    return out.detach(), x.grad
+
+
+def _worker(rank, world, init_file, x, kind):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        half = x.shape[0] // world
+        mine = x[rank * half:(rank + 1) * half]
+        ref = _block(0, sync=None)
+        ref_out, ref_gx = _step(ref, x, x.shape[0])
+        blk = _block(0, sync=kind)
+        out, gx = _step(blk, mine, x.shape[0])
+        assert "EfficientDenseBlock" in type(blk(mine.clone().requires_grad_()).grad_fn).__name__
+        # Gradients summed over processes (DDP would average a mean loss; here the loss is already
+        # divided by the global batch).
+        for p in blk.parameters():
+            dist.all_reduce(p.grad)
+        torch.testing.assert_close(out, ref_out[rank * half:(rank + 1) * half], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(gx, ref_gx[rank * half:(rank + 1) * half], rtol=1e-9, atol=1e-12)
+        for (name, p), q in zip(ref.named_parameters(), blk.parameters()):
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-9, atol=1e-12, msg=f"gradient of {name}")
+        # The block ran a second forward above (the grad_fn check): compare buffers after one more
+        # reference forward, so both sides have taken two training steps' statistics.
+        ref(x.clone().requires_grad_())
+        for (name, b), c in zip(ref.named_buffers(), blk.buffers()):
+            torch.testing.assert_close(c, b, rtol=1e-9, atol=1e-12, msg=f"buffer {name}")
+        assert blk.denselayer3.norm1.num_batches_tracked.item() == 2
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("kind", ["SyncBatchNorm", "DenseSyncBatchNorm"])
+def test_synced_statistics_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, kind):
+    torch.manual_seed(5)
+    x = torch.randn(4, 6, 8, 8, dtype=torch.float64) * 2 + 0.5
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), x, kind), nprocs=2, join=True)
+
+
+def test_local_statistics_differ_from_the_whole_batch():
+    """The check above can fail: without synchronisation, half-batch statistics give other outputs."""
+    torch.manual_seed(5)
+    x = torch.randn(4, 6, 8, 8, dtype=torch.float64) * 2 + 0.5
+    ref_out, _ = _step(_block(0, sync=None), x, 4)
+    half_out, _ = _step(_block(0, sync=None), x[:2], 4)
+    assert (half_out - ref_out[:2]).abs().max() > 1e-3
