@@ -1,5 +1,12 @@
 """Suite-wide settings and shared fixtures."""
+import os
+
 import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels (segdense.backbones.fused_kernels) run on CPU tensors in Triton's interpreter:
+    # slowly, exactly. Read when a kernel is defined, so it is set before anything imports them.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 from infer_fixtures import tiny_checkpoint  # noqa: F401  (a fixture: a small trained checkpoint)
 
 

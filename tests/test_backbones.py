@@ -247,14 +247,17 @@ def test_memory_efficient_gradients_equal_plain(output_stride):
     plain = tiny(output_stride=output_stride, num_classes=3, global_pool=False)
     efficient = tiny(output_stride=output_stride, num_classes=3, global_pool=False, memory_efficient=True)
     efficient.load_state_dict(plain.state_dict())
-    x = torch.randn(2, 3, 48, 48)
+    # float64: at OS32 the deepest BatchNorms see 2 values per channel, which amplifies fp32
+    # rounding (shared statistics sum in another order than BatchNorm) past any fixed tolerance.
+    plain.double(), efficient.double()
+    x = torch.randn(2, 3, 48, 48, dtype=torch.float64)
     for m in (plain, efficient):
         m.train()
         m(x).square().mean().backward()
     for (name, p), q in zip(plain.named_parameters(), efficient.parameters()):
-        torch.testing.assert_close(q.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-7, atol=1e-10, msg=name)
     for (name, b), c in zip(plain.named_buffers(), efficient.buffers()):
-        torch.testing.assert_close(c, b, msg=name)
+        torch.testing.assert_close(c, b, rtol=1e-9, atol=1e-12, msg=name)
 
 
 def test_bad_constructor_arguments():

@@ -1,4 +1,5 @@
 """tools/benchmark.py and segdense.benchmark on a tiny DenseNet (seconds, not minutes)."""
+import dataclasses
 import json
 import subprocess
 import sys
@@ -7,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import segdense
 from segdense.benchmark import Row, Settings, run, summarise, table
+from segdense.benchmark.runner import Result
 from segdense.benchmark.measure import cpu_peak_bytes
-from segdense.benchmark.models import MissingHeadSupport, build
+from segdense.benchmark.models import build
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(backbone="densenet_custom", units=(2, 2, 2, 2), growth_rate=8, batch=1, crop=64)
@@ -66,11 +67,27 @@ def test_cpu_peak_memory_is_measured_in_a_subprocess_and_is_lower_when_memory_ef
     assert 0 < eff < plain
 
 
-def test_head_rows_without_build_model_raise_a_clear_error(monkeypatch):
-    monkeypatch.delattr(segdense, "build_model", raising=False)
-    monkeypatch.setitem(sys.modules, "segdense.build_model", None)
-    with pytest.raises(MissingHeadSupport, match="segdense.build_model"):
-        build(Row("segdense", head="deeplabv3", output_stride=8, **TINY))
+def test_peer_rows_train_torchvision_segmentation_models_with_the_same_loss_and_classes():
+    rows = [Row("peer", backbone="fcn_resnet50", output_stride=8, batch=1, crop=64, num_classes=3),
+            Row("segdense", head="fcn", output_stride=8, num_classes=3, **dict(TINY, batch=1, crop=64))]
+    peer = build(rows[0])
+    assert type(peer).__name__ == "FCN" and peer.classifier[-1].out_channels == 3
+    assert peer.backbone.layer4[1].conv2.dilation == (4, 4)  # output stride 8
+    measured = run(rows, Settings(warmup=1, reps=2, measure_memory=False, measure_flops=False,
+                                  matmul_size=256), log=lambda s: None)
+    summary = summarise(measured)
+    assert [d["error"] for d in summary] == [None, None]
+    # fcn_resnet50 is not the reference peer (deeplabv3_resnet50): no ratio without that row.
+    assert summary[1]["train_vs_peer"] is None
+    rows[0] = dataclasses.replace(rows[0], backbone="deeplabv3_resnet50")
+    fake = [Result(rows[0], train_s=[0.4]), Result(rows[1], train_s=[0.1])]
+    summary = summarise({"results": fake, "matmul_peak_flops": 1.0})
+    assert summary[0]["train_vs_peer"] is None and summary[1]["train_vs_peer"] == pytest.approx(0.25)
+
+
+def test_row_rejects_a_peer_row_that_is_not_a_peer_model():
+    with pytest.raises(ValueError, match="peer rows"):
+        Row("peer", backbone="densenet121", output_stride=8)
 
 
 def test_row_rejects_a_torchvision_head_row():

@@ -79,6 +79,7 @@ class _DenseBlock(nn.ModuleDict):
         drop_rate: float,
         dilation: int = 1,
         memory_efficient: bool = False,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
@@ -92,12 +93,14 @@ class _DenseBlock(nn.ModuleDict):
             )
             self.add_module(f"denselayer{i + 1}", layer)
         self.memory_efficient = memory_efficient
+        self.fused = fused
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
         layers = list(self.values())
         if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
-            # Linear-memory training path: shared buffer, BN-ReLU recomputed in backward.
-            return efficient_dense_block(init_features, layers)
+            # Linear-memory training path: shared buffer and statistics, BN-ReLU recomputed in
+            # backward, fused Triton kernels on channels-last CUDA tensors.
+            return efficient_dense_block(init_features, layers, self.fused)
         if torch.jit.is_tracing():
             # Export (ONNX, TorchScript): each layer's input is the previous input plus the
             # previous layer's channels, one two-way Concat per layer; ONNX Runtime runs this
@@ -170,6 +173,10 @@ class DenseNet(nn.Module):
             channels-last there under AMP). Values are the same up to float rounding; the
             returned feature maps are then channels-last tensors. Tracing (ONNX/TorchScript
             export) records the plain graph.
+        fused: for ``memory_efficient`` training, run the BatchNorm-ReLU traffic of the dense
+            blocks as Triton kernels (``backbones.fused_kernels``). ``None`` (auto): on
+            channels-last CUDA inputs when Triton is installed; ``False``: PyTorch operators
+            everywhere; ``True``: always (on CPU only under ``TRITON_INTERPRET=1``, for tests).
     """
 
     def __init__(
@@ -188,6 +195,7 @@ class DenseNet(nn.Module):
         memory_efficient: bool = False,
         in_channels: int = 3,
         channels_last: bool | None = None,
+        fused: bool | None = None,
     ) -> None:
         super().__init__()
         units = [int(u) for u in num_units_per_block]
@@ -199,6 +207,8 @@ class DenseNet(nn.Module):
             raise ValueError(f"theta (compression) must be in (0, 1], got {theta}")
         if initial_output_stride not in (2, 4):
             raise ValueError(f"initial_output_stride must be 2 or 4, got {initial_output_stride}")
+        if fused not in (None, True, False):
+            raise ValueError(f"fused must be None (auto), True or False, got {fused!r}")
         if channels_last not in (None, True, False):
             raise ValueError(f"channels_last must be None (auto), True or False, got {channels_last!r}")
         if in_channels < 1:
@@ -227,6 +237,7 @@ class DenseNet(nn.Module):
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.channels_last = channels_last
+        self.fused = fused
 
         stem = [
             ("conv0", nn.Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False)),
@@ -242,7 +253,7 @@ class DenseNet(nn.Module):
         channels = num_init_features
         for i, num_layers in enumerate(units):
             block = _DenseBlock(
-                num_layers, channels, bn_size, growth_rate, drop_rate, dilation, memory_efficient
+                num_layers, channels, bn_size, growth_rate, drop_rate, dilation, memory_efficient, fused
             )
             self.features.add_module(f"denseblock{i + 1}", block)
             channels += num_layers * growth_rate

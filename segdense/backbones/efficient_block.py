@@ -19,6 +19,7 @@ Gradients equal the plain graph's up to floating-point rounding (same operations
 """
 from __future__ import annotations
 
+import os
 from typing import Protocol, Sequence
 
 import torch
@@ -79,10 +80,10 @@ def _weight(conv: nn.Conv2d, like: torch.Tensor) -> torch.Tensor:
     return conv.weight.to(like.dtype)
 
 
-def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """BN2 in training mode; returns (ReLU output, batch mean, batch invstd) and updates the running
     statistics once. Local statistics take PyTorch's fused kernel; synced ones all-reduce first."""
-    if group is None:
+    if group is None and ops.name == "torch":
         momentum = 0.0 if bn.momentum is None else bn.momentum
         running_mean = running_var = None
         if bn.track_running_stats and bn.running_mean is not None:
@@ -98,7 +99,7 @@ def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group) -> tuple[torch.Tensor,
     mean, var, count = moments(x, group)
     update_running_stats(bn, mean, var, count)
     invstd = (var + bn.eps).rsqrt()
-    return bn_relu(x, bn, mean, invstd), mean, invstd
+    return ops.bn_relu(x, bn, mean, invstd), mean, invstd
 
 
 def _bn_backward_synced(dy, x, bn, mean, invstd, count, group):
@@ -125,9 +126,77 @@ def _bn_backward_any(dy, x, bn, mean, invstd, count, group):
     return _bn_backward_synced(dy, x, bn, mean, invstd, count, group)
 
 
+class TorchOps:
+    """BN-ReLU forward and backward with PyTorch operators (CPU, and CUDA without Triton)."""
+
+    name = "torch"
+
+    @staticmethod
+    def bn_relu(x, bn, mean, invstd):
+        return bn_relu(x, bn, mean, invstd)
+
+    @staticmethod
+    def bn_relu_backward(dy, x, a, bn, mean, invstd, count, group, into=None):
+        """Gradients of ReLU(BN(x)) given dy: (input gradient, or ``None`` after adding it to
+        ``into``; gamma's; beta's)."""
+        dy = torch.ops.aten.threshold_backward(dy, a, 0)
+        gx, gw, gb = _bn_backward_any(dy, _compact(x), bn, mean, invstd, count, group)
+        if into is None:
+            return gx, gw, gb
+        into.add_(gx)
+        return None, gw, gb
+
+
+class TritonOps:
+    """The same operations as fused Triton kernels (``fused_kernels``) on channels-last data:
+    BN-ReLU read straight from the block buffer (no compact copy), and BN-ReLU backward as one
+    reduction and one elementwise kernel that accumulates into the block's gradient buffer."""
+
+    name = "triton"
+
+    @staticmethod
+    def _rows(t):
+        from . import fused_kernels as K
+
+        return t if K.rows(t) is not None else t.contiguous(memory_format=torch.channels_last)
+
+    @staticmethod
+    def _affine(bn, mean, invstd):
+        scale = invstd if bn.weight is None else invstd * bn.weight
+        shift = -mean * scale if bn.bias is None else bn.bias - mean * scale
+        return scale.float().contiguous(), shift.float().contiguous()
+
+    @classmethod
+    def bn_relu(cls, x, bn, mean, invstd):
+        from . import fused_kernels as K
+
+        return K.bn_relu(cls._rows(x), *cls._affine(bn, mean, invstd))
+
+    @classmethod
+    def bn_relu_backward(cls, dy, x, a, bn, mean, invstd, count, group, into=None):
+        from . import fused_kernels as K
+
+        x, dy = cls._rows(x), cls._rows(dy)
+        scale, shift = cls._affine(bn, mean, invstd)
+        mean32, invstd32 = mean.float().contiguous(), invstd.float().contiguous()
+        sum_dy, sum_dy_xhat = K.bn_relu_backward_reduce(dy, x, scale, shift, mean32, invstd32)
+        gw, gb = sum_dy_xhat.to(bn.weight.dtype), sum_dy.to(bn.bias.dtype)  # local, as SyncBatchNorm
+        if group is not None:
+            red = torch.cat([sum_dy, sum_dy_xhat]).to(torch.float64)
+            dist.all_reduce(red, group=group)
+            sum_dy, sum_dy_xhat = red.float().chunk(2)
+        n = count.float()
+        out = torch.empty(x.shape, dtype=dy.dtype, device=x.device, memory_format=torch.channels_last) \
+            if into is None else into
+        K.bn_relu_backward_elemt(dy, x, out, scale, shift, mean32, invstd32, bn.weight.float().contiguous(),
+                                 (sum_dy / n).contiguous(), (sum_dy_xhat / n).contiguous(),
+                                 accumulate=into is not None)
+        return (out if into is None else None), gw, gb
+
+
 class _EfficientDenseBlock(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x: torch.Tensor, layers: Sequence[DenseLayerLike], group, *params: torch.Tensor):
+    def forward(ctx, x: torch.Tensor, layers: Sequence[DenseLayerLike], group, ops, *params: torch.Tensor):
         n, c0, h, w = x.shape
         k = layers[0].conv2.out_channels
         if group is None:
@@ -149,10 +218,10 @@ class _EfficientDenseBlock(torch.autograd.Function):
             n1 = layer.norm1
             mean1 = stats.mean[:c_in]
             update_running_stats(n1, mean1, stats.var[:c_in], stats.count)
-            a1 = bn_relu(buf[:, :c_in], n1, mean1, stats.invstd(c_in, n1.eps))
+            a1 = ops.bn_relu(buf[:, :c_in], n1, mean1, stats.invstd(c_in, n1.eps))
             z1 = layer.conv1._conv_forward(a1, _weight(layer.conv1, a1), None)
             del a1
-            a2, m2, s2 = _bn_train(z1, layer.norm2, group)
+            a2, m2, s2 = _bn_train(z1, layer.norm2, group, ops)
             out = layer.conv2._conv_forward(a2, _weight(layer.conv2, a2), None)
             del a2
             mask = None
@@ -167,13 +236,13 @@ class _EfficientDenseBlock(torch.autograd.Function):
             masks.append(mask)
         ctx.save_for_backward(buf, *saved)
         ctx.layers, ctx.stats, ctx.stats2, ctx.masks, ctx.c0, ctx.k = layers, stats, stats2, masks, c0, k
-        ctx.group = group
+        ctx.group, ctx.ops = group, ops
         return buf
 
     @staticmethod
     def backward(ctx, grad_buf: torch.Tensor):
         buf, *z1s = ctx.saved_tensors
-        layers, c0, k, stats, group = ctx.layers, ctx.c0, ctx.k, ctx.stats, ctx.group
+        layers, c0, k, stats, group, ops = ctx.layers, ctx.c0, ctx.k, ctx.stats, ctx.group, ctx.ops
         # Own a copy: earlier layers' input gradients are accumulated into it in place.
         g = grad_buf.clone(memory_format=torch.preserve_format)
         param_grads: list[torch.Tensor | None] = []
@@ -186,34 +255,31 @@ class _EfficientDenseBlock(torch.autograd.Function):
                 g_out = g_out * ctx.masks[i]
             conv1, conv2, n1, n2 = layer.conv1, layer.conv2, layer.norm1, layer.norm2
             # Layer's second half: BN2-ReLU recomputed from the saved 1x1-conv output.
-            a2 = bn_relu(z1, n2, m2, s2)
+            a2 = ops.bn_relu(z1, n2, m2, s2)
             ga2, gw2, _ = _conv_backward(
                 g_out, a2, _weight(conv2, a2), None, list(conv2.stride), list(conv2.padding),
                 list(conv2.dilation), False, [0, 0], conv2.groups, [True, True, False],
             )
-            ga2 = torch.ops.aten.threshold_backward(ga2, a2, 0)
-            del a2
-            gz1, gn2w, gn2b = _bn_backward_any(ga2, z1, n2, m2, s2, stats.count, group)
-            del ga2
+            gz1, gn2w, gn2b = ops.bn_relu_backward(ga2, z1, a2, n2, m2, s2, stats.count, group)
+            del a2, ga2
             # First half: BN1-ReLU recomputed from the shared buffer and the shared statistics.
             m1, s1 = stats.mean[:c_in], stats.invstd(c_in, n1.eps)
-            a1 = bn_relu(buf[:, :c_in], n1, m1, s1)
+            a1 = ops.bn_relu(buf[:, :c_in], n1, m1, s1)
             ga1, gw1, _ = _conv_backward(
                 gz1, a1, _weight(conv1, a1), None, list(conv1.stride), list(conv1.padding),
                 list(conv1.dilation), False, [0, 0], conv1.groups, [True, True, False],
             )
-            ga1 = torch.ops.aten.threshold_backward(ga1, a1, 0)
-            del a1, gz1
-            gin, gn1w, gn1b = _bn_backward_any(ga1, _compact(buf[:, :c_in]), n1, m1, s1, stats.count, group)
-            del ga1
-            g[:, :c_in].add_(gin)
-            del gin
+            del gz1
+            # Input gradient added into the block's gradient buffer in place.
+            _, gn1w, gn1b = ops.bn_relu_backward(ga1, buf[:, :c_in], a1, n1, m1, s1, stats.count, group,
+                                                 into=g[:, :c_in])
+            del a1, ga1
             # Same order as _params(): norm1.w, norm1.b, conv1.w, norm2.w, norm2.b, conv2.w.
             param_grads[:0] = [
                 gn1w, gn1b, gw1.to(conv1.weight.dtype), gn2w, gn2b, gw2.to(conv2.weight.dtype)
             ]
         grad_x = g[:, :c0] if ctx.needs_input_grad[0] else None
-        return (grad_x, None, None, *param_grads)
+        return (grad_x, None, None, None, *param_grads)
 
 
 def _params(layers: Sequence[DenseLayerLike]) -> list[torch.Tensor]:
@@ -239,13 +305,39 @@ def supports_efficient(layers: Sequence[DenseLayerLike]) -> bool:
     )
 
 
-def efficient_dense_block(x: torch.Tensor, layers: Sequence[DenseLayerLike]) -> torch.Tensor:
+def _triton_available() -> bool:
+    try:
+        import triton  # noqa: F401  (ships with torch's CUDA wheels)
+    except ImportError:
+        return False
+    return True
+
+
+def choose_ops(x: torch.Tensor, fused: bool | None):
+    """``TritonOps`` when ``fused`` is True, or when it is ``None`` (auto) and the input is a
+    channels-last CUDA tensor and Triton is installed; else ``TorchOps``."""
+    if fused is False:
+        return TorchOps
+    channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+    if fused is None:
+        return TritonOps if x.is_cuda and channels_last and _triton_available() else TorchOps
+    if not _triton_available():
+        raise RuntimeError("fused=True needs Triton (pip install triton); use fused=None or False")
+    if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise RuntimeError(
+            "fused=True runs Triton kernels, which need a CUDA tensor (or TRITON_INTERPRET=1 set before "
+            "segdense is imported, to run them slowly on CPU for testing); use fused=None or False")
+    return TritonOps
+
+
+def efficient_dense_block(x: torch.Tensor, layers: Sequence[DenseLayerLike], fused: bool | None = None) -> torch.Tensor:
     """Training forward of a dense block with linear memory; returns the block's concatenated
     output (input channels followed by every layer's new channels). ``SyncBatchNorm`` layers
-    under a process group of several ranks share statistics across ranks."""
+    under a process group of several ranks share statistics across ranks. ``fused``: Triton
+    kernels for the BN-ReLU traffic (see :func:`choose_ops`)."""
     layers = list(layers)
     group = sync_group([m for l in layers for m in (l.norm1, l.norm2)])
-    return _EfficientDenseBlock.apply(x, layers, group, *_params(layers))
+    return _EfficientDenseBlock.apply(x, layers, group, choose_ops(x, fused), *_params(layers))
 
 
 def sync_dense_layer_norms(model: nn.Module, process_group=None) -> nn.Module:

@@ -5,14 +5,20 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-IMPLS = ("segdense", "torchvision")
+IMPLS = ("segdense", "torchvision", "peer")
+# What users would otherwise pick: torchvision's segmentation models (ResNet-50, dilated to OS8).
+PEERS = ("deeplabv3_resnet50", "fcn_resnet50")
 AMP_DTYPES = (None, "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class Row:
     """One configuration to measure. ``impl="torchvision"`` is the baseline: torchvision's DenseNet
-    of the same architecture with the same dilation applied (backbone rows only)."""
+    of the same architecture with the same dilation applied (backbone rows only). ``impl="peer"``
+    is a torchvision segmentation model named by ``backbone`` (one of ``PEERS``; output stride 8,
+    ``weights=None``), with the same classes, loss, dtype and layout as the segdense rows.
+    ``fused``: segdense's fused (Triton) dense-block kernels on CUDA; ``None`` uses them where
+    available, ``False`` forces the PyTorch-op path (the before/after pair on a GPU)."""
 
     impl: str = "segdense"
     backbone: str = "densenet121"
@@ -28,15 +34,21 @@ class Row:
     units: tuple[int, ...] | None = None  # densenet_custom only
     growth_rate: int | None = None  # densenet_custom only
     num_classes: int = 21
+    fused: bool | None = None
 
     def __post_init__(self) -> None:
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
+        if self.impl == "peer" and (self.backbone not in PEERS or self.output_stride != 8
+                                    or self.head is not None or self.memory_efficient):
+            raise ValueError(f"peer rows are torchvision's {PEERS} at output stride 8 (no head, "
+                             f"no memory-efficient mode), got backbone={self.backbone!r}, "
+                             f"output_stride={self.output_stride}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
         if self.impl == "torchvision" and self.head is not None:
             raise ValueError("torchvision baseline rows are backbone-only (head=None)")
-        if (self.units is None) != (self.backbone != "densenet_custom"):
+        if self.impl != "peer" and (self.units is None) != (self.backbone != "densenet_custom"):
             raise ValueError("units (and growth_rate) are given exactly when backbone='densenet_custom'")
         if self.batch < 1 or self.crop < self.output_stride:
             raise ValueError(f"batch must be >= 1 and crop >= output_stride, got {self.batch}, {self.crop}")
@@ -51,19 +63,32 @@ class Row:
             return self.backbone
         return f"custom{'-'.join(map(str, self.units))}k{self.growth_rate}"
 
+    def peer_key(self) -> tuple:
+        """Rows measured on the same batch, crop, dtype, layout and device compare with the peer
+        rows of that configuration, whatever their architecture."""
+        return (self.batch, self.crop, self.amp, self.channels_last, self.device, self.num_classes,
+                self.compile)
+
     def group_key(self) -> tuple:
         """Rows that differ only in implementation and memory mode compare against each other."""
         d = dataclasses.asdict(self)
         d.pop("impl")
         d.pop("memory_efficient")
+        d.pop("fused")
         return tuple(sorted((k, str(v)) for k, v in d.items()))
 
     def label(self) -> str:
+        if self.impl == "peer":
+            parts = ["tv", self.backbone, f"os{self.output_stride}", f"b{self.batch}x{self.crop}"]
+            parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
+            return " ".join(parts + ([self.amp] if self.amp else []))
         parts = [self.impl[:2] if self.impl == "segdense" else "tv", self.arch]
         if self.head:
             parts.append(self.head)
         parts += [f"os{self.output_stride}", f"b{self.batch}x{self.crop}", self.mode]
         parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
+        if self.fused is False:
+            parts.append("unfused")
         if self.amp:
             parts.append(self.amp)
         return " ".join(parts)
@@ -104,6 +129,12 @@ def _family(device: str, output_stride: int, batch: int, crop: int, head: str | 
     return rows
 
 
+def peer_rows(device: str, batch: int, crop: int, **kw) -> list[Row]:
+    """torchvision's deeplabv3_resnet50 and fcn_resnet50 (OS8, random weights) on the same input."""
+    return [Row("peer", backbone=p, output_stride=8, device=device, batch=batch, crop=crop, **kw)
+            for p in PEERS]
+
+
 def _channels_last_pair(device: str, output_stride: int, batch: int, crop: int) -> list[Row]:
     """torchvision and segdense plain, both with channels-last weights and input. On CPU segdense
     runs channels-last by itself (``DenseNet(channels_last=None)``), so this pair shows how much
@@ -136,11 +167,13 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         rows = [r for r in _family(device, 32, 2, 256) if not r.memory_efficient]
         rows += _channels_last_pair(device, 32, 2, 256)
         rows += _family(device, 8, 2, 256)
+        rows += _family(device, 8, 2, 256, head="deeplabv3") + peer_rows(device, 2, 256)
         # A CPU memory row is a fresh subprocess (~10 s): only the OS8 rows the target is about.
         return rows, Settings(warmup=1, reps=3, memory_output_strides=(8,))
     if name == "cpu":
         rows = _family(device, 32, 2, 256) + _channels_last_pair(device, 32, 2, 256)
         rows += _family(device, 8, 2, 256) + _family(device, 8, 2, 256, head="deeplabv3")
+        rows += peer_rows(device, 2, 256)
         rows += growth_series(device)
         return rows, Settings(warmup=1, reps=7, onnx=True)
     if name == "growth":
@@ -151,8 +184,12 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         for os_ in (16, 8):
             rows += _family("cuda", os_, 16, 512, **kw)
             rows += _family("cuda", os_, 16, 512, head="deeplabv3", **kw)
-        # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2.
+        rows += peer_rows("cuda", 16, 512, **kw)
+        # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2,
+        # with the fused kernels and without (PyTorch ops), beside the peers.
         rows += _family("cuda", 8, 8, 512, head="deeplabv3", **kw)
+        rows += _family("cuda", 8, 8, 512, head="deeplabv3", baseline=False, fused=False, **kw)
+        rows += peer_rows("cuda", 8, 512, **kw)
         return rows, Settings(warmup=3, reps=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")
 

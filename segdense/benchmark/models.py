@@ -12,10 +12,6 @@ import torch.nn.functional as F
 from .config import Row
 
 
-class MissingHeadSupport(RuntimeError):
-    """segdense.build_model (the heads package) is not available in this checkout."""
-
-
 def dilate_torchvision_densenet(features: nn.Module, output_stride: int, initial_stride: int = 4) -> None:
     """Apply segdense's output-stride rule to torchvision's ``DenseNet.features`` in place: a
     transition past the output stride keeps BN+conv but drops its pooling, and every 3x3 conv
@@ -60,6 +56,8 @@ class _SegdenseFeatures(nn.Module):
         from segdense.backbones import build_backbone
 
         kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient)
+        if row.fused is not None:
+            kw["fused"] = row.fused
         if row.backbone == "densenet_custom":
             kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
         self.net = build_backbone(row.backbone, **kw)
@@ -70,20 +68,25 @@ class _SegdenseFeatures(nn.Module):
 
 
 def _segdense_model(row: Row) -> nn.Module:
-    try:
-        from segdense import build_model  # lazily: the heads land on another branch
-    except ImportError as e:
-        raise MissingHeadSupport(
-            f"head={row.head!r} needs segdense.build_model (segdense/heads, segdense/models), "
-            f"which this checkout lacks ({e}); run backbone rows only or merge the heads branch"
-        ) from None
+    from segdense import build_model  # lazily: backbone rows need only segdense.backbones
+
+    extra = {} if row.fused is None else {"backbone_kwargs": {"fused": row.fused}}
     return build_model(backbone=row.backbone, head=row.head, num_classes=row.num_classes,
-                       output_stride=row.output_stride, memory_efficient=row.memory_efficient)
+                       output_stride=row.output_stride, memory_efficient=row.memory_efficient, **extra)
+
+
+def _peer_model(row: Row) -> nn.Module:
+    from torchvision.models import segmentation
+
+    return getattr(segmentation, row.backbone)(weights=None, weights_backbone=None,
+                                                num_classes=row.num_classes, aux_loss=False)
 
 
 def build(row: Row) -> nn.Module:
     """The row's network on its device (and memory format), in training mode."""
-    if row.head is not None:
+    if row.impl == "peer":
+        model = _peer_model(row)
+    elif row.head is not None:
         model = _segdense_model(row)
     elif row.impl == "torchvision":
         model = _TorchvisionFeatures(row)

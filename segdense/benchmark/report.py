@@ -13,7 +13,9 @@ def _ratio(a, b):
 
 def summarise(run: dict) -> list[dict]:
     """One dict per row. Ratios: ``*_vs_tv`` against torchvision's plain DenseNet of the same
-    architecture and dilation (same run); ``*_vs_plain`` against segdense's plain mode."""
+    architecture and dilation (same run); ``*_vs_plain`` against segdense's plain mode;
+    ``*_vs_peer`` against torchvision's deeplabv3_resnet50 row on the same batch, crop, dtype and
+    layout."""
     results: list[Result] = run["results"]
     peak = run["matmul_peak_flops"]
     out = []
@@ -43,6 +45,15 @@ def summarise(run: dict) -> list[dict]:
         # Speed-up of torch.compile over the same row in eager mode (same run).
         d["train_compile_speedup"] = _ratio(twin and twin["train_step_s"], d["train_step_s"])
         d["infer_compile_speedup"] = _ratio(twin and twin["infer_s"], d["infer_s"])
+    peers = {}
+    for res, d in zip(results, out):
+        if res.row.impl == "peer" and res.row.backbone == "deeplabv3_resnet50":
+            peers[res.row.peer_key()] = d
+    for res, d in zip(results, out):
+        # Against what users would otherwise pick: deeplabv3_resnet50 on the same input and settings.
+        peer = peers.get(res.row.peer_key())
+        for m, key in (("train", "train_step_s"), ("infer", "infer_s"), ("mem", "peak_mb")):
+            d[f"{m}_vs_peer"] = _ratio(d[key], peer[key]) if peer and peer is not d else None
     for res, d in zip(results, out):
         group = by_key[res.row.group_key()]
         for name, base in (("tv", group.get(("torchvision", False))), ("plain", group.get(("segdense", False)))):
@@ -70,6 +81,8 @@ COLUMNS = [
     ("inf/tv", 6, lambda d: _f(d["infer_vs_tv"], ".2f")),
     ("mem/tv", 6, lambda d: _f(d["mem_vs_tv"], ".2f")),
     ("step/pl", 7, lambda d: _f(d["train_vs_plain"], ".2f")),
+    ("step/dl3r50", 11, lambda d: _f(d["train_vs_peer"], ".2f")),
+    ("mem/dl3r50", 10, lambda d: _f(d["mem_vs_peer"], ".2f")),
     ("mem/pl", 6, lambda d: _f(d["mem_vs_plain"], ".2f")),
     ("ort×", 5, lambda d: _f(d["onnx_vs_eager"], ".2f")),
     ("cmp×", 5, lambda d: _f(d["train_compile_speedup"], ".2f")),
