@@ -13,6 +13,9 @@ from segdense.backbones.efficient_block import TorchOps, TritonOps, choose_ops
 
 K = pytest.importorskip("segdense.backbones.fused_kernels")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cuda":  # fp32 comparisons mean fp32: no TF32 convolutions or matmuls
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2}
 
 
@@ -93,15 +96,14 @@ def test_bn_relu_backward_equals_autograd(dtype, accumulate, n, c, c_total, h, w
 def _pair(drop_rate=0.0, **kw):
     torch.manual_seed(0)
     kw = dict(num_units_per_block=(2, 3, 2), growth_rate=5, num_init_features=7, drop_rate=drop_rate, **kw)
-    plain = densenet_custom(**kw).to(DEVICE)
-    fused = densenet_custom(memory_efficient=True, fused=True, **kw).to(DEVICE)
+    plain = densenet_custom(**kw)
+    for bn in plain.modules():  # non-trivial affine parameters
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.weight.data.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
+            bn.bias.data.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))
+    fused = densenet_custom(memory_efficient=True, fused=True, **kw)
     fused.load_state_dict(plain.state_dict())
-    for m in (plain, fused):
-        for bn in m.modules():
-            if isinstance(bn, torch.nn.BatchNorm2d):
-                bn.weight.data.uniform_(0.5, 1.5, generator=torch.Generator().manual_seed(1))
-                bn.bias.data.uniform_(-0.5, 0.5, generator=torch.Generator().manual_seed(2))
-    return [m.to(memory_format=torch.channels_last) for m in (plain, fused)]
+    return [m.to(DEVICE, memory_format=torch.channels_last) for m in (plain, fused)]
 
 
 def _step(net, x):
@@ -161,3 +163,17 @@ def test_choose_ops_auto_uses_pytorch_ops_on_cpu_and_refuses_nothing():
     assert choose_ops(x, None) is TorchOps  # CPU tensors: Triton only when asked for
     assert choose_ops(x, False) is TorchOps
     assert choose_ops(x, True) is TritonOps
+
+
+def test_fused_block_on_nchw_input_equals_plain():
+    """A contiguous (NCHW) input: the block buffer and its gradient are NCHW, the kernels read
+    channels-last copies and the gradient is added, not accumulated in place."""
+    plain, fused = _pair()
+    plain, fused = plain.to(memory_format=torch.contiguous_format), fused.to(memory_format=torch.contiguous_format)
+    plain.channels_last = fused.channels_last = False
+    x = torch.randn(2, 3, 32, 32).to(DEVICE)
+    fp, gp = _step(plain, x)
+    ff, gf = _step(fused, x)
+    _close(gf, gp, 1e-4, "input gradient")
+    for (name, p), q in zip(plain.named_parameters(), fused.parameters()):
+        _close(q.grad, p.grad, 1e-4, f"gradient of {name}")

@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from segdense.benchmark import PRESETS, Row, Settings, preset, run, summarise, table, to_json  # noqa: E402
-from segdense.benchmark.config import _family  # noqa: E402
+from segdense.benchmark.config import _family, peer_rows  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,6 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--compile", action="store_true",
                    help="also measure every row under torch.compile, beside its eager twin")
     p.add_argument("--no-baseline", action="store_true", help="skip the torchvision rows")
+    p.add_argument("--peers", action="store_true",
+                   help="add torchvision's deeplabv3_resnet50 and fcn_resnet50 (OS8) on the same input")
+    p.add_argument("--unfused", action="store_true",
+                   help="add a twin of each memory-efficient row without the fused (Triton) kernels")
     p.add_argument("--mode", choices=["plain", "mem-eff"], default=None,
                    help="only rows of this memory mode (default: both)")
     p.add_argument("--warmup", type=int, default=None)
@@ -70,8 +74,13 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
                                 baseline=not args.no_baseline, backbone=backbone, amp=args.amp,
                                 channels_last=args.channels_last, **extra)
         settings = Settings()
+        if args.peers:
+            rows += peer_rows(args.device or "cpu", args.batch, args.crop, amp=args.amp,
+                              channels_last=args.channels_last)
+    if args.unfused:
+        rows += [dataclasses.replace(r, fused=False) for r in rows if r.memory_efficient]
     if args.mode:
-        rows = [r for r in rows if r.mode == args.mode]
+        rows = [r for r in rows if r.impl == "peer" or r.mode == args.mode]
     if args.compile:
         rows += [dataclasses.replace(r, compile=True) for r in rows]
     return rows, dataclasses.replace(
@@ -107,6 +116,10 @@ def main(argv=None) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(to_json(measured, summary))
         print(f"wrote {args.json}")
+    failed = [d["label"] for d in summary if d["error"]]
+    if failed:
+        print(f"benchmark: {len(failed)} row(s) failed: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

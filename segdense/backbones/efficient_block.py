@@ -186,12 +186,17 @@ class TritonOps:
             dist.all_reduce(red, group=group)
             sum_dy, sum_dy_xhat = red.float().chunk(2)
         n = count.float()
-        out = torch.empty(x.shape, dtype=dy.dtype, device=x.device, memory_format=torch.channels_last) \
-            if into is None else into
+        in_place = into is not None and K.rows(into) is not None
+        out = into if in_place else torch.empty(x.shape, dtype=dy.dtype, device=x.device,
+                                                memory_format=torch.channels_last)
         K.bn_relu_backward_elemt(dy, x, out, scale, shift, mean32, invstd32, bn.weight.float().contiguous(),
                                  (sum_dy / n).contiguous(), (sum_dy_xhat / n).contiguous(),
-                                 accumulate=into is not None)
-        return (out if into is None else None), gw, gb
+                                 accumulate=in_place)
+        if into is None:
+            return out, gw, gb
+        if not in_place:  # an NCHW gradient buffer: add the compact result
+            into.add_(out)
+        return None, gw, gb
 
 
 class _EfficientDenseBlock(torch.autograd.Function):
@@ -243,8 +248,9 @@ class _EfficientDenseBlock(torch.autograd.Function):
     def backward(ctx, grad_buf: torch.Tensor):
         buf, *z1s = ctx.saved_tensors
         layers, c0, k, stats, group, ops = ctx.layers, ctx.c0, ctx.k, ctx.stats, ctx.group, ctx.ops
-        # Own a copy: earlier layers' input gradients are accumulated into it in place.
-        g = grad_buf.clone(memory_format=torch.preserve_format)
+        # Own a copy in the buffer's memory format: earlier layers' input gradients are accumulated
+        # into it in place (whatever format the incoming gradient has).
+        g = torch.empty_like(buf).copy_(grad_buf)
         param_grads: list[torch.Tensor | None] = []
         for i in reversed(range(len(layers))):
             layer, z1 = layers[i], z1s[i]
