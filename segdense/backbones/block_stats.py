@@ -77,10 +77,12 @@ def all_reduce_moments(
 
 def moments(x: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel batch mean and biased variance of ``x`` (N, C, H, W) and the element count
-    per channel, global over ``group`` when given."""
+    per channel (a float; a float64 tensor when all-reduced over ``group``)."""
     var, mean = torch.var_mean(x.to(stat_dtype(x)), dim=(0, 2, 3), unbiased=False)
-    count = torch.tensor(float(x.numel() // x.shape[1]), dtype=torch.float64, device=x.device)
+    count = float(x.numel() // x.shape[1])
     if group is not None:
+        # torch.full, not torch.tensor: a host-to-device copy would synchronise with the GPU.
+        count = torch.full((), count, dtype=torch.float64, device=x.device)
         mean, var, count = all_reduce_moments(mean, var, count, group)
     return mean, var, count
 
@@ -93,7 +95,7 @@ def check_count(count: int | float, channels: int) -> None:
         )
 
 
-def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tensor, count) -> None:
     """What ``nn.BatchNorm2d.forward`` does to the buffers in training mode: ``num_batches_tracked``
     += 1 and a momentum (or cumulative-average, ``momentum=None``) update with the unbiased
     batch variance."""
@@ -104,32 +106,63 @@ def update_running_stats(bn: nn.BatchNorm2d, mean: torch.Tensor, var: torch.Tens
         bn.num_batches_tracked.add_(1)
         if bn.momentum is None:
             momentum = 1.0 / float(bn.num_batches_tracked)
-    unbiased = var * (count / (count - 1)).to(var.dtype)
+    unbiased = var * (count / (count - 1))
     rm, rv = bn.running_mean, bn.running_var
     rm.mul_(1 - momentum).add_(mean.to(rm.dtype), alpha=momentum)
     rv.mul_(1 - momentum).add_(unbiased.to(rv.dtype), alpha=momentum)
+
+
+def update_running_stats_many(items, count) -> None:
+    """``update_running_stats`` for many (bn, mean, var) at once: a handful of ``torch._foreach``
+    launches instead of six small kernels per BatchNorm (launch overhead dominates a dense block's
+    many small updates on a GPU). Falls back to one at a time for mixed or ``None`` momenta and
+    all-reduced (tensor) counts."""
+    items = [(bn, m, v) for bn, m, v in items if bn.track_running_stats and bn.running_mean is not None]
+    if not items:
+        return
+    momenta = {bn.momentum for bn, _, _ in items}
+    if len(momenta) > 1 or None in momenta or torch.is_tensor(count):
+        for bn, m, v in items:
+            update_running_stats(bn, m, v, count)
+        return
+    (momentum,) = momenta
+    tracked = [bn.num_batches_tracked for bn, _, _ in items if bn.num_batches_tracked is not None]
+    if tracked:
+        torch._foreach_add_(tracked, 1)
+    rms = [bn.running_mean for bn, _, _ in items]
+    rvs = [bn.running_var for bn, _, _ in items]
+    torch._foreach_mul_(rms, 1 - momentum)
+    torch._foreach_add_(rms, [m.to(r.dtype) for (_, m, _), r in zip(items, rms)], alpha=momentum)
+    torch._foreach_mul_(rvs, 1 - momentum)
+    torch._foreach_add_(rvs, [v.to(r.dtype) for (_, _, v), r in zip(items, rvs)],
+                        alpha=momentum * count / (count - 1))
 
 
 class BlockStats:
     """Per-channel batch mean and biased variance of a dense block's buffer, recorded as its
     channels are written (the block input, then each layer's new channels)."""
 
-    def __init__(self, channels: int, like: torch.Tensor, group=None) -> None:
+    def __init__(self, channels: int, like: torch.Tensor, group=None, eps: float = 1e-5) -> None:
         dtype = stat_dtype(like)
         self.mean = torch.empty(channels, dtype=dtype, device=like.device)
         self.var = torch.empty(channels, dtype=dtype, device=like.device)
-        self.count = torch.zeros((), dtype=torch.float64, device=like.device)
+        self.inv = torch.empty(channels, dtype=dtype, device=like.device)  # 1 / sqrt(var + eps)
+        self.eps = eps
+        self.count: float | torch.Tensor = 0.0  # elements per channel (a tensor when all-reduced)
         self.group = group
 
     def record(self, x: torch.Tensor, start: int) -> None:
         mean, var, count = moments(x, self.group)
         self.set(start, mean, var, count)
 
-    def set(self, start: int, mean: torch.Tensor, var: torch.Tensor, count: torch.Tensor) -> None:
+    def set(self, start: int, mean: torch.Tensor, var: torch.Tensor, count) -> None:
         c = mean.numel()
         self.mean[start : start + c] = mean
         self.var[start : start + c] = var
+        torch.rsqrt(var + self.eps, out=self.inv[start : start + c])
         self.count = count
 
     def invstd(self, channels: int, eps: float) -> torch.Tensor:
+        if eps == self.eps:
+            return self.inv[:channels]
         return (self.var[:channels] + eps).rsqrt()

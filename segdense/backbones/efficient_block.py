@@ -27,7 +27,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from .block_stats import (
-    BlockStats, DenseSyncBatchNorm, check_count, moments, sync_group, update_running_stats,
+    BlockStats, DenseSyncBatchNorm, check_count, moments, sync_group, update_running_stats_many,
 )
 
 _conv_backward = torch.ops.aten.convolution_backward
@@ -80,9 +80,11 @@ def _weight(conv: nn.Conv2d, like: torch.Tensor) -> torch.Tensor:
     return conv.weight.to(like.dtype)
 
 
-def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BN2 in training mode; returns (ReLU output, batch mean, batch invstd) and updates the running
-    statistics once. Local statistics take PyTorch's fused kernel; synced ones all-reduce first."""
+def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops, pending: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """BN2 in training mode; returns (ReLU output, batch mean, batch invstd). Local statistics with
+    PyTorch ops take its fused kernel, which also updates the running statistics; otherwise the
+    statistics are computed (and all-reduced) first and (bn, mean, var) is appended to ``pending``
+    for one batched running-statistics update."""
     if group is None and ops.name == "torch":
         momentum = 0.0 if bn.momentum is None else bn.momentum
         running_mean = running_var = None
@@ -97,7 +99,7 @@ def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops) -> tuple[torch.Te
         )
         return out.relu_(), mean, invstd
     mean, var, count = moments(x, group)
-    update_running_stats(bn, mean, var, count)
+    pending.append((bn, mean, var))
     invstd = (var + bn.eps).rsqrt()
     return ops.bn_relu(x, bn, mean, invstd), mean, invstd
 
@@ -149,8 +151,9 @@ class TorchOps:
 
 class TritonOps:
     """The same operations as fused Triton kernels (``fused_kernels``) on channels-last data:
-    BN-ReLU read straight from the block buffer (no compact copy), and BN-ReLU backward as one
-    reduction and one elementwise kernel that accumulates into the block's gradient buffer."""
+    BN-ReLU read straight from the block buffer (no compact copy, the affine computed in the
+    kernel), and BN-ReLU backward as one reduction and one elementwise kernel that accumulates into
+    the block's gradient buffer."""
 
     name = "triton"
 
@@ -161,37 +164,31 @@ class TritonOps:
         return t if K.rows(t) is not None else t.contiguous(memory_format=torch.channels_last)
 
     @staticmethod
-    def _affine(bn, mean, invstd):
-        scale = invstd if bn.weight is None else invstd * bn.weight
-        shift = -mean * scale if bn.bias is None else bn.bias - mean * scale
-        return scale.float().contiguous(), shift.float().contiguous()
+    def _vectors(bn, mean, invstd):
+        return mean.contiguous(), invstd.contiguous(), bn.weight, bn.bias
 
     @classmethod
     def bn_relu(cls, x, bn, mean, invstd):
         from . import fused_kernels as K
 
-        return K.bn_relu(cls._rows(x), *cls._affine(bn, mean, invstd))
+        return K.bn_relu(cls._rows(x), *cls._vectors(bn, mean, invstd))
 
     @classmethod
     def bn_relu_backward(cls, dy, x, a, bn, mean, invstd, count, group, into=None):
         from . import fused_kernels as K
 
         x, dy = cls._rows(x), cls._rows(dy)
-        scale, shift = cls._affine(bn, mean, invstd)
-        mean32, invstd32 = mean.float().contiguous(), invstd.float().contiguous()
-        sum_dy, sum_dy_xhat = K.bn_relu_backward_reduce(dy, x, scale, shift, mean32, invstd32)
-        gw, gb = sum_dy_xhat.to(bn.weight.dtype), sum_dy.to(bn.bias.dtype)  # local, as SyncBatchNorm
+        vec = cls._vectors(bn, mean, invstd)
+        sums = K.bn_relu_backward_reduce(dy, x, *vec)
+        gw, gb = sums[1].to(bn.weight.dtype), sums[0].to(bn.bias.dtype)  # local, as SyncBatchNorm
         if group is not None:
-            red = torch.cat([sum_dy, sum_dy_xhat]).to(torch.float64)
+            red = sums.to(torch.float64)
             dist.all_reduce(red, group=group)
-            sum_dy, sum_dy_xhat = red.float().chunk(2)
-        n = count.float()
+            sums, count = (red / count).float(), 1.0
         in_place = into is not None and K.rows(into) is not None
         out = into if in_place else torch.empty(x.shape, dtype=dy.dtype, device=x.device,
                                                 memory_format=torch.channels_last)
-        K.bn_relu_backward_elemt(dy, x, out, scale, shift, mean32, invstd32, bn.weight.float().contiguous(),
-                                 (sum_dy / n).contiguous(), (sum_dy_xhat / n).contiguous(),
-                                 accumulate=in_place)
+        K.bn_relu_backward_elemt(dy, x, out, *vec, sums, count, accumulate=in_place)
         if into is None:
             return out, gw, gb
         if not in_place:  # an NCHW gradient buffer: add the compact result
@@ -215,18 +212,18 @@ class _EfficientDenseBlock(torch.autograd.Function):
             (n, c0 + len(layers) * k, h, w), dtype=x.dtype, device=x.device, memory_format=fmt
         )
         buf[:, :c0].copy_(x)
-        stats = BlockStats(buf.shape[1], x, group)
+        stats = BlockStats(buf.shape[1], x, group, eps=layers[0].norm1.eps)
         stats.record(x, 0)
-        saved, stats2, masks = [], [], []
+        saved, stats2, masks, pending = [], [], [], []
         for i, layer in enumerate(layers):
             c_in = c0 + i * k
             n1 = layer.norm1
             mean1 = stats.mean[:c_in]
-            update_running_stats(n1, mean1, stats.var[:c_in], stats.count)
+            pending.append((n1, mean1, stats.var[:c_in]))
             a1 = ops.bn_relu(buf[:, :c_in], n1, mean1, stats.invstd(c_in, n1.eps))
             z1 = layer.conv1._conv_forward(a1, _weight(layer.conv1, a1), None)
             del a1
-            a2, m2, s2 = _bn_train(z1, layer.norm2, group, ops)
+            a2, m2, s2 = _bn_train(z1, layer.norm2, group, ops, pending)
             out = layer.conv2._conv_forward(a2, _weight(layer.conv2, a2), None)
             del a2
             mask = None
@@ -239,6 +236,9 @@ class _EfficientDenseBlock(torch.autograd.Function):
             saved.append(z1)
             stats2.append((m2, s2))
             masks.append(mask)
+        # Every BatchNorm's running statistics, updated once, as nn.BatchNorm2d would (nothing reads
+        # them during a training forward, so the update can wait for the block's end).
+        update_running_stats_many(pending, stats.count)
         ctx.save_for_backward(buf, *saved)
         ctx.layers, ctx.stats, ctx.stats2, ctx.masks, ctx.c0, ctx.k = layers, stats, stats2, masks, c0, k
         ctx.group, ctx.ops = group, ops

@@ -26,28 +26,35 @@ ROWS_PER_PROGRAM = 512  # rows one reduction program sums (then partials are sum
 
 
 @triton.jit
-def _bn_relu_kernel(X, Y, SCALE, SHIFT, M, C, sxm, sym, BM: tl.constexpr, BC: tl.constexpr):
+def _affine(MEAN, INVSTD, GAMMA, BETA, rc, cmask):
+    """Per-channel BatchNorm affine from the statistics and parameters: y = x * s + b."""
+    mu = tl.load(MEAN + rc, mask=cmask, other=0.0).to(tl.float32)
+    inv = tl.load(INVSTD + rc, mask=cmask, other=0.0).to(tl.float32)
+    g = tl.load(GAMMA + rc, mask=cmask, other=0.0).to(tl.float32)
+    beta = tl.load(BETA + rc, mask=cmask, other=0.0).to(tl.float32)
+    s = inv * g
+    return mu, inv, g, s, beta - mu * s
+
+
+@triton.jit
+def _bn_relu_kernel(X, Y, MEAN, INVSTD, GAMMA, BETA, M, C, sxm, sym, BM: tl.constexpr, BC: tl.constexpr):
     rm = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
     rc = tl.program_id(1) * BC + tl.arange(0, BC)
     cmask = rc < C
     mask = (rm[:, None] < M) & cmask[None, :]
     x = tl.load(X + rm[:, None] * sxm + rc[None, :], mask=mask, other=0.0).to(tl.float32)
-    s = tl.load(SCALE + rc, mask=cmask, other=0.0)
-    b = tl.load(SHIFT + rc, mask=cmask, other=0.0)
+    mu, inv, g, s, b = _affine(MEAN, INVSTD, GAMMA, BETA, rc, cmask)
     y = tl.maximum(x * s[None, :] + b[None, :], 0.0)
     tl.store(Y + rm[:, None] * sym + rc[None, :], y.to(Y.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def _bn_relu_bwd_reduce_kernel(DY, X, SCALE, SHIFT, MEAN, INVSTD, PART, M, C, sdym, sxm,
+def _bn_relu_bwd_reduce_kernel(DY, X, MEAN, INVSTD, GAMMA, BETA, PART, M, C, sdym, sxm,
                                ROWS: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     pid_m = tl.program_id(0)
     rc = tl.program_id(1) * BC + tl.arange(0, BC)
     cmask = rc < C
-    s = tl.load(SCALE + rc, mask=cmask, other=0.0)
-    b = tl.load(SHIFT + rc, mask=cmask, other=0.0)
-    mu = tl.load(MEAN + rc, mask=cmask, other=0.0)
-    inv = tl.load(INVSTD + rc, mask=cmask, other=0.0)
+    mu, inv, g, s, b = _affine(MEAN, INVSTD, GAMMA, BETA, rc, cmask)
     acc_dy = tl.zeros([BC], dtype=tl.float32)
     acc_dyx = tl.zeros([BC], dtype=tl.float32)
     for start in range(0, ROWS, BM):
@@ -65,19 +72,15 @@ def _bn_relu_bwd_reduce_kernel(DY, X, SCALE, SHIFT, MEAN, INVSTD, PART, M, C, sd
 
 
 @triton.jit
-def _bn_relu_bwd_elemt_kernel(DY, X, OUT, SCALE, SHIFT, MEAN, INVSTD, GAMMA, MDY, MDYX, M, C,
+def _bn_relu_bwd_elemt_kernel(DY, X, OUT, MEAN, INVSTD, GAMMA, BETA, SUMS, inv_n, M, C,
                               sdym, sxm, som, ACCUMULATE: tl.constexpr, BM: tl.constexpr, BC: tl.constexpr):
     rm = (tl.program_id(0) * BM + tl.arange(0, BM)).to(tl.int64)
     rc = tl.program_id(1) * BC + tl.arange(0, BC)
     cmask = rc < C
     mask = (rm[:, None] < M) & cmask[None, :]
-    s = tl.load(SCALE + rc, mask=cmask, other=0.0)
-    b = tl.load(SHIFT + rc, mask=cmask, other=0.0)
-    mu = tl.load(MEAN + rc, mask=cmask, other=0.0)
-    inv = tl.load(INVSTD + rc, mask=cmask, other=0.0)
-    g = tl.load(GAMMA + rc, mask=cmask, other=0.0)
-    mdy = tl.load(MDY + rc, mask=cmask, other=0.0)
-    mdyx = tl.load(MDYX + rc, mask=cmask, other=0.0)
+    mu, inv, g, s, b = _affine(MEAN, INVSTD, GAMMA, BETA, rc, cmask)
+    mdy = tl.load(SUMS + rc, mask=cmask, other=0.0) * inv_n  # SUMS: [2, C] sums of dy, dy * x_hat
+    mdyx = tl.load(SUMS + C + rc, mask=cmask, other=0.0) * inv_n
     x = tl.load(X + rm[:, None] * sxm + rc[None, :], mask=mask, other=0.0).to(tl.float32)
     dy = tl.load(DY + rm[:, None] * sdym + rc[None, :], mask=mask, other=0.0).to(tl.float32)
     dy = tl.where(x * s[None, :] + b[None, :] > 0, dy, 0.0)
@@ -105,35 +108,35 @@ def _grid(m: int, c: int, bm: int = BLOCK_M, bc: int = BLOCK_C):
     return (triton.cdiv(m, bm), triton.cdiv(c, bc))
 
 
-def bn_relu(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """max(x * scale + shift, 0) per channel, into a new channels-last tensor of x's dtype."""
+def bn_relu(x: torch.Tensor, mean, invstd, gamma, beta) -> torch.Tensor:
+    """max((x - mean) * invstd * gamma + beta, 0) per channel, into a new channels-last tensor of
+    x's dtype. The per-channel vectors must be contiguous."""
     m, c, sx = rows(x)
     y = torch.empty(x.shape, dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
-    _bn_relu_kernel[_grid(m, c)](x, y, scale.float().contiguous(), shift.float().contiguous(), m, c, sx, c,
-                                 BM=BLOCK_M, BC=BLOCK_C)
+    _bn_relu_kernel[_grid(m, c)](x, y, mean, invstd, gamma, beta, m, c, sx, c, BM=BLOCK_M, BC=BLOCK_C)
     return y
 
 
-def bn_relu_backward_reduce(dy, x, scale, shift, mean, invstd) -> tuple[torch.Tensor, torch.Tensor]:
-    """(sum of dy, sum of dy * x_hat) per channel over the pixels where x * scale + shift > 0."""
+def bn_relu_backward_reduce(dy, x, mean, invstd, gamma, beta) -> torch.Tensor:
+    """[2, C] float32: sums of dy and of dy * x_hat per channel over the pixels where the BN
+    output is positive (the ReLU mask)."""
     m, c, sx = rows(x)
     _, _, sdy = rows(dy)
-    rows_pp = min(ROWS_PER_PROGRAM, triton.next_power_of_2(m))
-    rows_pp = max(rows_pp, BLOCK_M)
+    rows_pp = max(min(ROWS_PER_PROGRAM, triton.next_power_of_2(m)), BLOCK_M)
     p = triton.cdiv(m, rows_pp)
     part = torch.empty((p, 2, c), dtype=torch.float32, device=x.device)
     _bn_relu_bwd_reduce_kernel[(p, triton.cdiv(c, BLOCK_C))](
-        dy, x, scale, shift, mean, invstd, part, m, c, sdy, sx, ROWS=rows_pp, BM=BLOCK_M, BC=BLOCK_C)
-    sums = part.sum(0)
-    return sums[0], sums[1]
+        dy, x, mean, invstd, gamma, beta, part, m, c, sdy, sx, ROWS=rows_pp, BM=BLOCK_M, BC=BLOCK_C)
+    return part.sum(0)
 
 
-def bn_relu_backward_elemt(dy, x, out, scale, shift, mean, invstd, gamma, mean_dy, mean_dy_xhat,
-                           accumulate: bool) -> None:
-    """Write (or add, ``accumulate``) the input gradient into ``out`` (same [M, C] shape as x)."""
+def bn_relu_backward_elemt(dy, x, out, mean, invstd, gamma, beta, sums, count: float, accumulate: bool) -> None:
+    """Write (or add, ``accumulate``) the input gradient into ``out`` (same [M, C] shape as x);
+    ``sums`` from :func:`bn_relu_backward_reduce` (all-reduced when statistics are synced) and
+    ``count`` the elements per channel they were summed over."""
     m, c, sx = rows(x)
     _, _, sdy = rows(dy)
     _, _, so = rows(out)
     _bn_relu_bwd_elemt_kernel[_grid(m, c)](
-        dy, x, out, scale, shift, mean, invstd, gamma, mean_dy, mean_dy_xhat, m, c, sdy, sx, so,
+        dy, x, out, mean, invstd, gamma, beta, sums, 1.0 / count, m, c, sdy, sx, so,
         ACCUMULATE=accumulate, BM=BLOCK_M, BC=BLOCK_C)
