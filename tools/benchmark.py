@@ -45,8 +45,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-baseline", action="store_true", help="skip the torchvision rows")
     p.add_argument("--peers", action="store_true",
                    help="add torchvision's deeplabv3_resnet50 and fcn_resnet50 (OS8) on the same input")
-    p.add_argument("--unfused", action="store_true",
-                   help="add a twin of each memory-efficient row without the fused (Triton) kernels")
+    p.add_argument("--fused", action="store_true",
+                   help="add a twin of each memory-efficient row with the fused (Triton) kernels (CUDA)")
     p.add_argument("--mode", choices=["plain", "mem-eff"], default=None,
                    help="only rows of this memory mode (default: both)")
     p.add_argument("--warmup", type=int, default=None)
@@ -77,8 +77,8 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
         if args.peers:
             rows += peer_rows(args.device or "cpu", args.batch, args.crop, amp=args.amp,
                               channels_last=args.channels_last)
-    if args.unfused:
-        rows += [dataclasses.replace(r, fused=False) for r in rows if r.memory_efficient]
+    if args.fused:
+        rows += [dataclasses.replace(r, fused=True) for r in rows if r.memory_efficient]
     if args.mode:
         rows = [r for r in rows if r.impl == "peer" or r.mode == args.mode]
     if args.compile:

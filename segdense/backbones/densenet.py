@@ -174,9 +174,9 @@ class DenseNet(nn.Module):
             returned feature maps are then channels-last tensors. Tracing (ONNX/TorchScript
             export) records the plain graph.
         fused: for ``memory_efficient`` training, run the BatchNorm-ReLU traffic of the dense
-            blocks as Triton kernels (``backbones.fused_kernels``). ``None`` (auto): on
-            channels-last CUDA inputs when Triton is installed; ``False``: PyTorch operators
-            everywhere; ``True``: always (on CPU only under ``TRITON_INTERPRET=1``, for tests).
+            blocks as Triton kernels (``backbones.fused_kernels``; on CPU only under
+            ``TRITON_INTERPRET=1``, for tests). ``None``/``False``: PyTorch operators. Opt-in: on
+            an H100 the kernels measured no faster than PyTorch's yet (docs/benchmarks.md).
     """
 
     def __init__(

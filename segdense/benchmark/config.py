@@ -17,8 +17,8 @@ class Row:
     of the same architecture with the same dilation applied (backbone rows only). ``impl="peer"``
     is a torchvision segmentation model named by ``backbone`` (one of ``PEERS``; output stride 8,
     ``weights=None``), with the same classes, loss, dtype and layout as the segdense rows.
-    ``fused``: segdense's fused (Triton) dense-block kernels on CUDA; ``None`` uses them where
-    available, ``False`` forces the PyTorch-op path (the before/after pair on a GPU)."""
+    ``fused``: segdense's fused (Triton) dense-block kernels for memory-efficient rows (CUDA);
+    ``None`` keeps the model's default (PyTorch operators)."""
 
     impl: str = "segdense"
     backbone: str = "densenet121"
@@ -87,8 +87,8 @@ class Row:
             parts.append(self.head)
         parts += [f"os{self.output_stride}", f"b{self.batch}x{self.crop}", self.mode]
         parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
-        if self.fused is False:
-            parts.append("unfused")
+        if self.fused:
+            parts.append("fused")
         if self.amp:
             parts.append(self.amp)
         return " ".join(parts)
@@ -188,7 +188,7 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2,
         # with the fused kernels and without (PyTorch ops), beside the peers.
         rows += _family("cuda", 8, 8, 512, head="deeplabv3", **kw)
-        rows += _family("cuda", 8, 8, 512, head="deeplabv3", baseline=False, fused=False, **kw)
+        rows += [r for r in _family("cuda", 8, 8, 512, head="deeplabv3", fused=True, **kw) if r.memory_efficient]
         rows += peer_rows("cuda", 8, 512, **kw)
         return rows, Settings(warmup=3, reps=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")
