@@ -156,9 +156,14 @@ def _check_loss(block: dict, errors: list[str]) -> None:
         name = term.get("name") if isinstance(term, Mapping) else None
         if name not in list_losses():
             errors.append(f"loss.terms[{i}]: " + unknown_name_message("loss", name, list_losses()))
-    extra = set(block) - {"terms", "aux_weight"}
+    extra = set(block) - {"terms", "aux_weight", "class_weight"}
     if extra:
-        errors.append(f"loss has unknown keys {sorted(extra)}; valid keys: aux_weight, terms")
+        errors.append(f"loss has unknown keys {sorted(extra)}; valid keys: aux_weight, class_weight, terms")
+    weights = block.get("class_weight")
+    if weights is not None and weights != "auto" and (
+            isinstance(weights, str) or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)):
+        errors.append(f"loss.class_weight must be null, auto, or a list of one non-negative number per class; "
+                      f"got {weights!r}")
 
 
 def _check_optimizer(block: dict, errors: list[str]) -> None:
