@@ -58,16 +58,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
 def _check_top_level(cfg, errors: list[str]) -> None:
     import dataclasses
-    import difflib
 
+    from .overrides import unknown_key_message
     from .schema import TrainConfig
 
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     for key in cfg:
         if key not in known and key != "hydra":
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            errors.append(f"unknown key {key!r}{hint}; see conf/config.yaml for the valid keys")
+            errors.append(unknown_key_message(key, known, "conf/config.yaml"))
     for key in ("iterations", "batch_size", "val_batch_size", "val_interval", "checkpoint_interval", "log_interval"):
         if cfg[key] < (1 if key in ("iterations", "batch_size", "val_batch_size", "log_interval") else 0):
             errors.append(f"{key} must be positive, got {cfg[key]}")
