@@ -46,6 +46,13 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+def sample_indices(count: int, sample: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``sample`` samples out of ``count`` drawn with ``seed`` (all of them for None)."""
+    if sample is None or sample >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=int(sample), replace=False))
+
+
 def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = None, sample: int | None = 64,
                      seed: int = 0) -> DatasetReport:
     """Check a dataset's raw samples (``sample`` of them drawn at random with ``seed``, or all with ``None``).
@@ -57,10 +64,7 @@ def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = Non
     names = list(dataset.class_names)[:num_classes]
     names += [f"class{i}" for i in range(len(names), num_classes)]
     count = len(dataset)
-    if sample is None or sample >= count:
-        indices = np.arange(count)
-    else:
-        indices = np.sort(np.random.default_rng(seed).choice(count, size=int(sample), replace=False))
+    indices = sample_indices(count, sample, seed)
     report = DatasetReport(count, len(indices), names, np.zeros(num_classes, dtype=np.int64))
     stats = ClassStatistics.empty(names)
     for path, problem in getattr(dataset, "unpaired", []):
