@@ -2,6 +2,7 @@
 per-class IoU. Figures are built with the object API and the Agg canvas, so no display and no pyplot state."""
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -12,11 +13,17 @@ from matplotlib.figure import Figure
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=100, bbox_inches="tight")
-    return path
+    """Render on the Agg canvas and write an RGB PNG atomically."""
+    from PIL import Image
+
+    from segdense.inference.writers import write_png
+
+    canvas = FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    del canvas
+    buffer.seek(0)
+    return write_png(path, np.asarray(Image.open(buffer).convert("RGB")))
 
 
 def _bar_width(n_groups: int) -> float:
