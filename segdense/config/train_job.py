@@ -208,6 +208,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
                                          describe_loss(terms, class_weight, weight_source, train_set.class_names)))
         logger.info("run directory: %s", run_dir)
     result = trainer.fit()
+    if cfg.report and is_main_process() and (run_dir / "metrics.json").is_file():
+        from segdense.reports.training import write_training_report
+
+        try:
+            logger.info("report: %s", write_training_report(run_dir))
+        except Exception as exc:  # the run itself succeeded: say so, and how to retry the report
+            logger.warning("could not write the training report (%s: %s); retry with python tools/report.py %s",
+                           type(exc).__name__, exc, run_dir)
     if is_main_process() and result:
         logger.info(
             "done: mIoU %.2f (best %.2f at iteration %d); checkpoints in %s",
