@@ -105,11 +105,11 @@ def test_check_tool_exits_nonzero_and_names_faults(tmp_path):
 def test_check_tool_passes_a_clean_split(tmp_path, capsys):
     make_voc(tmp_path)
     assert load_tool().check_job(composed("dataset=voc", f"dataset.root={tmp_path}", "+split=val",
-                                          f"+report={tmp_path / 'report'}")) == 0
+                                          f"+report_dir={tmp_path / 'report'}")) == 0
     out = capsys.readouterr().out
     assert "checked 2 of 2 samples: OK" in out and "background" in out
 
 
 def test_check_tool_shows_layout_for_a_missing_root(tmp_path, capsys):
-    assert load_tool().check_job(composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}", "+report=null")) == 2
+    assert load_tool().check_job(composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}", "+report_dir=null")) == 2
     assert "Expected layout" in capsys.readouterr().err

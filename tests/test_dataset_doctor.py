@@ -117,7 +117,7 @@ def tool(*args, cwd):
 def test_tool_prints_the_fix_frequencies_and_weights_and_writes_the_report(tmp_path):
     root = folder(tmp_path / "data", [blocks([0, 255]), blocks([0, 0, 255]), blocks([0, 255, 255])])
     run = tool("dataset=folder", f"dataset.root={root}", "dataset.train_split=all", "dataset.val_split=all",
-               "+splits=[all]", "+report=rep", cwd=tmp_path)
+               "+splits=[all]", "+report_dir=rep", cwd=tmp_path)
     assert run.returncode == 1, run.stderr
     assert "fix: read 255 as class 1: dataset.mask_colors=[[0,0,0],[255,255,255]]" in run.stdout
     report = (tmp_path / "rep" / "report.md").read_text()
@@ -127,7 +127,7 @@ def test_tool_prints_the_fix_frequencies_and_weights_and_writes_the_report(tmp_p
     assert png.width > 300 and png.height > 300
 
     fixed = tool("dataset=folder", f"dataset.root={root}", "dataset.train_split=all", "dataset.val_split=all",
-                 "+splits=[all]", "+report=rep", "dataset.mask_colors=[[0,0,0],[255,255,255]]", cwd=tmp_path)
+                 "+splits=[all]", "+report_dir=rep", "dataset.mask_colors=[[0,0,0],[255,255,255]]", cwd=tmp_path)
     assert fixed.returncode == 0, fixed.stdout
     # pixels: background 8*(6+8+4)=144, object 8*(6+4+8)=144 -> equal frequencies, weights 1 and 1
     assert "loss.class_weight=[1,1]" in fixed.stdout
@@ -137,6 +137,6 @@ def test_tool_prints_the_fix_frequencies_and_weights_and_writes_the_report(tmp_p
 def test_tool_never_overwrites_a_report_md_it_did_not_write(tmp_path):
     (tmp_path / "rep").mkdir()
     (tmp_path / "rep" / "report.md").write_text("my notes\n")
-    run = tool("dataset.num_samples=4", "dataset.image_size=32", "+report=rep", cwd=tmp_path)
+    run = tool("dataset.num_samples=4", "dataset.image_size=32", "+report_dir=rep", cwd=tmp_path)
     assert run.returncode == 2 and "is not a dataset report" in run.stderr
     assert (tmp_path / "rep" / "report.md").read_text() == "my notes\n"

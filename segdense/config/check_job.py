@@ -20,7 +20,7 @@ def check_job(cfg: DictConfig) -> int:
     splits = [cfg.split] if cfg.get("split") else list(dict.fromkeys(cfg.get("splits") or [train_split, val_split]))
     sample = None if cfg.get("full", False) else int(cfg.get("sample", 64))
     seed = int(cfg.get("seed", 0))
-    report_dir = cfg.get("report", "dataset_report")
+    report_dir = cfg.get("report_dir", "dataset_report")
     if report_dir:
         try:
             check_report_dir(report_dir)

@@ -18,7 +18,7 @@ def check_report_dir(directory: str | os.PathLike) -> Path:
     directory = Path(directory)
     md = directory / "report.md"
     if md.exists() and not md.read_text(errors="replace").startswith(TITLE):
-        raise FileExistsError(f"{md} exists and is not a dataset report; choose another +report=DIR "
+        raise FileExistsError(f"{md} exists and is not a dataset report; choose another +report_dir=DIR "
                               "(nothing was overwritten)")
     return directory
 

@@ -43,8 +43,10 @@ def table(header: Sequence[str], rows: Sequence[Sequence], name_columns: int = 1
     return f"<table{(' ' + attrs) if attrs else ''}>{head}{body}</table>"
 
 
-def image(src: str, alt: str, caption: str = "") -> str:
-    fig = f'<img src="{esc(src)}" alt="{esc(alt)}">'
+def image(src: str, alt: str, caption: str = "", width: int | None = None) -> str:
+    """An <img> (shown ``width`` pixels wide when given, e.g. to enlarge small label maps), with a caption."""
+    size = f' style="width: {int(width)}px"' if width else ""
+    fig = f'<img src="{esc(src)}" alt="{esc(alt)}"{size}>'
     return f"<figure>{fig}<figcaption>{esc(caption)}</figcaption></figure>" if caption else fig
 
 

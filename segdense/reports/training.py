@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import os
 from pathlib import Path
@@ -29,7 +30,13 @@ def read_events(run_dir: Path) -> tuple[dict[str, tuple[list[int], list[float]]]
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
-    events.Reload()
+    quiet = logging.getLogger("tensorboard")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # its INFO "No path found after ..." reads like a problem; it is not
+    try:
+        events.Reload()
+    finally:
+        quiet.setLevel(level)
     tags = events.Tags()
     scalars = {}
     for tag in tags.get("scalars", []):
@@ -60,8 +67,9 @@ def write_training_report(run_dir: str | os.PathLike) -> Path:
              f"(of {metrics.get('iteration')} run).</p>"]
 
     parts.append("<h2>Training loss and learning rate</h2>")
-    losses = {tag.split("/", 1)[1]: v for tag, v in scalars.items()
-              if tag.startswith("train/") and tag.split("/", 1)[1] not in NOT_LOSSES}
+    # train/total is the criterion's name for train/loss (the weighted sum): drawn once, as "total"
+    losses = {("total (weighted)" if tag == "train/loss" else tag.split("/", 1)[1]): v for tag, v in scalars.items()
+              if tag.startswith("train/") and tag.split("/", 1)[1] not in NOT_LOSSES | {"total"}}
     if losses:
         line_chart(losses, out / "loss.png", title="Loss terms (unweighted; total = weighted sum)", ylabel="loss",
                    log_y=all(min(y) > 0 for _, y in losses.values()))
@@ -93,7 +101,8 @@ def write_training_report(run_dir: str | os.PathLike) -> Path:
         step = max((s for s in grids if s <= best_it), default=max(grids))
         write_png(out / "val_predictions.png", grids[step])
         parts += [f'<p class="meta">Iteration {step}: each row is image | ground truth | prediction '
-                  "(ignored pixels white).</p>", image("report/val_predictions.png", "validation predictions")]
+                  "(ignored pixels white).</p>",
+                  image("report/val_predictions.png", "validation predictions", width=3 * grids[step].shape[1] // 2)]
     else:
         parts.append("<p>No validation images in the TensorBoard events (tensorboard=false).</p>")
     return write_page(run_dir / "report.html", "segdense training report", "\n".join(parts))
