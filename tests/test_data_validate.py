@@ -111,5 +111,6 @@ def test_check_tool_passes_a_clean_split(tmp_path, capsys):
 
 
 def test_check_tool_shows_layout_for_a_missing_root(tmp_path, capsys):
-    assert load_tool().check_job(composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}", "+report_dir=null")) == 2
+    cfg = composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}", "+report_dir=null")
+    assert load_tool().check_job(cfg) == 2
     assert "Expected layout" in capsys.readouterr().err

@@ -114,5 +114,6 @@ def test_a_checkpoint_whose_dataset_is_gone_asks_for_verify_input(tiny_checkpoin
     bundle = load_bundle(tiny_checkpoint)
     bundle.dataset = {"name": "folder", "config": {"name": "folder", "root": str(tmp_path / "gone"),
                                                   "class_names": bundle.class_names, "val_split": "val"}}
-    with pytest.raises(ExportError, match="(?s)cannot open the checkpoint.s validation set .*missing folder images.*pass verify_input=DIR"):
+    with pytest.raises(ExportError, match="(?s)cannot open the checkpoint.s validation set .*missing folder images"
+                                          ".*pass verify_input=DIR"):
         validation_images(bundle, 2)

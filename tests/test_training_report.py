@@ -51,4 +51,5 @@ def test_report_tool_remakes_it_and_refuses_a_folder_without_metrics(tmp_path):
     assert "tensorboard=false" in (run / "report.html").read_text()
     missing = subprocess.run([sys.executable, str(ROOT / "tools" / "report.py"), str(tmp_path / "nothing")],
                              capture_output=True, text=True, env=env, timeout=120)
-    assert missing.returncode == 2 and missing.stderr.startswith("error: ") and "metrics.json not found" in missing.stderr
+    assert missing.returncode == 2 and missing.stderr.startswith("error: ")
+    assert "metrics.json not found" in missing.stderr

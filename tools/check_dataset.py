@@ -8,8 +8,8 @@ Today's checks (unreadable files, size mismatches, out-of-range labels, unpaired
 masks, RGB-coded masks, values outside the classes, classes that never occur in a split, a zero label that looks
 like "unlabelled", each with the fix to pass; per-class pixel and image frequencies of every split and suggested
 class weights. Writes ``dataset_report/report.md`` and ``class_frequency.png`` (``+report_dir=DIR``,
-``+report_dir=null`` for none). ``+splits=[train,val]`` (default: the dataset's train and val splits; ``+split=NAME`` one split),
-``+full=true`` reads every sample instead of ``+sample=64`` drawn with ``seed``.
+``+report_dir=null`` for none). ``+splits=[train,val]`` (default: the dataset's train and val splits;
+``+split=NAME`` one split), ``+full=true`` reads every sample instead of ``+sample=64`` drawn with ``seed``.
 """
 import sys
 from pathlib import Path

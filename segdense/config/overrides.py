@@ -8,8 +8,12 @@ import difflib
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
+from .cli import run_tool
+from .schema import TrainConfig
 from .validate import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -33,8 +37,6 @@ def config_keys(config_name: str, conf_dir: Path = CONF_DIR) -> tuple[set[str], 
             groups |= {k for k in entry if not k.startswith("override ")}
     keys = set(raw) - {"hydra"}
     if config_name == "config":
-        from .schema import TrainConfig
-
         keys |= {f.name for f in dataclasses.fields(TrainConfig)}
     return keys - groups, groups
 
@@ -42,9 +44,6 @@ def config_keys(config_name: str, conf_dir: Path = CONF_DIR) -> tuple[set[str], 
 def check_overrides(config_name: str, argv: Sequence[str], conf_dir: Path = CONF_DIR) -> None:
     """Raise :class:`ConfigError` naming every override in ``argv`` whose top-level key the config does not have
     (flags and ``hydra.`` overrides are Hydra's; a malformed override is left for Hydra to report)."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
     args = [a for a in argv if "=" in a and not a.startswith("-")] + [a for a in argv if a.startswith("~")]
     try:
         overrides = OverridesParser.create().parse_overrides(args)
@@ -64,6 +63,4 @@ def check_overrides(config_name: str, argv: Sequence[str], conf_dir: Path = CONF
 def exit_on_unknown_keys(config_name: str, argv: Sequence[str]) -> None:
     """:func:`check_overrides` behind the tools' error boundary (:func:`segdense.config.cli.run_tool`): one
     ``error:`` line and exit status 2 when a key is unknown."""
-    from .cli import run_tool
-
     run_tool(lambda args: check_overrides(config_name, args), list(argv))

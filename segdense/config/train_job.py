@@ -204,8 +204,9 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world, cfg,
-                                         describe_loss(terms, class_weight, weight_source, train_set.class_names)))
+        loss = describe_loss(terms, class_weight, weight_source, train_set.class_names)
+        logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world,
+                                     cfg, loss))
         logger.info("run directory: %s", run_dir)
     result = trainer.fit()
     if cfg.report and is_main_process() and (run_dir / "metrics.json").is_file():

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
@@ -20,7 +20,7 @@ from segdense.reports.evaluation import write_eval_report, write_per_image_csv
 from segdense.reports.plots import confusion_chart
 
 from .loading import ModelBundle
-from .per_image import PerImageRecorder
+from .per_image import BatchTracker, PerImageRecorder
 from .tta import describe_infer
 from .writers import check_writable_dir, write_json, write_label_png, write_png
 
@@ -68,8 +68,8 @@ class PredictionSaver:
         self._sizes: torch.Tensor | None = None
         self._next_index = 0
 
-    def wrap(self, loader) -> "_TrackedLoader":
-        return _TrackedLoader(loader, self)
+    def wrap(self, loader) -> BatchTracker:
+        return BatchTracker(loader, lambda batch: setattr(self, "_sizes", batch[2]))
 
     def name(self, index: int) -> str:
         image = self.dataset.describe(index)[0] if hasattr(self.dataset, "describe") else ""
@@ -87,19 +87,6 @@ class PredictionSaver:
             write_label_png(self.directory / "labels" / f"{name}.png", raw)
         self._next_index += len(predictions)
         return logits
-
-
-class _TrackedLoader:
-    def __init__(self, loader, saver: PredictionSaver):
-        self.loader, self.saver = loader, saver
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        for batch in self.loader:
-            self.saver._sizes = batch[2]
-            yield batch
 
 
 def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.device,

@@ -65,8 +65,8 @@ class PerImageRecorder:
         self._heap: list[tuple[float, int, GalleryItem]] = []  # (-mIoU, -index, item): the worst stay
         self._batch = None
 
-    def wrap(self, loader) -> "_BatchTracker":
-        return _BatchTracker(loader, self)
+    def wrap(self, loader) -> "BatchTracker":
+        return BatchTracker(loader, lambda batch: setattr(self, "_batch", batch))
 
     def name(self, index: int) -> str:
         return str(self.dataset.describe(index)[0]) if hasattr(self.dataset, "describe") else f"{index:06d}"
@@ -104,14 +104,17 @@ class PerImageRecorder:
         return [item for _, _, item in sorted(self._heap, key=lambda e: (-e[0], -e[1]))]
 
 
-class _BatchTracker:
-    def __init__(self, loader, recorder: PerImageRecorder):
-        self.loader, self.recorder = loader, recorder
+class BatchTracker:
+    """A loader that hands every batch to ``on_batch`` before yielding it: lets an ``infer`` wrapper see the masks
+    and sizes of the images it is given."""
+
+    def __init__(self, loader, on_batch: Callable):
+        self.loader, self.on_batch = loader, on_batch
 
     def __len__(self) -> int:
         return len(self.loader)
 
     def __iter__(self) -> Iterator:
         for batch in self.loader:
-            self.recorder._batch = batch
+            self.on_batch(batch)
             yield batch

@@ -41,8 +41,8 @@ def write_dataset_report(directory: str | os.PathLike, dataset_name: str, splits
         lines += [f"- **{f.severity}** ({f.split}, {f.kind}): {f.message}", f"  - fix: `{f.fix}`"
                   if f.fix.startswith("dataset.") else f"  - fix: {f.fix}"]
     lines += ["", "## Checks", ""] + ([f"- {c}" for c in checks] or ["All files readable and paired."])
-    lines += ["", "## Class frequencies", "", format_frequencies(splits, markdown=True), "", f"![class frequencies]({CHART})",
-              "", "## Suggested class weights", ""]
+    lines += ["", "## Class frequencies", "", format_frequencies(splits, markdown=True), "",
+              f"![class frequencies]({CHART})", "", "## Suggested class weights", ""]
     if class_weight is None:
         lines.append("No labelled pixels were read: no suggestion.")
     else:

@@ -10,14 +10,13 @@ from typing import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
+
+from segdense.inference.writers import write_png
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
     """Render on the Agg canvas and write an RGB PNG atomically."""
-    from PIL import Image
-
-    from segdense.inference.writers import write_png
-
     canvas = FigureCanvasAgg(fig)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from segdense.inference.writers import write_png
 
@@ -26,7 +27,6 @@ def read_events(run_dir: Path) -> tuple[dict[str, tuple[list[int], list[float]]]
     folder = run_dir / "tensorboard"
     if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
         return {}, {}
-    from PIL import Image
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(folder), size_guidance={"scalars": 0, "images": 0})
