@@ -109,3 +109,17 @@ def test_report_without_an_output_directory_is_refused():
     with pytest.raises(ValueError, match="report=true needs an output directory"):
         evaluate_model(oracle_bundle(NUM_CLASSES), corrupted_dataset(), whole_logits, torch.device("cpu"),
                        report=True)
+
+
+def test_confusion_chart_grows_with_the_classes_so_25_stay_readable(tmp_path):
+    from PIL import Image
+
+    from segdense.reports.plots import confusion_chart
+
+    sizes = {}
+    for n in (5, 25):
+        confusion = np.eye(n) * 90 + 1
+        confusion_chart(confusion, [f"a_long_class_name_{i}" for i in range(n)], tmp_path / f"{n}.png")
+        sizes[n] = Image.open(tmp_path / f"{n}.png").size
+    # at least ~30 pixels per class along each axis at 25 classes (the 5-class figure has a minimum size)
+    assert min(sizes[25]) >= 25 * 30 and sizes[25][0] > 1.5 * sizes[5][0]
