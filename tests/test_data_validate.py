@@ -98,16 +98,19 @@ def test_check_tool_exits_nonzero_and_names_faults(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert f"{splits['train'][0]}.jpg: cannot be decoded" in result.stdout and "label values [21, 99]" in result.stdout
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit"]  # no Hydra output folder left behind
+    # no Hydra output folder left behind: only the report
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "dataset_report"]
 
 
 def test_check_tool_passes_a_clean_split(tmp_path, capsys):
     make_voc(tmp_path)
-    assert load_tool().check(composed("dataset=voc", f"dataset.root={tmp_path}", "+split=val")) == 0
+    assert load_tool().check_job(composed("dataset=voc", f"dataset.root={tmp_path}", "+split=val",
+                                          f"+report_dir={tmp_path / 'report'}")) == 0
     out = capsys.readouterr().out
     assert "checked 2 of 2 samples: OK" in out and "background" in out
 
 
 def test_check_tool_shows_layout_for_a_missing_root(tmp_path, capsys):
-    assert load_tool().check(composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}")) == 2
+    cfg = composed("dataset=voc", f"dataset.root={tmp_path / 'nothing'}", "+report_dir=null")
+    assert load_tool().check_job(cfg) == 2
     assert "Expected layout" in capsys.readouterr().err

@@ -27,6 +27,7 @@ TINY = [
     "num_workers=0",
     "validate_data=off",
     "tensorboard=false",
+    "report=false",
 ]
 
 

@@ -1,49 +1,37 @@
-"""Check a dataset before training: unreadable files, size mismatches, out-of-range labels, unpaired files,
-and the pixel frequency of every class. Exits 1 when it finds errors, 2 when the dataset cannot be opened.
+"""Check a dataset before training, and diagnose its masks. Exits 1 when it finds problems, 2 when the dataset
+cannot be opened.
 
     python tools/check_dataset.py dataset=voc dataset.root=/data/VOCdevkit
-    python tools/check_dataset.py dataset=cityscapes dataset.root=/data/cityscapes +split=val +full=true
+    python tools/check_dataset.py dataset=folder dataset.root=data/mine dataset.class_names=[bg,cat] +full=true
 
-``+split`` (default: the dataset's train split), ``+full=true`` checks every sample instead of ``+sample=64``
-drawn with ``seed``.
+Today's checks (unreadable files, size mismatches, out-of-range labels, unpaired files) and the doctor: 0/255 binary
+masks, RGB-coded masks, values outside the classes, classes that never occur in a split, a zero label that looks
+like "unlabelled", each with the fix to pass; per-class pixel and image frequencies of every split and suggested
+class weights. Writes ``dataset_report/report.md`` and ``class_frequency.png`` (``+report_dir=DIR``,
+``+report_dir=null`` for none). ``+splits=[train,val]`` (default: the dataset's train and val splits;
+``+split=NAME`` one split), ``+full=true`` reads every sample instead of ``+sample=64`` drawn with ``seed``.
 """
 import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from segdense.config.check_job import check_job  # noqa: E402
 from segdense.config.schema import register_schema  # noqa: E402
-from segdense.data import build_dataset, validate_dataset  # noqa: E402
 
 register_schema()
 
 
-def check(cfg: DictConfig) -> int:
-    """Build the configured dataset split, validate it, print the report; the exit status."""
-    spec = OmegaConf.to_container(cfg.dataset, resolve=True)
-    split = cfg.get("split") or spec["train_split"]
-    sample = None if cfg.get("full", False) else int(cfg.get("sample", 64))
-    try:
-        dataset = build_dataset(split=split, **spec)
-    except (FileNotFoundError, ValueError, TypeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"{spec['name']} split {split!r}: {dataset!r}")
-    report = validate_dataset(dataset, sample=sample, seed=int(cfg.get("seed", 0)))
-    print(report.format())
-    return 0 if report.ok else 1
-
-
 @hydra.main(config_path="../conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    sys.exit(check(cfg))
+    sys.exit(check_job(cfg))
 
 
 if __name__ == "__main__":
-    # A check writes nothing: no Hydra output folder or log files.
+    # No Hydra output folder or log files: the report is the only output.
     for override in ("hydra.run.dir=.", "hydra.output_subdir=null", "hydra/job_logging=none",
                      "hydra/hydra_logging=none"):
         if not any(arg.startswith(override.split("=")[0] + "=") for arg in sys.argv[1:]):

@@ -21,4 +21,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    from segdense.config.overrides import exit_on_unknown_keys
+
+    exit_on_unknown_keys("eval", sys.argv[1:])
     main()

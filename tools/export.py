@@ -20,4 +20,7 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from segdense.config.overrides import exit_on_unknown_keys
+
+    exit_on_unknown_keys("export", sys.argv[1:])
     main()

@@ -71,7 +71,10 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         bundle, dataset, infer, device, amp_dtype=resolve_amp(cfg.amp, device), batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, output_dir=output_dir, save_predictions=cfg.save_predictions,
         dataset_name=name, progress=cfg.progress, channels_last=device.type == "cuda",
+        report=bool(cfg.get("report", False)), report_images=int(cfg.get("report_images", 8)),
     )
     print(format_metrics_table(result))
     print(f"metrics: {Path(output_dir) / 'metrics.json'}")
+    if "report" in result:
+        print(f"report: {result['report']} (per image: {Path(output_dir) / 'per_image.csv'})")
     return result

@@ -40,6 +40,7 @@ class TrainConfig:
     val_batch_size: int = 4
     validate_data: str = "quick"
     tensorboard: bool = True
+    report: bool = True
 
 
 def register_schema() -> None:

@@ -85,7 +85,38 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     return path
 
 
-def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world: int, cfg: DictConfig) -> str:
+def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
+    """``loss.class_weight`` as numbers, and how they were chosen: None, a list (checked against the number of
+    classes), or ``auto``: clipped median-frequency weights from every mask of the training split."""
+    from segdense.data.statistics import class_statistics
+
+    if spec is None:
+        return None, ""
+    if spec == "auto":
+        stats = class_statistics(train_set)
+        missing = stats.missing_classes()
+        if missing:
+            logger.warning("class_weight=auto: classes %s never occur in the training split; they get weight 1",
+                           missing)
+        return stats.class_weights(), f"auto: median frequency over {stats.num_images} training masks"
+    weights = [float(w) for w in spec]
+    if len(weights) != train_set.num_classes:
+        raise ConfigError(f"loss.class_weight has {len(weights)} numbers but the dataset has "
+                          f"{train_set.num_classes} classes ({', '.join(train_set.class_names)})")
+    return weights, "given"
+
+
+def describe_loss(terms, class_weight: list[float] | None, how: str, class_names) -> str:
+    """The loss line of the summary: the terms with their weights, and the class weights per class name."""
+    text = " + ".join(f"{t.get('weight', 1.0):g}*{t['name']}" for t in terms)
+    if class_weight is not None:
+        text += f"; class weights ({how}): " + ", ".join(
+            f"{name} {w:.3g}" for name, w in zip(class_names, class_weight))
+    return text
+
+
+def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world: int, cfg: DictConfig,
+            loss: str = "") -> str:
     params = sum(p.numel() for p in model.parameters())
     mc = model.model_config
     classes = ", ".join(train_set.class_names)
@@ -105,6 +136,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"{train_set.num_classes} classes ({classes})",
         f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}, {cfg.scheduler.name}",
+        *([f"  loss      {loss}"] if loss else []),
         f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
     ])
 
@@ -147,10 +179,12 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         # all-reduce their own statistics, so their layers train on the global batch.
         sync_dense_layer_norms(model)
         logger.info("memory-efficient dense blocks: BatchNorm statistics synced across %d processes", world)
-    criterion = build_criterion(
-        OmegaConf.to_container(cfg.loss.terms, resolve=True), aux_weight=cfg.loss.aux_weight,
-        num_classes=train_set.num_classes,
-    )
+    terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
+    class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)
+    criterion = build_criterion(terms, aux_weight=cfg.loss.aux_weight, num_classes=train_set.num_classes,
+                                class_weight=class_weight)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
     opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
     name = opt.pop("name")
     groups = param_groups(
@@ -170,16 +204,26 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         compile=cfg.compile, seed=cfg.seed, val_interval=cfg.val_interval,
         checkpoint_interval=cfg.checkpoint_interval, log_interval=cfg.log_interval, num_workers=cfg.num_workers,
         dataset_info={"name": cfg.dataset.name, "config": OmegaConf.to_container(cfg.dataset, resolve=True)},
-        config=OmegaConf.to_container(cfg, resolve=True), tensorboard=cfg.tensorboard, hooks=hooks,
+        config=config, tensorboard=cfg.tensorboard, hooks=hooks,
     )
     if resume_path is not None:
         trainer.resume_from(resume_path)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-        logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world, cfg))
+        loss = describe_loss(terms, class_weight, weight_source, train_set.class_names)
+        logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world,
+                                     cfg, loss))
         logger.info("run directory: %s", run_dir)
     result = trainer.fit()
+    if cfg.report and is_main_process() and (run_dir / "metrics.json").is_file():
+        from segdense.reports.training import write_training_report
+
+        try:
+            logger.info("report: %s", write_training_report(run_dir))
+        except Exception as exc:  # the run itself succeeded: say so, and how to retry the report
+            logger.warning("could not write the training report (%s: %s); retry with python tools/report.py %s",
+                           type(exc).__name__, exc, run_dir)
     if is_main_process() and result:
         logger.info(
             "done: mIoU %.2f (best %.2f at iteration %d); checkpoints in %s",

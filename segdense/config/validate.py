@@ -58,16 +58,14 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
 
 def _check_top_level(cfg, errors: list[str]) -> None:
     import dataclasses
-    import difflib
 
+    from .overrides import unknown_key_message
     from .schema import TrainConfig
 
     known = [f.name for f in dataclasses.fields(TrainConfig)]
     for key in cfg:
         if key not in known and key != "hydra":
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            errors.append(f"unknown key {key!r}{hint}; see conf/config.yaml for the valid keys")
+            errors.append(unknown_key_message(key, known, "conf/config.yaml"))
     for key in ("iterations", "batch_size", "val_batch_size", "val_interval", "checkpoint_interval", "log_interval"):
         if cfg[key] < (1 if key in ("iterations", "batch_size", "val_batch_size", "log_interval") else 0):
             errors.append(f"{key} must be positive, got {cfg[key]}")
@@ -156,9 +154,14 @@ def _check_loss(block: dict, errors: list[str]) -> None:
         name = term.get("name") if isinstance(term, Mapping) else None
         if name not in list_losses():
             errors.append(f"loss.terms[{i}]: " + unknown_name_message("loss", name, list_losses()))
-    extra = set(block) - {"terms", "aux_weight"}
+    extra = set(block) - {"terms", "aux_weight", "class_weight"}
     if extra:
-        errors.append(f"loss has unknown keys {sorted(extra)}; valid keys: aux_weight, terms")
+        errors.append(f"loss has unknown keys {sorted(extra)}; valid keys: aux_weight, class_weight, terms")
+    weights = block.get("class_weight")
+    if weights is not None and weights != "auto" and (
+            isinstance(weights, str) or not all(isinstance(w, (int, float)) and w >= 0 for w in weights)):
+        errors.append(f"loss.class_weight must be null, auto, or a list of one non-negative number per class; "
+                      f"got {weights!r}")
 
 
 def _check_optimizer(block: dict, errors: list[str]) -> None:

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .base import SegmentationDataset, Transform, layout_error, read_split_list
-from .io import IMAGE_EXTENSIONS, read_mask
+from .io import IGNORE_INDEX, IMAGE_EXTENSIONS, read_mask
 from .voc import voc_palette
 
 LAYOUT = """\
@@ -37,12 +37,17 @@ class FolderDataset(SegmentationDataset):
         class_names: names of the classes, index order.
         palette: colours to draw the classes with (default: the VOC colour map).
         mask_colors: for RGB-coded masks, the RGB colour of every class in index order; other colours are ignored.
+            ``[[0,0,0],[255,255,255]]`` also reads 0/255 binary masks as classes 0 and 1.
+        reduce_zero_label: masks number the classes from 1 and use 0 for "unlabelled" (ADE20K's convention):
+            0 becomes 255 (ignored) and every other value v becomes v - 1.
     """
 
     def __init__(self, root: str | Path, class_names: Sequence[str], split: str = "all",
                  palette: Sequence[Sequence[int]] | None = None, mask_colors: Sequence[Sequence[int]] | None = None,
-                 image_dir: str = "images", mask_dir: str = "masks", transform: Transform | None = None):
+                 image_dir: str = "images", mask_dir: str = "masks", reduce_zero_label: bool = False,
+                 transform: Transform | None = None):
         super().__init__(transform)
+        self.reduce_zero_label = bool(reduce_zero_label)
         self.root, self.split = Path(root), split
         if not class_names:
             raise ValueError("FolderDataset needs class_names (the name of every class, in index order)")
@@ -80,4 +85,7 @@ class FolderDataset(SegmentationDataset):
             raise layout_error("folder dataset", root, f"no images found in {folders[0]}", LAYOUT)
 
     def load_mask(self, index: int) -> np.ndarray:
-        return read_mask(self.files[index][1], colors=self.mask_colors)
+        mask = read_mask(self.files[index][1], colors=self.mask_colors)
+        if self.reduce_zero_label:
+            mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)
+        return mask

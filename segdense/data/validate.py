@@ -7,6 +7,7 @@ import numpy as np
 
 from .base import SegmentationDataset
 from .io import IGNORE_INDEX, DatasetFileError
+from .statistics import ClassStatistics
 
 
 @dataclass
@@ -45,6 +46,13 @@ class DatasetReport:
         return "\n".join(lines)
 
 
+def sample_indices(count: int, sample: int | None, seed: int = 0) -> np.ndarray:
+    """Sorted indices of ``sample`` samples out of ``count`` drawn with ``seed`` (all of them for None)."""
+    if sample is None or sample >= count:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, size=int(sample), replace=False))
+
+
 def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = None, sample: int | None = 64,
                      seed: int = 0) -> DatasetReport:
     """Check a dataset's raw samples (``sample`` of them drawn at random with ``seed``, or all with ``None``).
@@ -56,11 +64,9 @@ def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = Non
     names = list(dataset.class_names)[:num_classes]
     names += [f"class{i}" for i in range(len(names), num_classes)]
     count = len(dataset)
-    if sample is None or sample >= count:
-        indices = np.arange(count)
-    else:
-        indices = np.sort(np.random.default_rng(seed).choice(count, size=int(sample), replace=False))
+    indices = sample_indices(count, sample, seed)
     report = DatasetReport(count, len(indices), names, np.zeros(num_classes, dtype=np.int64))
+    stats = ClassStatistics.empty(names)
     for path, problem in getattr(dataset, "unpaired", []):
         report.errors.append(f"{path}: {problem}")
     for index in indices:
@@ -79,13 +85,10 @@ def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = Non
         if image is not None and image.shape[:2] != mask.shape[:2]:
             report.errors.append(f"{image_ref} is {image.shape[0]}x{image.shape[1]} but its mask {mask_ref} is "
                                  f"{mask.shape[0]}x{mask.shape[1]} (height x width)")
-        values, counts = np.unique(mask, return_counts=True)
+        values = np.unique(mask)
         bad = [int(v) for v in values if not (0 <= v < num_classes or v == IGNORE_INDEX)]
         if bad:
             report.errors.append(f"{mask_ref}: label values {bad} outside [0, {num_classes}) and {IGNORE_INDEX}")
-        for value, n in zip(values, counts):
-            if 0 <= value < num_classes:
-                report.class_pixels[int(value)] += int(n)
-            elif value == IGNORE_INDEX:
-                report.ignored_pixels += int(n)
+        stats.add(mask)
+    report.class_pixels, report.ignored_pixels = stats.pixels, stats.ignored_pixels
     return report

@@ -316,7 +316,8 @@ class Trainer:
             self.model, loader, metrics, self.device, self.amp_dtype, self.channels_last,
             on_first_batch=keep_first if self.writer is not None else None,
         )
-        entry = {"iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"]}
+        entry = {"iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
+                 "IoU": [c["IoU"] for c in result["per_class"]]}  # per class, for the training report
         self.history.append(entry)
         if self.is_main:
             logger.info("validation at iteration %d\n%s", self.iteration, format_metrics_table(result))

@@ -2,11 +2,11 @@
 model description), each verified against PyTorch where a runtime exists. ONNX needs the ``export`` extra
 (``pip install -e ".[export]"``: onnx, onnxruntime)."""
 from .formats import (
-    FORMATS, ExportError, export_model, export_onnx, export_torchscript, save_safetensors, verify_onnx,
+    DTYPES, FORMATS, ExportError, export_model, export_onnx, export_torchscript, save_safetensors, verify_onnx,
     verify_torchscript,
 )
 
 __all__ = [
-    "FORMATS", "ExportError", "export_model", "export_onnx", "export_torchscript", "save_safetensors",
+    "DTYPES", "FORMATS", "ExportError", "export_model", "export_onnx", "export_torchscript", "save_safetensors",
     "verify_onnx", "verify_torchscript",
 ]

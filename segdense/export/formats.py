@@ -7,6 +7,7 @@ two different sizes.
 """
 from __future__ import annotations
 
+import copy
 import json
 import os
 import warnings
@@ -20,6 +21,7 @@ from segdense.inference.loading import METADATA_KEY, ModelBundle
 from segdense.inference.writers import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "safetensors")
+DTYPES = ("fp32", "fp16")  # fp16: ONNX only, weights, input and output in float16
 
 
 class ExportError(RuntimeError):
@@ -50,20 +52,25 @@ def _tmp_for(path: Path) -> Path:
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: Sequence[int] = (64, 64),
-                opset: int = 17) -> Path:
-    """Write ``model`` as ONNX with dynamic batch, height and width (TorchScript-based exporter)."""
+                opset: int = 17, dtype: str = "fp32") -> Path:
+    """Write ``model`` as ONNX with dynamic batch, height and width (TorchScript-based exporter); ``dtype="fp16"``
+    writes a float16 graph (float16 weights, input and output), ``model`` itself stays as it is."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
         raise ExportError('format=onnx needs the onnx package: pip install -e ".[export]"') from None
     path = Path(path)
-    wrapped = LogitsOnly(model).eval()
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    half = dtype == "fp16"
+    wrapped = LogitsOnly(copy.deepcopy(model).half() if half else model).eval()
+    example = _example(model, example_size, batch=2)
     tmp = _tmp_for(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches (checked below)
             torch.onnx.export(
-                wrapped, (_example(model, example_size, batch=2),), str(tmp), input_names=["images"],
+                wrapped, (example.half() if half else example,), str(tmp), input_names=["images"],
                 output_names=["logits"], opset_version=opset, dynamo=False,
                 dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                               "logits": {0: "batch", 2: "height", 3: "width"}},
@@ -108,9 +115,17 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[Seque
     results = []
     for i, size in enumerate(sizes):
         x = _example(model, size, batch=2 if i % 2 == 0 else 1, seed=i + 1)
-        got = torch.from_numpy(session.run(None, {"images": x.numpy()})[0])
+        got = onnx_run(session, x)
         results.append(_compare(_reference(model, x), got, size, x.shape[0]))
     return results
+
+
+def onnx_run(session, x: torch.Tensor) -> torch.Tensor:
+    """Logits of an onnxruntime ``session`` for ``x``, cast to the graph's input type (float16 graphs) and back to
+    float32."""
+    half = session.get_inputs()[0].type == "tensor(float16)"
+    out = session.run(None, {"images": (x.half() if half else x.float()).numpy()})[0]
+    return torch.from_numpy(out).float()
 
 
 def verify_torchscript(model: nn.Module, path: str | os.PathLike, sizes: Sequence[Sequence[int]]) -> list[dict]:
@@ -147,11 +162,17 @@ def save_safetensors(bundle: ModelBundle, path: str | os.PathLike) -> Path:
 
 def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
                  sizes: Sequence[Sequence[int]] = ((64, 64), (77, 93)), opset: int = 17,
-                 verify: bool = True, tolerance: float = 1e-4) -> list[dict]:
+                 verify: bool = True, tolerance: float = 1e-4, dtype: str = "fp32") -> list[dict]:
     """Export ``bundle.model`` as ``format`` to ``output``; with ``verify`` run it back and raise ExportError when
-    the maximum absolute difference to PyTorch exceeds ``tolerance``. Returns the comparisons made."""
+    the maximum absolute difference to PyTorch exceeds ``tolerance``. Returns the comparisons made.
+
+    ``dtype="fp16"`` (ONNX only) is checked for dynamic sizes here, but its logits differ from fp32 by design:
+    judge it by :func:`segdense.export.parity.check_parity_on_images` (argmax agreement on real images)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
+    if dtype not in DTYPES or (dtype != "fp32" and format != "onnx"):
+        raise ValueError(f"dtype={dtype} is not available for format={format}: fp16 is an ONNX export option; "
+                         f"valid dtypes: {', '.join(DTYPES)}")
     model = bundle.model.cpu().float().eval()
     output = Path(output)
     if format == "safetensors":
@@ -170,13 +191,13 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
             except ImportError:
                 raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
                                   "(or pass verify=false)") from None
-        export_onnx(model, output, sizes[0], opset)
+        export_onnx(model, output, sizes[0], opset, dtype)
         results = verify_onnx(model, output, sizes) if verify else []
     else:
         export_torchscript(model, output, sizes[0])
         results = verify_torchscript(model, output, sizes) if verify else []
     worst = max((r["max_abs_diff"] for r in results), default=0.0)
-    if worst > tolerance:
+    if worst > tolerance and dtype == "fp32":
         output.unlink(missing_ok=True)
         raise ExportError(f"the exported {format} model differs from PyTorch by {worst:.3g} > {tolerance:g} "
                           f"({results}); {output} was removed")

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from .draw import colorize, confusion_image
+from .draw import colorize
+from segdense.reports.evaluation import write_eval_report, write_per_image_csv
+from segdense.reports.plots import confusion_chart
+
 from .loading import ModelBundle
+from .per_image import BatchTracker, PerImageRecorder
 from .tta import describe_infer
 from .writers import check_writable_dir, write_json, write_label_png, write_png
 
 logger = logging.getLogger("segdense.eval")
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class DatasetMismatchError(ValueError):
@@ -63,8 +68,8 @@ class PredictionSaver:
         self._sizes: torch.Tensor | None = None
         self._next_index = 0
 
-    def wrap(self, loader) -> "_TrackedLoader":
-        return _TrackedLoader(loader, self)
+    def wrap(self, loader) -> BatchTracker:
+        return BatchTracker(loader, lambda batch: setattr(self, "_sizes", batch[2]))
 
     def name(self, index: int) -> str:
         image = self.dataset.describe(index)[0] if hasattr(self.dataset, "describe") else ""
@@ -84,31 +89,22 @@ class PredictionSaver:
         return logits
 
 
-class _TrackedLoader:
-    def __init__(self, loader, saver: PredictionSaver):
-        self.loader, self.saver = loader, saver
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def __iter__(self) -> Iterator:
-        for batch in self.loader:
-            self.saver._sizes = batch[2]
-            yield batch
-
-
 def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.device,
                    amp_dtype: torch.dtype | None = None, batch_size: int = 4, num_workers: int = 0,
                    output_dir: str | Path | None = None, save_predictions: str | Path | None = None,
-                   dataset_name: str = "", progress: bool = True, channels_last: bool = False) -> dict:
+                   dataset_name: str = "", progress: bool = True, channels_last: bool = False,
+                   report: bool = False, report_images: int = 8) -> dict:
     """Metrics of ``bundle.model`` on ``dataset`` (``mIoU``, ``mAcc``, ``aAcc``, ``per_class``, ``confusion``).
     With ``output_dir``: ``metrics.json`` and ``confusion.png`` there. With ``save_predictions``: coloured and raw
-    label PNGs (labelIds for Cityscapes)."""
+    label PNGs (labelIds for Cityscapes). With ``report`` (needs ``output_dir``): ``per_image.csv`` and
+    ``report/index.html`` with the ``report_images`` worst images (:mod:`segdense.reports.evaluation`)."""
     from segdense.data import build_dataloader
     from segdense.engine import evaluate
     from segdense.metrics import SegmentationMetrics
 
     check_dataset_classes(bundle, dataset, dataset_name)
+    if report and output_dir is None:
+        raise ValueError("report=true needs an output directory (output_dir=DIR)")
     if output_dir is not None:
         check_writable_dir(output_dir)
     if save_predictions is not None:
@@ -119,6 +115,12 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
         table = cityscapes_train_to_label_ids() if dataset_name == "cityscapes" else None
         saver = PredictionSaver(infer, dataset, Path(save_predictions), bundle.palette, table)
         loader, infer = saver.wrap(loader), saver
+    description = describe_infer(infer)
+    recorder = None
+    if report:
+        recorder = PerImageRecorder(infer, dataset, bundle.num_classes, keep=report_images,
+                                    **normalisation(bundle.eval_pipeline))
+        loader, infer = recorder.wrap(loader), recorder
     metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
     result = evaluate(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
                       infer=infer, progress=progress)
@@ -126,7 +128,21 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
         output_dir = Path(output_dir)
         write_json(output_dir / "metrics.json", {
             "checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
-            "infer": describe_infer(infer.infer if isinstance(infer, PredictionSaver) else infer), **result,
+            "infer": description, **result,
         })
-        write_png(output_dir / "confusion.png", confusion_image(result["confusion"], bundle.class_names))
+        confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
+    if recorder is not None:
+        write_per_image_csv(output_dir / "per_image.csv", recorder.scores, bundle.class_names)
+        info = {"checkpoint": bundle.source, "dataset": dataset_name or "-", "images": len(dataset),
+                "inference": description}
+        result["report"] = str(write_eval_report(output_dir / "report", result, recorder.scores, recorder.worst(),
+                                                 bundle.class_names, bundle.palette, info))
     return result
+
+
+def normalisation(pipeline) -> dict:
+    """``mean`` and ``std`` of the pipeline's Normalize step (ImageNet's when it has none), to show images."""
+    for step in pipeline or []:
+        if step.get("type") == "Normalize":
+            return {"mean": tuple(step.get("mean", IMAGENET_MEAN)), "std": tuple(step.get("std", IMAGENET_STD))}
+    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}

@@ -22,6 +22,11 @@ def list_losses() -> list[str]:
     return _LOSSES.names()
 
 
+def class_weight_arg(name: str) -> str | None:
+    """The argument through which the loss registered as ``name`` takes per-class weights, or None."""
+    return getattr(_LOSSES.builder(name), "class_weight_arg", None)
+
+
 def build_loss(name: str, ignore_index: int = 255, num_classes: int | None = None, **kwargs) -> nn.Module:
     """Build the loss registered as ``name``."""
     return _LOSSES.builder(name)(ignore_index=ignore_index, num_classes=num_classes, **kwargs)
@@ -60,7 +65,12 @@ def zero_loss(logits: torch.Tensor) -> torch.Tensor:
 
 
 class SegLoss(nn.Module, abc.ABC):
-    """Base class: ``forward(logits, target)`` checks the inputs, then calls ``compute``."""
+    """Base class: ``forward(logits, target)`` checks the inputs, then calls ``compute``.
+
+    ``class_weight_arg`` names the constructor argument that takes per-class weights (None: the loss takes
+    none), so ``loss.class_weight`` reaches every term that supports it."""
+
+    class_weight_arg: str | None = None
 
     def __init__(self, ignore_index: int = 255, num_classes: int | None = None):
         super().__init__()

@@ -6,7 +6,7 @@ from typing import Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from .base import build_loss, check_inputs
+from .base import build_loss, check_inputs, class_weight_arg, list_losses
 
 
 class Criterion(nn.Module):
@@ -62,11 +62,15 @@ def build_criterion(
     aux_weight: float = 0.4,
     ignore_index: int = 255,
     num_classes: int | None = None,
+    class_weight: Sequence[float] | None = None,
 ) -> Criterion:
     """Build the criterion from a list of terms such as
     ``[{"name": "cross_entropy", "weight": 1.0}, {"name": "dice", "weight": 0.5, "smooth": 1.0}]``
     (every key besides ``name`` and ``weight`` goes to the loss). Default: cross-entropy alone.
-    A name used twice is logged as ``name``, ``name_2``, ..."""
+    A name used twice is logged as ``name``, ``name_2``, ...
+
+    ``class_weight`` (one number per class) goes to every term, through the argument each loss takes it by
+    (``weight``, or ``alpha`` for focal); a term that takes no class weights is an error."""
     if terms is None:
         terms = [{"name": "cross_entropy", "weight": 1.0}]
     if not terms:
@@ -80,6 +84,16 @@ def build_criterion(
         kwargs = dict(term)
         name = kwargs.pop("name")
         weight = float(kwargs.pop("weight", 1.0))
+        if class_weight is not None:
+            arg = class_weight_arg(name)
+            if arg is None:
+                takers = [n for n in list_losses() if class_weight_arg(n)]
+                raise ValueError(f"loss {name!r} takes no class weights; loss.class_weight works with "
+                                 f"{', '.join(takers)}")
+            if arg in kwargs:
+                raise ValueError(f"loss term {i} ({name}) sets {arg} and loss.class_weight is given too; "
+                                 "give the class weights once")
+            kwargs[arg] = list(class_weight)
         loss = build_loss(name, ignore_index=ignore_index, num_classes=num_classes, **kwargs)
         seen[name] = seen.get(name, 0) + 1
         built.append((name if seen[name] == 1 else f"{name}_{seen[name]}", weight, loss))

@@ -1,30 +1,19 @@
 """Per-pixel losses: cross-entropy, OHEM cross-entropy, focal."""
 from __future__ import annotations
 
-from typing import Sequence
-
 import torch
 import torch.nn.functional as F
 
 from .base import SegLoss, register_loss, zero_loss
-
-
-def _class_weight(weight: Sequence[float] | None, num_classes: int | None):
-    if weight is None:
-        return None
-    w = torch.as_tensor(list(weight), dtype=torch.float32)
-    if w.dim() != 1 or (num_classes is not None and w.numel() != num_classes) or bool((w < 0).any()):
-        raise ValueError(
-            f"class weight must be one non-negative number per class"
-            f"{f' ({num_classes})' if num_classes is not None else ''}, got {list(weight)}"
-        )
-    return w
+from .class_weights import class_weight_tensor
 
 
 class _Weighted(SegLoss):
+    class_weight_arg = "weight"
+
     def __init__(self, ignore_index: int = 255, num_classes: int | None = None, weight=None):
         super().__init__(ignore_index, num_classes)
-        w = _class_weight(weight, num_classes)
+        w = class_weight_tensor(weight, num_classes)
         self.register_buffer("weight", w, persistent=False)
 
     def _weight_for(self, logits: torch.Tensor):
@@ -94,6 +83,8 @@ class OhemCrossEntropyLoss(_Weighted):
 class FocalLoss(_Weighted):
     """Multiclass focal loss (Lin et al. 2017): ``-alpha_t (1 - p_t)^gamma log p_t``, averaged over
     the non-ignored pixels. ``alpha`` is an optional per-class weight list."""
+
+    class_weight_arg = "alpha"
 
     def __init__(self, ignore_index: int = 255, num_classes: int | None = None, gamma: float = 2.0, alpha=None):
         super().__init__(ignore_index, num_classes, alpha)

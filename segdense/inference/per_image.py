@@ -1,0 +1,120 @@
+"""Per-image scores during evaluation (pixel accuracy and per-class IoU of every image) and the K worst images
+kept for a gallery. Wraps the evaluation's loader and ``infer`` callable, as :class:`PredictionSaver` does."""
+from __future__ import annotations
+
+import heapq
+import math
+from dataclasses import dataclass
+from typing import Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class ImageScore:
+    """One image's scores: ``iou`` per class (NaN where the class is in neither label nor prediction)."""
+
+    index: int
+    name: str
+    pixels: int  # labelled pixels
+    pixel_acc: float
+    iou: list[float]
+
+    @property
+    def miou(self) -> float:
+        valid = [v for v in self.iou if not math.isnan(v)]
+        return sum(valid) / len(valid) if valid else float("nan")
+
+
+@dataclass
+class GalleryItem:
+    """A kept image: RGB uint8 (H, W, 3), label and prediction (H, W) at the label resolution."""
+
+    score: ImageScore
+    image: np.ndarray
+    label: np.ndarray
+    prediction: np.ndarray
+
+
+def image_scores(prediction: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255):
+    """(labelled pixels, pixel accuracy, per-class IoU list) of one (H, W) prediction against its label."""
+    valid = label != ignore_index
+    counts = torch.bincount(label[valid].long() * num_classes + prediction[valid].long(),
+                            minlength=num_classes * num_classes).reshape(num_classes, num_classes).double()
+    tp = counts.diag()
+    union = counts.sum(0) + counts.sum(1) - tp
+    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
+    pixels = int(valid.sum())
+    return pixels, float(tp.sum() / pixels) if pixels else float("nan"), iou.tolist()
+
+
+class PerImageRecorder:
+    """``recorder.wrap(loader)`` and ``recorder`` (in place of ``infer``) give :attr:`scores` for every image and
+    :meth:`worst` (lowest mIoU first) for the ``keep`` worst, with their denormalised image."""
+
+    def __init__(self, infer: Callable, dataset, num_classes: int, keep: int = 8,
+                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+                 ignore_index: int = 255):
+        self.infer, self.dataset, self.num_classes, self.keep = infer, dataset, num_classes, keep
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+        self.ignore_index = ignore_index
+        self.scores: list[ImageScore] = []
+        self._heap: list[tuple[float, int, GalleryItem]] = []  # (-mIoU, -index, item): the worst stay
+        self._batch = None
+
+    def wrap(self, loader) -> "BatchTracker":
+        return BatchTracker(loader, lambda batch: setattr(self, "_batch", batch))
+
+    def name(self, index: int) -> str:
+        return str(self.dataset.describe(index)[0]) if hasattr(self.dataset, "describe") else f"{index:06d}"
+
+    def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        logits = self.infer(model, images)
+        predictions = logits.argmax(1).cpu()
+        masks, sizes = self._batch[1].cpu(), self._batch[2]
+        for i, prediction in enumerate(predictions):
+            h, w = (int(v) for v in sizes[i])
+            index = len(self.scores)
+            label, pred = masks[i, :h, :w], prediction[:h, :w]
+            pixels, acc, iou = image_scores(pred, label, self.num_classes, self.ignore_index)
+            score = ImageScore(index, self.name(index), pixels, acc, iou)
+            self.scores.append(score)
+            self._maybe_keep(score, images[i, :, :h, :w], label, pred)
+        return logits
+
+    def _maybe_keep(self, score: ImageScore, image: torch.Tensor, label, prediction) -> None:
+        if self.keep <= 0:
+            return
+        key = -score.miou if not math.isnan(score.miou) else -2.0  # an image with nothing to score sorts last
+        if len(self._heap) == self.keep and key <= self._heap[0][0]:
+            return
+        rgb = (image.float().cpu() * self.std + self.mean).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0)
+        item = GalleryItem(score, rgb.numpy(), label.numpy().astype(np.uint8), prediction.numpy().astype(np.uint8))
+        entry = (key, -score.index, item)
+        if len(self._heap) < self.keep:
+            heapq.heappush(self._heap, entry)
+        else:
+            heapq.heapreplace(self._heap, entry)
+
+    def worst(self) -> list[GalleryItem]:
+        """The kept images, worst (lowest mIoU) first."""
+        return [item for _, _, item in sorted(self._heap, key=lambda e: (-e[0], -e[1]))]
+
+
+class BatchTracker:
+    """A loader that hands every batch to ``on_batch`` before yielding it: lets an ``infer`` wrapper see the masks
+    and sizes of the images it is given."""
+
+    def __init__(self, loader, on_batch: Callable):
+        self.loader, self.on_batch = loader, on_batch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator:
+        for batch in self.loader:
+            self.on_batch(batch)
+            yield batch
