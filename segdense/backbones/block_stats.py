@@ -54,6 +54,9 @@ def sync_group(norms) -> Optional[object]:
     return group if dist.get_world_size(group) > 1 else None
 
 
+_STATS_EPS = 1e-5  # only to read the variance back from batch_norm_stats' 1/sqrt(var + eps)
+
+
 def stat_dtype(x: torch.Tensor) -> torch.dtype:
     """Statistics are kept in float32 (float64 for float64 activations), as BatchNorm does."""
     return torch.float64 if x.dtype == torch.float64 else torch.float32
@@ -78,7 +81,14 @@ def all_reduce_moments(
 def moments(x: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-channel batch mean and biased variance of ``x`` (N, C, H, W) and the element count
     per channel (a float; a float64 tensor when all-reduced over ``group``)."""
-    var, mean = torch.var_mean(x.to(stat_dtype(x)), dim=(0, 2, 3), unbiased=False)
+    if x.is_cuda:
+        # BatchNorm's own statistics kernel (channels-last aware, float32 accumulation): the generic
+        # var_mean reduction over (N, H, W) of a channels-last tensor took 80 us per dense layer on
+        # an H100 (9 ms of a densenet121 step).
+        mean, invstd = torch.batch_norm_stats(x, _STATS_EPS)
+        var = invstd.pow(-2).sub_(_STATS_EPS).clamp_min_(0)
+    else:
+        var, mean = torch.var_mean(x.to(stat_dtype(x)), dim=(0, 2, 3), unbiased=False)
     count = float(x.numel() // x.shape[1])
     if group is not None:
         # torch.full, not torch.tensor: a host-to-device copy would synchronise with the GPU.
