@@ -157,3 +157,45 @@ def test_cityscapes_predictions_are_saved_as_label_ids_for_the_server(tmp_path):
     evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), save_predictions=tmp_path,
                    dataset_name="cityscapes", progress=False)
     assert np.asarray(Image.open(tmp_path / "labels" / "000000.png")).tolist() == [[7, 26, 33, 23]]
+
+
+FIVE = ["background", "circle", "rectangle", "triangle", "ring"]
+
+
+def test_saved_predictions_keep_the_sub_folders_of_same_named_images(tiny_checkpoint, tmp_path):
+    from segdense.data import FolderDataset
+
+    from data_fixtures import make_folder
+
+    make_folder(tmp_path / "data", ["x/1"], size=(20, 30), num_classes=5)
+    make_folder(tmp_path / "data", ["y/1"], size=(26, 18), num_classes=5, seed=4)
+    dataset = FolderDataset(tmp_path / "data", FIVE)
+    evaluate_model(load_bundle(tiny_checkpoint), dataset, whole_logits, torch.device("cpu"),
+                   save_predictions=tmp_path / "preds", progress=False)
+    for kind in ("labels", "color"):
+        assert Image.open(tmp_path / "preds" / kind / "x" / "1.png").size == (30, 20)
+        assert Image.open(tmp_path / "preds" / kind / "y" / "1.png").size == (18, 26)
+        assert not (tmp_path / "preds" / kind / "1.png").exists()
+
+
+def test_images_without_masks_are_counted_named_and_logged_not_silently_left_out(tiny_checkpoint, tmp_path, caplog):
+    from segdense.data import FolderDataset
+
+    from data_fixtures import make_folder
+
+    root = tmp_path / "data"
+    make_folder(root, ["a", "b", "no_mask", "no_image"], size=(20, 30), num_classes=5)
+    (root / "masks" / "no_mask.png").unlink()
+    (root / "images" / "no_image.png").unlink()
+    dataset = FolderDataset(root, FIVE)
+    with caplog.at_level("WARNING", logger="segdense.eval"):
+        result = evaluate_model(load_bundle(tiny_checkpoint), dataset, whole_logits, torch.device("cpu"),
+                                output_dir=tmp_path / "out", progress=False)
+    assert sum(map(sum, result["confusion"])) <= 2 * 20 * 30  # the two complete pairs were scored
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["num_images"] == 2 and written["num_left_out"] == 2
+    assert {(item["file"], item["problem"]) for item in written["left_out"]} == {
+        (str(root / "images" / "no_mask.png"), "image has no mask"),
+        (str(root / "masks" / "no_image.png"), "mask has no image"),
+    }
+    assert "2 file(s) of dataset" in caplog.text and "no_mask.png" in caplog.text and "no_image.png" in caplog.text

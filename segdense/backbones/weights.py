@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from segdense.errors import CheckpointError, ConfigError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 # torchvision's hosted ImageNet-1k checkpoints (DenseNet*_Weights.IMAGENET1K_V1).
@@ -46,7 +48,7 @@ def _unwrap(obj, path: str) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state_dict of tensors")
+        raise CheckpointError(f"{path} does not hold a state_dict of tensors")
     prefix = "module."
     if obj and all(k.startswith(prefix) for k in obj):  # saved from DataParallel/DDP
         obj = {k[len(prefix):]: v for k, v in obj.items()}
@@ -58,7 +60,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``.safetensors`` file, with old torchvision keys converted."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        raise MissingFileError(f"pretrained weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             try:
@@ -69,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises several kinds (unpickling, zip, weights-only refusals)
-        raise ValueError(f"could not read weights from {path}: {e}") from e
+        raise CheckpointError(f"could not read weights from {path}: {e}") from e
     return convert_old_keys(_unwrap(obj, str(path)))
 
 
@@ -77,7 +79,7 @@ def download_imagenet_weights(arch: str, timeout: float = 30.0) -> Path:
     """Download torchvision's ImageNet checkpoint for ``arch`` into the torch hub cache (or use the
     cached copy) and return its path. Fails with a clear message, never hangs, without network."""
     if arch not in IMAGENET_URLS:
-        raise ValueError(
+        raise ConfigError(
             f"no ImageNet weights for {arch!r}; available for: {', '.join(IMAGENET_URLS)}. "
             "Pass pretrained=PATH to load a checkpoint file instead."
         )
@@ -123,7 +125,7 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     """
     if str(pretrained) == "imagenet":
         if arch is None:
-            raise ValueError("pretrained='imagenet' needs a named DenseNet (densenet121/169/201/161)")
+            raise ConfigError("pretrained='imagenet' needs a named DenseNet (densenet121/169/201/161)")
         path = download_imagenet_weights(arch)
     else:
         path = Path(pretrained)
@@ -157,7 +159,7 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
             if items:
                 shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
                 parts.append(f"{label} keys: {shown}")
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained weights {path} do not fit this model ({type(model).__name__} with "
             f"units {getattr(model, 'num_units_per_block', '?')}): " + "; ".join(parts)
         )

@@ -11,7 +11,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from .validate import ConfigError, validate_config
+from segdense.errors import ConfigError, config_values
+
+from .validate import validate_config
 
 logger = logging.getLogger("segdense.train")
 
@@ -131,28 +133,33 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     resume_path = resolve_resume(cfg.resume, run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
 
-    train_set, val_set = build_datasets(cfg)
+    with config_values("dataset/augmentation"):
+        train_set, val_set = build_datasets(cfg)
     if cfg.validate_data != "off" and is_main_process():
         report = validate_dataset(train_set, sample=None if cfg.validate_data == "full" else 64, seed=cfg.seed)
         if not report.ok:
             raise ConfigError(f"the training data has problems:\n{report.format()}")
 
-    model = build_model(**model_kwargs(cfg, train_set.num_classes))
+    with config_values("backbone/head"):
+        model = build_model(**model_kwargs(cfg, train_set.num_classes))
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    criterion = build_criterion(
-        OmegaConf.to_container(cfg.loss.terms, resolve=True), aux_weight=cfg.loss.aux_weight,
-        num_classes=train_set.num_classes,
-    )
+    with config_values("loss"):
+        criterion = build_criterion(
+            OmegaConf.to_container(cfg.loss.terms, resolve=True), aux_weight=cfg.loss.aux_weight,
+            num_classes=train_set.num_classes,
+        )
     opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
     name = opt.pop("name")
-    groups = param_groups(
-        model, cfg.lr, head_lr_mult=opt.pop("head_lr_mult", 1.0),
-        weight_decay=opt.get("weight_decay", 0.0), no_decay_norm_bias=opt.pop("no_decay_norm_bias", False),
-    )
-    optimizer = build_optimizer(name, groups, cfg.lr, **opt)
+    with config_values("optimizer"):
+        groups = param_groups(
+            model, cfg.lr, head_lr_mult=opt.pop("head_lr_mult", 1.0),
+            weight_decay=opt.get("weight_decay", 0.0), no_decay_norm_bias=opt.pop("no_decay_norm_bias", False),
+        )
+        optimizer = build_optimizer(name, groups, cfg.lr, **opt)
     sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    scheduler = build_scheduler(sched.pop("name"), optimizer, cfg.iterations, **sched)
+    with config_values("scheduler"):
+        scheduler = build_scheduler(sched.pop("name"), optimizer, cfg.iterations, **sched)
 
     trainer = Trainer(
         model, criterion, optimizer, scheduler, train_set, val_set,

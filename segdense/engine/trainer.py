@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdense.backbones.densenet import DenseNet
+from segdense.errors import ConfigError, TrainingDivergedError
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 
 from . import checkpoint as ckpt
@@ -31,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
+        raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
     return dev
 
 
@@ -46,7 +47,7 @@ def resolve_amp(amp: str | bool, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp in ("bf16", "fp16"):
         return torch.bfloat16 if amp == "bf16" else torch.float16
-    raise ValueError(f"amp must be one of auto, off, bf16, fp16; got {amp!r}")
+    raise ConfigError(f"amp must be one of auto, off, bf16, fp16; got {amp!r}")
 
 
 class Trainer:
@@ -169,7 +170,7 @@ class Trainer:
         """Restore model, optimizer, scheduler, scaler, RNG states and the iteration."""
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state["model_config"] != self.model_config:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {path} was trained with model {state['model_config']}, but this run "
                 f"builds {self.model_config}; resume with the same model settings"
             )
@@ -222,7 +223,7 @@ class Trainer:
             if self.scaler.is_enabled():  # fp16: skip the step, as the scaler does for inf grads
                 self.skipped_steps += 1
                 return None
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"the loss became {loss.item()} at iteration {self.iteration + 1}; training stopped "
                 f"(last good checkpoint: {self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}). "
                 "Try a lower lr, grad_clip, or amp=off."

@@ -8,6 +8,7 @@ two different sizes.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -16,13 +17,14 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from segdense.errors import UserError
 from segdense.inference.loading import METADATA_KEY, ModelBundle
 from segdense.inference.writers import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that could not be written or verified."""
 
 
@@ -131,8 +133,21 @@ def _compare(expected: torch.Tensor, got: torch.Tensor, size, batch: int) -> dic
     if tuple(got.shape) != tuple(expected.shape):
         raise ExportError(f"exported model gave shape {tuple(got.shape)} for input size {list(size)}, "
                           f"PyTorch {tuple(expected.shape)}: the export did not keep the sizes dynamic")
+    # torch's max propagates NaN, and inf - inf is NaN: any non-finite output on either side gives NaN here.
     return {"size": [int(s) for s in size], "batch": batch,
             "max_abs_diff": float((expected.float() - got.float()).abs().max())}
+
+
+def check_parity(results: Sequence[dict], format: str, tolerance: float) -> None:
+    """Raise ExportError unless every comparison is within ``tolerance``; a NaN difference (the exported model
+    or PyTorch itself gave NaN or inf) fails too."""
+    failed = [r for r in results if not r["max_abs_diff"] <= tolerance]  # written so that NaN fails
+    if any(math.isnan(r["max_abs_diff"]) for r in failed):
+        raise ExportError(f"the exported {format} model or PyTorch itself gives NaN or infinite outputs ({failed})")
+    if failed:
+        worst = max(r["max_abs_diff"] for r in failed)
+        raise ExportError(f"the exported {format} model differs from PyTorch by {worst:.3g} > {tolerance:g} "
+                          f"({failed})")
 
 
 def save_safetensors(bundle: ModelBundle, path: str | os.PathLike) -> Path:
@@ -149,35 +164,42 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
                  sizes: Sequence[Sequence[int]] = ((64, 64), (77, 93)), opset: int = 17,
                  verify: bool = True, tolerance: float = 1e-4) -> list[dict]:
     """Export ``bundle.model`` as ``format`` to ``output``; with ``verify`` run it back and raise ExportError when
-    the maximum absolute difference to PyTorch exceeds ``tolerance``. Returns the comparisons made."""
+    the maximum absolute difference to PyTorch exceeds ``tolerance`` or either side gives NaN/inf. A file that
+    fails its check is removed. Returns the comparisons made."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     model = bundle.model.cpu().float().eval()
     output = Path(output)
+    if format == "onnx" and verify:  # know before writing anything that the check can run
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
+                              "(or pass verify=false)") from None
     if format == "safetensors":
         save_safetensors(bundle, output)
-        if not verify:
-            return []
-        from segdense.inference.loading import load_bundle
-
-        reloaded = load_bundle(output).model
-        x = _example(model, sizes[0])
-        return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]
-    if format == "onnx":
-        if verify:  # know before writing anything that the check can run
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
-                                  "(or pass verify=false)") from None
+    elif format == "onnx":
         export_onnx(model, output, sizes[0], opset)
-        results = verify_onnx(model, output, sizes) if verify else []
     else:
         export_torchscript(model, output, sizes[0])
-        results = verify_torchscript(model, output, sizes) if verify else []
-    worst = max((r["max_abs_diff"] for r in results), default=0.0)
-    if worst > tolerance:
+    if not verify:
+        return []
+    try:
+        results = _verify(model, format, output, sizes)
+        check_parity(results, format, tolerance)
+    except ExportError as e:
         output.unlink(missing_ok=True)
-        raise ExportError(f"the exported {format} model differs from PyTorch by {worst:.3g} > {tolerance:g} "
-                          f"({results}); {output} was removed")
+        raise ExportError(f"{e}; {output} was removed") from None
     return results
+
+
+def _verify(model: nn.Module, format: str, output: Path, sizes) -> list[dict]:
+    if format == "onnx":
+        return verify_onnx(model, output, sizes)
+    if format == "torchscript":
+        return verify_torchscript(model, output, sizes)
+    from segdense.inference.loading import load_bundle
+
+    reloaded = load_bundle(output).model
+    x = _example(model, sizes[0])
+    return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]

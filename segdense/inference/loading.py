@@ -15,12 +15,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from segdense.errors import CheckpointError, MissingFileError
+
 METADATA_KEY = "segdense"
 DEFAULT_EVAL_PIPELINE = [{"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weights file that cannot give a model; the message names the file."""
 
 
 @dataclass
@@ -56,7 +54,7 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     palette, dataset and eval pipeline. One :class:`CheckpointError` (or FileNotFoundError) per problem."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         state_dict, meta = _read_safetensors(path)
     else:
