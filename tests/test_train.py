@@ -203,6 +203,58 @@ def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["iteration"] == 2  # last good state kept
 
 
+def _tiny_trainer(run_dir, iterations, **kwargs):
+    """A Trainer built from plain arguments: tiny DenseNet + FCN on 32x32 synthetic shapes, no validation."""
+    from segdense import build_model
+    from segdense.data import SyntheticShapes
+    from segdense.engine import Trainer, build_optimizer, build_scheduler
+    from segdense.losses import build_criterion
+
+    torch.manual_seed(0)
+    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16, channels=16,
+                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8})
+    train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
+    optimizer = build_optimizer("sgd", model.parameters(), 0.01, momentum=0.9)
+    return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
+                   build_scheduler("poly", optimizer, iterations), train_set, None, iterations=iterations, batch_size=4,
+                   run_dir=run_dir, class_names=train_set.class_names, device="cpu", tensorboard=False,
+                   log_interval=1, **kwargs)
+
+
+def _overflowing(monkeypatch, when):
+    """Make the loss infinite at the 1-based calls for which ``when(call)`` holds."""
+    from segdense.losses import criterion as criterion_mod
+
+    real_forward = criterion_mod.Criterion.forward
+    calls = {"n": 0}
+
+    def forward(self, outputs, target):
+        calls["n"] += 1
+        total, terms = real_forward(self, outputs, target)
+        return (total * float("inf") if when(calls["n"]) else total), terms
+
+    monkeypatch.setattr(criterion_mod.Criterion, "forward", forward)
+
+
+def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path, monkeypatch):
+    from segdense.errors import TrainingDivergedError
+
+    _overflowing(monkeypatch, lambda call: True)
+    trainer = _tiny_trainer(tmp_path, iterations=8, amp="fp16", checkpoint_interval=4, max_skipped_steps=3)
+    assert trainer.scaler.is_enabled()  # the scaler runs on the trainer's device, CPU included
+    with pytest.raises(TrainingDivergedError, match=r"3 consecutive fp16 steps were skipped.*at iteration 3"):
+        trainer.fit()
+    assert trainer.skipped_steps == 3 and not (tmp_path / "checkpoints").exists()
+
+
+def test_fp16_isolated_skipped_steps_are_counted_and_training_goes_on(tmp_path, monkeypatch):
+    _overflowing(monkeypatch, lambda call: call % 2 == 1)  # calls 1, 3, 5
+    trainer = _tiny_trainer(tmp_path, iterations=6, amp="fp16", max_skipped_steps=2)
+    trainer.fit()
+    assert trainer.iteration == 6 and trainer.skipped_steps == 3 and trainer.consecutive_skips == 0
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["skipped_steps"] == 3
+
+
 def _free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -294,3 +346,15 @@ def test_multirun_sweep_runs_every_combination(tmp_path):
     assert len(runs) == 2
     heads = {load_checkpoint(r / "checkpoints/last.pt")["model_config"]["head"] for r in runs}
     assert heads == {"fcn", "deeplabv3"}
+
+
+def test_the_summary_says_what_deterministic_guarantees(tmp_path, caplog):
+    from segdense.config.train_job import determinism_note
+
+    with caplog.at_level("INFO", logger="segdense.train"):
+        train(compose_config(TINY + ["iterations=1", "deterministic=true"]), run_dir=tmp_path)
+    line = next(line for line in caplog.text.splitlines() if "determinism" in line)
+    assert "bit-identical weights on the same CPU model" in line and "package versions" in line
+    cuda = determinism_note(True, torch.device("cuda"))
+    assert "only warn" in cuda and "bilinear upsampling backward" in cuda
+    assert determinism_note(False, torch.device("cpu")).startswith("off")

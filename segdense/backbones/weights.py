@@ -121,7 +121,8 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     a DenseNet, strictly: every backbone parameter must be present and of the right shape.
 
     A classifier of another size (or a model built without one) drops the file's classifier and
-    logs that it did; a different ``in_channels`` adapts the stem.
+    logs that it did; a file without a classifier, loaded into a model with one, leaves that classifier
+    freshly initialised and logs that too. A different ``in_channels`` adapts the stem.
     """
     if str(pretrained) == "imagenet":
         if arch is None:
@@ -130,6 +131,7 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     else:
         path = Path(pretrained)
     state = read_state_dict(path)
+    read_keys = list(state)
     own = model.state_dict()
 
     for key in [k for k in state if k.startswith("classifier.")]:
@@ -146,6 +148,13 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     # Files saved before BatchNorm counted batches (torchvision's hosted ones) lack these counters.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if model.classifier is not None:
+        fresh = [k for k in missing if k.startswith("classifier.")]
+        if fresh and not any(k.startswith("classifier.") for k in read_keys):
+            logger.warning(
+                "pretrained weights %s hold no classifier (%s): this model's %d-class classifier keeps its fresh "
+                "initialisation; train it, or load a file with a classifier of that size", path,
+                ", ".join(fresh), model.classifier.out_features,
+            )
         missing = [k for k in missing if not k.startswith("classifier.")]
     unexpected = [k for k in state if k not in own]
     wrong = [

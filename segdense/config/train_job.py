@@ -52,6 +52,10 @@ def build_datasets(cfg: DictConfig):
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch. ``deterministic`` picks PyTorch's deterministic kernels where they exist;
+    an op that has none only warns (``warn_only=True``), because the heads' bilinear upsampling has no
+    deterministic CUDA backward and a strict mode would refuse every CUDA run. :func:`determinism_note` says
+    what this guarantees."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -61,6 +65,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+
+
+def determinism_note(deterministic: bool, device: torch.device) -> str:
+    """What ``deterministic`` guarantees on ``device``, for the summary screen (docs/training.md says the same)."""
+    if not deterministic:
+        return "off: seeded, but runs may differ in the last bits (deterministic=true to pin them)"
+    if device.type == "cuda":
+        return ("on: deterministic kernels where PyTorch has them; ops without one (bilinear upsampling backward, "
+                "adaptive pooling backward) only warn, so two CUDA runs may still differ slightly")
+    return ("on: a rerun, or a killed and resumed run, gives bit-identical weights on the same CPU model with the "
+            "same thread count and package versions; another CPU model may end slightly differently")
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -106,6 +121,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}, {cfg.scheduler.name}",
         f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
+        f"  determinism {determinism_note(cfg.deterministic, device)}",
     ])
 
 
