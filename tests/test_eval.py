@@ -83,6 +83,39 @@ def test_slide_with_a_window_as_large_as_the_image_equals_whole(tiny_checkpoint)
         assert tta(model, x).shape == (1, 5, 40, 52)
 
 
+def _resized(t, size):
+    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+def test_slide_logits_are_the_hand_computed_average_of_the_windows(tiny_checkpoint):
+    model = load_bundle(tiny_checkpoint).model
+    x = torch.randn(2, 3, 40, 52, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = SlideInference(crop_size=32, stride=24)(model, x)
+        # windows start at rows 0, 8 and columns 0, 20 (the last ones flush with the edges)
+        total, count = torch.zeros(2, 5, 40, 52), torch.zeros(40, 52)
+        for y in (0, 8):
+            for x0 in (0, 20):
+                total[:, :, y:y + 32, x0:x0 + 32] += model(x[:, :, y:y + 32, x0:x0 + 32])
+                count[y:y + 32, x0:x0 + 32] += 1
+    assert count.min() == 1 and count.max() == 4
+    torch.testing.assert_close(got, total / count, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, whole_logits(model, x), atol=1e-3)  # windows really differ from one pass
+
+
+def test_multi_scale_flip_logits_are_the_hand_computed_average_of_every_view(tiny_checkpoint):
+    model = load_bundle(tiny_checkpoint).model
+    x = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = build_infer("whole", scales=[0.75, 1.5], flip=True)(model, x)
+        views = []
+        for h, w in ((30, 39), (60, 78)):  # round(40 * s), round(52 * s)
+            scaled = _resized(x, (h, w))
+            views.append(_resized(model(scaled), (40, 52)))
+            views.append(_resized(model(scaled.flip(-1)).flip(-1), (40, 52)))
+    torch.testing.assert_close(got, sum(views) / 4, rtol=1e-5, atol=1e-5)
+
+
 def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_path):
     from segdense.config.eval_job import evaluate_job
 
@@ -98,8 +131,20 @@ def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_pa
         assert [c["name"] for c in written["per_class"]] == ["background", "circle", "rectangle", "triangle", "ring"]
     labelled = {sum(map(sum, r["confusion"])) for r in results.values()}
     assert len(labelled) == 1 and 0.9 * 8 * 48 * 48 < labelled.pop() <= 8 * 48 * 48  # labels' own resolution
-    for r in results.values():
-        assert 0.0 <= r["mIoU"] <= 1.0 and 0.0 < r["aAcc"] <= 1.0
+    for mode, r in results.items():
+        confusion = torch.tensor(r["confusion"], dtype=torch.float64)
+        iou = confusion.diag() / (confusion.sum(0) + confusion.sum(1) - confusion.diag())
+        assert r["mIoU"] == pytest.approx(float(iou.nanmean())), mode
+        written = json.loads((tmp_path / mode / "metrics.json").read_text())
+        assert written["mIoU"] == pytest.approx(r["mIoU"]) and written["confusion"] == r["confusion"], mode
+    # The tool's whole-image numbers are the engine loop's on the checkpoint's own dataset and eval pipeline.
+    from segdense.data import SyntheticShapes, build_dataloader, build_transforms
+
+    bundle = load_bundle(tiny_checkpoint)
+    val = SyntheticShapes(split="val", num_samples=8, image_size=48, transform=build_transforms(bundle.eval_pipeline))
+    direct = evaluate(bundle.model, build_dataloader(val, 4, train=False), SegmentationMetrics(5, bundle.class_names),
+                      torch.device("cpu"))
+    assert results["whole"]["confusion"] == direct["confusion"]
     assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["infer"] == "whole"
     assert "SlideInference" in json.loads((tmp_path / "slide" / "metrics.json").read_text())["infer"]
     assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["infer"] == (

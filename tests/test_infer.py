@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import segdense
@@ -166,7 +167,17 @@ def test_images_smaller_than_the_output_stride_are_predicted(tiny_checkpoint):
 def test_predictor_slide_and_tta_keep_the_image_size(tiny_checkpoint):
     predictor = segdense.Predictor.from_checkpoint(tiny_checkpoint, mode="slide", crop_size=[32, 32], stride=[24, 24],
                                                    scales=[0.8, 1.25], flip=True)
-    assert predictor.predict(np.zeros((40, 53, 3), np.uint8)).shape == (40, 53)
+    image = np.random.default_rng(6).integers(0, 256, (40, 53, 3), dtype=np.uint8)
+    proba = predictor.predict_proba(image)
+    assert proba.shape == (5, 40, 53)
+    # the predictor runs slide windows inside multi-scale/flip TTA on the normalised image (values: test_eval.py)
+    from segdense.inference import MultiScaleFlip, SlideInference
+
+    tensor = predictor.preprocess(image)[1][None]
+    with torch.no_grad():
+        logits = MultiScaleFlip([0.8, 1.25], flip=True, base=SlideInference([32, 32], [24, 24]),
+                                min_size=predictor.min_size)(predictor.model, tensor)
+    np.testing.assert_allclose(proba, logits.softmax(1)[0].numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="mode must be one of whole, slide"):
         segdense.Predictor.from_checkpoint(tiny_checkpoint, mode="tiles")
 

@@ -52,7 +52,12 @@ def test_short_run_lowers_loss_and_writes_every_artefact(tmp_path):
     losses = seen["trainer"].loss_history
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    assert 0.0 <= result["mIoU"] <= 1.0 and len(result["per_class"]) == 5
+    confusion = torch.tensor(result["confusion"], dtype=torch.float64)  # rows: truth, columns: prediction
+    iou = confusion.diag() / (confusion.sum(0) + confusion.sum(1) - confusion.diag())
+    assert [c["IoU"] for c in result["per_class"]] == pytest.approx(iou.tolist(), nan_ok=True)
+    assert result["mIoU"] == pytest.approx(float(iou.nanmean()))
+    assert result["aAcc"] == pytest.approx(float(confusion.diag().sum() / confusion.sum()))
+    assert confusion.sum() > 0.9 * 8 * 64 * 64 and len(result["per_class"]) == 5  # the val split, ignore aside
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "config.yaml"):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -144,14 +149,32 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_from_explicit_path_restores_iteration_and_optimizer(tmp_path):
+def test_resume_from_explicit_path_restores_iteration_and_optimizer(tmp_path, monkeypatch):
+    import copy
+
+    from segdense.engine import Trainer
+
     train(compose_config(TINY), run_dir=tmp_path / "a")
     seen = {}
+    real_resume = Trainer.resume_from
+
+    def spy(self, path):  # the resumed trainer's own state, before it trains on
+        real_resume(self, path)
+        seen["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        seen["lr"] = [group["lr"] for group in self.optimizer.param_groups]
+
+    monkeypatch.setattr(Trainer, "resume_from", spy)
     path = tmp_path / "a/checkpoints/last.pt"
     train(compose_config(TINY + ["iterations=6", f"resume={path}"]), run_dir=tmp_path / "b", hooks=[capture(seen)])
     trainer = seen["trainer"]
     assert trainer.iteration == 6 and len(trainer.loss_history) == 2
-    assert load_checkpoint(path)["optimizer"]["state"]  # momentum buffers were saved and restored
+    saved = load_checkpoint(path)["optimizer"]
+    restored = seen["optimizer"]["state"]
+    assert saved["state"] and restored.keys() == saved["state"].keys()
+    for index, buffers in saved["state"].items():
+        assert torch.equal(restored[index]["momentum_buffer"], buffers["momentum_buffer"]), index
+        assert restored[index]["momentum_buffer"].abs().sum() > 0
+    assert seen["lr"] == [group["lr"] for group in saved["param_groups"]]
 
 
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
