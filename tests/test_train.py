@@ -323,19 +323,47 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_torchrun_two_cpu_processes_complete_a_run(tmp_path):
+# Runs a tool with os.replace and Path.write_text (how segdense writes checkpoints, metrics.json and config.yaml)
+# recording each target in <log dir>/writes_rank<RANK>.txt.
+RECORD_WRITES = """
+import os, pathlib, runpy, sys
+log = pathlib.Path(sys.argv.pop(1)) / f"writes_rank{os.environ['RANK']}.txt"
+real_replace, real_write_text = os.replace, pathlib.Path.write_text
+def record(path):
+    with open(log, "a") as f:
+        f.write(f"{path}\\n")
+def replace(src, dst, *args, **kwargs):
+    record(dst)
+    return real_replace(src, dst, *args, **kwargs)
+def write_text(self, *args, **kwargs):
+    record(self)
+    return real_write_text(self, *args, **kwargs)
+os.replace, pathlib.Path.write_text = replace, write_text
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "record_writes.py").write_text(RECORD_WRITES)
+    run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-        str(ROOT / "tools" / "train.py"), *TINY, f"hydra.run.dir={tmp_path}",
+        str(tmp_path / "record_writes.py"), str(tmp_path), str(ROOT / "tools" / "train.py"), *TINY,
+        "tensorboard=true", f"hydra.run.dir={run}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iteration"] == 4 and not math.isnan(metrics["last"]["mIoU"])
-    state = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    state = load_checkpoint(run / "checkpoints/last.pt")
     assert state["config"]["batch_size"] == 4
-    assert "2 process(es) = 8" in (tmp_path / "train.log").read_text()
+    assert "2 process(es) = 8" in (run / "train.log").read_text()
+    rank0 = {Path(line).relative_to(run).as_posix() for line in (tmp_path / "writes_rank0.txt").read_text().split()}
+    assert {"checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "config.yaml"} <= rank0
+    assert not (tmp_path / "writes_rank1.txt").exists()  # rank 1 wrote nothing
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def test_training_refuses_data_with_out_of_range_labels(tmp_path):
