@@ -4,16 +4,8 @@ import pytest
 from segdense.config.cli import run_tool
 from segdense.errors import CheckpointError, ConfigError, MissingFileError, UserError
 
+from test_eval_bad_input import fails_with
 from train_utils import TINY, compose_config
-
-
-def exits_with_one_line(job, cfg, capsys) -> str:
-    with pytest.raises(SystemExit) as exit_info:
-        run_tool(job, cfg)
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "Traceback" not in err
-    return err
 
 
 @pytest.mark.parametrize("bug", [ValueError("internal shape mismatch"), TypeError("bad call"), KeyError("x")])
@@ -32,7 +24,7 @@ def test_a_users_mistake_is_one_line(mistake, capsys):
     def job(cfg):
         raise mistake
 
-    assert exits_with_one_line(job, compose_config(TINY), capsys) == f"error: {mistake}"
+    assert fails_with(job, compose_config(TINY), capsys) == f"error: {mistake}"
     assert isinstance(mistake, UserError)
 
 
@@ -41,7 +33,7 @@ def test_a_constructor_refusing_a_config_value_is_a_config_error_naming_the_bloc
 
     cfg = compose_config([o for o in TINY if not o.startswith("head")] + ["head=deeplabv3", "head.channels=16",
                                                                           "head.atrous_rates=[0,2,3]"])
-    err = exits_with_one_line(lambda c: train(c, run_dir=tmp_path), cfg, capsys)
+    err = fails_with(lambda c: train(c, run_dir=tmp_path), cfg, capsys)
     assert err == "error: backbone/head: atrous_rates must be positive ints, got [0, 2, 3]"
 
 
@@ -53,5 +45,5 @@ def test_a_required_key_left_unset_is_one_line(tmp_path, capsys):
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="eval", overrides=[f"output_dir={tmp_path}"])
-    err = exits_with_one_line(evaluate_job, cfg, capsys)
+    err = fails_with(evaluate_job, cfg, capsys)
     assert err == "error: checkpoint must be set: pass checkpoint=..."

@@ -209,7 +209,8 @@ def test_best_checkpoint_follows_the_best_miou(tmp_path, monkeypatch):
     assert metrics["last"]["mIoU"] == 0.4
 
 
-def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
+def _non_finite_loss(monkeypatch, value, when):
+    """Multiply the loss by ``value`` (NaN or inf) at the 1-based calls for which ``when(call)`` holds."""
     from segdense.losses import criterion as criterion_mod
 
     real_forward = criterion_mod.Criterion.forward
@@ -218,9 +219,13 @@ def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
     def forward(self, outputs, target):
         calls["n"] += 1
         total, terms = real_forward(self, outputs, target)
-        return (total * float("nan") if calls["n"] == 3 else total), terms
+        return (total * value if when(calls["n"]) else total), terms
 
     monkeypatch.setattr(criterion_mod.Criterion, "forward", forward)
+
+
+def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
+    _non_finite_loss(monkeypatch, float("nan"), lambda call: call == 3)
     with pytest.raises(FloatingPointError, match="at iteration 3"):
         train(compose_config(TINY), run_dir=tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["iteration"] == 2  # last good state kept
@@ -244,25 +249,10 @@ def _tiny_trainer(run_dir, iterations, **kwargs):
                    log_interval=1, **kwargs)
 
 
-def _overflowing(monkeypatch, when):
-    """Make the loss infinite at the 1-based calls for which ``when(call)`` holds."""
-    from segdense.losses import criterion as criterion_mod
-
-    real_forward = criterion_mod.Criterion.forward
-    calls = {"n": 0}
-
-    def forward(self, outputs, target):
-        calls["n"] += 1
-        total, terms = real_forward(self, outputs, target)
-        return (total * float("inf") if when(calls["n"]) else total), terms
-
-    monkeypatch.setattr(criterion_mod.Criterion, "forward", forward)
-
-
 def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path, monkeypatch):
     from segdense.errors import TrainingDivergedError
 
-    _overflowing(monkeypatch, lambda call: True)
+    _non_finite_loss(monkeypatch, float("inf"), lambda call: True)
     trainer = _tiny_trainer(tmp_path, iterations=8, amp="fp16", checkpoint_interval=4, max_skipped_steps=3)
     assert trainer.scaler.is_enabled()  # the scaler runs on the trainer's device, CPU included
     with pytest.raises(TrainingDivergedError, match=r"3 consecutive fp16 steps were skipped.*at iteration 3"):
@@ -271,7 +261,7 @@ def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path
 
 
 def test_fp16_isolated_skipped_steps_are_counted_and_training_goes_on(tmp_path, monkeypatch):
-    _overflowing(monkeypatch, lambda call: call % 2 == 1)  # calls 1, 3, 5
+    _non_finite_loss(monkeypatch, float("inf"), lambda call: call % 2 == 1)  # calls 1, 3, 5
     trainer = _tiny_trainer(tmp_path, iterations=6, amp="fp16", max_skipped_steps=2)
     trainer.fit()
     assert trainer.iteration == 6 and trainer.skipped_steps == 3 and trainer.consecutive_skips == 0
