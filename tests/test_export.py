@@ -133,7 +133,8 @@ class _Shifted(torch.nn.Module):
         return (out["out"] if isinstance(out, dict) else out) + self.shift
 
 
-@pytest.mark.parametrize("shift, message", [(float("nan"), "NaN or infinite"), (0.5, r"differs from PyTorch by 0\.5 > 0\.0001")])
+@pytest.mark.parametrize("shift, message", [(float("nan"), "NaN or infinite"),
+                                            (0.5, r"differs from PyTorch by 0\.5 > 0\.0001")])
 def test_an_exported_model_that_differs_from_pytorch_is_removed(shift, message, tiny_checkpoint, tmp_path, monkeypatch):
     bundle = load_bundle(tiny_checkpoint)
     monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: _Shifted(bundle.model, shift).eval())

@@ -30,7 +30,8 @@ def test_hub_lists_an_entry_point_for_every_backbone_builder():
     spec = importlib.util.spec_from_file_location("hubconf", ROOT / "hubconf.py")
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
-    entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}  # torch.hub.list's rule
+    # torch.hub.list's rule: the public callables of hubconf.py
+    entries = {name for name in dir(hubconf) if callable(getattr(hubconf, name)) and not name.startswith("_")}
     assert builders and builders <= entries and {"build_model", "load_model"} <= entries
 
 

@@ -190,6 +190,9 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
     except ExportError as e:
         output.unlink(missing_ok=True)
         raise ExportError(f"{e}; {output} was removed") from None
+    except BaseException:  # the check itself could not run: the file stays unverified, so it goes too
+        output.unlink(missing_ok=True)
+        raise
     return results
 
 

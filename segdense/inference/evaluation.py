@@ -129,7 +129,8 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
                    dataset_name: str = "", progress: bool = True, channels_last: bool = False) -> dict:
     """Metrics of ``bundle.model`` on ``dataset`` (``mIoU``, ``mAcc``, ``aAcc``, ``per_class``, ``confusion``).
     Files without a partner (``dataset.unpaired``) cannot be scored: they are logged and listed in
-    ``metrics.json`` (``num_left_out``, ``left_out``). With ``output_dir``: ``metrics.json`` and ``confusion.png`` there. With ``save_predictions``: coloured and raw
+    ``metrics.json`` (``num_left_out``, ``left_out``). With ``output_dir``: ``metrics.json`` and ``confusion.png``
+    there. With ``save_predictions``: coloured and raw
     label PNGs (labelIds for Cityscapes)."""
     from segdense.data import build_dataloader
     from segdense.engine import evaluate

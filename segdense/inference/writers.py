@@ -84,7 +84,8 @@ def write_json(path: str | os.PathLike, data) -> Path:
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = "output") -> Path:
-    """Create ``path`` if needed and make sure files can be written in it; one clear NotWritableError (a PermissionError) otherwise."""
+    """Create ``path`` if needed and make sure files can be written in it; one clear NotWritableError (a
+    PermissionError) otherwise."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
