@@ -144,6 +144,18 @@ def test_an_exported_model_that_differs_from_pytorch_is_removed(shift, message, 
     assert not output.exists()
 
 
+def test_an_export_whose_check_cannot_run_is_removed_and_the_error_kept(tiny_checkpoint, tmp_path, monkeypatch):
+    from segdense.export import formats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the runtime crashed")
+
+    monkeypatch.setattr(formats, "verify_torchscript", broken)
+    with pytest.raises(RuntimeError, match="the runtime crashed"):
+        export_model(load_bundle(tiny_checkpoint), "torchscript", tmp_path / "m.pt", sizes=SIZES)
+    assert not (tmp_path / "m.pt").exists()
+
+
 def test_export_with_verify_false_writes_the_file_without_checking(tiny_checkpoint, tmp_path, monkeypatch):
     from segdense.export import formats
 
