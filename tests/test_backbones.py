@@ -176,11 +176,25 @@ def test_odd_input_sizes(size):
     assert feats["block4"].shape[-2:] == (-(-h // 4) // 4, -(-w // 4) // 4)
 
 
-def test_vgg_sized_input_513():
-    model = densenet121(output_stride=8).eval()
+@pytest.mark.parametrize("size", [(513, 513), (375, 500)])  # the sizes docs/backbones.md names
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_documented_odd_sizes_513_and_375x500(size, output_stride):
+    from segdense import build_model
+
+    model = build_model("densenet_custom", "deeplabv3", num_classes=3, output_stride=output_stride, channels=8,
+                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 4}).eval()
+    h, w = size
     with torch.no_grad():
-        feats = model.forward_features(torch.randn(1, 3, 129, 129))
-    assert feats["block4"].shape[-2:] == (16, 16)
+        feats = model.backbone.forward_features(torch.randn(1, 3, h, w))
+        logits = model(torch.randn(1, 3, h, w))
+    # Stem and max-pool round up; each downsampling transition's average pool rounds down.
+    quarter = (-(-h // 4), -(-w // 4))
+    expected = {"block1": quarter, "block2": (quarter[0] // 2, quarter[1] // 2)}
+    expected["block3"] = expected["block2"] if output_stride == 8 else (quarter[0] // 4, quarter[1] // 4)
+    expected["block4"] = expected["block3"]
+    for name, hw in expected.items():
+        assert feats[name].shape[-2:] == hw, name
+    assert logits.shape == (1, 3, h, w) and torch.isfinite(logits).all()
 
 
 def test_too_small_input_has_clear_error():

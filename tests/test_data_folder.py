@@ -48,6 +48,26 @@ def test_rgb_coded_masks_map_through_mask_colors(tmp_path):
     np.testing.assert_array_equal(dataset.load_mask(0), [[0, 1, 2], [1, 255, 0]])
 
 
+def test_folder_config_keys_palette_image_dir_and_mask_dir(tmp_path):
+    from segdense.data import build_dataset
+
+    make_folder(tmp_path, ["a", "b"])
+    (tmp_path / "images").rename(tmp_path / "rgb")
+    (tmp_path / "masks").rename(tmp_path / "labels")
+    palette = [[1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    dataset = build_dataset("folder", root=str(tmp_path), class_names=["bg", "x", "y"], split="all", palette=palette,
+                            image_dir="rgb", mask_dir="labels")
+    assert [(i.parent.name, m.parent.name, i.stem) for i, m in dataset.files] == [("rgb", "labels", "a"),
+                                                                                  ("rgb", "labels", "b")]
+    assert dataset.palette == [(1, 2, 3), (4, 5, 6), (7, 8, 9)]
+    assert dataset.load_raw(1)[1].shape == (20, 30)
+    with pytest.raises(ValueError, match="palette has 2 colours for 3 classes"):
+        build_dataset("folder", root=str(tmp_path), class_names=["bg", "x", "y"], palette=palette[:2],
+                      split="all", image_dir="rgb", mask_dir="labels")
+    with pytest.raises(FileNotFoundError, match="missing folder images/"):
+        build_dataset("folder", root=str(tmp_path), class_names=["bg", "x", "y"], split="all")
+
+
 def test_unpaired_files_are_recorded(tmp_path):
     make_folder(tmp_path, ["a", "b"])
     (tmp_path / "masks" / "b.png").unlink()

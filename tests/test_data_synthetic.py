@@ -1,5 +1,4 @@
 """SyntheticShapes: the embedded, procedurally generated dataset."""
-import time
 
 import numpy as np
 import pytest
@@ -53,14 +52,6 @@ def test_item_is_normalised_tensor_pair():
     assert image.dtype == torch.float32 and image.shape == (3, 128, 128)
     assert mask.dtype == torch.int64 and mask.shape == (128, 128)
     assert -3 < float(image.mean()) < 3 and float(image.std()) > 0.2
-
-
-def test_generation_is_fast():
-    dataset = SyntheticShapes("train")
-    start = time.perf_counter()
-    for index in range(50):
-        dataset.load_raw(index)
-    assert (time.perf_counter() - start) / 50 < 0.01  # well under 5 ms on an idle core; slack for shared CI
 
 
 def test_rejects_unknown_split_and_bad_sizes():

@@ -30,6 +30,9 @@ GEOMETRIC = [
 
 
 def compose_config(*overrides):
+    from segdense.config.schema import register_schema
+
+    register_schema()  # conf/config.yaml extends the typed schema; do not rely on another module registering it
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return compose("config", overrides=list(overrides))
 
@@ -52,6 +55,30 @@ def test_flip_moves_mask_with_image():
     image_t, mask_t = build_transforms([{"type": "HorizontalFlip", "p": 1.0}])(image, mask)
     np.testing.assert_array_equal(mask_t.numpy(), mask[:, ::-1])
     np.testing.assert_array_equal(image_t.permute(1, 2, 0).numpy(), image[:, ::-1].astype(np.float32))
+
+
+def test_nested_one_of_and_some_of_build_and_move_the_mask_with_the_image():
+    spec = [
+        {"type": "OneOf", "p": 1.0, "transforms": [{"type": "HorizontalFlip", "p": 1.0},
+                                                   {"type": "VerticalFlip", "p": 1.0}]},
+        {"type": "SomeOf", "n": 1, "p": 1.0, "transforms": [
+            {"type": "OneOf", "p": 1.0, "transforms": [{"type": "Transpose", "p": 1.0}]},  # OneOf inside SomeOf
+        ]},
+    ]
+    transform = build_transforms(spec, seed=0)
+    assert [type(t).__name__ for t in transform.pipeline.transforms] == ["OneOf", "SomeOf"]
+    assert type(transform.pipeline.transforms[1].transforms[0].transforms[0]).__name__ == "Transpose"
+    image, mask = aligned_pattern()
+    flips = {"h": (mask[:, ::-1]).T, "v": (mask[::-1, :]).T}  # one flip, then the transpose
+    seen = set()
+    for _ in range(12):
+        image_t, mask_t = transform(image, mask)
+        match = [k for k, expected in flips.items() if np.array_equal(mask_t.numpy(), expected)]
+        assert len(match) == 1
+        seen.update(match)
+        colours = image_t.permute(1, 2, 0).numpy().astype(np.uint8)
+        np.testing.assert_array_equal(colours, LUT[mask_t.numpy()])  # the image went through the same steps
+    assert seen == {"h", "v"}  # OneOf picks either
 
 
 def test_padding_fills_image_with_zero_and_mask_with_ignore():

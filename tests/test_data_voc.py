@@ -99,6 +99,22 @@ def test_prepare_voc_aug_writes_trainaug_without_val(tmp_path, voc):
     assert sbd["train"][1] in splits["val"]
 
 
+def test_prepare_voc_aug_tool_with_workers_writes_what_one_process_writes(tmp_path, voc, capsys):
+    root, splits = voc
+    make_sbd(tmp_path / "benchmark_RELEASE", root)
+    spec = importlib.util.spec_from_file_location("prepare_voc_aug_tool", ROOT / "tools/prepare_voc_aug.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(root), str(tmp_path / "benchmark_RELEASE"), "--workers", "2"]) == 0
+    ids = sorted(set(splits["train"]) | {"2008_000100", "2008_000200"})
+    assert f"trainaug: {len(ids)} images" in capsys.readouterr().out
+    aug = build_dataset("voc_aug", "trainaug", root=root)
+    assert [image.stem for image, _ in aug.files] == ids
+    for image_id in ("2008_000100", "2008_000200"):  # converted from SBD by the worker processes
+        np.testing.assert_array_equal(aug.load_mask(ids.index(image_id)),
+                                      read_sbd_mat(tmp_path / f"benchmark_RELEASE/dataset/cls/{image_id}.mat"))
+
+
 def test_voc_aug_val_is_voc_val(voc):
     root, splits = voc
     assert [i.stem for i, _ in build_dataset("voc_aug", "val", root=root).files] == splits["val"]

@@ -83,6 +83,39 @@ def test_slide_with_a_window_as_large_as_the_image_equals_whole(tiny_checkpoint)
         assert tta(model, x).shape == (1, 5, 40, 52)
 
 
+def _resized(t, size):
+    return torch.nn.functional.interpolate(t, size=size, mode="bilinear", align_corners=False)
+
+
+def test_slide_logits_are_the_hand_computed_average_of_the_windows(tiny_checkpoint):
+    model = load_bundle(tiny_checkpoint).model
+    x = torch.randn(2, 3, 40, 52, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = SlideInference(crop_size=32, stride=24)(model, x)
+        # windows start at rows 0, 8 and columns 0, 20 (the last ones flush with the edges)
+        total, count = torch.zeros(2, 5, 40, 52), torch.zeros(40, 52)
+        for y in (0, 8):
+            for x0 in (0, 20):
+                total[:, :, y:y + 32, x0:x0 + 32] += model(x[:, :, y:y + 32, x0:x0 + 32])
+                count[y:y + 32, x0:x0 + 32] += 1
+    assert count.min() == 1 and count.max() == 4
+    torch.testing.assert_close(got, total / count, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(got, whole_logits(model, x), atol=1e-3)  # windows really differ from one pass
+
+
+def test_multi_scale_flip_logits_are_the_hand_computed_average_of_every_view(tiny_checkpoint):
+    model = load_bundle(tiny_checkpoint).model
+    x = torch.randn(1, 3, 40, 52, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        got = build_infer("whole", scales=[0.75, 1.5], flip=True)(model, x)
+        views = []
+        for h, w in ((30, 39), (60, 78)):  # round(40 * s), round(52 * s)
+            scaled = _resized(x, (h, w))
+            views.append(_resized(model(scaled), (40, 52)))
+            views.append(_resized(model(scaled.flip(-1)).flip(-1), (40, 52)))
+    torch.testing.assert_close(got, sum(views) / 4, rtol=1e-5, atol=1e-5)
+
+
 def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_path):
     from segdense.config.eval_job import evaluate_job
 
@@ -98,8 +131,20 @@ def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_pa
         assert [c["name"] for c in written["per_class"]] == ["background", "circle", "rectangle", "triangle", "ring"]
     labelled = {sum(map(sum, r["confusion"])) for r in results.values()}
     assert len(labelled) == 1 and 0.9 * 8 * 48 * 48 < labelled.pop() <= 8 * 48 * 48  # labels' own resolution
-    for r in results.values():
-        assert 0.0 <= r["mIoU"] <= 1.0 and 0.0 < r["aAcc"] <= 1.0
+    for mode, r in results.items():
+        confusion = torch.tensor(r["confusion"], dtype=torch.float64)
+        iou = confusion.diag() / (confusion.sum(0) + confusion.sum(1) - confusion.diag())
+        assert r["mIoU"] == pytest.approx(float(iou.nanmean())), mode
+        written = json.loads((tmp_path / mode / "metrics.json").read_text())
+        assert written["mIoU"] == pytest.approx(r["mIoU"]) and written["confusion"] == r["confusion"], mode
+    # The tool's whole-image numbers are the engine loop's on the checkpoint's own dataset and eval pipeline.
+    from segdense.data import SyntheticShapes, build_dataloader, build_transforms
+
+    bundle = load_bundle(tiny_checkpoint)
+    val = SyntheticShapes(split="val", num_samples=8, image_size=48, transform=build_transforms(bundle.eval_pipeline))
+    direct = evaluate(bundle.model, build_dataloader(val, 4, train=False), SegmentationMetrics(5, bundle.class_names),
+                      torch.device("cpu"))
+    assert results["whole"]["confusion"] == direct["confusion"]
     assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["infer"] == "whole"
     assert "SlideInference" in json.loads((tmp_path / "slide" / "metrics.json").read_text())["infer"]
     assert json.loads((tmp_path / "tta" / "metrics.json").read_text())["infer"] == (
@@ -157,3 +202,45 @@ def test_cityscapes_predictions_are_saved_as_label_ids_for_the_server(tmp_path):
     evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), save_predictions=tmp_path,
                    dataset_name="cityscapes", progress=False)
     assert np.asarray(Image.open(tmp_path / "labels" / "000000.png")).tolist() == [[7, 26, 33, 23]]
+
+
+FIVE = ["background", "circle", "rectangle", "triangle", "ring"]
+
+
+def test_saved_predictions_keep_the_sub_folders_of_same_named_images(tiny_checkpoint, tmp_path):
+    from segdense.data import FolderDataset
+
+    from data_fixtures import make_folder
+
+    make_folder(tmp_path / "data", ["x/1"], size=(20, 30), num_classes=5)
+    make_folder(tmp_path / "data", ["y/1"], size=(26, 18), num_classes=5, seed=4)
+    dataset = FolderDataset(tmp_path / "data", FIVE)
+    evaluate_model(load_bundle(tiny_checkpoint), dataset, whole_logits, torch.device("cpu"),
+                   save_predictions=tmp_path / "preds", progress=False)
+    for kind in ("labels", "color"):
+        assert Image.open(tmp_path / "preds" / kind / "x" / "1.png").size == (30, 20)
+        assert Image.open(tmp_path / "preds" / kind / "y" / "1.png").size == (18, 26)
+        assert not (tmp_path / "preds" / kind / "1.png").exists()
+
+
+def test_images_without_masks_are_counted_named_and_logged_not_silently_left_out(tiny_checkpoint, tmp_path, caplog):
+    from segdense.data import FolderDataset
+
+    from data_fixtures import make_folder
+
+    root = tmp_path / "data"
+    make_folder(root, ["a", "b", "no_mask", "no_image"], size=(20, 30), num_classes=5)
+    (root / "masks" / "no_mask.png").unlink()
+    (root / "images" / "no_image.png").unlink()
+    dataset = FolderDataset(root, FIVE)
+    with caplog.at_level("WARNING", logger="segdense.eval"):
+        result = evaluate_model(load_bundle(tiny_checkpoint), dataset, whole_logits, torch.device("cpu"),
+                                output_dir=tmp_path / "out", progress=False)
+    assert sum(map(sum, result["confusion"])) <= 2 * 20 * 30  # the two complete pairs were scored
+    written = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert written["num_images"] == 2 and written["num_left_out"] == 2
+    assert {(item["file"], item["problem"]) for item in written["left_out"]} == {
+        (str(root / "images" / "no_mask.png"), "image has no mask"),
+        (str(root / "masks" / "no_image.png"), "mask has no image"),
+    }
+    assert "2 file(s) of dataset" in caplog.text and "no_mask.png" in caplog.text and "no_image.png" in caplog.text

@@ -119,3 +119,20 @@ def test_infer_with_no_matching_input_is_one_error(tiny_checkpoint, tmp_path, ca
     cfg = compose("infer", [f"checkpoint={tiny_checkpoint}", f"input={tmp_path / '*.png'}", f"output={tmp_path / 'o'}"])
     assert "matches no files" in fails_with(infer_job, cfg, capsys)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_checkpoint_without_its_eval_pipeline_warns_that_imagenet_normalisation_is_assumed(tiny_checkpoint,
+                                                                                            tmp_path, caplog):
+    from segdense.inference.loading import DEFAULT_EVAL_PIPELINE
+
+    with caplog.at_level("WARNING", logger="segdense.inference"):
+        recorded = load_bundle(tiny_checkpoint)
+    assert "eval pipeline" not in caplog.text
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    del state["config"]["augmentation"]
+    path = tmp_path / "no_pipeline.pt"
+    torch.save(state, path)
+    with caplog.at_level("WARNING", logger="segdense.inference"):
+        bundle = load_bundle(path)
+    assert f"{path} does not record its eval pipeline" in caplog.text and "ImageNet's mean and std" in caplog.text
+    assert bundle.eval_pipeline == DEFAULT_EVAL_PIPELINE and recorded.eval_pipeline != []

@@ -103,3 +103,79 @@ def test_decoders_with_skip_connections_export_with_dynamic_sizes(head, tmp_path
     bundle = ModelBundle(model.eval(), ["a", "b", "c"], default_palette(3))
     results = export_model(bundle, "onnx", tmp_path / "m.onnx", sizes=SIZES)
     assert max(r["max_abs_diff"] for r in results) <= 1e-4
+
+
+def _with_nan_statistics(bundle):
+    """``bundle`` whose model gives NaN everywhere (a BatchNorm's running variance is NaN)."""
+    norm = next(m for m in bundle.model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    norm.running_var.fill_(float("nan"))
+    return bundle
+
+
+@pytest.mark.parametrize("format", ["onnx", "torchscript", "safetensors"])
+def test_a_model_whose_outputs_are_nan_fails_verification_and_its_file_is_removed(format, tiny_checkpoint, tmp_path):
+    bundle = _with_nan_statistics(load_bundle(tiny_checkpoint))
+    output = tmp_path / f"model.{format}"
+    with pytest.raises(ExportError, match="NaN or infinite outputs") as err:
+        export_model(bundle, format, output, sizes=SIZES)
+    assert f"{output} was removed" in str(err.value) and not output.exists()
+
+
+class _Shifted(torch.nn.Module):
+    """Stands for an exported graph that computes something else than the PyTorch model."""
+
+    def __init__(self, model, shift):
+        super().__init__()
+        self.model, self.shift = model, shift
+
+    def forward(self, x):
+        out = self.model(x)
+        return (out["out"] if isinstance(out, dict) else out) + self.shift
+
+
+@pytest.mark.parametrize("shift, message", [(float("nan"), "NaN or infinite"),
+                                            (0.5, r"differs from PyTorch by 0\.5 > 0\.0001")])
+def test_an_exported_model_that_differs_from_pytorch_is_removed(shift, message, tiny_checkpoint, tmp_path, monkeypatch):
+    bundle = load_bundle(tiny_checkpoint)
+    monkeypatch.setattr(torch.jit, "load", lambda *args, **kwargs: _Shifted(bundle.model, shift).eval())
+    output = tmp_path / "model.pt"
+    with pytest.raises(ExportError, match=message):
+        export_model(bundle, "torchscript", output, sizes=SIZES)
+    assert not output.exists()
+
+
+def test_an_export_whose_check_cannot_run_is_removed_and_the_error_kept(tiny_checkpoint, tmp_path, monkeypatch):
+    from segdense.export import formats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the runtime crashed")
+
+    monkeypatch.setattr(formats, "verify_torchscript", broken)
+    with pytest.raises(RuntimeError, match="the runtime crashed"):
+        export_model(load_bundle(tiny_checkpoint), "torchscript", tmp_path / "m.pt", sizes=SIZES)
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_export_with_verify_false_writes_the_file_without_checking(tiny_checkpoint, tmp_path, monkeypatch):
+    from segdense.export import formats
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("verify=false must not run the exported model")
+
+    monkeypatch.setattr(formats, "verify_onnx", no_check)
+    assert export_model(load_bundle(tiny_checkpoint), "onnx", tmp_path / "m.onnx", sizes=SIZES, verify=False) == []
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert session.run(None, {"images": np.zeros((1, 3, 40, 44), np.float32)})[0].shape == (1, 5, 40, 44)
+
+
+def test_export_tool_passes_the_opset_to_onnx(tiny_checkpoint, tmp_path):
+    from segdense.config.export_job import export_job
+
+    import onnx
+
+    export_job(compose_export([f"checkpoint={tiny_checkpoint}", "format=onnx", f"output={tmp_path / 'm.onnx'}",
+                               "opset=16", "sizes=[[48,48]]"]))
+    opsets = {o.domain: o.version for o in onnx.load(str(tmp_path / "m.onnx")).opset_import}
+    assert opsets[""] == 16

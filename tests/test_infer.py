@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import segdense
@@ -78,11 +79,13 @@ def test_existing_outputs_are_kept_unless_overwrite(tiny_checkpoint, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "a.png").write_bytes(b"keep me")
+    (out / "a_overlay.png").write_bytes(b"and me")
     base = [f"checkpoint={tiny_checkpoint}", f"input={image}", f"output={out}", "progress=false"]
     from segdense.config.infer_job import infer_job
 
     report = infer_job(compose_infer(base))
     assert report.skipped == [image] and (out / "a.png").read_bytes() == b"keep me"
+    assert (out / "a_overlay.png").read_bytes() == b"and me"
     report = infer_job(compose_infer(base + ["overwrite=true"]))
     assert report.written == [image] and Image.open(out / "a.png").size == (40, 40)
 
@@ -164,7 +167,17 @@ def test_images_smaller_than_the_output_stride_are_predicted(tiny_checkpoint):
 def test_predictor_slide_and_tta_keep_the_image_size(tiny_checkpoint):
     predictor = segdense.Predictor.from_checkpoint(tiny_checkpoint, mode="slide", crop_size=[32, 32], stride=[24, 24],
                                                    scales=[0.8, 1.25], flip=True)
-    assert predictor.predict(np.zeros((40, 53, 3), np.uint8)).shape == (40, 53)
+    image = np.random.default_rng(6).integers(0, 256, (40, 53, 3), dtype=np.uint8)
+    proba = predictor.predict_proba(image)
+    assert proba.shape == (5, 40, 53)
+    # the predictor runs slide windows inside multi-scale/flip TTA on the normalised image (values: test_eval.py)
+    from segdense.inference import MultiScaleFlip, SlideInference
+
+    tensor = predictor.preprocess(image)[1][None]
+    with torch.no_grad():
+        logits = MultiScaleFlip([0.8, 1.25], flip=True, base=SlideInference([32, 32], [24, 24]),
+                                min_size=predictor.min_size)(predictor.model, tensor)
+    np.testing.assert_allclose(proba, logits.softmax(1)[0].numpy(), rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="mode must be one of whole, slide"):
         segdense.Predictor.from_checkpoint(tiny_checkpoint, mode="tiles")
 
@@ -196,3 +209,134 @@ def test_a_model_in_memory_can_be_wrapped(tiny_checkpoint):
     assert wrapped.class_names == model.class_names and wrapped.palette == model.palette
     image = np.random.default_rng(3).integers(0, 256, (40, 42, 3), dtype=np.uint8)
     assert np.array_equal(wrapped.predict(image), segdense.Predictor.from_checkpoint(tiny_checkpoint).predict(image))
+
+
+def test_same_named_images_in_different_folders_of_a_glob_keep_their_folders(tiny_checkpoint, tmp_path):
+    from segdense.config.infer_job import infer_job
+
+    rng = np.random.default_rng(4)
+    shots = tmp_path / "shots"
+    for sub, (h, w) in (("a", (40, 48)), ("b/deeper", (44, 36))):
+        (shots / sub).mkdir(parents=True)
+        write_image(shots / sub / "1.png", rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    out = tmp_path / "out"
+    report = infer_job(compose_infer([f"checkpoint={tiny_checkpoint}", f"input={shots}/**/*.png", f"output={out}",
+                                      "progress=false"]))
+    assert len(report.written) == 2 and report.ok
+    assert Image.open(out / "a" / "1.png").size == (48, 40)
+    assert Image.open(out / "b" / "deeper" / "1.png").size == (36, 44)
+    assert (out / "a" / "1_overlay.png").is_file() and not (out / "1.png").exists()
+
+
+def test_two_inputs_that_would_write_the_same_output_are_refused_before_writing(tiny_checkpoint, tmp_path):
+    from segdense.errors import ConfigError
+    from segdense.inference.files import predict_files
+
+    a = write_image(tmp_path / "a.png", np.zeros((40, 40, 3), np.uint8))
+    clash = write_image(tmp_path / "a_overlay.png", np.zeros((40, 40, 3), np.uint8))  # its labels: a_overlay.png
+    predictor = segdense.Predictor.from_checkpoint(tiny_checkpoint)
+    with pytest.raises(ConfigError, match=r"a\.png and .*a_overlay\.png would both write .*a_overlay\.png"):
+        predict_files(predictor, [a, clash], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_image_interrupted_while_its_outputs_are_made_leaves_none_and_a_rerun_writes_them(tiny_checkpoint,
+                                                                                              tmp_path, monkeypatch):
+    from segdense.inference import files
+
+    image = write_image(tmp_path / "a.png", np.full((40, 40, 3), 60, np.uint8))
+    out = tmp_path / "out"
+    base = [f"checkpoint={tiny_checkpoint}", f"input={image}", f"output={out}", "progress=false"]
+    from segdense.config.infer_job import infer_job
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # the process dies after the label image was made, before the overlay
+
+    monkeypatch.setattr(files, "overlay", killed)
+    with pytest.raises(KeyboardInterrupt):
+        infer_job(compose_infer(base))
+    assert not list(out.iterdir())  # no outputs, no temporary files
+    monkeypatch.undo()
+    report = infer_job(compose_infer(base))
+    assert report.written == [image] and {p.name for p in out.iterdir()} == {"a.png", "a_overlay.png"}
+
+
+def test_an_image_with_only_some_outputs_is_reported_not_skipped(tiny_checkpoint, tmp_path):
+    from segdense.config.infer_job import infer_job
+
+    image = write_image(tmp_path / "a.png", np.full((40, 40, 3), 60, np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a.png").write_bytes(b"from a run killed between two renames, or the user's")
+    report = infer_job(compose_infer([f"checkpoint={tiny_checkpoint}", f"input={image}", f"output={out}",
+                                      "progress=false"]))
+    assert report.failed and report.failed[0][0] == image and not report.skipped
+    assert "missing a_overlay.png" in report.failed[0][1] and "overwrite=true" in report.failed[0][1]
+    assert (out / "a.png").read_bytes().startswith(b"from a run") and not (out / "a_overlay.png").exists()
+
+
+def test_a_group_of_outputs_is_written_all_or_none(tmp_path):
+    from segdense.inference.writers import atomic_write_files
+
+    (tmp_path / "blocker").write_text("")  # a folder cannot be created below a file
+    with pytest.raises(OSError):
+        atomic_write_files({tmp_path / "first.png": b"1", tmp_path / "blocker" / "second.png": b"2"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+def test_overlay_false_writes_only_the_label_image(tiny_checkpoint, tmp_path):
+    from segdense.config.infer_job import infer_job
+
+    image = write_image(tmp_path / "a.png", np.full((40, 40, 3), 60, np.uint8))
+    out = tmp_path / "out"
+    infer_job(compose_infer([f"checkpoint={tiny_checkpoint}", f"input={image}", f"output={out}", "overlay=false",
+                             "progress=false"]))
+    assert [p.name for p in out.iterdir()] == ["a.png"] and Image.open(out / "a.png").mode == "P"
+
+
+@pytest.mark.parametrize("array, message", [
+    (np.full((4, 4, 3), 2.5, np.float32), r"float image values lie in 2\.5\.\.2\.5; expected \[0, 1\]"),
+    (np.full((4, 4, 3), -0.4, np.float64), r"lie in -0\.4\.\.-0\.4; expected \[0, 1\]"),
+    (np.array([[-3, 0, 200]], np.int32), r"int32 image values lie in -3\.\.200; expected 0\.\.255 \(8-bit\)"),
+    (np.array([[0, 70000]], np.int64), r"lie in 0\.\.70000; expected 0\.\.255 \(8-bit\) or 0\.\.65535"),
+    (np.array([[-1, 5]], np.int8), r"lie in -1\.\.5"),
+], ids=["float-above-1", "float-negative", "int-negative", "int-above-16-bit", "int8-negative"])
+def test_out_of_range_arrays_are_refused_not_clipped(array, message):
+    with pytest.raises(ImageReadError, match=message):
+        load_image(array)
+
+
+def test_an_imagenet_normalised_array_is_refused_with_what_to_pass_instead():
+    rgb = np.random.default_rng(5).random((6, 7, 3))
+    normalised = (rgb - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    with pytest.raises(ImageReadError, match="before any normalisation"):
+        load_image(normalised)
+    assert np.array_equal(load_image(rgb), np.rint(rgb * 255).astype(np.uint8))  # [0, 1] floats are scaled
+
+
+def test_integer_arrays_in_range_are_read_exactly(caplog):
+    assert load_image(np.array([[0, 17, 255]], np.int64))[0, :, 0].tolist() == [0, 17, 255]
+    assert load_image(np.array([[0, 65535]], np.int32))[0, :, 0].tolist() == [0, 255]
+    assert "above 255: read as 16-bit data" in caplog.text
+
+
+def test_a_broken_exif_block_is_named_in_a_warning(tmp_path, caplog):
+    array = np.zeros((20, 30, 3), np.uint8)
+    Image.fromarray(array).save(tmp_path / "damaged.jpg", exif=b"Exif\x00\x00not a TIFF structure", quality=95)
+    with caplog.at_level("WARNING", logger="segdense.infer"):
+        image = load_image(tmp_path / "damaged.jpg")
+    assert image.shape == (20, 30, 3)  # still read, as stored
+    assert f"{tmp_path / 'damaged.jpg'}: its EXIF block is damaged" in caplog.text
+    assert "used as stored, without any EXIF rotation" in caplog.text
+    caplog.clear()
+    Image.fromarray(array).save(tmp_path / "plain.jpg", quality=95)
+    load_image(tmp_path / "plain.jpg")
+    assert "EXIF" not in caplog.text  # no EXIF at all is no problem
+
+
+def test_cmyk_images_are_converted_to_rgb(tmp_path):
+    Image.new("CMYK", (6, 4), (0, 255, 255, 0)).save(tmp_path / "red.jpg", quality=100)  # cyan 0, M+Y full: red
+    Image.new("CMYK", (6, 4), (0, 0, 0, 255)).save(tmp_path / "black.tif")
+    red = load_image(tmp_path / "red.jpg")
+    assert red.shape == (4, 6, 3) and red[..., 0].min() > 240 and red[..., 1:].max() < 15
+    assert load_image(tmp_path / "black.tif").max() == 0

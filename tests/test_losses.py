@@ -82,6 +82,16 @@ def test_ohem_min_kept_raises_the_threshold_to_keep_the_hardest_pixels():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_ohem_with_class_weights_is_the_weighted_mean_over_the_kept_pixels():
+    weight, thresh = [0.5, 2.0, 1.0], 0.7
+    kept = [(p, softmax_at(*p)[TARGET[p]]) for p in valid_pixels() if softmax_at(*p)[TARGET[p]] < thresh]
+    assert 0 < len(kept) < len(valid_pixels())  # the threshold really selects
+    expected = (sum(weight[TARGET[p]] * -math.log(prob) for p, prob in kept)
+                / sum(weight[TARGET[p]] for p, _ in kept))
+    loss = build_loss("ohem_cross_entropy", thresh=thresh, min_kept=0, weight=weight)(logits_t(), target_t())
+    assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
 def test_focal_loss_matches_its_formula():
     gamma, alpha = 2.0, [0.25, 0.5, 1.0]
     terms = []
@@ -135,6 +145,19 @@ def test_lovasz_softmax_matches_its_definition_over_present_classes():
     expected = np.mean([lovasz_reference(probs, labels, c) for c in sorted(set(labels))])
     loss = build_loss("lovasz_softmax")(logits_t(), target_t())
     assert loss.item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_lovasz_softmax_over_all_classes_counts_the_absent_ones():
+    target = np.array([[[0, 1, 1], [1, 0, 255]]])  # class 2 absent
+    probs = [softmax_at(*p) for p in valid_pixels()]
+    labels = [target[p] for p in valid_pixels()]
+    expected_all = np.mean([lovasz_reference(probs, labels, c) for c in range(3)])
+    expected_present = np.mean([lovasz_reference(probs, labels, c) for c in (0, 1)])
+    assert abs(expected_all - expected_present) > 1e-3
+    target_t2 = torch.tensor(target)
+    all_classes = build_loss("lovasz_softmax", classes="all")(logits_t(), target_t2).item()
+    assert all_classes == pytest.approx(expected_all, rel=1e-9)
+    assert build_loss("lovasz_softmax")(logits_t(), target_t2).item() == pytest.approx(expected_present, rel=1e-9)
 
 
 def test_lovasz_softmax_of_a_confident_prediction_is_one_minus_iou():

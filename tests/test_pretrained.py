@@ -197,3 +197,20 @@ def test_imagenet_urls_match_torchvision():
 def test_imagenet_for_custom_net_is_refused():
     with pytest.raises(ValueError, match="needs a named DenseNet"):
         densenet_custom(num_units_per_block=(2, 2), growth_rate=8, pretrained="imagenet")
+
+
+def test_a_file_without_classifier_keys_warns_that_the_classifier_stays_fresh(tv_model, tmp_path, caplog):
+    path = tmp_path / "backbone_only.pth"
+    torch.save({k: v for k, v in tv_model.state_dict().items() if not k.startswith("classifier.")}, path)
+    torch.manual_seed(3)
+    fresh = densenet121(num_classes=1000).classifier.weight.clone()
+    torch.manual_seed(3)
+    with caplog.at_level(logging.WARNING):
+        model = densenet121(num_classes=1000, pretrained=str(path))
+    assert f"pretrained weights {path} hold no classifier" in caplog.text and "fresh initialisation" in caplog.text
+    assert torch.equal(model.classifier.weight, fresh)  # really left as initialised
+    assert torch.equal(model.features.norm5.running_var, tv_model.features.norm5.running_var)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        densenet121(pretrained=str(path))  # a features-only model needs no classifier: nothing to say
+    assert "classifier" not in caplog.text

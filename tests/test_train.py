@@ -52,7 +52,12 @@ def test_short_run_lowers_loss_and_writes_every_artefact(tmp_path):
     losses = seen["trainer"].loss_history
     assert len(losses) == 12
     assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
-    assert 0.0 <= result["mIoU"] <= 1.0 and len(result["per_class"]) == 5
+    confusion = torch.tensor(result["confusion"], dtype=torch.float64)  # rows: truth, columns: prediction
+    iou = confusion.diag() / (confusion.sum(0) + confusion.sum(1) - confusion.diag())
+    assert [c["IoU"] for c in result["per_class"]] == pytest.approx(iou.tolist(), nan_ok=True)
+    assert result["mIoU"] == pytest.approx(float(iou.nanmean()))
+    assert result["aAcc"] == pytest.approx(float(confusion.diag().sum() / confusion.sum()))
+    assert confusion.sum() > 0.9 * 8 * 64 * 64 and len(result["per_class"]) == 5  # the val split, ignore aside
     for name in ("checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "config.yaml"):
         assert (tmp_path / name).is_file(), name
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -144,14 +149,32 @@ def test_crash_while_writing_a_checkpoint_keeps_the_previous_one(tmp_path, monke
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_from_explicit_path_restores_iteration_and_optimizer(tmp_path):
+def test_resume_from_explicit_path_restores_iteration_and_optimizer(tmp_path, monkeypatch):
+    import copy
+
+    from segdense.engine import Trainer
+
     train(compose_config(TINY), run_dir=tmp_path / "a")
     seen = {}
+    real_resume = Trainer.resume_from
+
+    def spy(self, path):  # the resumed trainer's own state, before it trains on
+        real_resume(self, path)
+        seen["optimizer"] = copy.deepcopy(self.optimizer.state_dict())
+        seen["lr"] = [group["lr"] for group in self.optimizer.param_groups]
+
+    monkeypatch.setattr(Trainer, "resume_from", spy)
     path = tmp_path / "a/checkpoints/last.pt"
     train(compose_config(TINY + ["iterations=6", f"resume={path}"]), run_dir=tmp_path / "b", hooks=[capture(seen)])
     trainer = seen["trainer"]
     assert trainer.iteration == 6 and len(trainer.loss_history) == 2
-    assert load_checkpoint(path)["optimizer"]["state"]  # momentum buffers were saved and restored
+    saved = load_checkpoint(path)["optimizer"]
+    restored = seen["optimizer"]["state"]
+    assert saved["state"] and restored.keys() == saved["state"].keys()
+    for index, buffers in saved["state"].items():
+        assert torch.equal(restored[index]["momentum_buffer"], buffers["momentum_buffer"]), index
+        assert restored[index]["momentum_buffer"].abs().sum() > 0
+    assert seen["lr"] == [group["lr"] for group in saved["param_groups"]]
 
 
 def test_a_new_run_never_overwrites_an_existing_one(tmp_path):
@@ -186,7 +209,8 @@ def test_best_checkpoint_follows_the_best_miou(tmp_path, monkeypatch):
     assert metrics["last"]["mIoU"] == 0.4
 
 
-def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
+def _non_finite_loss(monkeypatch, value, when):
+    """Multiply the loss by ``value`` (NaN or inf) at the 1-based calls for which ``when(call)`` holds."""
     from segdense.losses import criterion as criterion_mod
 
     real_forward = criterion_mod.Criterion.forward
@@ -195,12 +219,53 @@ def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
     def forward(self, outputs, target):
         calls["n"] += 1
         total, terms = real_forward(self, outputs, target)
-        return (total * float("nan") if calls["n"] == 3 else total), terms
+        return (total * value if when(calls["n"]) else total), terms
 
     monkeypatch.setattr(criterion_mod.Criterion, "forward", forward)
+
+
+def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
+    _non_finite_loss(monkeypatch, float("nan"), lambda call: call == 3)
     with pytest.raises(FloatingPointError, match="at iteration 3"):
         train(compose_config(TINY), run_dir=tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["iteration"] == 2  # last good state kept
+
+
+def _tiny_trainer(run_dir, iterations, **kwargs):
+    """A Trainer built from plain arguments: tiny DenseNet + FCN on 32x32 synthetic shapes, no validation."""
+    from segdense import build_model
+    from segdense.data import SyntheticShapes
+    from segdense.engine import Trainer, build_optimizer, build_scheduler
+    from segdense.losses import build_criterion
+
+    torch.manual_seed(0)
+    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16, channels=16,
+                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8})
+    train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
+    optimizer = build_optimizer("sgd", model.parameters(), 0.01, momentum=0.9)
+    return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
+                   build_scheduler("poly", optimizer, iterations), train_set, None, iterations=iterations, batch_size=4,
+                   run_dir=run_dir, class_names=train_set.class_names, device="cpu", tensorboard=False,
+                   log_interval=1, **kwargs)
+
+
+def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path, monkeypatch):
+    from segdense.errors import TrainingDivergedError
+
+    _non_finite_loss(monkeypatch, float("inf"), lambda call: True)
+    trainer = _tiny_trainer(tmp_path, iterations=8, amp="fp16", checkpoint_interval=4, max_skipped_steps=3)
+    assert trainer.scaler.is_enabled()  # the scaler runs on the trainer's device, CPU included
+    with pytest.raises(TrainingDivergedError, match=r"3 consecutive fp16 steps were skipped.*at iteration 3"):
+        trainer.fit()
+    assert trainer.skipped_steps == 3 and not (tmp_path / "checkpoints").exists()
+
+
+def test_fp16_isolated_skipped_steps_are_counted_and_training_goes_on(tmp_path, monkeypatch):
+    _non_finite_loss(monkeypatch, float("inf"), lambda call: call % 2 == 1)  # calls 1, 3, 5
+    trainer = _tiny_trainer(tmp_path, iterations=6, amp="fp16", max_skipped_steps=2)
+    trainer.fit()
+    assert trainer.iteration == 6 and trainer.skipped_steps == 3 and trainer.consecutive_skips == 0
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["skipped_steps"] == 3
 
 
 def _free_port():
@@ -248,24 +313,52 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
         torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
+# Runs a tool with os.replace and Path.write_text (how segdense writes checkpoints, metrics.json and config.yaml)
+# recording each target in <log dir>/writes_rank<RANK>.txt.
+RECORD_WRITES = """
+import os, pathlib, runpy, sys
+log = pathlib.Path(sys.argv.pop(1)) / f"writes_rank{os.environ['RANK']}.txt"
+real_replace, real_write_text = os.replace, pathlib.Path.write_text
+def record(path):
+    with open(log, "a") as f:
+        f.write(f"{path}\\n")
+def replace(src, dst, *args, **kwargs):
+    record(dst)
+    return real_replace(src, dst, *args, **kwargs)
+def write_text(self, *args, **kwargs):
+    record(self)
+    return real_write_text(self, *args, **kwargs)
+os.replace, pathlib.Path.write_text = replace, write_text
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_torchrun_two_cpu_processes_complete_a_run(tmp_path, memory_efficient):
+def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_path, memory_efficient):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    (tmp_path / "record_writes.py").write_text(RECORD_WRITES)
+    run = tmp_path / "run"
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-        str(ROOT / "tools" / "train.py"), *TINY, f"hydra.run.dir={tmp_path}",
+        str(tmp_path / "record_writes.py"), str(tmp_path), str(ROOT / "tools" / "train.py"), *TINY,
+        "tensorboard=true", f"hydra.run.dir={run}",
         f"backbone.memory_efficient={str(memory_efficient).lower()}",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["iteration"] == 4 and not math.isnan(metrics["last"]["mIoU"])
-    state = load_checkpoint(tmp_path / "checkpoints/last.pt")
+    state = load_checkpoint(run / "checkpoints/last.pt")
     assert state["config"]["batch_size"] == 4
-    log = (tmp_path / "train.log").read_text()
+    log = (run / "train.log").read_text()
     assert "2 process(es) = 8" in log
     # gloo: the memory-efficient dense blocks sync their BatchNorm statistics themselves
     assert ("BatchNorm statistics synced across 2 processes" in log) == memory_efficient
+    rank0 = {Path(line).relative_to(run).as_posix() for line in (tmp_path / "writes_rank0.txt").read_text().split()}
+    assert {"checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "config.yaml"} <= rank0
+    assert not (tmp_path / "writes_rank1.txt").exists()  # rank 1 wrote nothing
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
 
 
 def test_training_refuses_data_with_out_of_range_labels(tmp_path):
@@ -299,3 +392,15 @@ def test_multirun_sweep_runs_every_combination(tmp_path):
     assert len(runs) == 2
     heads = {load_checkpoint(r / "checkpoints/last.pt")["model_config"]["head"] for r in runs}
     assert heads == {"fcn", "deeplabv3"}
+
+
+def test_the_summary_says_what_deterministic_guarantees(tmp_path, caplog):
+    from segdense.config.train_job import determinism_note
+
+    with caplog.at_level("INFO", logger="segdense.train"):
+        train(compose_config(TINY + ["iterations=1", "deterministic=true"]), run_dir=tmp_path)
+    line = next(line for line in caplog.text.splitlines() if "determinism" in line)
+    assert "bit-identical weights on the same CPU model" in line and "package versions" in line
+    cuda = determinism_note(True, torch.device("cuda"))
+    assert "only warn" in cuda and "bilinear upsampling backward" in cuda
+    assert determinism_note(False, torch.device("cpu")).startswith("off")

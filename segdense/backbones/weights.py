@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from segdense.errors import CheckpointError, ConfigError, MissingFileError
+
 logger = logging.getLogger(__name__)
 
 # torchvision's hosted ImageNet-1k checkpoints (DenseNet*_Weights.IMAGENET1K_V1).
@@ -46,7 +48,7 @@ def _unwrap(obj, path: str) -> dict[str, torch.Tensor]:
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise ValueError(f"{path} does not hold a state_dict of tensors")
+        raise CheckpointError(f"{path} does not hold a state_dict of tensors")
     prefix = "module."
     if obj and all(k.startswith(prefix) for k in obj):  # saved from DataParallel/DDP
         obj = {k[len(prefix):]: v for k, v in obj.items()}
@@ -58,7 +60,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     ``.safetensors`` file, with old torchvision keys converted."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights file not found: {path}")
+        raise MissingFileError(f"pretrained weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             try:
@@ -69,7 +71,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises several kinds (unpickling, zip, weights-only refusals)
-        raise ValueError(f"could not read weights from {path}: {e}") from e
+        raise CheckpointError(f"could not read weights from {path}: {e}") from e
     return convert_old_keys(_unwrap(obj, str(path)))
 
 
@@ -77,7 +79,7 @@ def download_imagenet_weights(arch: str, timeout: float = 30.0) -> Path:
     """Download torchvision's ImageNet checkpoint for ``arch`` into the torch hub cache (or use the
     cached copy) and return its path. Fails with a clear message, never hangs, without network."""
     if arch not in IMAGENET_URLS:
-        raise ValueError(
+        raise ConfigError(
             f"no ImageNet weights for {arch!r}; available for: {', '.join(IMAGENET_URLS)}. "
             "Pass pretrained=PATH to load a checkpoint file instead."
         )
@@ -119,15 +121,17 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     a DenseNet, strictly: every backbone parameter must be present and of the right shape.
 
     A classifier of another size (or a model built without one) drops the file's classifier and
-    logs that it did; a different ``in_channels`` adapts the stem.
+    logs that it did; a file without a classifier, loaded into a model with one, leaves that classifier
+    freshly initialised and logs that too. A different ``in_channels`` adapts the stem.
     """
     if str(pretrained) == "imagenet":
         if arch is None:
-            raise ValueError("pretrained='imagenet' needs a named DenseNet (densenet121/169/201/161)")
+            raise ConfigError("pretrained='imagenet' needs a named DenseNet (densenet121/169/201/161)")
         path = download_imagenet_weights(arch)
     else:
         path = Path(pretrained)
     state = read_state_dict(path)
+    read_keys = list(state)
     own = model.state_dict()
 
     for key in [k for k in state if k.startswith("classifier.")]:
@@ -144,6 +148,13 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     # Files saved before BatchNorm counted batches (torchvision's hosted ones) lack these counters.
     missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if model.classifier is not None:
+        fresh = [k for k in missing if k.startswith("classifier.")]
+        if fresh and not any(k.startswith("classifier.") for k in read_keys):
+            logger.warning(
+                "pretrained weights %s hold no classifier (%s): this model's %d-class classifier keeps its fresh "
+                "initialisation; train it, or load a file with a classifier of that size", path,
+                ", ".join(fresh), model.classifier.out_features,
+            )
         missing = [k for k in missing if not k.startswith("classifier.")]
     unexpected = [k for k in state if k not in own]
     wrong = [
@@ -157,7 +168,7 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
             if items:
                 shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
                 parts.append(f"{label} keys: {shown}")
-        raise ValueError(
+        raise CheckpointError(
             f"pretrained weights {path} do not fit this model ({type(model).__name__} with "
             f"units {getattr(model, 'num_units_per_block', '?')}): " + "; ".join(parts)
         )

@@ -7,25 +7,28 @@ import sys
 from typing import Any, Callable
 
 from omegaconf import DictConfig
+from omegaconf.errors import MissingMandatoryValue
+
+from segdense.errors import UserError
 
 logger = logging.getLogger("segdense")
 
 
 def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
-    """Run ``job(cfg)``. A user's mistake (an invalid config, a missing or corrupt checkpoint or data
-    file, an unwritable output, a loss gone NaN) prints one ``error:`` line and exits with status 2
-    instead of a traceback; ``SEGDENSE_DEBUG=1`` shows the traceback instead."""
-    from segdense.data import DatasetFileError
+    """Run ``job(cfg)``. A user's mistake — a :class:`segdense.errors.UserError` (an invalid config, a missing
+    or corrupt checkpoint or data file, an unwritable output, a loss gone NaN) or a required key left unset
+    (``???``) — prints one ``error:`` line and exits with status 2. Anything else is a bug of segdense and keeps
+    its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too."""
     from segdense.engine.distributed import cleanup_distributed
-    from segdense.export import ExportError
 
     try:
         return job(cfg)
-    except (ValueError, FileNotFoundError, PermissionError, FloatingPointError, DatasetFileError, ExportError) as e:
+    except (UserError, MissingMandatoryValue) as e:
         if os.environ.get("SEGDENSE_DEBUG") == "1":
             raise
         logger.debug("error details", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
+        message = f"{e.full_key} must be set: pass {e.full_key}=..." if isinstance(e, MissingMandatoryValue) else e
+        print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
     finally:
         cleanup_distributed()

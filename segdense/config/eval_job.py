@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .validate import ConfigError
+from segdense.errors import ConfigError, config_values
 
 logger = logging.getLogger("segdense.eval")
 
@@ -39,7 +39,7 @@ def build_eval_dataset(cfg: DictConfig, bundle):
     split = cfg.split or block.get("val_split") or "val"
     try:
         dataset = build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # the dataset's constructor refused the block's values
         raise ConfigError(str(e)) from None
     if len(dataset) == 0:
         raise ConfigError(f"dataset {name!r} split {split!r} holds no images")
@@ -59,7 +59,8 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     dataset, name = build_eval_dataset(cfg, bundle)
     device = resolve_device(cfg.device)
     min_size = int(getattr(bundle.model.backbone, "min_input_size", 1))
-    infer = build_infer(**infer_options(cfg, bundle), min_size=min_size, max_batch=cfg.batch_size)
+    with config_values("inference options"):
+        infer = build_infer(**infer_options(cfg, bundle), min_size=min_size, max_batch=cfg.batch_size)
     output_dir = output_dir or cfg.output_dir
     if output_dir is None:
         from hydra.core.hydra_config import HydraConfig

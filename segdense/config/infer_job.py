@@ -6,6 +6,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from segdense.errors import config_values
+
 logger = logging.getLogger("segdense.infer")
 
 
@@ -22,8 +24,9 @@ def infer_job(cfg: DictConfig):
     files = find_images(cfg.input)
     bundle = load_bundle(cfg.checkpoint)
     output = check_writable_dir(cfg.output)
-    predictor = Predictor(bundle, device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size,
-                          **infer_options(cfg, bundle))
+    with config_values("inference options"):
+        predictor = Predictor(bundle, device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size,
+                              **infer_options(cfg, bundle))
     logger.info("%s: %d image(s) -> %s", predictor, len(files), output)
     root = Path(cfg.input) if Path(cfg.input).is_dir() else None
     report = predict_files(predictor, files, output, root=root, overwrite=cfg.overwrite, save_overlay=cfg.overlay,

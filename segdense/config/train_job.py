@@ -12,8 +12,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.backbones.efficient_block import sync_dense_layer_norms
+from segdense.errors import ConfigError, config_values
 
-from .validate import ConfigError, validate_config
+from .validate import validate_config
 
 logger = logging.getLogger("segdense.train")
 
@@ -52,6 +53,10 @@ def build_datasets(cfg: DictConfig):
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    """Seed Python, NumPy and torch. ``deterministic`` picks PyTorch's deterministic kernels where they exist;
+    an op that has none only warns (``warn_only=True``), because the heads' bilinear upsampling has no
+    deterministic CUDA backward and a strict mode would refuse every CUDA run. :func:`determinism_note` says
+    what this guarantees."""
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -61,6 +66,17 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     elif torch.cuda.is_available():
         torch.backends.cudnn.benchmark = True
+
+
+def determinism_note(deterministic: bool, device: torch.device) -> str:
+    """What ``deterministic`` guarantees on ``device``, for the summary screen (docs/training.md says the same)."""
+    if not deterministic:
+        return "off: seeded, but runs may differ in the last bits (deterministic=true to pin them)"
+    if device.type == "cuda":
+        return ("on: deterministic kernels where PyTorch has them; ops without one (bilinear upsampling backward, "
+                "adaptive pooling backward) only warn, so two CUDA runs may still differ slightly")
+    return ("on: a rerun, or a killed and resumed run, gives bit-identical weights on the same CPU model with the "
+            "same thread count and package versions; another CPU model may end slightly differently")
 
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
@@ -138,6 +154,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}, {cfg.scheduler.name}",
         *([f"  loss      {loss}"] if loss else []),
         f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
+        f"  determinism {determinism_note(cfg.deterministic, device)}",
     ])
 
 
@@ -165,13 +182,15 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     resume_path = resolve_resume(cfg.resume, run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
 
-    train_set, val_set = build_datasets(cfg)
+    with config_values("dataset/augmentation"):
+        train_set, val_set = build_datasets(cfg)
     if cfg.validate_data != "off" and is_main_process():
         report = validate_dataset(train_set, sample=None if cfg.validate_data == "full" else 64, seed=cfg.seed)
         if not report.ok:
             raise ConfigError(f"the training data has problems:\n{report.format()}")
 
-    model = build_model(**model_kwargs(cfg, train_set.num_classes))
+    with config_values("backbone/head"):
+        model = build_model(**model_kwargs(cfg, train_set.num_classes))
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif world > 1 and model.model_config["memory_efficient"]:
@@ -180,20 +199,23 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         sync_dense_layer_norms(model)
         logger.info("memory-efficient dense blocks: BatchNorm statistics synced across %d processes", world)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
-    class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)
-    criterion = build_criterion(terms, aux_weight=cfg.loss.aux_weight, num_classes=train_set.num_classes,
-                                class_weight=class_weight)
+    with config_values("loss"):
+        class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)
+        criterion = build_criterion(terms, aux_weight=cfg.loss.aux_weight, num_classes=train_set.num_classes,
+                                    class_weight=class_weight)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
     opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
     name = opt.pop("name")
-    groups = param_groups(
-        model, cfg.lr, head_lr_mult=opt.pop("head_lr_mult", 1.0),
-        weight_decay=opt.get("weight_decay", 0.0), no_decay_norm_bias=opt.pop("no_decay_norm_bias", False),
-    )
-    optimizer = build_optimizer(name, groups, cfg.lr, **opt)
+    with config_values("optimizer"):
+        groups = param_groups(
+            model, cfg.lr, head_lr_mult=opt.pop("head_lr_mult", 1.0),
+            weight_decay=opt.get("weight_decay", 0.0), no_decay_norm_bias=opt.pop("no_decay_norm_bias", False),
+        )
+        optimizer = build_optimizer(name, groups, cfg.lr, **opt)
     sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
-    scheduler = build_scheduler(sched.pop("name"), optimizer, cfg.iterations, **sched)
+    with config_values("scheduler"):
+        scheduler = build_scheduler(sched.pop("name"), optimizer, cfg.iterations, **sched)
 
     trainer = Trainer(
         model, criterion, optimizer, scheduler, train_set, val_set,

@@ -9,11 +9,8 @@ from __future__ import annotations
 import inspect
 from typing import Any, Callable, Iterable, Mapping
 
+from segdense.errors import ConfigError  # noqa: F401  (raised here; importable from here as before)
 from segdense.registry import unknown_name_message
-
-
-class ConfigError(ValueError):
-    """An invalid configuration; the message lists every problem found."""
 
 
 def _accepted(fn: Callable, skip: Iterable[str] = ()) -> tuple[set[str], bool]:

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from segdense.errors import ConfigError, MissingFileError
+
 from .io import IGNORE_INDEX, read_image, read_mask
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
@@ -78,9 +80,9 @@ class SegmentationDataset(Dataset):
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes)"
 
 
-def layout_error(dataset: str, root: str | Path, problem: str, layout: str) -> FileNotFoundError:
+def layout_error(dataset: str, root: str | Path, problem: str, layout: str) -> MissingFileError:
     """One error for a missing or wrongly laid out dataset root, showing the layout expected."""
-    return FileNotFoundError(f"{dataset} root {str(root)!r}: {problem}.\nExpected layout:\n{layout.rstrip()}")
+    return MissingFileError(f"{dataset} root {str(root)!r}: {problem}.\nExpected layout:\n{layout.rstrip()}")
 
 
 def read_split_list(path: Path, dataset: str, root: Path, layout: str) -> list[str]:
@@ -92,4 +94,4 @@ def read_split_list(path: Path, dataset: str, root: Path, layout: str) -> list[s
 
 def check_split(split: str, valid: Sequence[str], dataset: str) -> None:
     if split not in valid:
-        raise ValueError(f"unknown {dataset} split {split!r}; valid splits: {', '.join(valid)}")
+        raise ConfigError(f"unknown {dataset} split {split!r}; valid splits: {', '.join(valid)}")

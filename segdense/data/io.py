@@ -12,12 +12,14 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from segdense.errors import UserError
+
 IGNORE_INDEX = 255
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _INDEX_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "1")
 
 
-class DatasetFileError(RuntimeError):
+class DatasetFileError(UserError, RuntimeError):
     """A file of a dataset could not be used; ``path`` names it."""
 
     def __init__(self, path: str | Path, problem: str):

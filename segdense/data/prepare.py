@@ -9,6 +9,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from segdense.errors import MissingFileError
+
 from .cityscapes import label_ids_to_train_ids
 from .io import DatasetFileError, read_mask, write_index_png
 from .voc import voc_palette, voc_year_dir
@@ -70,11 +72,11 @@ def prepare_voc_aug(voc_root: str | Path, sbd_root: str | Path, num_workers: int
     if not (sbd / "cls").is_dir() and (sbd / "dataset" / "cls").is_dir():
         sbd = sbd / "dataset"
     if not (sbd / "cls").is_dir():
-        raise FileNotFoundError(f"SBD root {str(sbd_root)!r}: no dataset/cls/ folder.\nExpected layout:\n{SBD_LAYOUT}")
+        raise MissingFileError(f"SBD root {str(sbd_root)!r}: no dataset/cls/ folder.\nExpected layout:\n{SBD_LAYOUT}")
     lists = base / "ImageSets" / "Segmentation"
     for name in ("train.txt", "val.txt"):
         if not (lists / name).is_file():
-            raise FileNotFoundError(f"VOC split list {lists / name} does not exist")
+            raise MissingFileError(f"VOC split list {lists / name} does not exist")
     sbd_ids = [i for name in ("train.txt", "val.txt") if (sbd / name).is_file() for i in _read_ids(sbd / name)]
     mats = sorted((sbd / "cls").glob("*.mat"))
     if not sbd_ids:  # without SBD's lists, every converted annotation counts
@@ -91,7 +93,7 @@ def prepare_voc_aug(voc_root: str | Path, sbd_root: str | Path, num_workers: int
     _parallel(_copy_voc_mask, voc_masks, workers, "VOC masks")
     missing = [i for i in trainaug if not (out / f"{i}.png").is_file()]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} trainaug images have no annotation in SBD or VOC, e.g. {missing[:5]}")
+        raise MissingFileError(f"{len(missing)} trainaug images have no annotation in SBD or VOC, e.g. {missing[:5]}")
     (lists / "trainaug.txt").write_text("".join(f"{i}\n" for i in trainaug))
     return trainaug
 
@@ -107,7 +109,7 @@ def prepare_cityscapes(root: str | Path, splits: Iterable[str] = ("train", "val"
     """Write ``*_gtFine_labelTrainIds.png`` next to every ``*_gtFine_labelIds.png``; returns how many."""
     gt = Path(root) / "gtFine"
     if not gt.is_dir():
-        raise FileNotFoundError(f"Cityscapes root {str(root)!r}: no gtFine/ folder (expected "
+        raise MissingFileError(f"Cityscapes root {str(root)!r}: no gtFine/ folder (expected "
                                 "gtFine/{split}/{city}/*_gtFine_labelIds.png)")
     files = sorted(p for split in splits for p in (gt / split).glob("*/*_gtFine_labelIds.png"))
     workers = default_workers() if num_workers is None else num_workers

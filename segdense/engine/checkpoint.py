@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from segdense.errors import CheckpointError, MissingFileError
+
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
 BEST = "best.pt"
@@ -50,13 +52,13 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     with one clear error for a missing, unreadable or foreign file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, refused globals ...
-        raise ValueError(f"checkpoint {path} could not be read (corrupt or not a segdense checkpoint): {e}") from e
+        raise CheckpointError(f"checkpoint {path} could not be read (corrupt or not a segdense checkpoint): {e}") from e
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise ValueError(
+        raise CheckpointError(
             f"{path} is not a segdense checkpoint (expected a dict with 'model' and 'model_config')"
         )
     return state

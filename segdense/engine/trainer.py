@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdense.backbones.densenet import DenseNet
+from segdense.errors import ConfigError, TrainingDivergedError
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 
 from . import checkpoint as ckpt
@@ -31,7 +32,7 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
+        raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
     return dev
 
 
@@ -46,7 +47,7 @@ def resolve_amp(amp: str | bool, device: torch.device) -> torch.dtype | None:
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     if amp in ("bf16", "fp16"):
         return torch.bfloat16 if amp == "bf16" else torch.float16
-    raise ValueError(f"amp must be one of auto, off, bf16, fp16; got {amp!r}")
+    raise ConfigError(f"amp must be one of auto, off, bf16, fp16; got {amp!r}")
 
 
 class Trainer:
@@ -56,6 +57,10 @@ class Trainer:
     ``model_config``), the criterion, and optimizer/scheduler factories that take the (possibly
     wrapped) model's parameters. ``run_dir`` receives ``checkpoints/{last,best}.pt``,
     ``metrics.json`` and TensorBoard events (rank 0 only).
+
+    With fp16 a step whose loss or gradients are not finite is skipped, as the gradient scaler does; after
+    ``max_skipped_steps`` consecutive skipped steps the run stops with :class:`TrainingDivergedError` naming the
+    iteration, before it writes checkpoints of a model that no longer trains.
     """
 
     def __init__(
@@ -87,6 +92,7 @@ class Trainer:
         config: dict | None = None,
         tensorboard: bool = True,
         hooks: Sequence[Callable[["Trainer", int], None]] = (),
+        max_skipped_steps: int = 50,
     ) -> None:
         if iterations < 1:
             raise ValueError(f"iterations must be positive, got {iterations}")
@@ -114,7 +120,7 @@ class Trainer:
         self.criterion = criterion.to(self.device)
         self.optimizer = optimizer
         self.scheduler = scheduler
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.train_set, self.val_set = train_set, val_set
         self.val_loader_fn = val_loader_fn
         self.iterations = iterations
@@ -136,6 +142,8 @@ class Trainer:
         self.best_miou = -1.0
         self.best_iteration = 0
         self.skipped_steps = 0
+        self.consecutive_skips = 0
+        self.max_skipped_steps = max(1, int(max_skipped_steps))
         self.history: list[dict] = []
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.writer = None
@@ -169,7 +177,7 @@ class Trainer:
         """Restore model, optimizer, scheduler, scaler, RNG states and the iteration."""
         state = ckpt.load_checkpoint(path, map_location=self.device)
         if state["model_config"] != self.model_config:
-            raise ValueError(
+            raise ConfigError(
                 f"checkpoint {path} was trained with model {state['model_config']}, but this run "
                 f"builds {self.model_config}; resume with the same model settings"
             )
@@ -220,9 +228,9 @@ class Trainer:
             loss, terms = self.criterion(outputs, masks)
         if not torch.isfinite(loss):
             if self.scaler.is_enabled():  # fp16: skip the step, as the scaler does for inf grads
-                self.skipped_steps += 1
+                self._skipped()
                 return None
-            raise FloatingPointError(
+            raise TrainingDivergedError(
                 f"the loss became {loss.item()} at iteration {self.iteration + 1}; training stopped "
                 f"(last good checkpoint: {self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}). "
                 "Try a lower lr, grad_clip, or amp=off."
@@ -234,11 +242,23 @@ class Trainer:
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        if scale is not None and self.scaler.get_scale() < scale:
-            self.skipped_steps += 1
+        if scale is not None and self.scaler.get_scale() < scale:  # the scaler found inf gradients
+            self._skipped()
+        else:
+            self.consecutive_skips = 0
         logged = {"loss": loss.detach()}
         logged.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in terms.items()})
         return logged
+
+    def _skipped(self) -> None:
+        self.skipped_steps += 1
+        self.consecutive_skips += 1
+        if self.consecutive_skips >= self.max_skipped_steps:
+            raise TrainingDivergedError(
+                f"{self.consecutive_skips} consecutive fp16 steps were skipped for non-finite losses or gradients, "
+                f"the last at iteration {self.iteration + 1}; training stopped (last good checkpoint: "
+                f"{self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}). Try amp=bf16 or amp=off, a lower lr, or grad_clip."
+            )
 
     def fit(self) -> dict:
         """Train to ``iterations`` (from the resumed iteration, if any) and return the last

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from segdense.errors import UserError
 from segdense.inference.loading import METADATA_KEY, ModelBundle
 from segdense.inference.writers import atomic_write_bytes
 
@@ -24,7 +26,7 @@ FORMATS = ("onnx", "torchscript", "safetensors")
 DTYPES = ("fp32", "fp16")  # fp16: ONNX only, weights, input and output in float16
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """An export that could not be written or verified."""
 
 
@@ -146,8 +148,21 @@ def _compare(expected: torch.Tensor, got: torch.Tensor, size, batch: int) -> dic
     if tuple(got.shape) != tuple(expected.shape):
         raise ExportError(f"exported model gave shape {tuple(got.shape)} for input size {list(size)}, "
                           f"PyTorch {tuple(expected.shape)}: the export did not keep the sizes dynamic")
+    # torch's max propagates NaN, and inf - inf is NaN: any non-finite output on either side gives NaN here.
     return {"size": [int(s) for s in size], "batch": batch,
             "max_abs_diff": float((expected.float() - got.float()).abs().max())}
+
+
+def check_parity(results: Sequence[dict], format: str, tolerance: float) -> None:
+    """Raise ExportError unless every comparison is within ``tolerance``; a NaN difference (the exported model
+    or PyTorch itself gave NaN or inf) fails too."""
+    failed = [r for r in results if not r["max_abs_diff"] <= tolerance]  # written so that NaN fails
+    if any(math.isnan(r["max_abs_diff"]) for r in failed):
+        raise ExportError(f"the exported {format} model or PyTorch itself gives NaN or infinite outputs ({failed})")
+    if failed:
+        worst = max(r["max_abs_diff"] for r in failed)
+        raise ExportError(f"the exported {format} model differs from PyTorch by {worst:.3g} > {tolerance:g} "
+                          f"({failed})")
 
 
 def save_safetensors(bundle: ModelBundle, path: str | os.PathLike) -> Path:
@@ -164,10 +179,12 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
                  sizes: Sequence[Sequence[int]] = ((64, 64), (77, 93)), opset: int = 17,
                  verify: bool = True, tolerance: float = 1e-4, dtype: str = "fp32") -> list[dict]:
     """Export ``bundle.model`` as ``format`` to ``output``; with ``verify`` run it back and raise ExportError when
-    the maximum absolute difference to PyTorch exceeds ``tolerance``. Returns the comparisons made.
+    the maximum absolute difference to PyTorch exceeds ``tolerance`` or either side gives NaN/inf. A file that
+    fails its check is removed. Returns the comparisons made.
 
-    ``dtype="fp16"`` (ONNX only) is checked for dynamic sizes here, but its logits differ from fp32 by design:
-    judge it by :func:`segdense.export.parity.check_parity_on_images` (argmax agreement on real images)."""
+    ``dtype="fp16"`` (ONNX only) is checked for dynamic sizes and finite outputs here, but its logits differ from
+    fp32 by design: judge it by :func:`segdense.export.parity.check_parity_on_images` (argmax agreement on real
+    images)."""
     if format not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {format!r}")
     if dtype not in DTYPES or (dtype != "fp32" and format != "onnx"):
@@ -175,30 +192,39 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
                          f"valid dtypes: {', '.join(DTYPES)}")
     model = bundle.model.cpu().float().eval()
     output = Path(output)
+    if format == "onnx" and verify:  # know before writing anything that the check can run
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
+                              "(or pass verify=false)") from None
     if format == "safetensors":
         save_safetensors(bundle, output)
-        if not verify:
-            return []
-        from segdense.inference.loading import load_bundle
-
-        reloaded = load_bundle(output).model
-        x = _example(model, sizes[0])
-        return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]
-    if format == "onnx":
-        if verify:  # know before writing anything that the check can run
-            try:
-                import onnxruntime  # noqa: F401
-            except ImportError:
-                raise ExportError('verifying ONNX needs onnxruntime: pip install -e ".[export]" '
-                                  "(or pass verify=false)") from None
+    elif format == "onnx":
         export_onnx(model, output, sizes[0], opset, dtype)
-        results = verify_onnx(model, output, sizes) if verify else []
     else:
         export_torchscript(model, output, sizes[0])
-        results = verify_torchscript(model, output, sizes) if verify else []
-    worst = max((r["max_abs_diff"] for r in results), default=0.0)
-    if worst > tolerance and dtype == "fp32":
+    if not verify:
+        return []
+    try:
+        results = _verify(model, format, output, sizes)
+        check_parity(results, format, tolerance if dtype == "fp32" else math.inf)
+    except ExportError as e:
         output.unlink(missing_ok=True)
-        raise ExportError(f"the exported {format} model differs from PyTorch by {worst:.3g} > {tolerance:g} "
-                          f"({results}); {output} was removed")
+        raise ExportError(f"{e}; {output} was removed") from None
+    except BaseException:  # the check itself could not run: the file stays unverified, so it goes too
+        output.unlink(missing_ok=True)
+        raise
     return results
+
+
+def _verify(model: nn.Module, format: str, output: Path, sizes) -> list[dict]:
+    if format == "onnx":
+        return verify_onnx(model, output, sizes)
+    if format == "torchscript":
+        return verify_torchscript(model, output, sizes)
+    from segdense.inference.loading import load_bundle
+
+    reloaded = load_bundle(output).model
+    x = _example(model, sizes[0])
+    return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]

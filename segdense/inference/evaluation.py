@@ -15,10 +15,12 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .draw import colorize
+from segdense.errors import UserError
 from segdense.reports.evaluation import write_eval_report, write_per_image_csv
 from segdense.reports.plots import confusion_chart
 
+from .draw import colorize
+from .files import output_names
 from .loading import ModelBundle
 from .per_image import BatchTracker, PerImageRecorder
 from .tta import describe_infer
@@ -28,7 +30,7 @@ logger = logging.getLogger("segdense.eval")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DatasetMismatchError(ValueError):
+class DatasetMismatchError(UserError, ValueError):
     """The dataset's classes do not match the model's."""
 
 
@@ -47,6 +49,18 @@ def check_dataset_classes(bundle: ModelBundle, dataset, dataset_name: str) -> No
                        dataset_name, names, bundle.class_names)
 
 
+def report_left_out(dataset, dataset_name: str) -> list[dict]:
+    """The dataset's files that have no partner (an image without a mask, a mask without an image), which the
+    evaluation cannot use: logged as a warning with their count and names, and returned for ``metrics.json``."""
+    left_out = [{"file": str(path), "problem": problem} for path, problem in getattr(dataset, "unpaired", [])]
+    if left_out:
+        shown = "\n  ".join(f"{item['file']}: {item['problem']}" for item in left_out[:20])
+        more = f"\n  ... and {len(left_out) - 20} more (all are listed in metrics.json)" if len(left_out) > 20 else ""
+        logger.warning("%d file(s) of dataset %r are left out of the evaluation, which covers the %d complete "
+                       "pairs only:\n  %s%s", len(left_out), dataset_name, len(dataset), shown, more)
+    return left_out
+
+
 def cityscapes_train_to_label_ids() -> np.ndarray:
     """trainId → labelId lookup (256 entries; 255 → 0 'unlabeled'), for the official evaluation server."""
     from segdense.data.cityscapes import LABELS
@@ -58,13 +72,25 @@ def cityscapes_train_to_label_ids() -> np.ndarray:
     return table
 
 
+def prediction_names(dataset) -> list[str]:
+    """A unique output name per sample: the image's path below the folder all images share, without extension
+    (``city/a_leftImg8bit``), as :func:`segdense.inference.files.output_names` names inference outputs; the
+    index (``000042``) for samples that are not files."""
+    images = [dataset.describe(i)[0] if hasattr(dataset, "describe") else "" for i in range(len(dataset))]
+    if not images or not all(image and Path(image).is_file() for image in images):
+        return [f"{i:06d}" for i in range(len(dataset))]
+    return [name.as_posix() for name in output_names([Path(image) for image in images], None)]
+
+
 class PredictionSaver:
     """Wraps a loader and an ``infer`` callable so the evaluation loop also writes every prediction (cropped to
-    the sample's own size) as ``color/<name>.png`` and ``labels/<name>.png`` under ``directory``."""
+    the sample's own size) as ``color/<name>.png`` and ``labels/<name>.png`` under ``directory``, where ``name``
+    keeps the image's sub-folders (:func:`prediction_names`)."""
 
     def __init__(self, infer: Callable, dataset, directory: Path, palette, label_table: np.ndarray | None = None):
         self.infer, self.dataset, self.directory = infer, dataset, Path(directory)
         self.palette, self.label_table = palette, label_table
+        self.names = prediction_names(dataset)
         self._sizes: torch.Tensor | None = None
         self._next_index = 0
 
@@ -72,8 +98,7 @@ class PredictionSaver:
         return BatchTracker(loader, lambda batch: setattr(self, "_sizes", batch[2]))
 
     def name(self, index: int) -> str:
-        image = self.dataset.describe(index)[0] if hasattr(self.dataset, "describe") else ""
-        return Path(image).stem if image and Path(image).is_file() else f"{index:06d}"
+        return self.names[index]
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         logits = self.infer(model, images)
@@ -95,9 +120,11 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
                    dataset_name: str = "", progress: bool = True, channels_last: bool = False,
                    report: bool = False, report_images: int = 8) -> dict:
     """Metrics of ``bundle.model`` on ``dataset`` (``mIoU``, ``mAcc``, ``aAcc``, ``per_class``, ``confusion``).
-    With ``output_dir``: ``metrics.json`` and ``confusion.png`` there. With ``save_predictions``: coloured and raw
-    label PNGs (labelIds for Cityscapes). With ``report`` (needs ``output_dir``): ``per_image.csv`` and
-    ``report/index.html`` with the ``report_images`` worst images (:mod:`segdense.reports.evaluation`)."""
+    Files without a partner (``dataset.unpaired``) cannot be scored: they are logged and listed in
+    ``metrics.json`` (``num_left_out``, ``left_out``). With ``output_dir``: ``metrics.json`` and ``confusion.png``
+    there. With ``save_predictions``: coloured and raw label PNGs (labelIds for Cityscapes). With ``report``
+    (needs ``output_dir``): ``per_image.csv`` and ``report/index.html`` with the ``report_images`` worst images
+    (:mod:`segdense.reports.evaluation`)."""
     from segdense.data import build_dataloader
     from segdense.engine import evaluate
     from segdense.metrics import SegmentationMetrics
@@ -105,6 +132,7 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
     check_dataset_classes(bundle, dataset, dataset_name)
     if report and output_dir is None:
         raise ValueError("report=true needs an output directory (output_dir=DIR)")
+    left_out = report_left_out(dataset, dataset_name)
     if output_dir is not None:
         check_writable_dir(output_dir)
     if save_predictions is not None:
@@ -128,6 +156,7 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
         output_dir = Path(output_dir)
         write_json(output_dir / "metrics.json", {
             "checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
+            "num_left_out": len(left_out), "left_out": left_out,
             "infer": description, **result,
         })
         confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")

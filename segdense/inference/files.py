@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -10,10 +11,12 @@ from typing import Sequence
 
 import numpy as np
 
+from segdense.errors import ConfigError
+
 from .draw import overlay
 from .images import ImageReadError, load_image
 from .predictor import Predictor
-from .writers import write_label_png, write_npy, write_png
+from .writers import atomic_write_files, label_png_bytes, npy_bytes, png_bytes
 
 logger = logging.getLogger("segdense.infer")
 
@@ -37,12 +40,17 @@ class InferenceReport:
 
 
 def output_names(files: Sequence[Path], root: Path | None) -> list[Path]:
-    """Output stem (relative path without suffix) per input: the path below ``root`` (a directory input) or the
-    file name; inputs sharing a stem in one folder (``a.jpg``, ``a.png``) keep their extension (``a_jpg``)."""
+    """Output stem (relative path without suffix) per input: the path below ``root`` (a directory input) or, without
+    a root, below the folder all inputs share (so ``shots/a/1.png`` and ``shots/b/1.png`` from a glob give ``a/1``
+    and ``b/1``); one file gives its name. Inputs sharing a stem in one folder (``a.jpg``, ``a.png``) keep their
+    extension (``a_jpg``)."""
+    if root is None and len(files) > 1:
+        root = Path(os.path.commonpath([p.absolute().parent for p in files]))
+
     def relative(p: Path) -> Path:
         if root is not None:
             try:
-                return p.relative_to(root)
+                return p.absolute().relative_to(root.absolute())
             except ValueError:
                 pass
         return Path(p.name)
@@ -59,18 +67,28 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
     """Predict every file and write ``<name>.png`` (palette PNG of class indices), ``<name>_overlay.png`` (image,
     prediction and legend) and, with ``save_proba``, ``<name>_proba.npy`` (float16 (C, H, W) probabilities).
 
-    Unreadable images are reported and skipped; existing outputs are kept unless ``overwrite``."""
+    An image's outputs are written together (all or none). Unreadable images are reported and skipped; an image
+    whose outputs all exist is skipped unless ``overwrite``; one with only some of them (another file of the same
+    name, or a run killed between two renames) is reported as failed, and nothing of it is overwritten."""
     report = InferenceReport()
     names = output_names(files, root)
+    all_targets = [_targets(output / name, save_overlay, save_proba) for name in names]
+    _check_unique(files, all_targets)
     todo = []
-    for path, name in zip(files, names):
-        targets = _targets(output / name, save_overlay, save_proba)
-        if not overwrite and any(t.exists() for t in targets):
-            logger.warning("%s: output %s exists, skipped (pass overwrite=true to replace it)", path,
-                           next(t for t in targets if t.exists()))
+    for path, targets in zip(files, all_targets):
+        existing = [t for t in targets if t.exists()]
+        if overwrite or not existing:
+            todo.append((path, targets))
+        elif len(existing) == len(targets):
+            logger.warning("%s: its outputs exist (%s), skipped (pass overwrite=true to replace them)", path,
+                           ", ".join(t.name for t in targets))
             report.skipped.append(path)
         else:
-            todo.append((path, targets))
+            missing = [t.name for t in targets if not t.exists()]
+            why = (f"only some of its outputs exist ({', '.join(t.name for t in existing)}; missing "
+                   f"{', '.join(missing)}); nothing was overwritten: pass overwrite=true to replace them")
+            logger.error("%s: %s", path, why)
+            report.failed.append((path, why))
     bar = None
     if progress:
         from tqdm import tqdm
@@ -91,12 +109,13 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
         logits = predictor.logits_batch([image for _, _, image in chunk])
         for (path, targets, image), item in zip(chunk, logits):
             labels = item.argmax(0).numpy()
+            data = [label_png_bytes(labels, predictor.palette)]
+            if save_overlay:
+                data.append(png_bytes(overlay(image, labels, predictor.palette, predictor.class_names)))
+            if save_proba:
+                data.append(npy_bytes(item.softmax(0).numpy().astype(np.float16)))
             try:
-                write_label_png(targets[0], labels, predictor.palette)
-                if save_overlay:
-                    write_png(targets[1], overlay(image, labels, predictor.palette, predictor.class_names))
-                if save_proba:
-                    write_npy(targets[-1], item.softmax(0).numpy().astype(np.float16))
+                atomic_write_files(dict(zip(targets, data)))
                 report.written.append(path)
             except OSError as e:
                 logger.error("cannot write the outputs of %s: %s", path, e)
@@ -106,6 +125,18 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
     if bar is not None:
         bar.close()
     return report
+
+
+def _check_unique(files: Sequence[Path], all_targets: Sequence[Sequence[Path]]) -> None:
+    """One error, before anything is written, when two inputs would write the same output file (an input named
+    ``a_overlay.png`` next to ``a.png``)."""
+    owner: dict[Path, Path] = {}
+    for path, targets in zip(files, all_targets):
+        for target in targets:
+            if target in owner:
+                raise ConfigError(f"{owner[target]} and {path} would both write {target}; rename one of them "
+                                  "(nothing was written)")
+            owner[target] = path
 
 
 def _targets(stem: Path, save_overlay: bool, save_proba: bool) -> list[Path]:

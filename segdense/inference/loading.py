@@ -7,6 +7,7 @@ string metadata, ``segdense`` (JSON): ``model_config``, ``class_names``, ``palet
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,12 +16,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from segdense.errors import CheckpointError, MissingFileError
+
+logger = logging.getLogger("segdense.inference")
+
 METADATA_KEY = "segdense"
 DEFAULT_EVAL_PIPELINE = [{"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint or weights file that cannot give a model; the message names the file."""
 
 
 @dataclass
@@ -56,7 +57,7 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     palette, dataset and eval pipeline. One :class:`CheckpointError` (or FileNotFoundError) per problem."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
         state_dict, meta = _read_safetensors(path)
     else:
@@ -67,9 +68,15 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     if len(names) != num_classes:
         raise CheckpointError(f"{path}: it names {len(names)} classes but its model predicts {num_classes}")
     palette = [list(map(int, c)) for c in (meta.get("palette") or [])] or default_palette(num_classes)
+    eval_pipeline = meta.get("eval_pipeline")
+    if not eval_pipeline:
+        logger.warning("%s does not record its eval pipeline (the training config's augmentation.eval): images "
+                       "are normalised with ImageNet's mean and std, which is wrong if the model was trained with "
+                       "another normalisation", path)
+        eval_pipeline = DEFAULT_EVAL_PIPELINE
     return ModelBundle(
         model=model, class_names=names, palette=palette, dataset=dict(meta.get("dataset") or {}),
-        eval_pipeline=list(meta.get("eval_pipeline") or DEFAULT_EVAL_PIPELINE),
+        eval_pipeline=list(eval_pipeline),
         crop_size=list(meta["crop_size"]) if meta.get("crop_size") else None, source=str(path),
     )
 
