@@ -51,7 +51,8 @@ def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def bn_relu(
-    x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor, invstd: torch.Tensor
+    x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor, invstd: torch.Tensor,
+    var: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ReLU(BN(x)) with given batch statistics (float32/64). ``x`` may be a channel slice of the
     block buffer; the output is a fresh compact tensor in ``x``'s memory format. Full-precision
@@ -63,7 +64,8 @@ def bn_relu(
         shift = -mean * scale if bn.bias is None else bn.bias - mean * scale
         shape = (1, -1, 1, 1)
         return torch.addcmul(shift.to(x.dtype).view(shape), x, scale.to(x.dtype).view(shape)).relu_()
-    var = invstd.double().pow(-2).sub_(bn.eps).to(invstd.dtype)
+    if var is None:
+        var = invstd.double().pow(-2).sub_(bn.eps).to(invstd.dtype)
     return torch.batch_norm(_compact(x), bn.weight, bn.bias, mean, var, False, 0.0, bn.eps, True).relu_()
 
 
@@ -134,8 +136,8 @@ class TorchOps:
     name = "torch"
 
     @staticmethod
-    def bn_relu(x, bn, mean, invstd):
-        return bn_relu(x, bn, mean, invstd)
+    def bn_relu(x, bn, mean, invstd, var=None):
+        return bn_relu(x, bn, mean, invstd, var)
 
     @staticmethod
     def bn_relu_backward(dy, x, a, bn, mean, invstd, count, group, into=None):
@@ -168,7 +170,7 @@ class TritonOps:
         return mean.contiguous(), invstd.contiguous(), bn.weight, bn.bias
 
     @classmethod
-    def bn_relu(cls, x, bn, mean, invstd):
+    def bn_relu(cls, x, bn, mean, invstd, var=None):
         from . import fused_kernels as K
 
         return K.bn_relu(cls._rows(x), *cls._vectors(bn, mean, invstd))
@@ -220,7 +222,7 @@ class _EfficientDenseBlock(torch.autograd.Function):
             n1 = layer.norm1
             mean1 = stats.mean[:c_in]
             pending.append((n1, mean1, stats.var[:c_in]))
-            a1 = ops.bn_relu(buf[:, :c_in], n1, mean1, stats.invstd(c_in, n1.eps))
+            a1 = ops.bn_relu(buf[:, :c_in], n1, mean1, stats.invstd(c_in, n1.eps), stats.var[:c_in])
             z1 = layer.conv1._conv_forward(a1, _weight(layer.conv1, a1), None)
             del a1
             a2, m2, s2 = _bn_train(z1, layer.norm2, group, ops, pending)
@@ -270,7 +272,7 @@ class _EfficientDenseBlock(torch.autograd.Function):
             del a2, ga2
             # First half: BN1-ReLU recomputed from the shared buffer and the shared statistics.
             m1, s1 = stats.mean[:c_in], stats.invstd(c_in, n1.eps)
-            a1 = ops.bn_relu(buf[:, :c_in], n1, m1, s1)
+            a1 = ops.bn_relu(buf[:, :c_in], n1, m1, s1, stats.var[:c_in])
             ga1, gw1, _ = _conv_backward(
                 gz1, a1, _weight(conv1, a1), None, list(conv1.stride), list(conv1.padding),
                 list(conv1.dilation), False, [0, 0], conv1.groups, [True, True, False],
