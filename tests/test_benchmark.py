@@ -172,3 +172,17 @@ def test_cli_bad_configuration_is_one_clear_error():
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert proc.returncode == 2
     assert "crop >= output_stride" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_exits_non_zero_when_a_row_fails(tmp_path):
+    # deeplabv3_resnet50 at batch 1 cannot train (its image-pooling BatchNorm sees one value per
+    # channel): that row fails, the others are still measured, and the tool says so and exits 1.
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom", "--units", "1",
+           "1", "1", "1", "--growth-rate", "4", "--head", "fcn", "--output-stride", "8", "--batch", "1",
+           "--crop", "64", "--peers", "--reps", "1", "--warmup", "0", "--no-memory", "--no-flops",
+           "--matmul-size", "128", "--json", str(tmp_path / "b.json")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "1 row(s) failed: tv deeplabv3_resnet50 os8 b1x64" in proc.stderr
+    rows = json.loads((tmp_path / "b.json").read_text())["rows"]
+    assert [r["error"] is None for r in rows] == [True, True, False, True]
