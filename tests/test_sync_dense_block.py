@@ -84,3 +84,16 @@ def test_local_statistics_differ_from_the_whole_batch():
     ref_out, _ = _step(_block(0, sync=None), x, 4)
     half_out, _ = _step(_block(0, sync=None), x[:2], 4)
     assert (half_out - ref_out[:2]).abs().max() > 1e-3
+
+
+def test_synced_layers_keep_the_state_dict_keys_and_values():
+    plain = densenet_custom(num_units_per_block=(2, 2), growth_rate=4, memory_efficient=True)
+    synced = sync_dense_layer_norms(densenet_custom(num_units_per_block=(2, 2), growth_rate=4, memory_efficient=True))
+    synced.load_state_dict(plain.state_dict())  # strict: same keys, same shapes
+    assert list(synced.state_dict()) == list(plain.state_dict())
+    assert type(synced.features.denseblock1.denselayer1.norm1).__name__ == "DenseSyncBatchNorm"
+    assert type(synced.features.transition1.norm) is torch.nn.BatchNorm2d  # only dense layers change
+    plain.eval(), synced.eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(synced(x), plain(x))  # eval: plain BatchNorm behaviour
