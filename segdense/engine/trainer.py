@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdense.backbones.densenet import DenseNet
+from segdense.backbones.resnet import ResNet
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 
 from . import checkpoint as ckpt
@@ -93,10 +94,10 @@ class Trainer:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.amp_dtype = resolve_amp(amp, self.device)
         # auto: the whole model channels-last on CUDA; on CPU the DenseNet backbone converts its
-        # input itself (DenseNet(channels_last=None)). False: channels-last nowhere.
+        # input itself (DenseNet/ResNet(channels_last=None)). False: channels-last nowhere.
         if channels_last is False:
             for m in model.modules():
-                if isinstance(m, DenseNet):
+                if isinstance(m, (DenseNet, ResNet)):
                     m.channels_last = False
         if channels_last == "auto":
             channels_last = self.device.type == "cuda"
