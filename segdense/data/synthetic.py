@@ -27,17 +27,23 @@ def _size_pair(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
-    scale = min(height, width)
-    # Background: smooth low-frequency grey texture plus pixel noise.
-    coarse = rng.uniform(-1.0, 1.0, size=(height // 16 + 2, width // 16 + 2)).astype(np.float32)
+def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+    """(H, W) float32 noise in [-1, 1], smooth at the scale of ``cell`` pixels: uniform values on a
+    coarse grid, bilinearly interpolated."""
+    coarse = rng.uniform(-1.0, 1.0, size=(height // cell + 2, width // cell + 2)).astype(np.float32)
     ys = np.linspace(0, coarse.shape[0] - 1.001, height, dtype=np.float32)
     xs = np.linspace(0, coarse.shape[1] - 1.001, width, dtype=np.float32)
     y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
     fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    smooth = (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1][:, x0] * fy * (1 - fx)
-              + coarse[y0][:, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1][:, x0 + 1] * fy * fx)
+    return (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1][:, x0] * fy * (1 - fx)
+            + coarse[y0][:, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1][:, x0 + 1] * fy * fx)
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
+    scale = min(height, width)
+    # Background: smooth low-frequency grey texture plus pixel noise.
+    smooth = smooth_noise(rng, height, width, 16)
     grey = rng.uniform(100.0, 150.0)
     tint = rng.uniform(-8.0, 8.0, size=3).astype(np.float32)
     image = np.empty((height, width, 3), dtype=np.float32)
