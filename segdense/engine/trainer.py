@@ -138,6 +138,7 @@ class Trainer:
         self.best_iteration = 0
         self.skipped_steps = 0
         self.history: list[dict] = []
+        self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.writer = None
         if tensorboard and self.is_main:
@@ -162,6 +163,7 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "skipped_steps": self.skipped_steps,
             "history": self.history,
+            "train_seconds": self.train_seconds,
             "config": self.config,
             "segdense_version": __version__,
         }
@@ -184,6 +186,7 @@ class Trainer:
         self.best_iteration = int(state.get("best_iteration", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.history = list(state.get("history", []))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     def _save(self, name: str) -> None:
@@ -254,6 +257,7 @@ class Trainer:
         start_iteration = self.iteration
         try:
             while self.iteration < self.iterations:
+                step_start = time.perf_counter()
                 images, masks = next(loader)[:2]
                 try:
                     logged = self._step(images, masks)
@@ -265,6 +269,7 @@ class Trainer:
                     ) from e
                 self.scheduler.step()
                 self.iteration += 1
+                self.train_seconds += time.perf_counter() - step_start
                 if logged is not None:
                     self.loss_history.append(float(logged["loss"]))
                 window_images += images.shape[0] * world_size()
@@ -317,7 +322,8 @@ class Trainer:
             self.model, loader, metrics, self.device, self.amp_dtype, self.channels_last,
             on_first_batch=keep_first if self.writer is not None else None,
         )
-        entry = {"iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"]}
+        entry = {"iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
+                 "train_seconds": round(self.train_seconds, 3)}
         self.history.append(entry)
         if self.is_main:
             logger.info("validation at iteration %d\n%s", self.iteration, format_metrics_table(result))
