@@ -5,7 +5,7 @@ from segdense.config.validate import validate_config
 from train_utils import compose_config
 
 
-def test_demo_is_densenet121_at_os16_with_the_half_width_deeplabv3plus():
+def test_demo_is_densenet121_at_os16_with_the_half_width_deeplabv3plus_validated_once():
     cfg = compose_config()
     validate_config(cfg)
     kwargs = model_kwargs(cfg, num_classes=5)
@@ -14,14 +14,14 @@ def test_demo_is_densenet121_at_os16_with_the_half_width_deeplabv3plus():
     assert cfg.iterations == 100 and cfg.val_interval == 100 and cfg.checkpoint_interval == 100
 
 
-def test_a_head_on_the_command_line_wins_over_the_demo_head():
-    assert compose_config(["head=deeplabv3plus"]).head.channels == 256
-    cfg = compose_config(["head=denseaspp"])
-    assert cfg.head.name == "denseaspp" and "channels" not in cfg.head
+def test_the_full_width_head_is_one_option_away():
+    cfg = compose_config(["head=deeplabv3plus"])
+    assert (cfg.head.name, cfg.head.channels) == ("deeplabv3plus", 256)
     validate_config(cfg)
 
 
-def test_other_datasets_keep_the_full_width_head():
+def test_the_default_head_serves_every_dataset():
     for dataset in ("voc", "cityscapes", "synthetic_hard"):
-        head = compose_config([f"dataset={dataset}"]).head
-        assert (head.name, head.channels) == ("deeplabv3plus", 256), dataset
+        cfg = compose_config([f"dataset={dataset}"])
+        assert (cfg.head.name, cfg.head.channels) == ("deeplabv3plus", 128), dataset
+        validate_config(cfg)

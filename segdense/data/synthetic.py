@@ -101,7 +101,47 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-class SyntheticShapes(SegmentationDataset):
+class SeededScenes(SegmentationDataset):
+    """A generated dataset: sample ``i`` of a split is rendered from the seed ``(seed, split, i)``, so
+    it is the same on every call and machine, differs across seeds, and train, val and test never
+    share a scene. Subclasses set ``name`` and implement :meth:`render`."""
+
+    name = "synthetic"
+
+    def __init__(self, split: str, num_samples: int | None, seed: int, transform: Transform | None):
+        super().__init__(transform)
+        check_split(split, list(_SPLIT_STREAMS), self.name)
+        self.split = split
+        self.num_samples = _DEFAULT_SIZES[split] if num_samples is None else int(num_samples)
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.seed = int(seed)
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB uint8 (H, W, 3), uint8 (H, W) labels) of one scene drawn from ``rng``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} {self.name} samples")
+        image, labels = self.render(np.random.default_rng([self.seed, _SPLIT_STREAMS[self.split], index]))
+        return image, labels.astype(np.int64)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.load_raw(index)[0]
+
+    def load_mask(self, index: int) -> np.ndarray:
+        return self.load_raw(index)[1]
+
+    def describe(self, index: int) -> tuple[str, str]:
+        name = f"{self.name}:{self.split}[{index}] (seed {self.seed})"
+        return name, name
+
+
+class SyntheticShapes(SeededScenes):
     """Procedural shapes: ``background``, ``circle``, ``rectangle``, ``triangle``, ``ring``.
 
     Sample ``i`` of a split is generated from the seed ``(seed, split, i)``, so it is the same on every call and
@@ -120,33 +160,10 @@ class SyntheticShapes(SegmentationDataset):
 
     def __init__(self, split: str = "train", num_samples: int | None = None, image_size: int | tuple[int, int] = 128,
                  seed: int = 0, transform: Transform | None = None):
-        super().__init__(transform)
-        check_split(split, list(_SPLIT_STREAMS), "synthetic")
-        self.split = split
-        self.num_samples = _DEFAULT_SIZES[split] if num_samples is None else int(num_samples)
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        super().__init__(split, num_samples, seed, transform)
         self.image_size = _size_pair(image_size)
         if min(self.image_size) < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
-        self.seed = int(seed)
 
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} synthetic samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAMS[self.split], index])
-        image, labels = render_scene(rng, *self.image_size)
-        return image, labels.astype(np.int64)
-
-    def load_image(self, index: int) -> np.ndarray:
-        return self.load_raw(index)[0]
-
-    def load_mask(self, index: int) -> np.ndarray:
-        return self.load_raw(index)[1]
-
-    def describe(self, index: int) -> tuple[str, str]:
-        name = f"synthetic:{self.split}[{index}] (seed {self.seed})"
-        return name, name
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return render_scene(rng, *self.image_size)

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import SegmentationDataset, Transform, check_split
+from .base import Transform
 from .io import IGNORE_INDEX
-from .synthetic import smooth_noise
+from .synthetic import SeededScenes, smooth_noise
 
 CLASS_NAMES = ["background", "disc", "bar", "triangle", "ring"]
 PALETTE = [(0, 0, 0), (220, 20, 60), (60, 180, 75), (65, 105, 225), (240, 200, 40)]
-_SPLIT_STREAMS = {"train": 0, "val": 1, "test": 2}
-_DEFAULT_SIZES = {"train": 2000, "val": 200, "test": 200}
 
 
 def _texture(rng: np.random.Generator, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
@@ -126,7 +124,7 @@ def render_hard_scene(rng: np.random.Generator, height: int, width: int) -> tupl
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-class SyntheticHard(SegmentationDataset):
+class SyntheticHard(SeededScenes):
     """Shapes told apart by shape alone: ``background``, ``disc``, ``bar``, ``triangle``, ``ring``.
 
     Sample ``i`` of a split is generated from the seed ``(seed, split, i)``: the same on every call
@@ -141,39 +139,17 @@ class SyntheticHard(SegmentationDataset):
         transform: callable ``(image, mask) -> (image tensor, mask tensor)``.
     """
 
+    name = "synthetic_hard"
     class_names = CLASS_NAMES
     palette = PALETTE
 
     def __init__(self, split: str = "train", num_samples: int | None = None, min_size: int = 256,
                  max_size: int = 384, seed: int = 0, transform: Transform | None = None):
-        super().__init__(transform)
-        check_split(split, list(_SPLIT_STREAMS), "synthetic_hard")
-        self.split = split
-        self.num_samples = _DEFAULT_SIZES[split] if num_samples is None else int(num_samples)
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        super().__init__(split, num_samples, seed, transform)
         if not 32 <= int(min_size) <= int(max_size):
             raise ValueError(f"need 32 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
         self.min_size, self.max_size = int(min_size), int(max_size)
-        self.seed = int(seed)
 
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} synthetic_hard samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAMS[self.split], index])
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         height, width = (int(v) for v in rng.integers(self.min_size, self.max_size + 1, size=2))
-        image, labels = render_hard_scene(rng, height, width)
-        return image, labels.astype(np.int64)
-
-    def load_image(self, index: int) -> np.ndarray:
-        return self.load_raw(index)[0]
-
-    def load_mask(self, index: int) -> np.ndarray:
-        return self.load_raw(index)[1]
-
-    def describe(self, index: int) -> tuple[str, str]:
-        name = f"synthetic_hard:{self.split}[{index}] (seed {self.seed})"
-        return name, name
+        return render_hard_scene(rng, height, width)
