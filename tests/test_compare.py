@@ -53,6 +53,9 @@ def test_tiny_comparison_end_to_end(tmp_path, capsys):
     before = (tmp_path / "runs" / "fcn" / "checkpoints" / "last.pt").stat().st_mtime_ns
     assert load_tool().main(["--out", str(tmp_path), "--common", *common, "--run", runs[0]]) == 0
     assert (tmp_path / "runs" / "fcn" / "checkpoints" / "last.pt").stat().st_mtime_ns == before
+    # ... but not under another configuration of the same name.
+    assert load_tool().main(["--out", str(tmp_path), "--common", *common, "--run", "fcn: head=fcn lr=0.5"]) == 2
+    assert "holds a finished run with other overrides" in capsys.readouterr().err
 
 
 def history(*points):

@@ -7,7 +7,8 @@ and at equal training time; writes comparison.json, comparison.md and comparison
         --run "resnet50 os8: backbone=resnet50 head=deeplabv3 output_stride=8"
 
 Each ``--run`` is ``"name: override ..."`` (Hydra overrides, as tools/train.py takes them); runs
-train one after another into ``OUT/runs/<name>``, and a finished run is read back, not retrained.
+train one after another into ``OUT/runs/<name>``; a finished run of the same overrides is read back, not
+retrained (add runs to a comparison that way), and one of other overrides under that name is an error.
 """
 import argparse
 import logging

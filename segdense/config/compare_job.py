@@ -49,8 +49,8 @@ def compare(config_dir: str | os.PathLike, runs: Sequence[str], out_dir: str | o
             common: Sequence[str] = ()) -> dict:
     """Train every run (``"name: overrides"``, each after the ``common`` overrides) in turn into
     ``out_dir/runs/<name>``, then write the comparison report to ``out_dir``. A run whose
-    directory already holds a finished ``metrics.json`` is read, not retrained (the tool can be
-    re-run with more configurations)."""
+    directory already holds a finished run of the same overrides is read, not retrained (the tool
+    can be re-run with more configurations); one of other overrides is an error."""
     parsed = [parse_run(spec) for spec in runs]
     names = [name for name, _ in parsed]
     if len(set(names)) != len(names):
@@ -64,8 +64,14 @@ def compare(config_dir: str | os.PathLike, runs: Sequence[str], out_dir: str | o
         run_dir = out / "runs" / name.replace(" ", "_")
         done = run_dir / "comparison_run.json"
         if done.is_file():
+            finished = json.loads(done.read_text())
+            if finished["overrides"] != [*common, *overrides]:
+                raise ConfigError(
+                    f"run {name!r}: {run_dir} holds a finished run with other overrides "
+                    f"({' '.join(finished['overrides'])}); give this configuration another name or --out"
+                )
             logger.info("run %s: reading its finished result from %s", name, done)
-            results.append(json.loads(done.read_text()))
+            results.append(finished)
             continue
         start = time.perf_counter()
         seen = {}
