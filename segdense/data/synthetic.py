@@ -39,6 +39,26 @@ def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -
             + coarse[y0][:, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1][:, x0 + 1] * fy * fx)
 
 
+def shape_window(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float):
+    """The box around a shape of ``radius`` centred at (cy, cx), clipped to the image of pixel
+    coordinates ``yy``, ``xx``: ((top, bottom, left, right), dy, dx) with the pixels' offsets from
+    the centre, or None when the box lies outside the image."""
+    height, width = yy.shape
+    top, bottom = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, height)
+    left, right = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, width)
+    if top >= bottom or left >= right:
+        return None
+    return (top, bottom, left, right), yy[top:bottom, left:right] - cy, xx[top:bottom, left:right] - cx
+
+
+def ignore_borders(labels: np.ndarray) -> None:
+    """Label a one-pixel band on every label border ignore (255), as VOC marks object boundaries."""
+    border = np.zeros_like(labels, dtype=bool)
+    border[1:] |= labels[1:] != labels[:-1]
+    border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    labels[border] = IGNORE_INDEX
+
+
 def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
     scale = min(height, width)
@@ -55,11 +75,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         cls = int(rng.integers(1, 5))
         radius = rng.uniform(0.08, 0.22) * scale
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        top, bottom = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, height)
-        left, right = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, width)
-        if top >= bottom or left >= right:
+        window = shape_window(yy, xx, cy, cx, radius)
+        if window is None:
             continue
-        dy, dx = yy[top:bottom, left:right] - cy, xx[top:bottom, left:right] - cx
+        (top, bottom, left, right), dy, dx = window
         if cls == 1:  # disc
             region = dy * dy + dx * dx <= radius * radius
         elif cls == 2:  # rotated rectangle
@@ -87,11 +106,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         view_lab[region] = cls
 
     image += rng.normal(0.0, 7.0, size=image.shape).astype(np.float32)
-    # One-pixel ignore band on every label border, as VOC marks object boundaries.
-    border = np.zeros_like(labels, dtype=bool)
-    border[1:] |= labels[1:] != labels[:-1]
-    border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    labels[border] = IGNORE_INDEX
+    ignore_borders(labels)
     if rng.random() < 0.3:  # a small void patch of noise, labelled ignore
         side = int(rng.uniform(0.05, 0.11) * scale) + 1
         top, left = int(rng.integers(0, max(height - side, 1))), int(rng.integers(0, max(width - side, 1)))

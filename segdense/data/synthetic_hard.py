@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .base import Transform
-from .io import IGNORE_INDEX
-from .synthetic import SeededScenes, smooth_noise
+from .synthetic import SeededScenes, ignore_borders, shape_window, smooth_noise
 
 CLASS_NAMES = ["background", "disc", "bar", "triangle", "ring"]
 PALETTE = [(0, 0, 0), (220, 20, 60), (60, 180, 75), (65, 105, 225), (240, 200, 40)]
@@ -104,11 +103,10 @@ def render_hard_scene(rng: np.random.Generator, height: int, width: int) -> tupl
         if cls == 2:
             radius *= 1.5  # bars are long
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        top, bottom = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, height)
-        left, right = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, width)
-        if top >= bottom or left >= right:
+        window = shape_window(yy, xx, cy, cx, radius)
+        if window is None:
             continue
-        dy, dx = yy[top:bottom, left:right] - cy, xx[top:bottom, left:right] - cx
+        (top, bottom, left, right), dy, dx = window
         region = _shape_mask(cls, rng, radius, dy, dx)
         image[top:bottom, left:right][region] = _texture(rng, dy, dx)[region]
         labels[top:bottom, left:right][region] = cls
@@ -117,10 +115,7 @@ def render_hard_scene(rng: np.random.Generator, height: int, width: int) -> tupl
     contrast, brightness = rng.uniform(0.7, 1.2), rng.uniform(-25, 25)
     image = (image - 128.0) * contrast + 128.0 + brightness
     image += rng.normal(0.0, rng.uniform(3.0, 15.0), size=image.shape).astype(np.float32)
-    border = np.zeros_like(labels, dtype=bool)
-    border[1:] |= labels[1:] != labels[:-1]
-    border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    labels[border] = IGNORE_INDEX
+    ignore_borders(labels)
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
