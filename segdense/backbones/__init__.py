@@ -1,4 +1,4 @@
-"""DenseNet backbones for segmentation. Needs only torch.
+"""DenseNet backbones for segmentation (and torchvision's ResNet-50/101 for reference). Needs only torch.
 
 >>> from segdense.backbones import build_backbone
 >>> net = build_backbone("densenet121", output_stride=16)
@@ -14,12 +14,14 @@ from .densenet import (
     valid_output_strides,
 )
 from .features import FeatureSpec, feature_at_stride
+from .resnet import ResNet, resnet50, resnet101
 from .registry import build_backbone, list_backbones, register_backbone
 from .weights import adapt_input_conv, convert_old_keys, load_pretrained, read_state_dict
 
 __all__ = [
     "DenseNet",
     "FeatureSpec",
+    "ResNet",
     "adapt_input_conv",
     "build_backbone",
     "convert_old_keys",
@@ -33,5 +35,7 @@ __all__ = [
     "load_pretrained",
     "read_state_dict",
     "register_backbone",
+    "resnet50",
+    "resnet101",
     "valid_output_strides",
 ]

@@ -83,7 +83,12 @@ def download_imagenet_weights(arch: str, timeout: float = 30.0) -> Path:
             f"no ImageNet weights for {arch!r}; available for: {', '.join(IMAGENET_URLS)}. "
             "Pass pretrained=PATH to load a checkpoint file instead."
         )
-    url = IMAGENET_URLS[arch]
+    return download_weights(IMAGENET_URLS[arch], arch, timeout)
+
+
+def download_weights(url: str, arch: str, timeout: float = 30.0) -> Path:
+    """Download ``url`` (the ImageNet weights of ``arch``) into the torch hub cache, or use the
+    cached copy, and return its path. Without network: one clear error, no half-written file."""
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     target = cache / url.rsplit("/", 1)[1]
     if target.is_file():
@@ -145,31 +150,44 @@ def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str |
     if stem in state and stem in own and state[stem].shape[1] != own[stem].shape[1]:
         state[stem] = adapt_input_conv(state[stem], own[stem].shape[1])
 
-    # Files saved before BatchNorm counted batches (torchvision's hosted ones) lack these counters.
-    missing = [k for k in own if k not in state and not k.endswith("num_batches_tracked")]
     if model.classifier is not None:
-        fresh = [k for k in missing if k.startswith("classifier.")]
+        fresh = [k for k in own if k.startswith("classifier.") and k not in state]
         if fresh and not any(k.startswith("classifier.") for k in read_keys):
             logger.warning(
                 "pretrained weights %s hold no classifier (%s): this model's %d-class classifier keeps its fresh "
                 "initialisation; train it, or load a file with a classifier of that size", path,
                 ", ".join(fresh), model.classifier.out_features,
             )
-        missing = [k for k in missing if not k.startswith("classifier.")]
+    # Files saved before BatchNorm counted batches (torchvision's hosted ones) lack those counters.
+    ignore_missing = ("classifier.",) if model.classifier is not None else ()
+    problems = state_dict_mismatch(own, state, ignore_missing)
+    if problems:
+        raise CheckpointError(
+            f"pretrained weights {path} do not fit this model ({type(model).__name__} with "
+            f"units {getattr(model, 'num_units_per_block', '?')}): {problems}"
+        )
+    model.load_state_dict(state, strict=False)
+
+
+def state_dict_mismatch(
+    own: dict[str, torch.Tensor], state: dict[str, torch.Tensor], ignore_missing: tuple[str, ...] = ()
+) -> str:
+    """What keeps ``state`` from loading strictly into a model whose state_dict is ``own``: missing,
+    unexpected and wrong-shape keys (a few of each), or "" when it fits. BatchNorm batch counters
+    and keys starting with ``ignore_missing`` may be missing."""
+    missing = [
+        k for k in own
+        if k not in state and not k.endswith("num_batches_tracked") and not k.startswith(ignore_missing)
+    ]
     unexpected = [k for k in state if k not in own]
     wrong = [
         f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
         for k in state
         if k in own and state[k].shape != own[k].shape
     ]
-    if missing or unexpected or wrong:
-        parts = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
-            if items:
-                shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
-                parts.append(f"{label} keys: {shown}")
-        raise CheckpointError(
-            f"pretrained weights {path} do not fit this model ({type(model).__name__} with "
-            f"units {getattr(model, 'num_units_per_block', '?')}): " + "; ".join(parts)
-        )
-    model.load_state_dict(state, strict=False)
+    parts = []
+    for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+        if items:
+            shown = ", ".join(items[:5]) + (f" (+{len(items) - 5} more)" if len(items) > 5 else "")
+            parts.append(f"{label} keys: {shown}")
+    return "; ".join(parts)

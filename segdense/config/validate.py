@@ -88,6 +88,7 @@ def _check_top_level(cfg, errors: list[str]) -> None:
 
 def _check_backbone(block: dict, output_stride: int, errors: list[str]) -> None:
     from segdense.backbones import DenseNet, list_backbones, valid_output_strides
+    from segdense.backbones.resnet import RESNET_OUTPUT_STRIDES
     from segdense.backbones.registry import _BACKBONES
 
     name = block.pop("name", None)
@@ -106,6 +107,8 @@ def _check_backbone(block: dict, output_stride: int, errors: list[str]) -> None:
                 f"output_stride={output_stride} is not valid for {name} "
                 f"(initial_output_stride={initial}); valid output strides: {valid}"
             )
+    elif name.startswith("resnet") and output_stride not in RESNET_OUTPUT_STRIDES:
+        errors.append(f"output_stride={output_stride} is not valid for {name}; valid output strides: {list(RESNET_OUTPUT_STRIDES)}")
 
 
 def _check_head(block: dict, errors: list[str]) -> None:

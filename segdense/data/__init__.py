@@ -14,13 +14,14 @@ from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
 from .loader import build_dataloader, infinite_batches, pad_collate
 from .registry import build_dataset, list_datasets
 from .synthetic import SyntheticShapes
+from .synthetic_hard import SyntheticHard
 from .transforms import CatMaxRandomCrop, build_transforms
 from .validate import DatasetReport, validate_dataset
 from .voc import VOCSegmentation
 
 __all__ = [
     "IGNORE_INDEX", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
-    "SegmentationDataset", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
+    "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
     "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
     "read_mask", "validate_dataset",
 ]

@@ -8,6 +8,7 @@ from .base import SegmentationDataset, Transform
 from .cityscapes import Cityscapes
 from .folder import FolderDataset
 from .synthetic import SyntheticShapes
+from .synthetic_hard import SyntheticHard
 from .voc import VOCSegmentation
 
 
@@ -18,6 +19,7 @@ def _voc_aug(split: str = "trainaug", **kwargs: Any) -> VOCSegmentation:
 _DATASETS = Registry("dataset")
 _DATASETS.update({
     "synthetic": SyntheticShapes,
+    "synthetic_hard": SyntheticHard,
     "voc": VOCSegmentation,
     "voc_aug": _voc_aug,  # VOC 2012 whose train split is SBD's trainaug; its val is VOC val
     "cityscapes": Cityscapes,

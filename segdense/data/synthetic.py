@@ -27,17 +27,43 @@ def _size_pair(image_size: int | tuple[int, int]) -> tuple[int, int]:
     return height, width
 
 
-def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
-    scale = min(height, width)
-    # Background: smooth low-frequency grey texture plus pixel noise.
-    coarse = rng.uniform(-1.0, 1.0, size=(height // 16 + 2, width // 16 + 2)).astype(np.float32)
+def smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) -> np.ndarray:
+    """(H, W) float32 noise in [-1, 1], smooth at the scale of ``cell`` pixels: uniform values on a
+    coarse grid, bilinearly interpolated."""
+    coarse = rng.uniform(-1.0, 1.0, size=(height // cell + 2, width // cell + 2)).astype(np.float32)
     ys = np.linspace(0, coarse.shape[0] - 1.001, height, dtype=np.float32)
     xs = np.linspace(0, coarse.shape[1] - 1.001, width, dtype=np.float32)
     y0, x0 = ys.astype(np.int64), xs.astype(np.int64)
     fy, fx = (ys - y0)[:, None], (xs - x0)[None, :]
-    smooth = (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1][:, x0] * fy * (1 - fx)
-              + coarse[y0][:, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1][:, x0 + 1] * fy * fx)
+    return (coarse[y0][:, x0] * (1 - fy) * (1 - fx) + coarse[y0 + 1][:, x0] * fy * (1 - fx)
+            + coarse[y0][:, x0 + 1] * (1 - fy) * fx + coarse[y0 + 1][:, x0 + 1] * fy * fx)
+
+
+def shape_window(yy: np.ndarray, xx: np.ndarray, cy: float, cx: float, radius: float):
+    """The box around a shape of ``radius`` centred at (cy, cx), clipped to the image of pixel
+    coordinates ``yy``, ``xx``: ((top, bottom, left, right), dy, dx) with the pixels' offsets from
+    the centre, or None when the box lies outside the image."""
+    height, width = yy.shape
+    top, bottom = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, height)
+    left, right = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, width)
+    if top >= bottom or left >= right:
+        return None
+    return (top, bottom, left, right), yy[top:bottom, left:right] - cy, xx[top:bottom, left:right] - cx
+
+
+def ignore_borders(labels: np.ndarray) -> None:
+    """Label a one-pixel band on every label border ignore (255), as VOC marks object boundaries."""
+    border = np.zeros_like(labels, dtype=bool)
+    border[1:] |= labels[1:] != labels[:-1]
+    border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    labels[border] = IGNORE_INDEX
+
+
+def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
+    scale = min(height, width)
+    # Background: smooth low-frequency grey texture plus pixel noise.
+    smooth = smooth_noise(rng, height, width, 16)
     grey = rng.uniform(100.0, 150.0)
     tint = rng.uniform(-8.0, 8.0, size=3).astype(np.float32)
     image = np.empty((height, width, 3), dtype=np.float32)
@@ -49,11 +75,10 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         cls = int(rng.integers(1, 5))
         radius = rng.uniform(0.08, 0.22) * scale
         cy, cx = rng.uniform(0, height), rng.uniform(0, width)
-        top, bottom = max(int(cy - radius) - 1, 0), min(int(cy + radius) + 2, height)
-        left, right = max(int(cx - radius) - 1, 0), min(int(cx + radius) + 2, width)
-        if top >= bottom or left >= right:
+        window = shape_window(yy, xx, cy, cx, radius)
+        if window is None:
             continue
-        dy, dx = yy[top:bottom, left:right] - cy, xx[top:bottom, left:right] - cx
+        (top, bottom, left, right), dy, dx = window
         if cls == 1:  # disc
             region = dy * dy + dx * dx <= radius * radius
         elif cls == 2:  # rotated rectangle
@@ -81,11 +106,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         view_lab[region] = cls
 
     image += rng.normal(0.0, 7.0, size=image.shape).astype(np.float32)
-    # One-pixel ignore band on every label border, as VOC marks object boundaries.
-    border = np.zeros_like(labels, dtype=bool)
-    border[1:] |= labels[1:] != labels[:-1]
-    border[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-    labels[border] = IGNORE_INDEX
+    ignore_borders(labels)
     if rng.random() < 0.3:  # a small void patch of noise, labelled ignore
         side = int(rng.uniform(0.05, 0.11) * scale) + 1
         top, left = int(rng.integers(0, max(height - side, 1))), int(rng.integers(0, max(width - side, 1)))
@@ -95,7 +116,47 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-class SyntheticShapes(SegmentationDataset):
+class SeededScenes(SegmentationDataset):
+    """A generated dataset: sample ``i`` of a split is rendered from the seed ``(seed, split, i)``, so
+    it is the same on every call and machine, differs across seeds, and train, val and test never
+    share a scene. Subclasses set ``name`` and implement :meth:`render`."""
+
+    name = "synthetic"
+
+    def __init__(self, split: str, num_samples: int | None, seed: int, transform: Transform | None):
+        super().__init__(transform)
+        check_split(split, list(_SPLIT_STREAMS), self.name)
+        self.split = split
+        self.num_samples = _DEFAULT_SIZES[split] if num_samples is None else int(num_samples)
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        self.seed = int(seed)
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(RGB uint8 (H, W, 3), uint8 (H, W) labels) of one scene drawn from ``rng``."""
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"index {index} out of range for {self.num_samples} {self.name} samples")
+        image, labels = self.render(np.random.default_rng([self.seed, _SPLIT_STREAMS[self.split], index]))
+        return image, labels.astype(np.int64)
+
+    def load_image(self, index: int) -> np.ndarray:
+        return self.load_raw(index)[0]
+
+    def load_mask(self, index: int) -> np.ndarray:
+        return self.load_raw(index)[1]
+
+    def describe(self, index: int) -> tuple[str, str]:
+        name = f"{self.name}:{self.split}[{index}] (seed {self.seed})"
+        return name, name
+
+
+class SyntheticShapes(SeededScenes):
     """Procedural shapes: ``background``, ``circle``, ``rectangle``, ``triangle``, ``ring``.
 
     Sample ``i`` of a split is generated from the seed ``(seed, split, i)``, so it is the same on every call and
@@ -114,33 +175,10 @@ class SyntheticShapes(SegmentationDataset):
 
     def __init__(self, split: str = "train", num_samples: int | None = None, image_size: int | tuple[int, int] = 128,
                  seed: int = 0, transform: Transform | None = None):
-        super().__init__(transform)
-        check_split(split, list(_SPLIT_STREAMS), "synthetic")
-        self.split = split
-        self.num_samples = _DEFAULT_SIZES[split] if num_samples is None else int(num_samples)
-        if self.num_samples < 1:
-            raise ValueError(f"num_samples must be positive, got {num_samples}")
+        super().__init__(split, num_samples, seed, transform)
         self.image_size = _size_pair(image_size)
         if min(self.image_size) < 16:
             raise ValueError(f"image_size must be at least 16 pixels, got {image_size}")
-        self.seed = int(seed)
 
-    def __len__(self) -> int:
-        return self.num_samples
-
-    def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"index {index} out of range for {self.num_samples} synthetic samples")
-        rng = np.random.default_rng([self.seed, _SPLIT_STREAMS[self.split], index])
-        image, labels = render_scene(rng, *self.image_size)
-        return image, labels.astype(np.int64)
-
-    def load_image(self, index: int) -> np.ndarray:
-        return self.load_raw(index)[0]
-
-    def load_mask(self, index: int) -> np.ndarray:
-        return self.load_raw(index)[1]
-
-    def describe(self, index: int) -> tuple[str, str]:
-        name = f"synthetic:{self.split}[{index}] (seed {self.seed})"
-        return name, name
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        return render_scene(rng, *self.image_size)

@@ -15,6 +15,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdense.backbones.densenet import DenseNet
+from segdense.backbones.resnet import ResNet
 from segdense.errors import ConfigError, TrainingDivergedError
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 
@@ -99,10 +100,10 @@ class Trainer:
         self.device = device if isinstance(device, torch.device) else resolve_device(device)
         self.amp_dtype = resolve_amp(amp, self.device)
         # auto: the whole model channels-last on CUDA; on CPU the DenseNet backbone converts its
-        # input itself (DenseNet(channels_last=None)). False: channels-last nowhere.
+        # input itself (DenseNet/ResNet(channels_last=None)). False: channels-last nowhere.
         if channels_last is False:
             for m in model.modules():
-                if isinstance(m, DenseNet):
+                if isinstance(m, (DenseNet, ResNet)):
                     m.channels_last = False
         if channels_last == "auto":
             channels_last = self.device.type == "cuda"
@@ -145,6 +146,7 @@ class Trainer:
         self.consecutive_skips = 0
         self.max_skipped_steps = max(1, int(max_skipped_steps))
         self.history: list[dict] = []
+        self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.writer = None
         if tensorboard and self.is_main:
@@ -169,6 +171,7 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "skipped_steps": self.skipped_steps,
             "history": self.history,
+            "train_seconds": self.train_seconds,
             "config": self.config,
             "segdense_version": __version__,
         }
@@ -191,6 +194,7 @@ class Trainer:
         self.best_iteration = int(state.get("best_iteration", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.history = list(state.get("history", []))
+        self.train_seconds = float(state.get("train_seconds", 0.0))
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     def _save(self, name: str) -> None:
@@ -273,6 +277,7 @@ class Trainer:
         start_iteration = self.iteration
         try:
             while self.iteration < self.iterations:
+                step_start = time.perf_counter()
                 images, masks = next(loader)[:2]
                 try:
                     logged = self._step(images, masks)
@@ -284,6 +289,7 @@ class Trainer:
                     ) from e
                 self.scheduler.step()
                 self.iteration += 1
+                self.train_seconds += time.perf_counter() - step_start
                 if logged is not None:
                     self.loss_history.append(float(logged["loss"]))
                 window_images += images.shape[0] * world_size()
@@ -337,7 +343,8 @@ class Trainer:
             on_first_batch=keep_first if self.writer is not None else None,
         )
         entry = {"iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
-                 "IoU": [c["IoU"] for c in result["per_class"]]}  # per class, for the training report
+                 "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
+                 "train_seconds": round(self.train_seconds, 3)}
         self.history.append(entry)
         if self.is_main:
             logger.info("validation at iteration %d\n%s", self.iteration, format_metrics_table(result))

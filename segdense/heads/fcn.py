@@ -54,10 +54,10 @@ class FCNHead(_FCNOn):
 
 
 def aux_feature(feature_info: Sequence[FeatureSpec]) -> FeatureSpec:
-    """The auxiliary head's input: ``block3`` if present, else the feature at stride 16, else the
-    second-deepest feature (the deepest one if there is only one)."""
+    """The auxiliary head's input: ``block3`` (DenseNet) or ``layer3`` (ResNet) if present, else the
+    feature at stride 16, else the second-deepest feature (the deepest one if there is only one)."""
     for spec in feature_info:
-        if spec.name == "block3":
+        if spec.name in ("block3", "layer3"):
             return spec
     spec = feature_at_stride(feature_info, 16)
     if spec is not None:
