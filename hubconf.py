@@ -6,10 +6,12 @@
     model = torch.hub.load("path/to/segdense", "load_model", source="local", path="model.safetensors")
 
 Backbone entry points take the builders' arguments (``output_stride``, ``initial_output_stride``, ``num_classes``,
-``pretrained="imagenet"`` or a weights file, ...). Only torch is needed (plus safetensors for .safetensors files).
+``pretrained="imagenet"`` or a weights file, ...). The DenseNets need only torch (plus safetensors for .safetensors
+files); ``resnet50``/``resnet101`` (the reference backbones) also torchvision.
 """
-dependencies = ["torch"]
+dependencies = ["torch", "torchvision"]
 
 from segdense.backbones import densenet121, densenet161, densenet169, densenet201, densenet_custom  # noqa: E402,F401
+from segdense.backbones import resnet50, resnet101  # noqa: E402,F401  (torchvision's ResNets, dilated)
 from segdense.inference.loading import load_model  # noqa: E402,F401
 from segdense.models import build_model  # noqa: E402,F401
