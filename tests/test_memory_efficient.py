@@ -222,13 +222,13 @@ def test_norm1_statistics_are_computed_once_per_channel(monkeypatch):
     import segdense.backbones.block_stats as bs
 
     reduced = []
-    real = torch.var_mean
+    real = torch.batch_norm_update_stats
 
-    def counting_var_mean(x, *a, **kw):
+    def counting_stats(x, *a, **kw):
         reduced.append(x.shape[1])
         return real(x, *a, **kw)
 
-    monkeypatch.setattr(bs.torch, "var_mean", counting_var_mean)
+    monkeypatch.setattr(bs.torch, "batch_norm_update_stats", counting_stats)
     _, eff = _pair("densenet_custom", num_units_per_block=(6,), growth_rate=4, num_init_features=16)
     eff.features.denseblock1(torch.randn(2, 16, 8, 8, requires_grad=True))
     # block input (16) and the new channels of layers 1..5 (4 each); layer 6's are read by no norm1
