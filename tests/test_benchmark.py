@@ -105,9 +105,11 @@ def test_peer_rows_train_torchvision_segmentation_models_with_the_same_loss_and_
     # fcn_resnet50 is not the reference peer (deeplabv3_resnet50): no ratio without that row.
     assert summary[1]["train_vs_peer"] is None
     rows[0] = dataclasses.replace(rows[0], backbone="deeplabv3_resnet50")
-    fake = [Result(rows[0], train_s=[0.4]), Result(rows[1], train_s=[0.1])]
+    backbone_row = Row("segdense", output_stride=8, num_classes=3, **dict(TINY, batch=1, crop=64))
+    fake = [Result(rows[0], train_s=[0.4]), Result(rows[1], train_s=[0.1]), Result(backbone_row, train_s=[0.05])]
     summary = summarise({"results": fake, "matmul_peak_flops": 1.0})
     assert summary[0]["train_vs_peer"] is None and summary[1]["train_vs_peer"] == pytest.approx(0.25)
+    assert summary[2]["train_vs_peer"] is None  # a bare backbone is not compared with a segmenter
 
 
 def test_row_rejects_a_peer_row_that_is_not_a_peer_model():

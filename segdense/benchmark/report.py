@@ -50,8 +50,9 @@ def summarise(run: dict) -> list[dict]:
         if res.row.impl == "peer" and res.row.backbone == "deeplabv3_resnet50":
             peers[res.row.peer_key()] = d
     for res, d in zip(results, out):
-        # Against what users would otherwise pick: deeplabv3_resnet50 on the same input and settings.
-        peer = peers.get(res.row.peer_key())
+        # Against what users would otherwise pick: deeplabv3_resnet50 on the same input and settings
+        # (segmentation-model rows only; a bare backbone is not a segmenter).
+        peer = peers.get(res.row.peer_key()) if res.row.head or res.row.impl == "peer" else None
         for m, key in (("train", "train_step_s"), ("infer", "infer_s"), ("mem", "peak_mb")):
             d[f"{m}_vs_peer"] = _ratio(d[key], peer[key]) if peer and peer is not d else None
     for res, d in zip(results, out):
