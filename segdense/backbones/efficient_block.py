@@ -136,6 +136,12 @@ class TorchOps:
     name = "torch"
 
     @staticmethod
+    def backward_input(view):
+        """The layer input as backward reads it twice (recompute, BatchNorm backward): one compact
+        copy of a channels-last slice, since BatchNorm's backward kernel is slow on the view."""
+        return _compact(view)
+
+    @staticmethod
     def bn_relu(x, bn, mean, invstd, var=None):
         return bn_relu(x, bn, mean, invstd, var)
 
@@ -158,6 +164,10 @@ class TritonOps:
     the block's gradient buffer."""
 
     name = "triton"
+
+    @staticmethod
+    def backward_input(view):
+        return view  # the kernels read the buffer slice in place
 
     @staticmethod
     def _rows(t):
@@ -272,16 +282,17 @@ class _EfficientDenseBlock(torch.autograd.Function):
             del a2, ga2
             # First half: BN1-ReLU recomputed from the shared buffer and the shared statistics.
             m1, s1 = stats.mean[:c_in], stats.invstd(c_in, n1.eps)
-            a1 = ops.bn_relu(buf[:, :c_in], n1, m1, s1, stats.var[:c_in])
+            x1 = ops.backward_input(buf[:, :c_in])
+            a1 = ops.bn_relu(x1, n1, m1, s1, stats.var[:c_in])
             ga1, gw1, _ = _conv_backward(
                 gz1, a1, _weight(conv1, a1), None, list(conv1.stride), list(conv1.padding),
                 list(conv1.dilation), False, [0, 0], conv1.groups, [True, True, False],
             )
             del gz1
             # Input gradient added into the block's gradient buffer in place.
-            _, gn1w, gn1b = ops.bn_relu_backward(ga1, buf[:, :c_in], a1, n1, m1, s1, stats.count, group,
+            _, gn1w, gn1b = ops.bn_relu_backward(ga1, x1, a1, n1, m1, s1, stats.count, group,
                                                  into=g[:, :c_in])
-            del a1, ga1
+            del a1, ga1, x1
             # Same order as _params(): norm1.w, norm1.b, conv1.w, norm2.w, norm2.b, conv2.w.
             param_grads[:0] = [
                 gn1w, gn1b, gw1.to(conv1.weight.dtype), gn2w, gn2b, gw2.to(conv2.weight.dtype)
