@@ -56,7 +56,7 @@ def bn_relu(
 ) -> torch.Tensor:
     """ReLU(BN(x)) with given batch statistics (float32/64). ``x`` may be a channel slice of the
     block buffer; the output is a fresh compact tensor in ``x``'s memory format. Full-precision
-    inputs take one ``addcmul`` on the slice itself (on CPU 3-5x faster than copying the slice for
+    inputs take one ``addcmul`` on the slice itself (on CPU 2-3x faster than copying the slice for
     BatchNorm); bf16/fp16 inputs go through BatchNorm's own kernel, which computes in float32
     (a low-precision scale and shift would lose digits to cancellation)."""
     if x.dtype in (torch.float32, torch.float64):
