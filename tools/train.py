@@ -6,14 +6,12 @@ output_stride=16``, ``python tools/train.py dataset=voc dataset.root=/data/VOCde
 ``torchrun --nproc_per_node=2 tools/train.py ...``. See conf/config.yaml for every key.
 """
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from segdense.config.schema import register_schema  # noqa: E402
+from segdense.config.overrides import exit_on_unknown_keys
+from segdense.config.schema import register_schema
 
 register_schema()
 
@@ -28,7 +26,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
-    from segdense.config.overrides import exit_on_unknown_keys
-
     exit_on_unknown_keys("config", sys.argv[1:])
     main()
