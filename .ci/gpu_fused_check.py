@@ -24,8 +24,8 @@ dev = "cuda"
 def model(memory_efficient, fused=None, seed=0, **kw):
     torch.manual_seed(seed)
     bk = {} if fused is None else {"fused": fused}
-    return build_model("densenet121", "deeplabv3", num_classes=5, output_stride=8,
-                       memory_efficient=memory_efficient, backbone_kwargs=bk, **kw).to(dev)
+    return build_model("densenet121", {"name": "deeplabv3", **kw}, num_classes=5, output_stride=8,
+                       memory_efficient=memory_efficient, **bk).to(dev)
 
 
 def logits(out):

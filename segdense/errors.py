@@ -8,7 +8,8 @@ scripts that catch those keep working.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import difflib
+from typing import Iterable, Iterator
 
 
 class UserError(Exception):
@@ -47,3 +48,9 @@ def config_values(what: str) -> Iterator[None]:
         raise
     except (ValueError, TypeError) as e:
         raise ConfigError(f"{what}: {e}") from e
+
+
+def closest_match(name: object, valid: Iterable[str]) -> str | None:
+    """The entry of ``valid`` closest to ``name`` (for a "did you mean" hint), or None when nothing is close."""
+    close = difflib.get_close_matches(str(name), list(valid), n=1)
+    return close[0] if close else None

@@ -181,8 +181,8 @@ def test_odd_input_sizes(size):
 def test_documented_odd_sizes_513_and_375x500(size, output_stride):
     from segdense import build_model
 
-    model = build_model("densenet_custom", "deeplabv3", num_classes=3, output_stride=output_stride, channels=8,
-                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 4}).eval()
+    model = build_model("densenet_custom", {"name": "deeplabv3", "channels": 8}, num_classes=3,
+                        output_stride=output_stride, num_units_per_block=[1, 1, 1, 1], growth_rate=4).eval()
     h, w = size
     with torch.no_grad():
         feats = model.backbone.forward_features(torch.randn(1, 3, h, w))
@@ -319,9 +319,9 @@ def test_user_backbone_registered_from_outside():
         with pytest.raises(ValueError, match="already registered"):
             register_backbone("test_user_tiny")(lambda: None)
     finally:
-        from segdense.backbones.registry import _BACKBONES
+        from segdense.backbones.registry import BACKBONES
 
-        _BACKBONES.pop("test_user_tiny")
+        BACKBONES.unregister("test_user_tiny")
 
 
 def test_importing_backbones_needs_only_torch():

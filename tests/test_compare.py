@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from segdense.config.compare_job import parse_run
-from segdense.config.validate import ConfigError
+from segdense.errors import ConfigError
 from segdense.engine.comparison import at_time, summarize
 
 from train_utils import TINY

@@ -6,8 +6,9 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from segdense.config.train_job import model_kwargs
-from segdense.config.validate import ConfigError, validate_config
+from segdense.config.train_job import model_config, train
+from segdense.config.group_keys import validate_config
+from segdense.errors import ConfigError
 
 from train_utils import TINY, compose_config
 
@@ -25,9 +26,9 @@ def test_default_config_is_the_embedded_synthetic_demo():
 def test_the_documented_command_composes():
     cfg = compose_config(["backbone=densenet121", "output_stride=16", "iterations=3"])
     validate_config(cfg)
-    kwargs = model_kwargs(cfg, num_classes=5)
-    assert kwargs["backbone"] == "densenet121"
-    assert kwargs["output_stride"] == 16
+    kwargs = model_config(cfg, num_classes=5)
+    assert kwargs["backbone"] == {"name": "densenet121", "output_stride": 16, "initial_output_stride": 4,
+                                  "pretrained": None, "memory_efficient": False}  # conf/backbone/densenet121.yaml
     assert kwargs["num_classes"] == 5
     assert cfg.iterations == 3
 
@@ -83,10 +84,11 @@ def test_unknown_group_option_lists_choices():
 
 
 @pytest.mark.parametrize("stride", [12, 64, 2])
-def test_invalid_output_stride_is_refused_with_valid_list(stride):
-    cfg = compose_config([f"output_stride={stride}"])
-    with pytest.raises(ConfigError, match=r"valid output strides: \[4, 8, 16, 32\]"):
-        validate_config(cfg)
+def test_invalid_output_stride_is_refused_with_valid_list(stride, tmp_path):
+    cfg = compose_config(TINY + [f"output_stride={stride}"])  # DenseNet's constructor owns the check
+    with pytest.raises(ConfigError, match=r"backbone/head: output_stride=.* valid output strides: \[4, 8, 16, 32\]"):
+        train(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
 
 
 def test_unknown_key_in_group_names_valid_keys():
@@ -104,11 +106,16 @@ def test_unknown_dataset_and_loss_names():
 
 
 def test_several_problems_are_reported_together():
-    cfg = compose_config(["output_stride=12", "batch_size=0", "amp=fp32"])
+    cfg = compose_config(["+backbone.grwth_rate=8", "+optimizer.momentun=0.9", "+scheduler.powr=1.0",
+                          "+dataset.image_sise=64", "loss.terms=[{name: cross_entropy, ignore_indx: 3}]"])
     with pytest.raises(ConfigError) as err:
         validate_config(cfg)
     text = str(err.value)
-    assert "output_stride=12" in text and "batch_size must be positive" in text and "amp must be one of" in text
+    assert "backbone.grwth_rate is not an argument of densenet121; valid keys: " in text and "growth_rate" in text
+    assert "optimizer.momentun is not an argument of sgd" in text and "momentum" in text
+    assert "scheduler.powr is not an argument of poly; valid keys: min_lr_ratio, power, warmup_iters" in text
+    assert "dataset.image_sise is not an argument of synthetic" in text and "image_size" in text
+    assert "loss.terms[0]: loss.ignore_indx is not an argument of cross_entropy" in text
 
 
 def test_tiny_test_config_validates():

@@ -14,7 +14,7 @@ TINY = {"num_units_per_block": [2, 2, 2, 2], "growth_rate": 8}
 def test_channels_last_matches_contiguous_on_cuda():
     torch.manual_seed(0)
     model = build_model("densenet_custom", "deeplabv3plus", num_classes=5, output_stride=8,
-                        backbone_kwargs=TINY).cuda().eval()
+                        **TINY).cuda().eval()
     x = torch.randn(2, 3, 97, 131, device="cuda")
     with torch.no_grad():
         ref = model(x)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from segdense.config.validate import validate_config
+from segdense.config.group_keys import validate_config
 from segdense.data import SyntheticHard, build_dataset, validate_dataset
 
 from train_utils import compose_config

@@ -1,6 +1,6 @@
 """The demo recipe (`python tools/train.py` on the embedded synthetic shapes) and how it composes."""
-from segdense.config.train_job import model_kwargs
-from segdense.config.validate import validate_config
+from segdense.config.train_job import model_config
+from segdense.config.group_keys import validate_config
 
 from train_utils import compose_config
 
@@ -8,9 +8,10 @@ from train_utils import compose_config
 def test_demo_is_densenet121_at_os16_with_the_half_width_deeplabv3plus_validated_once():
     cfg = compose_config()
     validate_config(cfg)
-    kwargs = model_kwargs(cfg, num_classes=5)
-    assert (kwargs["backbone"], kwargs["output_stride"], kwargs["head"]) == ("densenet121", 16, "deeplabv3plus")
-    assert kwargs["channels"] == 128 and kwargs["low_level_channels"] == 48
+    kwargs = model_config(cfg, num_classes=5)
+    backbone, head = kwargs["backbone"], kwargs["head"]
+    assert (backbone["name"], backbone["output_stride"], head["name"]) == ("densenet121", 16, "deeplabv3plus")
+    assert head["channels"] == 128 and head["low_level_channels"] == 48
     assert cfg.iterations == 100 and cfg.val_interval == 100 and cfg.checkpoint_interval == 100
 
 

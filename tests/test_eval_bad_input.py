@@ -45,7 +45,7 @@ def corrupt_checkpoint(tmp_path):
 @pytest.fixture
 def mismatched_checkpoint(tiny_checkpoint, tmp_path):
     state = torch.load(tiny_checkpoint, weights_only=True)
-    state["model_config"]["backbone_kwargs"]["growth_rate"] = 12  # weights were trained with 8
+    state["model_config"]["backbone"]["growth_rate"] = 12  # weights were trained with 8
     path = tmp_path / "other_config.pt"
     torch.save(state, path)
     return path

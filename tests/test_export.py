@@ -72,7 +72,7 @@ def test_export_tool_prints_the_parity_check(tiny_checkpoint, tmp_path, capsys):
 
 def test_export_refuses_to_overwrite_and_unknown_formats(tiny_checkpoint, tmp_path):
     from segdense.config.export_job import export_job
-    from segdense.config.validate import ConfigError
+    from segdense.errors import ConfigError
 
     (tmp_path / "m.onnx").write_bytes(b"old")
     with pytest.raises(ConfigError, match="exists; pass overwrite=true"):
@@ -98,8 +98,8 @@ def test_missing_onnx_names_the_extra_to_install(tiny_checkpoint, tmp_path, monk
 def test_decoders_with_skip_connections_export_with_dynamic_sizes(head, tmp_path):
     from segdense.inference.loading import ModelBundle, default_palette
 
-    model = segdense.build_model("densenet_custom", head, num_classes=3, output_stride=8, channels=16,
-                                 backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8})
+    model = segdense.build_model("densenet_custom", {"name": head, "channels": 16}, num_classes=3, output_stride=8,
+                                 num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     bundle = ModelBundle(model.eval(), ["a", "b", "c"], default_palette(3))
     results = export_model(bundle, "onnx", tmp_path / "m.onnx", sizes=SIZES)
     assert max(r["max_abs_diff"] for r in results) <= 1e-4

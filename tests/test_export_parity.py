@@ -90,7 +90,7 @@ def test_fp16_onnx_is_float16_and_judged_by_agreement(tiny_checkpoint, tmp_path)
 
 def test_fp16_needs_onnx_and_the_real_image_check(tiny_checkpoint, tmp_path):
     from segdense.config.export_job import export_job
-    from segdense.config.validate import ConfigError
+    from segdense.errors import ConfigError
 
     with pytest.raises(ConfigError, match="fp16 with format=onnx"):
         export_job(compose_export([f"checkpoint={tiny_checkpoint}", f"output={tmp_path / 'm.ts'}",

@@ -21,9 +21,9 @@ TORCHVISION_PARAMS = {"densenet121": 7_978_856, "densenet169": 14_149_480, "dens
 
 
 def test_hub_lists_an_entry_point_for_every_backbone_builder():
-    from segdense.backbones.registry import _BACKBONES
+    from segdense.backbones.registry import BACKBONES
 
-    builders = {name for name, fn in _BACKBONES.items() if fn.__module__.startswith("segdense.")}  # not tests'
+    builders = {name for name, fn in BACKBONES.items() if fn.__module__.startswith("segdense.")}  # not tests'
 
     import importlib.util
 
@@ -52,8 +52,7 @@ def test_hub_custom_densenet_entry_takes_the_builders_arguments():
 
 def test_hub_builds_a_segmentation_model():
     model = torch.hub.load(str(ROOT), "build_model", source="local", backbone="densenet_custom", head="fcn",
-                           num_classes=3, output_stride=16,
-                           backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8})
+                           num_classes=3, output_stride=16, num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 35, 41)).shape == (1, 3, 35, 41)
 

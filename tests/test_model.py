@@ -15,8 +15,9 @@ HEADS = ["fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn", "aux"]
 TINY = dict(num_units_per_block=(2, 2, 2, 2), growth_rate=8)
 
 
-def tiny(head="deeplabv3", output_stride=16, num_classes=5, **kw):
-    return build_model("densenet_custom", head, num_classes, output_stride, backbone_kwargs=TINY, **kw)
+def tiny(head="deeplabv3", output_stride=16, num_classes=5, aux_loss=False, memory_efficient=False, **head_kwargs):
+    backbone = {"name": "densenet_custom", "output_stride": output_stride, "memory_efficient": memory_efficient, **TINY}
+    return build_model(backbone, {"name": head, **head_kwargs}, num_classes, aux_loss)
 
 
 class UserBackbone(nn.Module):
@@ -93,7 +94,8 @@ def test_aux_head_reads_block3():
 def test_model_config_is_json_and_rebuilds_the_same_architecture():
     model = tiny("deeplabv3plus", 8, aux_loss=True, atrous_rates=(4, 8, 12), channels=32)
     config = json.loads(json.dumps(model.model_config))
-    assert config["pretrained"] is None and config["atrous_rates"] == [4, 8, 12]
+    assert "pretrained" not in config["backbone"] and config["head"]["atrous_rates"] == [4, 8, 12]
+    assert config["backbone"]["num_units_per_block"] == [2, 2, 2, 2]  # the backbone block as given, JSON-typed
     rebuilt = build_model(**config)
     assert rebuilt.model_config == model.model_config
     shapes = {k: v.shape for k, v in model.state_dict().items()}
@@ -103,7 +105,7 @@ def test_model_config_is_json_and_rebuilds_the_same_architecture():
 
 def test_model_config_records_memory_efficient():
     model = tiny(memory_efficient=True)
-    assert model.model_config["memory_efficient"] is True
+    assert model.model_config["backbone"]["memory_efficient"] is True
     assert model.train()(torch.randn(1, 3, 64, 64)).shape == (1, 5, 64, 64)
 
 
@@ -143,7 +145,7 @@ def test_stride4_head_on_a_backbone_without_stride4_feature_fails_clearly():
         return net
 
     with pytest.raises(ValueError, match="'deeplabv3plus' needs a stride-4 feature"):
-        build_model("test_backbone_from_stride8", "deeplabv3plus", 3, 16)
+        build_model("test_backbone_from_stride8", "deeplabv3plus", 3, output_stride=16)
 
 
 def test_a_module_without_feature_info_is_not_a_backbone():

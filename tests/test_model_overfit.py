@@ -35,8 +35,8 @@ def shapes_batch():
 def test_tiny_model_overfits_a_fixed_batch(head):
     images, mask = shapes_batch()
     model = build_model(
-        "densenet_custom", head, num_classes=3, output_stride=8,
-        backbone_kwargs=dict(num_units_per_block=(2, 2, 2, 2), growth_rate=8), **NARROW[head],
+        "densenet_custom", {"name": head, **NARROW[head]}, num_classes=3, output_stride=8,
+        num_units_per_block=(2, 2, 2, 2), growth_rate=8,
     )
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     accuracy = 0.0

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from segdense.config.overrides import check_overrides
-from segdense.config.validate import ConfigError
+from segdense.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from segdense.config.train_job import train
-from segdense.config.validate import ConfigError
+from segdense.errors import ConfigError
 from segdense.engine import checkpoint as ckpt
 from segdense.engine import load_checkpoint
 
@@ -65,7 +65,7 @@ def test_short_run_lowers_loss_and_writes_every_artefact(tmp_path):
     assert metrics["iteration"] == 12 and [h["iteration"] for h in metrics["history"]] == [6, 12]
     state = load_checkpoint(tmp_path / "checkpoints/last.pt")
     assert state["iteration"] == 12
-    assert state["model_config"]["backbone"] == "densenet_custom"
+    assert state["model_config"]["backbone"]["name"] == "densenet_custom"
     assert state["dataset"]["class_names"][1] == "circle"
     assert not list((tmp_path / "checkpoints").glob(".*tmp*"))
 
@@ -239,10 +239,10 @@ def _tiny_trainer(run_dir, iterations, **kwargs):
     from segdense.losses import build_criterion
 
     torch.manual_seed(0)
-    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16, channels=16,
-                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8})
+    model = build_model("densenet_custom", {"name": "fcn", "channels": 16}, num_classes=5, output_stride=16,
+                        num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
-    optimizer = build_optimizer("sgd", model.parameters(), 0.01, momentum=0.9)
+    optimizer = build_optimizer("sgd", model, 0.01, momentum=0.9)
     return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
                    build_scheduler("poly", optimizer, iterations), train_set, None, iterations=iterations, batch_size=4,
                    run_dir=run_dir, class_names=train_set.class_names, device="cpu", tensorboard=False,
@@ -282,8 +282,8 @@ def _ddp_grad_worker(rank, world, port, images, masks, out):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16,
-                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8}, channels=16)
+    model = build_model("densenet_custom", {"name": "fcn", "channels": 16}, num_classes=5, output_stride=16,
+                        num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     model.eval()  # batch statistics would differ per process without SyncBatchNorm (CUDA only)
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     half = images.shape[0] // world
@@ -304,8 +304,8 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
     out = tmp_path / "grads.pt"
     mp.spawn(_ddp_grad_worker, args=(2, _free_port(), images, masks, str(out)), nprocs=2, join=True)
     torch.manual_seed(0)
-    model = build_model("densenet_custom", "fcn", num_classes=5, output_stride=16,
-                        backbone_kwargs={"num_units_per_block": [1, 1, 1, 1], "growth_rate": 8}, channels=16)
+    model = build_model("densenet_custom", {"name": "fcn", "channels": 16}, num_classes=5, output_stride=16,
+                        num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     model.eval()
     torch.nn.functional.cross_entropy(model(images), masks).backward()
     ddp_grads = torch.load(out, weights_only=True)
@@ -390,7 +390,7 @@ def test_multirun_sweep_runs_every_combination(tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     runs = sorted(p.parent for p in tmp_path.glob("*/metrics.json"))
     assert len(runs) == 2
-    heads = {load_checkpoint(r / "checkpoints/last.pt")["model_config"]["head"] for r in runs}
+    heads = {load_checkpoint(r / "checkpoints/last.pt")["model_config"]["head"]["name"] for r in runs}
     assert heads == {"fcn", "deeplabv3"}
 
 

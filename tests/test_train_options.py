@@ -139,7 +139,7 @@ def test_compile_true_trains_the_compiled_model_like_eager(tmp_path, monkeypatch
 def test_validate_data_full_finds_a_bad_mask_that_a_quick_sample_misses(tmp_path):
     from PIL import Image
 
-    from segdense.config.validate import ConfigError
+    from segdense.errors import ConfigError
     from segdense.data import FolderDataset, validate_dataset
 
     from data_fixtures import make_folder

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from segdense.config.compare_job import compare
-from segdense.config.validate import ConfigError
+from segdense.errors import ConfigError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 

@@ -363,32 +363,32 @@ def _densenet(
     return model
 
 
-@register_backbone
+@register_backbone(kwargs_to=DenseNet)
 def densenet121(pretrained: str | None = None, **kwargs) -> DenseNet:
     """DenseNet-121 (k=32, units 6-12-24-16). ``pretrained``: a checkpoint path or ``"imagenet"``.
     Other keyword arguments are :class:`DenseNet`'s."""
     return _densenet("densenet121", (6, 12, 24, 16), 32, 64, pretrained, **kwargs)
 
 
-@register_backbone
+@register_backbone(kwargs_to=DenseNet)
 def densenet169(pretrained: str | None = None, **kwargs) -> DenseNet:
     """DenseNet-169 (k=32, units 6-12-32-32)."""
     return _densenet("densenet169", (6, 12, 32, 32), 32, 64, pretrained, **kwargs)
 
 
-@register_backbone
+@register_backbone(kwargs_to=DenseNet)
 def densenet201(pretrained: str | None = None, **kwargs) -> DenseNet:
     """DenseNet-201 (k=32, units 6-12-48-32)."""
     return _densenet("densenet201", (6, 12, 48, 32), 32, 64, pretrained, **kwargs)
 
 
-@register_backbone
+@register_backbone(kwargs_to=DenseNet)
 def densenet161(pretrained: str | None = None, **kwargs) -> DenseNet:
     """DenseNet-161 (k=48, units 6-12-36-24, 96 stem filters)."""
     return _densenet("densenet161", (6, 12, 36, 24), 48, 96, pretrained, **kwargs)
 
 
-@register_backbone
+@register_backbone(kwargs_to=DenseNet)
 def densenet_custom(
     num_units_per_block: Sequence[int] = (6, 12, 24, 16),
     growth_rate: int = 32,

@@ -5,28 +5,30 @@ from typing import Callable
 
 import torch.nn as nn
 
-from ..registry import Registry, unknown_name_message
+from ..registry import Registry
 
-__all__ = ["build_backbone", "list_backbones", "register_backbone", "unknown_name_message"]
+__all__ = ["BACKBONES", "build_backbone", "list_backbones", "register_backbone"]
 
-_BACKBONES = Registry("backbone")
+BACKBONES = Registry("backbone")
 
 
-def register_backbone(fn_or_name: Callable[..., nn.Module] | str | None = None):
+def register_backbone(fn_or_name: Callable[..., nn.Module] | str | None = None, *,
+                      kwargs_to: Callable | None = None):
     """Register a backbone builder, as ``@register_backbone`` or ``@register_backbone("name")``.
 
     A backbone must expose ``forward_features(x) -> dict[str, Tensor]`` (ordered, shallow to deep),
     ``feature_info`` (a list of :class:`~segdense.backbones.FeatureSpec`) and ``output_stride``;
-    every head and the segmentation model work with anything that does.
+    every head and the segmentation model work with anything that does. ``kwargs_to``: the class a
+    builder forwards its ``**kwargs`` to, so config validation knows those keys.
     """
-    return _BACKBONES.register(fn_or_name)
+    return BACKBONES.register(fn_or_name, kwargs_to=kwargs_to)
 
 
 def list_backbones() -> list[str]:
     """Names of all registered backbones, sorted."""
-    return _BACKBONES.names()
+    return BACKBONES.names()
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
     """Build the backbone registered as ``name`` with the builder's keyword arguments."""
-    return _BACKBONES.builder(name)(**kwargs)
+    return BACKBONES.get(name)(**kwargs)

@@ -70,7 +70,7 @@ class _SegdenseFeatures(nn.Module):
 def _segdense_model(row: Row) -> nn.Module:
     from segdense import build_model  # lazily: backbone rows need only segdense.backbones
 
-    extra = {} if row.fused is None else {"backbone_kwargs": {"fused": row.fused}}
+    extra = {} if row.fused is None else {"fused": row.fused}
     return build_model(backbone=row.backbone, head=row.head, num_classes=row.num_classes,
                        output_stride=row.output_stride, memory_efficient=row.memory_efficient, **extra)
 

@@ -17,7 +17,7 @@ from segdense.engine.comparison import machine_info, write_report
 
 from .schema import register_schema
 from .train_job import train
-from .validate import ConfigError
+from segdense.errors import ConfigError
 
 logger = logging.getLogger("segdense.compare")
 

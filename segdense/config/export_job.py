@@ -5,7 +5,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from .validate import ConfigError
+from segdense.errors import ConfigError
 
 
 def export_job(cfg: DictConfig) -> list[dict]:

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -12,9 +11,10 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
 
+from segdense.errors import ConfigError, closest_match
+
 from .cli import run_tool
 from .schema import TrainConfig
-from .validate import ConfigError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
@@ -22,8 +22,8 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 def unknown_key_message(key: str, known: Iterable[str], source: str) -> str:
     """``unknown key 'x' (did you mean 'y'?); valid keys: ...`` for a key not in ``known``."""
     known = sorted(known)
-    close = difflib.get_close_matches(key, known, n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    close = closest_match(key, known)
+    hint = f" (did you mean {close!r}?)" if close else ""
     return f"unknown key {key!r}{hint}; valid keys: {', '.join(known)} (see {source})"
 
 

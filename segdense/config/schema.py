@@ -1,6 +1,6 @@
 """The typed schema of ``conf/config.yaml``. Registered in Hydra's ConfigStore as ``train_schema``
 and listed first in the defaults, so a wrong type or an unknown top-level key fails at compose
-time. Group blocks are open dicts here: :mod:`segdense.config.validate` checks their keys against
+time. Group blocks are open dicts here: :mod:`segdense.config.group_keys` checks their keys against
 the constructors they feed."""
 from __future__ import annotations
 

@@ -14,30 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 from segdense.backbones.efficient_block import sync_dense_layer_norms
 from segdense.errors import ConfigError, config_values
 
-from .validate import validate_config
+from .group_keys import validate_config
 
 logger = logging.getLogger("segdense.train")
 
 
-def model_kwargs(cfg: DictConfig, num_classes: int) -> dict:
-    """``build_model`` arguments from the backbone and head blocks."""
-    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
-    head = OmegaConf.to_container(cfg.head, resolve=True)
-    name = backbone.pop("name")
-    output_stride = backbone.pop("output_stride")
-    pretrained = backbone.pop("pretrained", None)
-    memory_efficient = backbone.pop("memory_efficient", False)
-    return dict(
-        backbone=name,
-        head=head.pop("name"),
-        num_classes=num_classes,
-        output_stride=output_stride,
-        pretrained=pretrained,
-        aux_loss=cfg.aux_loss,
-        memory_efficient=memory_efficient,
-        backbone_kwargs=backbone,
-        **head,
-    )
+def model_config(cfg: DictConfig, num_classes: int) -> dict:
+    """``build_model`` arguments: the backbone and head blocks as they are."""
+    return dict(backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
+                head=OmegaConf.to_container(cfg.head, resolve=True), num_classes=num_classes, aux_loss=cfg.aux_loss)
 
 
 def build_datasets(cfg: DictConfig):
@@ -46,6 +31,9 @@ def build_datasets(cfg: DictConfig):
 
     block = OmegaConf.to_container(cfg.dataset, resolve=True)
     aug = OmegaConf.to_container(cfg.augmentation, resolve=True)
+    missing = [key for key in ("train_split", "val_split") if not block.get(key)]
+    if missing:
+        raise ConfigError(f"dataset.{missing[0]} is missing (the split to {missing[0].split('_')[0]} on)")
     train_split, val_split = block.pop("train_split"), block.pop("val_split")
     train_set = build_dataset(split=train_split, transform=build_transforms(aug["train"], seed=cfg.seed), **block)
     val_set = build_dataset(split=val_split, transform=build_transforms(aug["eval"]), **block)
@@ -115,6 +103,9 @@ def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
             logger.warning("class_weight=auto: classes %s never occur in the training split; they get weight 1",
                            missing)
         return stats.class_weights(), f"auto: median frequency over {stats.num_images} training masks"
+    if isinstance(spec, str) or not all(isinstance(w, (int, float)) for w in spec):
+        raise ConfigError(f"loss.class_weight must be null, auto, or a list of one non-negative number per class; "
+                          f"got {spec!r}")  # the criterion checks the numbers themselves
     weights = [float(w) for w in spec]
     if len(weights) != train_set.num_classes:
         raise ConfigError(f"loss.class_weight has {len(weights)} numbers but the dataset has "
@@ -145,8 +136,9 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         layout = "channels-last backbone"  # auto on CPU: DenseNet(channels_last=None)
     return "\n".join([
         "segdense training",
-        f"  model     {mc['backbone']} + {mc['head']}, output stride {mc['output_stride']}"
-        f"{', aux head' if mc['aux_loss'] else ''}{', memory-efficient' if mc['memory_efficient'] else ''}"
+        f"  model     {mc['backbone']['name']} + {mc['head']['name']}, output stride {model.backbone.output_stride}"
+        f"{', aux head' if mc['aux_loss'] else ''}"
+        f"{', memory-efficient' if mc['backbone'].get('memory_efficient') else ''}"
         f" — {params:,} parameters",
         f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
         f"{train_set.num_classes} classes ({classes})",
@@ -165,7 +157,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     from segdense.engine import Trainer, build_optimizer, build_scheduler, resolve_device
     from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
     from segdense.losses import build_criterion
-    from segdense.models import build_model, param_groups
+    from segdense.models import build_model
 
     validate_config(cfg)
     device = resolve_device(cfg.device)
@@ -190,10 +182,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
             raise ConfigError(f"the training data has problems:\n{report.format()}")
 
     with config_values("backbone/head"):
-        model = build_model(**model_kwargs(cfg, train_set.num_classes))
+        model = build_model(**model_config(cfg, train_set.num_classes))
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    elif world > 1 and model.model_config["memory_efficient"]:
+    elif world > 1 and model.model_config["backbone"].get("memory_efficient"):
         # gloo on CPU: PyTorch's SyncBatchNorm cannot run there, the memory-efficient dense blocks
         # all-reduce their own statistics, so their layers train on the global batch.
         sync_dense_layer_norms(model)
@@ -205,17 +197,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
                                     class_weight=class_weight)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
-    opt = OmegaConf.to_container(cfg.optimizer, resolve=True)
-    name = opt.pop("name")
     with config_values("optimizer"):
-        groups = param_groups(
-            model, cfg.lr, head_lr_mult=opt.pop("head_lr_mult", 1.0),
-            weight_decay=opt.get("weight_decay", 0.0), no_decay_norm_bias=opt.pop("no_decay_norm_bias", False),
-        )
-        optimizer = build_optimizer(name, groups, cfg.lr, **opt)
-    sched = OmegaConf.to_container(cfg.scheduler, resolve=True)
+        optimizer = build_optimizer(model=model, lr=cfg.lr, **OmegaConf.to_container(cfg.optimizer, resolve=True))
     with config_values("scheduler"):
-        scheduler = build_scheduler(sched.pop("name"), optimizer, cfg.iterations, **sched)
+        scheduler = build_scheduler(optimizer=optimizer, total_iterations=cfg.iterations,
+                                    **OmegaConf.to_container(cfg.scheduler, resolve=True))
 
     trainer = Trainer(
         model, criterion, optimizer, scheduler, train_set, val_set,

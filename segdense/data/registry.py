@@ -16,20 +16,18 @@ def _voc_aug(split: str = "trainaug", **kwargs: Any) -> VOCSegmentation:
     return VOCSegmentation(split=split, **kwargs)
 
 
-_DATASETS = Registry("dataset")
-_DATASETS.update({
-    "synthetic": SyntheticShapes,
-    "synthetic_hard": SyntheticHard,
-    "voc": VOCSegmentation,
-    "voc_aug": _voc_aug,  # VOC 2012 whose train split is SBD's trainaug; its val is VOC val
-    "cityscapes": Cityscapes,
-    "folder": FolderDataset,
-})
+DATASETS = Registry("dataset")
+DATASETS.register(SyntheticShapes, "synthetic")
+DATASETS.register(SyntheticHard, "synthetic_hard")
+DATASETS.register(VOCSegmentation, "voc")
+DATASETS.register(_voc_aug, "voc_aug", kwargs_to=VOCSegmentation)  # VOC 2012 trained on SBD's trainaug split
+DATASETS.register(Cityscapes, "cityscapes")
+DATASETS.register(FolderDataset, "folder")
 
 
 def list_datasets() -> list[str]:
     """Names accepted by :func:`build_dataset`, sorted."""
-    return _DATASETS.names()
+    return DATASETS.names()
 
 
 def build_dataset(name: str, split: str, transform: Transform | None = None, **kwargs: Any) -> SegmentationDataset:
@@ -38,7 +36,7 @@ def build_dataset(name: str, split: str, transform: Transform | None = None, **k
     ``train_split``/``val_split`` keys (from a Hydra ``dataset:`` block) are ignored, so the trainer can call
     ``build_dataset(split=cfg.dataset.train_split, **cfg.dataset)``.
     """
-    builder = _DATASETS.builder(name)
+    builder = DATASETS.get(name)
     kwargs.pop("train_split", None)
     kwargs.pop("val_split", None)
     try:

@@ -18,6 +18,7 @@ from segdense.backbones.densenet import DenseNet
 from segdense.backbones.resnet import ResNet
 from segdense.errors import ConfigError, TrainingDivergedError
 from segdense.metrics import SegmentationMetrics, format_metrics_table
+from segdense.models.builder import upgrade_model_config
 
 from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
@@ -179,7 +180,7 @@ class Trainer:
     def resume_from(self, path: str | os.PathLike) -> None:
         """Restore model, optimizer, scheduler, scaler, RNG states and the iteration."""
         state = ckpt.load_checkpoint(path, map_location=self.device)
-        if state["model_config"] != self.model_config:
+        if upgrade_model_config(state["model_config"]) != self.model_config:
             raise ConfigError(
                 f"checkpoint {path} was trained with model {state['model_config']}, but this run "
                 f"builds {self.model_config}; resume with the same model settings"

@@ -8,7 +8,7 @@ import torch.nn as nn
 from ..backbones.features import FeatureSpec
 from ..registry import Registry
 
-_HEADS = Registry("head")
+HEADS = Registry("head")
 
 
 def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
@@ -18,12 +18,12 @@ def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
     ``forward`` takes the backbone's ordered dict of features and returns logits at the head's
     own resolution (the model upsamples them to the input size).
     """
-    return _HEADS.register(cls_or_name)
+    return HEADS.register(cls_or_name)
 
 
 def list_heads() -> list[str]:
     """Names of all registered heads, sorted."""
-    return _HEADS.names()
+    return HEADS.names()
 
 
 def build_head(
@@ -34,7 +34,7 @@ def build_head(
     **head_kwargs,
 ) -> nn.Module:
     """Build the head registered as ``name`` for a backbone described by ``feature_info``."""
-    head = _HEADS.builder(name)
+    head = HEADS.get(name)
     check_num_classes(num_classes)
     if not feature_info:
         raise ValueError(f"head {name!r} needs a backbone with at least one feature; feature_info is empty")

@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from segdense.errors import CheckpointError, MissingFileError
+from segdense.models.builder import build_model, upgrade_model_config
 
 logger = logging.getLogger("segdense.inference")
 
@@ -92,18 +93,16 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> n
 
 
 def rebuild_model(model_config: Any, state_dict: dict, path: Path) -> nn.Module:
-    from segdense.models import build_model
-
     if not isinstance(model_config, dict):
         raise CheckpointError(f"{path}: no model_config (the build_model arguments) was found in it")
-    config = dict(model_config, pretrained=None)
+    config = upgrade_model_config(model_config)
     try:
         model = build_model(**config)
     except (TypeError, ValueError, KeyError) as e:
         raise CheckpointError(f"{path}: its model_config cannot be built ({e})") from None
     result = _load_weights(model, state_dict)
     if result:
-        described = f"{config.get('backbone')} + {config.get('head')}, {config.get('num_classes')} classes"
+        described = f"{config['backbone']['name']} + {config['head']['name']}, {config.get('num_classes')} classes"
         raise CheckpointError(
             f"{path}: its weights do not fit the model its model_config describes ({described}): {result}. "
             "Was the file written for another model configuration?"

@@ -8,28 +8,28 @@ import torch.nn as nn
 
 from ..registry import Registry
 
-_LOSSES = Registry("loss")
+LOSSES = Registry("loss")
 
 
 def register_loss(name: str):
     """Register a loss class as ``@register_loss("name")``. It is built as
     ``cls(ignore_index=..., num_classes=..., **loss_kwargs)``."""
-    return _LOSSES.register(name)
+    return LOSSES.register(name)
 
 
 def list_losses() -> list[str]:
     """Names of all registered losses, sorted."""
-    return _LOSSES.names()
+    return LOSSES.names()
 
 
 def class_weight_arg(name: str) -> str | None:
     """The argument through which the loss registered as ``name`` takes per-class weights, or None."""
-    return getattr(_LOSSES.builder(name), "class_weight_arg", None)
+    return getattr(LOSSES.get(name), "class_weight_arg", None)
 
 
 def build_loss(name: str, ignore_index: int = 255, num_classes: int | None = None, **kwargs) -> nn.Module:
     """Build the loss registered as ``name``."""
-    return _LOSSES.builder(name)(ignore_index=ignore_index, num_classes=num_classes, **kwargs)
+    return LOSSES.get(name)(ignore_index=ignore_index, num_classes=num_classes, **kwargs)
 
 
 def check_inputs(logits: torch.Tensor, target: torch.Tensor, ignore_index: int, num_classes: int | None) -> None:

@@ -4,7 +4,7 @@
 >>> model = build_model("densenet121", "deeplabv3", num_classes=21, output_stride=16)
 """
 from .builder import build_model
-from .optim import param_groups
+from .param_groups import param_groups
 from .segmentation import SegmentationModel
 
 __all__ = ["SegmentationModel", "build_model", "param_groups"]

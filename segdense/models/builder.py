@@ -1,10 +1,11 @@
-"""``build_model``: any registered backbone + any registered head, by name, with plain arguments."""
+"""``build_model``: any registered backbone + any registered head, each from its config block passed as is."""
 from __future__ import annotations
 
 import json
+from typing import Any, Mapping
 
-from ..backbones.registry import build_backbone
-from ..heads.registry import build_head, check_num_classes
+from ..backbones.registry import BACKBONES
+from ..heads.registry import build_head
 from .segmentation import SegmentationModel
 
 
@@ -15,7 +16,7 @@ def _jsonable(value, what: str):
     if isinstance(value, list):
         return [_jsonable(v, what) for v in value]
     if isinstance(value, dict):
-        return {str(k): _jsonable(v, what) for k, v in value.items()}
+        return {str(k): _jsonable(v, f"{what}.{k}") for k, v in value.items()}
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -26,66 +27,73 @@ def _jsonable(value, what: str):
     return value
 
 
+def _block(part: str | Mapping[str, Any], kind: str) -> dict:
+    """A config block ``{"name": ..., **constructor arguments}``; a bare name is a block without arguments."""
+    block = {"name": part} if isinstance(part, str) else dict(part)
+    if "name" not in block:
+        raise ValueError(f"the {kind} block {block} has no 'name' (the registered {kind} to build)")
+    return block
+
+
 def build_model(
-    backbone: str = "densenet121",
-    head: str = "deeplabv3",
+    backbone: str | Mapping[str, Any] = "densenet121",
+    head: str | Mapping[str, Any] = "deeplabv3",
     num_classes: int = 21,
-    output_stride: int = 16,
-    pretrained: str | None = None,
     aux_loss: bool = False,
-    memory_efficient: bool = False,
-    backbone_kwargs: dict | None = None,
-    **head_kwargs,
+    **backbone_kwargs: Any,
 ) -> SegmentationModel:
-    """Build a :class:`SegmentationModel` from registered names.
+    """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does.
 
     Args:
-        backbone: a registered backbone (``segdense.backbones.list_backbones()``).
-        head: a registered head (``segdense.heads.list_heads()``).
+        backbone: a registered backbone (``segdense.backbones.list_backbones()``), or a config block
+            ``{"name": ..., **its builder's arguments}`` (``conf/backbone/*.yaml``), passed through as is.
+        head: a registered head (``segdense.heads.list_heads()``), or a block ``{"name": ..., **its arguments}``.
         num_classes: classes of the logits (>= 1).
-        output_stride: the backbone's output stride (8, 16 or 32 for the ImageNet DenseNets).
-        pretrained: backbone weights: ``"imagenet"`` or a checkpoint path (None: random init).
         aux_loss: add the FCN auxiliary head on the stride-16 feature (training output becomes
             ``{"out", "aux"}``).
-        memory_efficient: recompute DenseNet bottlenecks in backward (less memory, more time).
-        backbone_kwargs: extra arguments for the backbone builder (e.g. ``num_units_per_block``
-            and ``growth_rate`` for ``densenet_custom``, ``initial_output_stride``, ``in_channels``).
-        **head_kwargs: the head's own arguments (e.g. ``atrous_rates``, ``channels``).
+        **backbone_kwargs: more backbone arguments (``output_stride``, ``pretrained``, ``memory_efficient``,
+            ``growth_rate`` ...), merged into the backbone block.
 
-    The model's ``model_config`` holds the JSON-serialisable arguments that rebuild the same
-    architecture: ``build_model(**model.model_config)`` (with ``pretrained`` None).
+    The model's ``model_config`` holds the JSON-serialisable arguments that rebuild the same architecture,
+    ``build_model(**model.model_config)``, without ``pretrained`` (the weights are the model's own).
     """
-    check_num_classes(num_classes)
-    backbone_kwargs = dict(backbone_kwargs or {})
+    backbone_block = {**_block(backbone, "backbone"), **backbone_kwargs}
+    head_block = _block(head, "head")
     config = {
-        "backbone": backbone,
-        "head": head,
+        "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
+        "head": _jsonable(head_block, "head"),
         "num_classes": num_classes,
-        "output_stride": output_stride,
-        "pretrained": None,
         "aux_loss": bool(aux_loss),
-        "memory_efficient": bool(memory_efficient),
-        "backbone_kwargs": _jsonable(backbone_kwargs, "backbone_kwargs"),
     }
-    for key, value in head_kwargs.items():
-        config[key] = _jsonable(value, key)
-
-    # Only pass what a user's own backbone builder might not accept when it is actually used.
-    extra = dict(backbone_kwargs)
-    if memory_efficient:
-        extra["memory_efficient"] = True
-    if pretrained is not None:
-        extra["pretrained"] = pretrained
-    net = build_backbone(backbone, output_stride=output_stride, **extra)
+    name = backbone_block.pop("name")
+    net = BACKBONES.get(name)(**backbone_block)
     feature_info = getattr(net, "feature_info", None)
     if not feature_info:
         raise TypeError(
-            f"backbone {backbone!r} built a {type(net).__name__} without a non-empty feature_info; "
+            f"backbone {name!r} built a {type(net).__name__} without a non-empty feature_info; "
             "a backbone needs feature_info, forward_features(x) and output_stride"
         )
-    stride = getattr(net, "output_stride", output_stride)
-    main = build_head(head, feature_info, num_classes, stride, **head_kwargs)
+    stride = net.output_stride
+    main = build_head(head_block.pop("name"), feature_info, num_classes, stride, **head_block)
     aux = build_head("aux", feature_info, num_classes, stride) if aux_loss else None
     model = SegmentationModel(net, main, aux)
     model.model_config = config
     return model
+
+
+def upgrade_model_config(config: Mapping[str, Any]) -> dict:
+    """A ``model_config`` in today's form. Checkpoints written before segdense 0.2 stored the backbone as a name
+    with ``output_stride``, ``memory_efficient`` and ``backbone_kwargs`` beside it, and the head's arguments at
+    the top level; those become the backbone and head blocks. Today's form is returned unchanged."""
+    if not isinstance(config.get("backbone"), str):
+        return dict(config)
+    old = dict(config)
+    backbone = {"name": old.pop("backbone"), "output_stride": old.pop("output_stride", 16)}
+    backbone.update(old.pop("backbone_kwargs", None) or {})
+    memory_efficient = old.pop("memory_efficient", False)
+    if memory_efficient or backbone["name"].startswith("densenet"):  # only the DenseNet builders take it
+        backbone["memory_efficient"] = bool(memory_efficient)
+    old.pop("pretrained", None)
+    num_classes, aux_loss = old.pop("num_classes", 21), bool(old.pop("aux_loss", False))
+    head = {"name": old.pop("head", "deeplabv3"), **old}
+    return {"backbone": backbone, "head": head, "num_classes": num_classes, "aux_loss": aux_loss}

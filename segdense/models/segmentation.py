@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+
+from ..heads.common import resize_to
 
 
 class SegmentationModel(nn.Module):
@@ -32,9 +33,9 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"expected an image batch of shape (N, C, H, W), got {tuple(x.shape)}")
         size = x.shape[-2:]
         features = self.backbone.forward_features(x)
-        out = _upsample(self.head(features), size)
+        out = resize_to(self.head(features), size)
         if self.training and self.aux_head is not None:
-            return {"out": out, "aux": _upsample(self.aux_head(features), size)}
+            return {"out": out, "aux": resize_to(self.aux_head(features), size)}
         return out
 
     def predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -48,8 +49,3 @@ class SegmentationModel(nn.Module):
         finally:
             self.train(was_training)
 
-
-def _upsample(logits: torch.Tensor, size) -> torch.Tensor:
-    if tuple(logits.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
-        return logits
-    return F.interpolate(logits, size=tuple(size), mode="bilinear", align_corners=False)

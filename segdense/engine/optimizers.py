@@ -1,0 +1,68 @@
+"""Optimizers and iteration-based learning-rate schedules (poly, cosine, constant; linear warmup), by name."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.optim.lr_scheduler import LambdaLR
+
+from segdense.models.param_groups import param_groups
+from segdense.registry import Registry
+
+OPTIMIZERS = Registry("optimizer")
+OPTIMIZERS.register(torch.optim.SGD, "sgd")
+OPTIMIZERS.register(torch.optim.AdamW, "adamw")
+OPTIMIZERS.register(torch.optim.Adam, "adam")
+
+# A schedule is the factor of the base learning rate at iteration t of total (before warmup).
+SCHEDULERS = Registry("scheduler")
+
+
+@SCHEDULERS.register
+def poly(t: int, total: int, power: float = 0.9, min_lr_ratio: float = 0.0) -> float:
+    """(1 - t/T)^power, decaying to ``min_lr_ratio`` (mmseg's poly)."""
+    return (1 - t / total) ** power * (1 - min_lr_ratio) + min_lr_ratio
+
+
+@SCHEDULERS.register
+def cosine(t: int, total: int, min_lr_ratio: float = 0.0) -> float:
+    """Half a cosine down to ``min_lr_ratio``."""
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t / total))
+
+
+@SCHEDULERS.register
+def constant(t: int, total: int) -> float:
+    return 1.0
+
+
+def build_optimizer(name: str, model: nn.Module, lr: float, head_lr_mult: float = 1.0,
+                    no_decay_norm_bias: bool = False, **kwargs) -> torch.optim.Optimizer:
+    """The optimizer registered as ``name`` (sgd, adamw, adam) over ``model``'s parameter groups
+    (:func:`~segdense.models.param_groups`: the head at ``lr * head_lr_mult``, optionally no weight decay on norms
+    and biases); ``kwargs`` are the torch optimizer's own (momentum, weight_decay, betas, nesterov ...)."""
+    optimizer = OPTIMIZERS.get(name)
+    groups = param_groups(model, lr, head_lr_mult=head_lr_mult, weight_decay=kwargs.get("weight_decay", 0.0),
+                          no_decay_norm_bias=no_decay_norm_bias)
+    return optimizer(groups, lr=lr, **kwargs)
+
+
+def lr_factor(name: str, iteration: int, total: int, warmup_iters: int = 0, warmup_ratio: float = 0.1,
+              **kwargs) -> float:
+    """The multiplier of the base learning rate at ``iteration`` (0-based) of ``total``: the schedule registered
+    as ``name`` (with its ``kwargs``), after a linear warmup from ``warmup_ratio`` over ``warmup_iters``
+    iterations (mmseg style)."""
+    factor = SCHEDULERS.get(name)(min(iteration, total), total, **kwargs)
+    if warmup_iters > 0 and iteration < warmup_iters:
+        factor *= warmup_ratio + (1 - warmup_ratio) * iteration / warmup_iters
+    return factor
+
+
+def build_scheduler(name: str, optimizer: torch.optim.Optimizer, total_iterations: int, warmup_iters: int = 0,
+                    warmup_ratio: float = 0.1, **kwargs) -> LambdaLR:
+    """A per-iteration ``LambdaLR`` (its state_dict resumes exactly) following :func:`lr_factor`."""
+    SCHEDULERS.get(name)
+    if total_iterations < 1:
+        raise ValueError(f"total_iterations must be positive, got {total_iterations}")
+    return LambdaLR(optimizer, lambda it: lr_factor(name, it, total_iterations, warmup_iters, warmup_ratio,
+                                                    **kwargs))
