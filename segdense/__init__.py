@@ -1,7 +1,6 @@
 """segdense: semantic segmentation on DenseNet backbones."""
-__version__ = "0.1.0"
-
-from .models import build_model  # noqa: E402  (needs only torch)
+from .models import build_model  # (needs only torch)
+from .version import __version__
 
 __all__ = ["Predictor", "__version__", "build_model", "load_model"]
 

@@ -8,7 +8,7 @@ import torch
 from segdense.config.train_job import train
 from segdense.errors import ConfigError
 from segdense.data.statistics import ClassStatistics, class_statistics
-from segdense.engine import load_checkpoint
+from segdense.runtime import load_checkpoint
 from segdense.losses import build_criterion, build_loss, median_frequency_weights
 
 from test_losses import LOGITS, TARGET, logits_t, softmax_at, target_t, valid_pixels

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from segdense.engine import evaluate
+from segdense.runtime import evaluate_loader
 from segdense.inference import MultiScaleFlip, SlideInference, build_infer, load_bundle, whole_logits
-from segdense.inference.evaluation import (
+from segdense.evaluation import (
     DatasetMismatchError, cityscapes_train_to_label_ids, evaluate_model,
 )
 from segdense.inference.tta import window_starts
@@ -142,7 +142,7 @@ def test_eval_tool_whole_slide_and_tta_give_sane_metrics(tiny_checkpoint, tmp_pa
 
     bundle = load_bundle(tiny_checkpoint)
     val = SyntheticShapes(split="val", num_samples=8, image_size=48, transform=build_transforms(bundle.eval_pipeline))
-    direct = evaluate(bundle.model, build_dataloader(val, 4, train=False), SegmentationMetrics(5, bundle.class_names),
+    direct = evaluate_loader(bundle.model, build_dataloader(val, 4, train=False), SegmentationMetrics(5, bundle.class_names),
                       torch.device("cpu"))
     assert results["whole"]["confusion"] == direct["confusion"]
     assert json.loads((tmp_path / "whole" / "metrics.json").read_text())["infer"] == "whole"
@@ -179,7 +179,7 @@ def test_metrics_of_the_loop_and_of_evaluate_model_agree(tiny_checkpoint):
     bundle = load_bundle(tiny_checkpoint)
     dataset = SyntheticShapes(split="val", num_samples=4, image_size=48)
     metrics = SegmentationMetrics(5, bundle.class_names)
-    direct = evaluate(bundle.model, build_dataloader(dataset, 2, train=False), metrics, torch.device("cpu"))
+    direct = evaluate_loader(bundle.model, build_dataloader(dataset, 2, train=False), metrics, torch.device("cpu"))
     ours = evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), batch_size=3, progress=False)
     assert ours["confusion"] == direct["confusion"]
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from segdense.inference import whole_logits
-from segdense.inference.evaluation import evaluate_model
+from segdense.evaluation import evaluate_model
 
 from html_check import check_page
 from infer_fixtures import TensorDataset, labelled_images, oracle_bundle

@@ -13,7 +13,7 @@ import torch
 from segdense.config.train_job import train
 from segdense.errors import ConfigError
 from segdense.engine import checkpoint as ckpt
-from segdense.engine import load_checkpoint
+from segdense.runtime import load_checkpoint
 
 from train_utils import TINY, compose_config
 
@@ -200,7 +200,7 @@ def test_best_checkpoint_follows_the_best_miou(tmp_path, monkeypatch):
         m = next(scores)
         return {"mIoU": m, "mAcc": m, "aAcc": m, "per_class": [{"name": "x", "IoU": m, "Acc": m}]}
 
-    monkeypatch.setattr(trainer_mod, "evaluate", fake_evaluate)
+    monkeypatch.setattr(trainer_mod, "evaluate_loader", fake_evaluate)
     train(compose_config(TINY + ["iterations=6"]), run_dir=tmp_path)
     best = load_checkpoint(tmp_path / "checkpoints/best.pt")
     assert best["iteration"] == 4 and best["best_miou"] == 0.6
@@ -235,7 +235,7 @@ def _tiny_trainer(run_dir, iterations, **kwargs):
     """A Trainer built from plain arguments: tiny DenseNet + FCN on 32x32 synthetic shapes, no validation."""
     from segdense import build_model
     from segdense.data import SyntheticShapes
-    from segdense.engine import Trainer, build_optimizer, build_scheduler
+    from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler
     from segdense.losses import build_criterion
 
     torch.manual_seed(0)
@@ -243,10 +243,10 @@ def _tiny_trainer(run_dir, iterations, **kwargs):
                         num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
     optimizer = build_optimizer("sgd", model, 0.01, momentum=0.9)
+    settings = TrainSettings(iterations=iterations, batch_size=4, device="cpu", tensorboard=False, log_interval=1,
+                             **kwargs)
     return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
-                   build_scheduler("poly", optimizer, iterations), train_set, None, iterations=iterations, batch_size=4,
-                   run_dir=run_dir, class_names=train_set.class_names, device="cpu", tensorboard=False,
-                   log_interval=1, **kwargs)
+                   build_scheduler("poly", optimizer, iterations), train_set, None, settings, run_dir)
 
 
 def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path, monkeypatch):

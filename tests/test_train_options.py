@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from segdense.config.train_job import train
-from segdense.engine import Trainer, load_checkpoint
+from segdense.engine import Trainer
+from segdense.runtime import load_checkpoint
 from segdense.losses import build_loss
 
 from train_utils import TINY, compose_config

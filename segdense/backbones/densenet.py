@@ -15,9 +15,11 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
 from .registry import register_backbone
+from .weights import load_pretrained
 
 __all__ = [
     "DenseNet",
@@ -357,8 +359,6 @@ def _densenet(
 ) -> DenseNet:
     model = DenseNet(num_units_per_block, growth_rate, num_init_features=num_init_features, **kwargs)
     if pretrained:
-        from .weights import load_pretrained
-
         load_pretrained(model, pretrained, arch=arch)
     return model
 

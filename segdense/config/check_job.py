@@ -5,15 +5,15 @@ import sys
 
 from omegaconf import DictConfig, OmegaConf
 
+from segdense.data import build_dataset, validate_dataset
+from segdense.data.doctor import diagnose, format_frequencies, inspect_split
+from segdense.data.validate import sample_indices
+from segdense.reports.dataset import check_report_dir, write_dataset_report
+
 
 def check_job(cfg: DictConfig) -> int:
     """Check the configured dataset's splits, print the diagnosis and write the report; the exit status (0 clean,
     1 problems found, 2 the dataset cannot be opened)."""
-    from segdense.data import build_dataset, validate_dataset
-    from segdense.data.doctor import diagnose, format_frequencies, inspect_split
-    from segdense.data.validate import sample_indices
-    from segdense.reports.dataset import check_report_dir, write_dataset_report
-
     spec = OmegaConf.to_container(cfg.dataset, resolve=True)
     name = spec.pop("name")
     train_split, val_split = spec.pop("train_split"), spec.pop("val_split")

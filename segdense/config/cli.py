@@ -9,6 +9,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from segdense.engine.distributed import cleanup_distributed
 from segdense.errors import UserError
 
 logger = logging.getLogger("segdense")
@@ -19,8 +20,6 @@ def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     or corrupt checkpoint or data file, an unwritable output, a loss gone NaN) or a required key left unset
     (``???``) — prints one ``error:`` line and exits with status 2. Anything else is a bug of segdense and keeps
     its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too."""
-    from segdense.engine.distributed import cleanup_distributed
-
     try:
         return job(cfg)
     except (UserError, MissingMandatoryValue) as e:

@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
 from segdense.engine.comparison import machine_info, write_report
+from segdense.errors import ConfigError
 
 from .schema import register_schema
 from .train_job import train
-from segdense.errors import ConfigError
 
 logger = logging.getLogger("segdense.compare")
 

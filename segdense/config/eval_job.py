@@ -4,9 +4,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from segdense.data import build_dataset, build_transforms
 from segdense.errors import ConfigError, config_values
+from segdense.inference import build_infer, load_bundle
+from segdense.evaluation import evaluate_model
+from segdense.inference.tta import describe_infer
+from segdense.metrics import format_metrics_table
+from segdense.runtime import resolve_amp, resolve_device
 
 logger = logging.getLogger("segdense.eval")
 
@@ -25,8 +32,6 @@ def infer_options(cfg: DictConfig, bundle) -> dict:
 def build_eval_dataset(cfg: DictConfig, bundle):
     """The dataset named by ``cfg.dataset`` (when given) or the checkpoint's own, with the checkpoint's eval
     pipeline, at ``cfg.split`` (default: the dataset's val split); returns (dataset, name)."""
-    from segdense.data import build_dataset, build_transforms
-
     chosen = cfg.get("dataset")
     if chosen is not None:
         block = OmegaConf.to_container(chosen, resolve=True)
@@ -49,12 +54,6 @@ def build_eval_dataset(cfg: DictConfig, bundle):
 def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Rebuild the model from ``cfg.checkpoint`` alone, evaluate it, print the per-class table and write
     ``metrics.json`` and ``confusion.png`` to ``cfg.output_dir`` (default: Hydra's run directory)."""
-    from segdense.engine import resolve_amp, resolve_device
-    from segdense.inference import build_infer, load_bundle
-    from segdense.inference.tta import describe_infer
-    from segdense.inference.evaluation import evaluate_model
-    from segdense.metrics import format_metrics_table
-
     bundle = load_bundle(cfg.checkpoint)
     dataset, name = build_eval_dataset(cfg, bundle)
     device = resolve_device(cfg.device)
@@ -63,8 +62,6 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
         infer = build_infer(**infer_options(cfg, bundle), min_size=min_size, max_batch=cfg.batch_size)
     output_dir = output_dir or cfg.output_dir
     if output_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
         output_dir = HydraConfig.get().runtime.output_dir
     logger.info("evaluating %s on %s (%d images), inference: %s", bundle.source, name, len(dataset),
                 describe_infer(infer))

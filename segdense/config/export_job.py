@@ -6,16 +6,15 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.errors import ConfigError
+from segdense.export import DTYPES, FORMATS, export_model
+from segdense.export.parity import check_parity_on_images, folder_images, validation_images
+from segdense.inference import load_bundle
+from segdense.inference.writers import check_writable_dir
 
 
 def export_job(cfg: DictConfig) -> list[dict]:
     """Export ``cfg.checkpoint`` as ``cfg.format`` to ``cfg.output`` and print the parity checks: random inputs of
     ``cfg.sizes``, then ``cfg.verify_images`` real images (the checkpoint's validation set or ``cfg.verify_input``)."""
-    from segdense.export import DTYPES, FORMATS, export_model
-    from segdense.export.parity import check_parity_on_images, folder_images, validation_images
-    from segdense.inference import load_bundle
-    from segdense.inference.writers import check_writable_dir
-
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format}: expected one of {', '.join(FORMATS)}")
     output = Path(cfg.output)

@@ -7,6 +7,12 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from segdense.errors import config_values
+from segdense.inference import Predictor, load_bundle
+from segdense.inference.files import predict_files
+from segdense.inference.images import find_images
+from segdense.inference.writers import check_writable_dir
+
+from .eval_job import infer_options
 
 logger = logging.getLogger("segdense.infer")
 
@@ -14,12 +20,7 @@ logger = logging.getLogger("segdense.infer")
 def infer_job(cfg: DictConfig):
     """Predict every image named by ``cfg.input`` into ``cfg.output``; returns the
     :class:`~segdense.inference.files.InferenceReport` (the tool exits 1 when any image failed)."""
-    from segdense.inference import Predictor, load_bundle
-    from segdense.inference.files import predict_files
-    from segdense.inference.images import find_images
-    from segdense.inference.writers import check_writable_dir
 
-    from .eval_job import infer_options
 
     files = find_images(cfg.input)
     bundle = load_bundle(cfg.checkpoint)

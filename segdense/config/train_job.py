@@ -1,6 +1,7 @@
 """``train(cfg)``: turns a composed training configuration into a run (tools/train.py calls it)."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -9,10 +10,19 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.backbones.efficient_block import sync_dense_layer_norms
+from segdense.data import build_dataloader, build_dataset, build_transforms, validate_dataset
+from segdense.data.statistics import class_statistics
+from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
+from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
 from segdense.errors import ConfigError, config_values
+from segdense.losses import build_criterion
+from segdense.models import build_model
+from segdense.reports.training import write_training_report
+from segdense.runtime import resolve_device
 
 from .group_keys import validate_config
 
@@ -27,8 +37,6 @@ def model_config(cfg: DictConfig, num_classes: int) -> dict:
 
 def build_datasets(cfg: DictConfig):
     """(train_set, val_set) with the augmentation pipelines of ``cfg.augmentation``."""
-    from segdense.data import build_dataset, build_transforms
-
     block = OmegaConf.to_container(cfg.dataset, resolve=True)
     aug = OmegaConf.to_container(cfg.augmentation, resolve=True)
     missing = [key for key in ("train_split", "val_split") if not block.get(key)]
@@ -69,8 +77,6 @@ def determinism_note(deterministic: bool, device: torch.device) -> str:
 
 def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
     """The checkpoint to resume from; refuses to start over a run dir that already has one."""
-    from segdense.engine import find_last_checkpoint
-
     existing = find_last_checkpoint(run_dir)
     if resume in (None, "", "null"):
         if existing is not None:
@@ -92,8 +98,6 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
     """``loss.class_weight`` as numbers, and how they were chosen: None, a list (checked against the number of
     classes), or ``auto``: clipped median-frequency weights from every mask of the training split."""
-    from segdense.data.statistics import class_statistics
-
     if spec is None:
         return None, ""
     if spec == "auto":
@@ -150,39 +154,42 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
     ])
 
 
-def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequence[Any] = ()) -> dict:
-    """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
-    validation metrics. ``run_dir`` defaults to Hydra's output directory."""
-    from segdense.data import build_dataloader, validate_dataset
-    from segdense.engine import Trainer, build_optimizer, build_scheduler, resolve_device
-    from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
-    from segdense.losses import build_criterion
-    from segdense.models import build_model
+def train_settings(cfg: DictConfig, device: torch.device | str = "auto") -> TrainSettings:
+    """The trainer's settings from the top-level keys (checked together: one error lists every bad value)."""
+    keys = [f.name for f in dataclasses.fields(TrainSettings) if f.name not in ("device", "max_skipped_steps")]
+    return TrainSettings(device=device, **{key: cfg[key] for key in keys})
 
-    validate_config(cfg)
+
+def start_processes(cfg: DictConfig, run_dir: str | os.PathLike | None) -> tuple[torch.device, int, Path]:
+    """(this process's device, the number of processes, the run directory rank 0 chose)."""
     device = resolve_device(cfg.device)
-    rank, local_rank, world = init_distributed(device.type)
+    _, local_rank, world = init_distributed(device.type)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", local_rank)
     if run_dir is None:
-        from hydra.core.hydra_config import HydraConfig
-
         run_dir = HydraConfig.get().runtime.output_dir
-    run_dir = Path(broadcast_object(str(run_dir)))  # every rank uses rank 0's directory
     if not is_main_process():
         logging.getLogger("segdense").setLevel(logging.WARNING)
-    resume_path = resolve_resume(cfg.resume, run_dir)
-    seed_everything(cfg.seed, cfg.deterministic)
+    return device, world, Path(broadcast_object(str(run_dir)))  # every rank uses rank 0's directory
 
+
+def checked_datasets(cfg: DictConfig):
+    """(train_set, val_set), the training split checked first as ``validate_data`` asks."""
     with config_values("dataset/augmentation"):
         train_set, val_set = build_datasets(cfg)
+    if cfg.validate_data not in ("quick", "full", "off"):
+        raise ConfigError(f"validate_data must be quick, full or off; got {cfg.validate_data!r}")
     if cfg.validate_data != "off" and is_main_process():
         report = validate_dataset(train_set, sample=None if cfg.validate_data == "full" else 64, seed=cfg.seed)
         if not report.ok:
             raise ConfigError(f"the training data has problems:\n{report.format()}")
+    return train_set, val_set
 
+
+def training_model(cfg: DictConfig, num_classes: int, device: torch.device, world: int) -> torch.nn.Module:
+    """The model of the backbone and head blocks, its BatchNorms synced across processes."""
     with config_values("backbone/head"):
-        model = build_model(**model_config(cfg, train_set.num_classes))
+        model = build_model(**model_config(cfg, num_classes))
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif world > 1 and model.model_config["backbone"].get("memory_efficient"):
@@ -190,6 +197,29 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         # all-reduce their own statistics, so their layers train on the global batch.
         sync_dense_layer_norms(model)
         logger.info("memory-efficient dense blocks: BatchNorm statistics synced across %d processes", world)
+    return model
+
+
+def optimization(cfg: DictConfig, model: torch.nn.Module):
+    """(optimizer, scheduler) from the optimizer and scheduler blocks, passed as they are."""
+    with config_values("optimizer"):
+        optimizer = build_optimizer(model=model, lr=cfg.lr, **OmegaConf.to_container(cfg.optimizer, resolve=True))
+    with config_values("scheduler"):
+        scheduler = build_scheduler(optimizer=optimizer, total_iterations=cfg.iterations,
+                                    **OmegaConf.to_container(cfg.scheduler, resolve=True))
+    return optimizer, scheduler
+
+
+def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequence[Any] = ()) -> dict:
+    """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
+    validation metrics. ``run_dir`` defaults to Hydra's output directory."""
+    validate_config(cfg)
+    settings = train_settings(cfg)
+    device, world, run_dir = start_processes(cfg, run_dir)
+    resume_path = resolve_resume(cfg.resume, run_dir)
+    seed_everything(cfg.seed, cfg.deterministic)
+    train_set, val_set = checked_datasets(cfg)
+    model = training_model(cfg, train_set.num_classes, device, world)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
     with config_values("loss"):
         class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)
@@ -197,23 +227,11 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
                                     class_weight=class_weight)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
-    with config_values("optimizer"):
-        optimizer = build_optimizer(model=model, lr=cfg.lr, **OmegaConf.to_container(cfg.optimizer, resolve=True))
-    with config_values("scheduler"):
-        scheduler = build_scheduler(optimizer=optimizer, total_iterations=cfg.iterations,
-                                    **OmegaConf.to_container(cfg.scheduler, resolve=True))
-
-    trainer = Trainer(
-        model, criterion, optimizer, scheduler, train_set, val_set,
-        iterations=cfg.iterations, batch_size=cfg.batch_size, run_dir=run_dir,
-        class_names=train_set.class_names, palette=train_set.palette,
-        val_loader_fn=lambda ds: build_dataloader(ds, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2)),
-        device=device, amp=cfg.amp, channels_last=cfg.channels_last, grad_clip=cfg.grad_clip,
-        compile=cfg.compile, seed=cfg.seed, val_interval=cfg.val_interval,
-        checkpoint_interval=cfg.checkpoint_interval, log_interval=cfg.log_interval, num_workers=cfg.num_workers,
-        dataset_info={"name": cfg.dataset.name, "config": OmegaConf.to_container(cfg.dataset, resolve=True)},
-        config=config, tensorboard=cfg.tensorboard, hooks=hooks,
-    )
+    with config_values("val_batch_size"):
+        val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
+    trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader,
+                      dataclasses.replace(settings, device=device), run_dir, config=config, hooks=hooks,
+                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]})
     if resume_path is not None:
         trainer.resume_from(resume_path)
     if is_main_process():
@@ -223,10 +241,13 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world,
                                      cfg, loss))
         logger.info("run directory: %s", run_dir)
-    result = trainer.fit()
-    if cfg.report and is_main_process() and (run_dir / "metrics.json").is_file():
-        from segdense.reports.training import write_training_report
+    return finish(cfg, trainer, trainer.fit())
 
+
+def finish(cfg: DictConfig, trainer: Trainer, result: dict) -> dict:
+    """The training report (when asked) and the closing line; returns ``result``."""
+    run_dir = trainer.run_dir
+    if cfg.report and is_main_process() and (run_dir / "metrics.json").is_file():
         try:
             logger.info("report: %s", write_training_report(run_dir))
         except Exception as exc:  # the run itself succeeded: say so, and how to retry the report
@@ -238,4 +259,3 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
             100 * result["mIoU"], 100 * trainer.best_miou, trainer.best_iteration, run_dir / "checkpoints",
         )
     return result
-

@@ -11,14 +11,13 @@ from torch.utils.data import Dataset
 from segdense.errors import ConfigError, MissingFileError
 
 from .io import IGNORE_INDEX, read_image, read_mask
+from .transforms import imagenet_normalise
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Untransformed sample as tensors: image float (3, H, W) normalised with ImageNet mean/std, mask int64."""
-    from .transforms import imagenet_normalise
-
     return imagenet_normalise(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 
 from segdense.losses.class_weights import median_frequency_weights
 
-from .io import IGNORE_INDEX
+from .io import IGNORE_INDEX, DatasetFileError
 
 
 @dataclass
@@ -66,8 +66,6 @@ def class_statistics(dataset, indices: Iterable[int] | None = None,
                      on_error: Callable[[int, Exception], None] | None = None) -> ClassStatistics:
     """Statistics of the raw masks of ``dataset`` (all samples, or ``indices``). A mask that cannot be read raises,
     unless ``on_error(index, exception)`` is given to take it."""
-    from .io import DatasetFileError
-
     stats = ClassStatistics.empty(dataset.class_names)
     for index in range(len(dataset)) if indices is None else indices:
         try:

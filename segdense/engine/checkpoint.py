@@ -4,6 +4,7 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) with:
 ``model`` (state_dict), ``model_config`` (keyword arguments of :func:`segdense.build_model`),
 ``dataset`` (name, class names, palette), ``iteration``, ``optimizer``, ``scheduler``, ``scaler``,
 ``rng``, ``best_miou``, ``config`` (the resolved run configuration) and ``segdense_version``.
+:func:`segdense.runtime.load_checkpoint` reads them.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from segdense.errors import CheckpointError, MissingFileError
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -45,23 +44,6 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
-
-
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a checkpoint written by :func:`save_checkpoint` (``torch.load(weights_only=True)``),
-    with one clear error for a missing, unreadable or foreign file."""
-    path = Path(path)
-    if not path.is_file():
-        raise MissingFileError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, refused globals ...
-        raise CheckpointError(f"checkpoint {path} could not be read (corrupt or not a segdense checkpoint): {e}") from e
-    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise CheckpointError(
-            f"{path} is not a segdense checkpoint (expected a dict with 'model' and 'model_config')"
-        )
-    return state
 
 
 def find_last_checkpoint(run_dir: str | os.PathLike) -> Path | None:

@@ -1,11 +1,10 @@
-"""The iteration-based training loop: AMP, checkpoints with exact resume, validation, logging."""
+"""The iteration-based training loop: AMP, exact resume, validation; progress, TensorBoard, ``metrics.json`` and
+checkpoints hang off it as hooks (:mod:`segdense.engine.hooks`)."""
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import math
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Sequence
@@ -14,51 +13,73 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from segdense.backbones.densenet import DenseNet
-from segdense.backbones.resnet import ResNet
 from segdense.errors import ConfigError, TrainingDivergedError
 from segdense.metrics import SegmentationMetrics, format_metrics_table
 from segdense.models.builder import upgrade_model_config
+from segdense.runtime import autocast_context, evaluate_loader, load_checkpoint, resolve_amp, resolve_device
+from segdense.version import __version__
 
 from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
-from .evaluate import autocast_context, evaluate
+from .hooks import CheckpointHook, Hook, MetricsFileHook, ProgressHook, TensorBoardHook, as_hook
 from .sampler import ResumableSampler, SeededDataset
 
 logger = logging.getLogger("segdense.train")
 
 
-def resolve_device(device: str) -> torch.device:
-    """``auto`` → CUDA when present, else CPU; anything else as torch understands it."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
-    return dev
+@dataclasses.dataclass(frozen=True)
+class TrainSettings:
+    """How to train: the run's numbers, checked together when made (one :class:`ConfigError` lists them all).
 
+    ``val_interval``/``checkpoint_interval`` 0: validate only at the end / save with each validation.
+    ``channels_last``: ``auto`` runs the whole model channels-last on CUDA (on CPU the backbone converts its input
+    itself), True everywhere, False nowhere. With fp16, after ``max_skipped_steps`` consecutive steps skipped for
+    non-finite losses or gradients the run stops.
+    """
 
-def resolve_amp(amp: str | bool, device: torch.device) -> torch.dtype | None:
-    """``auto``: bf16 on CUDA where supported, else fp16; off on CPU. Also ``off``/``bf16``/``fp16``."""
-    amp = {True: "auto", False: "off"}.get(amp, amp)
-    if amp == "off":
-        return None
-    if amp == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if amp in ("bf16", "fp16"):
-        return torch.bfloat16 if amp == "bf16" else torch.float16
-    raise ConfigError(f"amp must be one of auto, off, bf16, fp16; got {amp!r}")
+    iterations: int
+    batch_size: int
+    val_interval: int = 0
+    checkpoint_interval: int = 0
+    log_interval: int = 20
+    num_workers: int = 0
+    device: str | torch.device = "auto"
+    amp: str | bool = "auto"
+    channels_last: str | bool = "auto"
+    grad_clip: float | None = None
+    compile: bool = False
+    seed: int = 0
+    tensorboard: bool = True
+    max_skipped_steps: int = 50
+
+    def __post_init__(self) -> None:
+        problems = [f"{key} must be positive, got {getattr(self, key)}" for key in
+                    ("iterations", "batch_size", "log_interval", "max_skipped_steps") if getattr(self, key) < 1]
+        problems += [f"{key} must be >= 0, got {getattr(self, key)}" for key in
+                     ("val_interval", "checkpoint_interval", "num_workers") if getattr(self, key) < 0]
+        if self.amp not in ("auto", "off", "bf16", "fp16", True, False):
+            problems.append(f"amp must be one of auto, off, bf16, fp16; got {self.amp!r}")
+        if self.channels_last not in ("auto", True, False):
+            problems.append(f"channels_last must be auto, true or false; got {self.channels_last!r}")
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            problems.append(f"grad_clip must be positive or null, got {self.grad_clip}")
+        if not isinstance(self.device, torch.device) and self.device != "auto":
+            try:
+                torch.device(self.device)
+            except RuntimeError:
+                problems.append(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if problems:
+            raise ConfigError("invalid training settings:\n  - " + "\n  - ".join(problems))
 
 
 class Trainer:
-    """Trains ``model`` for ``iterations`` steps on ``train_set`` and validates on ``val_set``.
+    """Trains ``model`` for ``settings.iterations`` steps on ``train_set``, validating on ``val_loader``.
 
-    Everything is passed in built: the model (from :func:`segdense.build_model`, with its
-    ``model_config``), the criterion, and optimizer/scheduler factories that take the (possibly
-    wrapped) model's parameters. ``run_dir`` receives ``checkpoints/{last,best}.pt``,
-    ``metrics.json`` and TensorBoard events (rank 0 only).
+    Everything is passed in built: the model (from :func:`segdense.build_model`, with its ``model_config``), the
+    criterion, the optimizer over the model's parameters and its scheduler. ``run_dir`` receives
+    ``checkpoints/{last,best}.pt``, ``metrics.json`` and TensorBoard events (rank 0 only). ``dataset_info`` (name,
+    config, class names, palette) is stored in the checkpoints; class names and palette default to the training
+    set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`).
 
     With fp16 a step whose loss or gradients are not finite is skipped, as the gradient scaler does; after
     ``max_skipped_steps`` consecutive skipped steps the run stops with :class:`TrainingDivergedError` naming the
@@ -72,97 +93,64 @@ class Trainer:
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         train_set: Dataset,
-        val_set: Dataset | None,
-        *,
-        iterations: int,
-        batch_size: int,
+        val_loader: DataLoader | None,
+        settings: TrainSettings,
         run_dir: str | os.PathLike,
-        class_names: Sequence[str],
-        palette: Sequence[Sequence[int]] = (),
-        val_loader_fn: Callable[[Dataset], DataLoader] | None = None,
-        device: str | torch.device = "auto",
-        amp: str = "auto",
-        channels_last: str | bool = "auto",
-        grad_clip: float | None = None,
-        compile: bool = False,
-        seed: int = 0,
-        val_interval: int = 0,
-        checkpoint_interval: int = 0,
-        log_interval: int = 20,
-        num_workers: int = 0,
         dataset_info: dict | None = None,
         config: dict | None = None,
-        tensorboard: bool = True,
-        hooks: Sequence[Callable[["Trainer", int], None]] = (),
-        max_skipped_steps: int = 50,
+        hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
     ) -> None:
-        if iterations < 1:
-            raise ValueError(f"iterations must be positive, got {iterations}")
-        self.device = device if isinstance(device, torch.device) else resolve_device(device)
-        self.amp_dtype = resolve_amp(amp, self.device)
-        # auto: the whole model channels-last on CUDA; on CPU the DenseNet backbone converts its
-        # input itself (DenseNet/ResNet(channels_last=None)). False: channels-last nowhere.
-        if channels_last is False:
-            for m in model.modules():
-                if isinstance(m, (DenseNet, ResNet)):
-                    m.channels_last = False
-        if channels_last == "auto":
-            channels_last = self.device.type == "cuda"
-        self.channels_last = bool(channels_last)
-        self.model = model.to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
+        self.settings = s = settings
+        self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
+        self.amp_dtype = resolve_amp(s.amp, self.device)
+        self.model, self.train_model, self.channels_last = self._place(model)
         self.model_config = dict(getattr(model, "model_config", {}))
-        self.train_model: nn.Module = self.model
-        if world_size() > 1:
-            ddp_device = [self.device.index or 0] if self.device.type == "cuda" else None
-            self.train_model = nn.parallel.DistributedDataParallel(self.model, device_ids=ddp_device)
-        if compile:
-            self.train_model = torch.compile(self.train_model)
         self.criterion = criterion.to(self.device)
-        self.optimizer = optimizer
-        self.scheduler = scheduler
+        self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        self.train_set, self.val_set = train_set, val_set
-        self.val_loader_fn = val_loader_fn
-        self.iterations = iterations
-        self.batch_size = batch_size
+        self.train_set, self.val_loader = train_set, val_loader
         self.run_dir = Path(run_dir)
-        self.class_names = list(class_names)
-        self.palette = [tuple(c) for c in palette]
-        self.grad_clip = grad_clip
-        self.seed = seed
-        self.val_interval = val_interval or iterations
-        self.checkpoint_interval = checkpoint_interval or self.val_interval
-        self.log_interval = max(1, log_interval)
-        self.num_workers = num_workers
-        self.dataset_info = dataset_info or {}
-        self.config = config or {}
-        self.hooks = list(hooks)
+        info = dict(dataset_info or {})
+        self.class_names = list(info.pop("class_names", None) or getattr(train_set, "class_names", []))
+        self.palette = [tuple(c) for c in (info.pop("palette", None) or getattr(train_set, "palette", ()))]
+        self.dataset_info, self.config = info, config or {}
         self.is_main = is_main_process()
-        self.iteration = 0
-        self.best_miou = -1.0
-        self.best_iteration = 0
-        self.skipped_steps = 0
-        self.consecutive_skips = 0
-        self.max_skipped_steps = max(1, int(max_skipped_steps))
+        self.iteration, self.best_miou, self.best_iteration = 0, -1.0, 0
+        self.skipped_steps = self.consecutive_skips = 0
         self.history: list[dict] = []
         self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
-        self.writer = None
-        if tensorboard and self.is_main:
-            from torch.utils.tensorboard import SummaryWriter
+        self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
+        self.hooks = [ProgressHook(self), CheckpointHook(), MetricsFileHook()]
+        if s.tensorboard and self.is_main:
+            self.hooks.append(TensorBoardHook(self.run_dir))
+        self.hooks += [as_hook(h) for h in hooks]
 
-            self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
+    def _place(self, model: nn.Module) -> tuple[nn.Module, nn.Module, bool]:
+        """(the model on the device, the module to train: DDP- and compile-wrapped as asked, channels-last on)."""
+        backbone = getattr(model, "backbone", None)
+        if self.settings.channels_last is False and hasattr(backbone, "channels_last"):
+            backbone.channels_last = False  # also off where the backbone would switch it on itself (CPU auto)
+        channels_last = self.settings.channels_last
+        channels_last = self.device.type == "cuda" if channels_last == "auto" else bool(channels_last)
+        model = model.to(self.device)
+        if channels_last:
+            model.to(memory_format=torch.channels_last)
+        train_model = model
+        if world_size() > 1:
+            ddp_device = [self.device.index or 0] if self.device.type == "cuda" else None
+            train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
+        if self.settings.compile:
+            train_model = torch.compile(train_model)
+        return model, train_model, channels_last
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
-        from segdense import __version__
-
         return {
             "model": self.model.state_dict(),
             "model_config": self.model_config,
-            "dataset": {**self.dataset_info, "class_names": self.class_names, "palette": [list(c) for c in self.palette]},
+            "dataset": {**self.dataset_info, "class_names": self.class_names,
+                        "palette": [list(c) for c in self.palette]},
             "iteration": self.iteration,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -179,7 +167,7 @@ class Trainer:
 
     def resume_from(self, path: str | os.PathLike) -> None:
         """Restore model, optimizer, scheduler, scaler, RNG states and the iteration."""
-        state = ckpt.load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location=self.device)
         if upgrade_model_config(state["model_config"]) != self.model_config:
             raise ConfigError(
                 f"checkpoint {path} was trained with model {state['model_config']}, but this run "
@@ -198,39 +186,74 @@ class Trainer:
         self.train_seconds = float(state.get("train_seconds", 0.0))
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
-    def _save(self, name: str) -> None:
-        if self.is_main:
-            ckpt.save_checkpoint(self.state_dict(), self.run_dir / ckpt.CHECKPOINT_DIR / name)
-
     # ------------------------------------------------------------------ loop
+    def fit(self) -> dict:
+        """Train to ``settings.iterations`` (from the resumed iteration, if any) and return the last validation
+        metrics."""
+        loader = iter(self._train_loader())
+        result: dict = {}
+        start_iteration = self.iteration
+        try:
+            while self.iteration < self.settings.iterations:
+                step_start = time.perf_counter()
+                images, masks = next(loader)[:2]
+                logged = self._step(images, masks)
+                self.scheduler.step()
+                self.iteration += 1
+                self.train_seconds += time.perf_counter() - step_start
+                if logged is not None:
+                    self.loss_history.append(logged["loss"])
+                self._call("on_step", logged, images.shape[0] * world_size())
+                if self.val_loader is not None and self.due(self.settings.val_interval):
+                    result = self.validate()
+                    self._call("on_validation", result)
+                self._call("after_iteration")
+        finally:
+            self._call("on_end")
+        if self.iteration == start_iteration and self.val_loader is not None:
+            result = self.validate()  # nothing left to train: report the checkpoint's metrics
+        if self.skipped_steps:
+            logger.warning("%d steps were skipped for non-finite fp16 losses or gradients", self.skipped_steps)
+        return result
+
+    def due(self, interval: int) -> bool:
+        """Whether the iteration just finished is a multiple of ``interval`` (0: never) or the last one."""
+        return (interval > 0 and self.iteration % interval == 0) or self.iteration == self.settings.iterations
+
+    def _call(self, point: str, *args) -> None:
+        for hook in self.hooks:
+            getattr(hook, point)(self, *args)
+
     def _train_loader(self) -> DataLoader:
+        s = self.settings
         rank = torch.distributed.get_rank() if world_size() > 1 else 0
-        sampler = ResumableSampler(
-            len(self.train_set), self.batch_size, seed=self.seed, start_iteration=self.iteration,
-            rank=rank, world_size=world_size(),
-        )
+        sampler = ResumableSampler(len(self.train_set), s.batch_size, seed=s.seed, start_iteration=self.iteration,
+                                   rank=rank, world_size=world_size())
         return DataLoader(
-            SeededDataset(self.train_set),
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=self.num_workers > 0,
+            SeededDataset(self.train_set), batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
+            pin_memory=self.device.type == "cuda", drop_last=True, persistent_workers=s.num_workers > 0,
             # Its own generator: creating the iterator must not draw from the global RNG, whose
             # state (dropout) a resumed run restores from the checkpoint.
-            generator=torch.Generator().manual_seed(self.seed),
+            generator=torch.Generator().manual_seed(s.seed),
         )
 
     def _step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float] | None:
-        images = images.to(self.device, non_blocking=True)
-        masks = masks.to(self.device, non_blocking=True)
+        """One optimizer step; the loss and its terms, or None for a skipped fp16 step."""
+        try:
+            return self._update(images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True))
+        except torch.cuda.OutOfMemoryError as e:
+            raise RuntimeError(
+                f"CUDA out of memory at iteration {self.iteration + 1} with batch_size={self.settings.batch_size} "
+                f"and crops of {tuple(images.shape[-2:])}: lower batch_size or crop_size, or set "
+                "backbone.memory_efficient=true"
+            ) from e
+
+    def _update(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float] | None:
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         self.optimizer.zero_grad(set_to_none=True)
         with autocast_context(self.device, self.amp_dtype):
-            outputs = self.train_model(images)
-            loss, terms = self.criterion(outputs, masks)
+            loss, terms = self.criterion(self.train_model(images), masks)
         if not torch.isfinite(loss):
             if self.scaler.is_enabled():  # fp16: skip the step, as the scaler does for inf grads
                 self._skipped()
@@ -241,9 +264,9 @@ class Trainer:
                 "Try a lower lr, grad_clip, or amp=off."
             )
         self.scaler.scale(loss).backward()
-        if self.grad_clip:
+        if self.settings.grad_clip:
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
         scale = self.scaler.get_scale() if self.scaler.is_enabled() else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -251,142 +274,35 @@ class Trainer:
             self._skipped()
         else:
             self.consecutive_skips = 0
-        logged = {"loss": loss.detach()}
-        logged.update({k: v.detach() if torch.is_tensor(v) else torch.tensor(float(v)) for k, v in terms.items()})
-        return logged
+        return {"loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()}}
 
     def _skipped(self) -> None:
         self.skipped_steps += 1
         self.consecutive_skips += 1
-        if self.consecutive_skips >= self.max_skipped_steps:
+        if self.consecutive_skips >= self.settings.max_skipped_steps:
             raise TrainingDivergedError(
                 f"{self.consecutive_skips} consecutive fp16 steps were skipped for non-finite losses or gradients, "
                 f"the last at iteration {self.iteration + 1}; training stopped (last good checkpoint: "
                 f"{self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}). Try amp=bf16 or amp=off, a lower lr, or grad_clip."
             )
 
-    def fit(self) -> dict:
-        """Train to ``iterations`` (from the resumed iteration, if any) and return the last
-        validation metrics."""
-        from tqdm import tqdm
-
-        interactive = self.is_main and sys.stderr.isatty()
-        bar = tqdm(total=self.iterations, initial=self.iteration, disable=not interactive, dynamic_ncols=True)
-        loader = iter(self._train_loader())
-        result: dict = {}
-        window_start, window_images, window_iters = time.perf_counter(), 0, 0
-        start_iteration = self.iteration
-        try:
-            while self.iteration < self.iterations:
-                step_start = time.perf_counter()
-                images, masks = next(loader)[:2]
-                try:
-                    logged = self._step(images, masks)
-                except torch.cuda.OutOfMemoryError as e:
-                    raise RuntimeError(
-                        f"CUDA out of memory at iteration {self.iteration + 1} with batch_size="
-                        f"{self.batch_size} and crops of {tuple(images.shape[-2:])}: lower batch_size or "
-                        "crop_size, or set backbone.memory_efficient=true"
-                    ) from e
-                self.scheduler.step()
-                self.iteration += 1
-                self.train_seconds += time.perf_counter() - step_start
-                if logged is not None:
-                    self.loss_history.append(float(logged["loss"]))
-                window_images += images.shape[0] * world_size()
-                window_iters += 1
-                lr = self.optimizer.param_groups[0]["lr"]
-                if logged is not None and (self.iteration % self.log_interval == 0 or self.iteration == self.iterations):
-                    values = {k: float(v) for k, v in logged.items()}
-                    elapsed = time.perf_counter() - window_start
-                    speed = window_images / max(elapsed, 1e-9)
-                    self._log_train(values, lr, speed)
-                    if not interactive and self.is_main:
-                        eta = (self.iterations - self.iteration) * elapsed / window_iters
-                        logger.info(
-                            "it %d/%d  loss %.4f  lr %.2e  %.1f img/s  eta %s", self.iteration, self.iterations,
-                            values["loss"], lr, speed, _format_seconds(eta),
-                        )
-                    window_start, window_images, window_iters = time.perf_counter(), 0, 0
-                    bar.set_postfix(loss=f"{values['loss']:.4f}", lr=f"{lr:.2e}")
-                bar.update(1)
-                if self.val_set is not None and (self.iteration % self.val_interval == 0 or self.iteration == self.iterations):
-                    result = self.validate()
-                    if result["mIoU"] > self.best_miou:
-                        self.best_miou, self.best_iteration = result["mIoU"], self.iteration
-                        self._save(ckpt.BEST)
-                    self._write_metrics(result)
-                if self.iteration % self.checkpoint_interval == 0 or self.iteration == self.iterations:
-                    self._save(ckpt.LAST)
-                for hook in self.hooks:
-                    hook(self, self.iteration)
-        finally:
-            bar.close()
-            if self.writer is not None:
-                self.writer.flush()
-        if self.iteration == start_iteration and self.val_set is not None:
-            result = self.validate()  # nothing left to train: report the checkpoint's metrics
-        if self.skipped_steps:
-            logger.warning("%d steps were skipped for non-finite fp16 losses or gradients", self.skipped_steps)
-        return result
-
-    # ------------------------------------------------------------------ validation and logs
+    # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
-        loader = self.val_loader_fn(self.val_set) if self.val_loader_fn else DataLoader(self.val_set, batch_size=1)
+        """Metrics on the validation loader; recorded in ``history`` (and as the best, when they are)."""
         metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device)
-        grid = {}
 
         def keep_first(images, masks, prediction):
-            grid["images"] = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
+            self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
 
-        result = evaluate(
-            self.model, loader, metrics, self.device, self.amp_dtype, self.channels_last,
-            on_first_batch=keep_first if self.writer is not None else None,
-        )
-        entry = {"iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
-                 "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
-                 "train_seconds": round(self.train_seconds, 3)}
-        self.history.append(entry)
+        result = evaluate_loader(self.model, self.val_loader, metrics, self.device, self.amp_dtype,
+                                 self.channels_last, on_first_batch=keep_first)
+        self.history.append({
+            "iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
+            "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
+            "train_seconds": round(self.train_seconds, 3),
+        })
+        if result["mIoU"] > self.best_miou:
+            self.best_miou, self.best_iteration = result["mIoU"], self.iteration
         if self.is_main:
             logger.info("validation at iteration %d\n%s", self.iteration, format_metrics_table(result))
-        if self.writer is not None:
-            for key in ("mIoU", "mAcc", "aAcc"):
-                self.writer.add_scalar(f"val/{key}", result[key], self.iteration)
-            for c in result["per_class"]:
-                if not math.isnan(c["IoU"]):
-                    self.writer.add_scalar(f"val_IoU/{c['name']}", c["IoU"], self.iteration)
-            if grid and self.palette:
-                from .visualize import comparison_grid
-
-                self.writer.add_image("val/image_gt_pred", comparison_grid(*grid["images"], self.palette), self.iteration)
         return result
-
-    def _log_train(self, values: dict[str, float], lr: float, speed: float) -> None:
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            self.writer.add_scalar(f"train/{key}", value, self.iteration)
-        self.writer.add_scalar("train/lr", lr, self.iteration)
-        self.writer.add_scalar("train/images_per_second", speed, self.iteration)
-        if self.device.type == "cuda":
-            self.writer.add_scalar("train/max_memory_allocated_MiB", torch.cuda.max_memory_allocated(self.device) / 2**20, self.iteration)
-
-    def _write_metrics(self, result: dict) -> None:
-        if not self.is_main:
-            return
-        summary = {
-            "iteration": self.iteration,
-            "best_mIoU": self.best_miou,
-            "best_iteration": self.best_iteration,
-            "last": {k: v for k, v in result.items() if k != "confusion"},
-            "history": self.history,
-        }
-        path = self.run_dir / "metrics.json"
-        tmp = path.with_name(".metrics.json.tmp")
-        tmp.write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, path)
-
-
-def _format_seconds(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    return f"{seconds // 3600:d}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

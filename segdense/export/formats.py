@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 
 from segdense.errors import UserError
-from segdense.inference.loading import METADATA_KEY, ModelBundle
+from segdense.inference.loading import METADATA_KEY, ModelBundle, load_bundle
 from segdense.inference.writers import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -223,8 +223,6 @@ def _verify(model: nn.Module, format: str, output: Path, sizes) -> list[dict]:
         return verify_onnx(model, output, sizes)
     if format == "torchscript":
         return verify_torchscript(model, output, sizes)
-    from segdense.inference.loading import load_bundle
-
     reloaded = load_bundle(output).model
     x = _example(model, sizes[0])
     return [_compare(_reference(model, x), _reference(reloaded, x), sizes[0], 1)]

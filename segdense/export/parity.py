@@ -16,6 +16,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from segdense.data import build_dataset, build_transforms
+from segdense.inference.images import find_images, load_image
+
 from .formats import ExportError, LogitsOnly, onnx_run
 
 DEFAULT_MIN_AGREEMENT = 99.9  # percent of pixels whose argmax class agrees
@@ -43,8 +46,6 @@ def load_runtime(format: str, path: str | os.PathLike) -> Callable[[torch.Tensor
 
 def validation_images(bundle, count: int) -> list[tuple[str, torch.Tensor]]:
     """The first ``count`` images of the checkpoint's validation split, through its eval pipeline."""
-    from segdense.data import build_dataset, build_transforms
-
     block = dict((bundle.dataset or {}).get("config") or {})
     if not block:
         raise ExportError(f"{bundle.source} does not say which dataset it was trained on: pass verify_input=DIR "
@@ -65,9 +66,6 @@ def validation_images(bundle, count: int) -> list[tuple[str, torch.Tensor]]:
 
 def folder_images(bundle, directory: str | os.PathLike, count: int) -> list[tuple[str, torch.Tensor]]:
     """The first ``count`` images (sorted by path) under ``directory``, through the checkpoint's eval pipeline."""
-    from segdense.data import build_transforms
-    from segdense.inference.images import find_images, load_image
-
     transform = build_transforms(bundle.eval_pipeline)
     images = []
     for path in find_images(str(directory))[:count]:

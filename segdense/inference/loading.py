@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from segdense.errors import CheckpointError, MissingFileError
 from segdense.models.builder import build_model, upgrade_model_config
+from segdense.runtime import load_checkpoint
 
 logger = logging.getLogger("segdense.inference")
 
@@ -128,8 +129,6 @@ def _load_weights(model: nn.Module, state_dict: dict) -> str:
 
 
 def _read_checkpoint(path: Path) -> tuple[dict, dict]:
-    from segdense.engine.checkpoint import load_checkpoint
-
     try:
         state = load_checkpoint(path)
     except ValueError as e:

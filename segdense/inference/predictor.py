@@ -9,7 +9,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .loading import ModelBundle, load_bundle
+from segdense.runtime import autocast_context, resolve_amp, resolve_device
+
+from .images import load_image
+from .loading import ModelBundle, default_palette, load_bundle
 from .tta import build_infer, describe_infer
 
 
@@ -30,8 +33,6 @@ class Predictor:
                  mode: str = "whole", crop_size: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, scales: Sequence[float] | None = None,
                  flip: bool = False, batch_size: int = 4):
-        from segdense.engine import resolve_amp, resolve_device
-
         self.bundle = bundle
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         self.amp_dtype = resolve_amp(amp, self.device)
@@ -57,8 +58,6 @@ class Predictor:
         """Wrap a model already in memory (e.g. from :func:`segdense.load_model` or a training loop); class names
         and palette default to the model's ``class_names``/``palette`` attributes, else indices and VOC colours.
         Images are normalised with ImageNet mean/std."""
-        from .loading import default_palette
-
         num_classes = int(getattr(model, "model_config", {}).get("num_classes", 0)) or None
         names = list(class_names or getattr(model, "class_names", None) or [])
         if not names:
@@ -94,11 +93,9 @@ class Predictor:
 
     def preprocess(self, image: Any) -> tuple[np.ndarray, torch.Tensor]:
         """(RGB uint8 image, normalised float tensor (3, h, w)) through the model's eval pipeline."""
-        from .images import load_image
-
         rgb = image if _is_rgb_uint8(image) else load_image(image)
         if self._transform is None:
-            from segdense.data import build_transforms
+            from segdense.data import build_transforms  # albumentations: imported when first used
 
             self._transform = build_transforms(self.bundle.eval_pipeline)
         tensor, _ = self._transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
@@ -125,8 +122,6 @@ class Predictor:
         return results  # type: ignore[return-value]
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor:
-        from segdense.engine.evaluate import autocast_context
-
         h, w = batch.shape[-2:]
         if min(h, w) < self.min_size:  # smaller than the backbone accepts: pad bottom/right, crop the logits
             batch = F.pad(batch, (0, max(0, self.min_size - w), 0, max(0, self.min_size - h)))
@@ -135,7 +130,8 @@ class Predictor:
 
     def __repr__(self) -> str:
         mc = getattr(self.model, "model_config", {})
-        return (f"Predictor({mc.get('backbone')} + {mc.get('head')}, {self.num_classes} classes, device={self.device}, "
+        names = [(mc.get(part) or {}).get("name") for part in ("backbone", "head")]
+        return (f"Predictor({names[0]} + {names[1]}, {self.num_classes} classes, device={self.device}, "
                 f"infer={describe_infer(self.infer)})")
 
 

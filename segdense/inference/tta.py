@@ -1,5 +1,5 @@
 """Inference strategies as ``infer(model, images) -> logits`` callables for
-:func:`segdense.engine.evaluate` and :class:`segdense.Predictor`.
+:func:`segdense.runtime.evaluate_loader` and :class:`segdense.Predictor`.
 
 - :func:`whole_logits`: one forward pass on the whole image.
 - :class:`SlideInference`: overlapping ``crop_size`` windows every ``stride`` pixels; the logits of pixels
@@ -15,19 +15,14 @@ averaging, so every original pixel is predicted at its place and padded pixels c
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+from segdense.runtime import Infer, whole_logits
 
-
-def whole_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    out = model(images)
-    out = out["out"] if isinstance(out, dict) else out
-    return out.float()
 
 
 def _pair(value: int | Sequence[int], name: str) -> tuple[int, int]:

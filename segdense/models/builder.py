@@ -82,7 +82,7 @@ def build_model(
 
 
 def upgrade_model_config(config: Mapping[str, Any]) -> dict:
-    """A ``model_config`` in today's form. Checkpoints written before segdense 0.2 stored the backbone as a name
+    """A ``model_config`` in today's form. Checkpoints written by segdense 0.1.0 stored the backbone as a name
     with ``output_stride``, ``memory_efficient`` and ``backbone_kwargs`` beside it, and the head's arguments at
     the top level; those become the backbone and head blocks. Today's form is returned unchanged."""
     if not isinstance(config.get("backbone"), str):

@@ -1,5 +1,6 @@
-"""Evaluating a rebuilt model on a dataset with any inference strategy, reusing the engine's validation loop
-(:func:`segdense.engine.evaluate`), and writing ``metrics.json``, ``confusion.png`` and optionally predictions.
+"""Evaluating a rebuilt model on a dataset with any inference strategy, with the loop training validates with
+(:func:`segdense.runtime.evaluate_loader`), and writing ``metrics.json``, ``confusion.png``, optionally predictions
+and the HTML report. It sits above ``inference`` and ``reports``, which it brings together.
 
 Metrics are computed at the resolution of the labels the eval pipeline yields (the default pipeline only
 normalises the image, so the original label resolution). Batches are padded bottom/right by ``pad_collate``;
@@ -15,16 +16,19 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from segdense.data import build_dataloader
+from segdense.data.cityscapes import LABELS
 from segdense.errors import UserError
+from segdense.inference.draw import colorize
+from segdense.inference.files import output_names
+from segdense.inference.loading import ModelBundle
+from segdense.inference.per_image import BatchTracker, PerImageRecorder
+from segdense.inference.tta import describe_infer
+from segdense.inference.writers import check_writable_dir, write_json, write_label_png, write_png
+from segdense.metrics import SegmentationMetrics
 from segdense.reports.evaluation import write_eval_report, write_per_image_csv
 from segdense.reports.plots import confusion_chart
-
-from .draw import colorize
-from .files import output_names
-from .loading import ModelBundle
-from .per_image import BatchTracker, PerImageRecorder
-from .tta import describe_infer
-from .writers import check_writable_dir, write_json, write_label_png, write_png
+from segdense.runtime import evaluate_loader
 
 logger = logging.getLogger("segdense.eval")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -63,8 +67,6 @@ def report_left_out(dataset, dataset_name: str) -> list[dict]:
 
 def cityscapes_train_to_label_ids() -> np.ndarray:
     """trainId → labelId lookup (256 entries; 255 → 0 'unlabeled'), for the official evaluation server."""
-    from segdense.data.cityscapes import LABELS
-
     table = np.zeros(256, dtype=np.uint8)
     for _, label_id, train_id, _ in LABELS:
         if train_id != 255 and label_id >= 0:
@@ -125,10 +127,6 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
     there. With ``save_predictions``: coloured and raw label PNGs (labelIds for Cityscapes). With ``report``
     (needs ``output_dir``): ``per_image.csv`` and ``report/index.html`` with the ``report_images`` worst images
     (:mod:`segdense.reports.evaluation`)."""
-    from segdense.data import build_dataloader
-    from segdense.engine import evaluate
-    from segdense.metrics import SegmentationMetrics
-
     check_dataset_classes(bundle, dataset, dataset_name)
     if report and output_dir is None:
         raise ValueError("report=true needs an output directory (output_dir=DIR)")
@@ -150,7 +148,7 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
                                     **normalisation(bundle.eval_pipeline))
         loader, infer = recorder.wrap(loader), recorder
     metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
-    result = evaluate(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
+    result = evaluate_loader(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
                       infer=infer, progress=progress)
     if output_dir is not None:
         output_dir = Path(output_dir)

@@ -1,0 +1,118 @@
+"""What running a model needs, for training and deployment alike: the device, mixed precision, checkpoint reading,
+whole-image logits and the metric loop over a loader. ``segdense.engine`` (training) and ``segdense.inference``
+(deployment) both build on it; it imports neither."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Protocol
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from segdense.errors import CheckpointError, ConfigError, MissingFileError
+
+Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
+
+
+class Metrics(Protocol):
+    """What :func:`evaluate_loader` needs of a metric (:class:`segdense.metrics.SegmentationMetrics` is one; not
+    imported here, so deployment code that never scores a dataset does not load torchmetrics)."""
+
+    def reset(self) -> None: ...
+    def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None: ...
+    def compute(self) -> dict: ...
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` → CUDA when present, else CPU; anything else as torch understands it."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
+    return dev
+
+
+def resolve_amp(amp: str | bool, device: torch.device) -> torch.dtype | None:
+    """``auto``: bf16 on CUDA where supported, else fp16; off on CPU. Also ``off``/``bf16``/``fp16``."""
+    amp = {True: "auto", False: "off"}.get(amp, amp)
+    if amp == "off":
+        return None
+    if amp == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    raise ConfigError(f"amp must be one of auto, off, bf16, fp16; got {amp!r}")
+
+
+def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
+    """``torch.autocast`` to ``amp_dtype`` on ``device``, or nothing when ``amp_dtype`` is None."""
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a segdense checkpoint (``torch.load(weights_only=True)``), with one clear error for a missing,
+    unreadable or foreign file."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"checkpoint not found: {path}")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, refused globals ...
+        raise CheckpointError(f"checkpoint {path} could not be read (corrupt or not a segdense checkpoint): {e}") from e
+    if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
+        raise CheckpointError(
+            f"{path} is not a segdense checkpoint (expected a dict with 'model' and 'model_config')"
+        )
+    return state
+
+
+def whole_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """One forward pass on the whole image: float32 logits (N, C, H, W), the main output of a model with an aux
+    head."""
+    out = model(images)
+    out = out["out"] if isinstance(out, dict) else out
+    return out.float()
+
+
+@torch.inference_mode()
+def evaluate_loader(
+    model: nn.Module,
+    loader: DataLoader,
+    metrics: Metrics,
+    device: torch.device,
+    amp_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
+    infer: Infer = whole_logits,
+    progress: bool = False,
+    on_first_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+) -> dict:
+    """Run ``infer(model, images)`` on every batch of ``loader`` (items start with images and
+    masks; padded mask pixels are 255 and so ignored) and return ``metrics.compute()``."""
+    was_training = model.training
+    model.eval()
+    metrics.reset()
+    # A bar on terminals only: in logs and pipes it would be noise.
+    batches = tqdm(loader, desc="val", leave=False, dynamic_ncols=True,
+                   disable=not (progress and sys.stderr.isatty()))
+    for i, batch in enumerate(batches):
+        images, masks = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        with autocast_context(device, amp_dtype):
+            logits = infer(model, images)
+        prediction = logits.argmax(1)
+        metrics.update(prediction, masks)
+        if i == 0 and on_first_batch is not None:
+            on_first_batch(images, masks, prediction)
+    model.train(was_training)
+    return metrics.compute()
