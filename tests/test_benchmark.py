@@ -1,4 +1,4 @@
-"""tools/benchmark.py and segdense.benchmark on a tiny DenseNet (seconds, not minutes)."""
+"""tools/benchmark.py and benchmarks on a tiny DenseNet (seconds, not minutes)."""
 import dataclasses
 import json
 import subprocess
@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from segdense.benchmark import Row, Settings, run, summarise, table
-from segdense.benchmark.runner import Result
-from segdense.benchmark.measure import cpu_peak_bytes
-from segdense.benchmark.models import build
+from benchmarks import Row, Settings, run, summarise, table
+from benchmarks.runner import Result
+from benchmarks.measure import cpu_peak_bytes
+from benchmarks.models import build
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = dict(backbone="densenet_custom", units=(2, 2, 2, 2), growth_rate=8, batch=1, crop=64)
@@ -153,7 +153,7 @@ def test_cli_mode_keeps_only_that_memory_mode():
 def test_compile_adds_a_compiled_twin_of_each_row_and_reports_its_speedup():
     import importlib.util
 
-    from segdense.benchmark.runner import Result
+    from benchmarks.runner import Result
 
     spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "tools" / "benchmark.py")
     cli = importlib.util.module_from_spec(spec)
@@ -188,3 +188,8 @@ def test_cli_exits_non_zero_when_a_row_fails(tmp_path):
     assert "1 row(s) failed: tv deeplabv3_resnet50 os8 b1x64" in proc.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
     assert [r["error"] is None for r in rows] == [True, True, False, True]
+
+
+def test_a_custom_densenet_head_row_builds_the_rows_architecture():
+    model = build(Row("segdense", head="fcn", output_stride=8, **TINY))
+    assert model.backbone.num_units_per_block == (2, 2, 2, 2) and model.backbone.growth_rate == 8

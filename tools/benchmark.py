@@ -19,16 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from segdense.benchmark import PRESETS, Row, Settings, preset, run, summarise, table, to_json  # noqa: E402
-from segdense.benchmark.config import _family, peer_rows  # noqa: E402
+from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, summarise, table, to_json
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="same as --preset quick")
-    p.add_argument("--preset", choices=PRESETS, help="a named grid (see segdense.benchmark.preset)")
+    p.add_argument("--preset", choices=PRESETS, help="a named grid (see benchmarks.preset)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu; gpu preset: cuda)")
     p.add_argument("--backbone", nargs="+", default=["densenet121"])
     p.add_argument("--units", nargs="+", type=int, default=None,
@@ -70,7 +67,7 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
             custom = backbone == "densenet_custom"
             extra = dict(units=tuple(args.units or (6, 12, 24, 16)), growth_rate=args.growth_rate) if custom else {}
             for os_ in args.output_stride:
-                rows += _family(args.device or "cpu", os_, args.batch, args.crop, head=args.head,
+                rows += family(args.device or "cpu", os_, args.batch, args.crop, head=args.head,
                                 baseline=not args.no_baseline, backbone=backbone, amp=args.amp,
                                 channels_last=args.channels_last, **extra)
         settings = Settings()

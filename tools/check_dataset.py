@@ -12,15 +12,12 @@ class weights. Writes ``dataset_report/report.md`` and ``class_frequency.png`` (
 ``+split=NAME`` one split), ``+full=true`` reads every sample instead of ``+sample=64`` drawn with ``seed``.
 """
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segdense.config.check_job import check_job  # noqa: E402
-from segdense.config.schema import register_schema  # noqa: E402
+from segdense.config.check_job import check_job
+from segdense.config.schema import register_schema
 
 register_schema()
 

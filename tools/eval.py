@@ -4,24 +4,20 @@ Examples: ``python tools/eval.py checkpoint=run/checkpoints/best.pt``, ``... mod
 ``... scales=[0.5,0.75,1.0,1.25,1.5,1.75] flip=true``, ``... save_predictions=preds``. See conf/eval.yaml.
 """
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from segdense.config.cli import run_tool
+from segdense.config.eval_job import evaluate_job
+from segdense.config.overrides import exit_on_unknown_keys
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
 def main(cfg: DictConfig) -> float:
-    from segdense.config.cli import run_tool
-    from segdense.config.eval_job import evaluate_job
-
     return float(run_tool(evaluate_job, cfg)["mIoU"])
 
 
 if __name__ == "__main__":
-    from segdense.config.overrides import exit_on_unknown_keys
-
     exit_on_unknown_keys("eval", sys.argv[1:])
     main()

@@ -3,24 +3,20 @@
 ONNX needs ``pip install -e ".[export]"``. The export is run back and compared with PyTorch. See conf/export.yaml.
 """
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from segdense.config.cli import run_tool
+from segdense.config.export_job import export_job
+from segdense.config.overrides import exit_on_unknown_keys
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="export")
 def main(cfg: DictConfig) -> None:
-    from segdense.config.cli import run_tool
-    from segdense.config.export_job import export_job
-
     run_tool(export_job, cfg)
 
 
 if __name__ == "__main__":
-    from segdense.config.overrides import exit_on_unknown_keys
-
     exit_on_unknown_keys("export", sys.argv[1:])
     main()

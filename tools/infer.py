@@ -3,26 +3,22 @@
 Exit status 1 when some image could not be read or written (the others are still done). See conf/infer.yaml.
 """
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
+from segdense.config.cli import run_tool
+from segdense.config.infer_job import infer_job
+from segdense.config.overrides import exit_on_unknown_keys
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    from segdense.config.cli import run_tool
-    from segdense.config.infer_job import infer_job
-
     report = run_tool(infer_job, cfg)
     if not report.ok:
         sys.exit(1)
 
 
 if __name__ == "__main__":
-    from segdense.config.overrides import exit_on_unknown_keys
-
     exit_on_unknown_keys("infer", sys.argv[1:])
     main()

@@ -6,11 +6,8 @@ Optional: without these files segdense maps labelIds on the fly (same result, a 
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segdense.data.prepare import prepare_cityscapes  # noqa: E402
+from segdense.data.prepare import prepare_cityscapes
 
 
 def main(argv=None) -> int:

@@ -7,11 +7,8 @@ excluded). Needs scipy (pip install segdense[voc_aug]).
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from segdense.data.prepare import prepare_voc_aug  # noqa: E402
+from segdense.data.prepare import prepare_voc_aug
 
 
 def main(argv=None) -> int:

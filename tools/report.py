@@ -6,11 +6,8 @@ Training writes the same report when it ends; this remakes it, e.g. for a run st
 """
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a clone without installing
-
-from segdense.reports.training import write_training_report  # noqa: E402
+from segdense.reports.training import write_training_report
 
 
 def main(argv=None) -> int:

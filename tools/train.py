@@ -10,17 +10,16 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from segdense.config.cli import run_tool
 from segdense.config.overrides import exit_on_unknown_keys
 from segdense.config.schema import register_schema
+from segdense.config.train_job import train
 
 register_schema()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    from segdense.config.cli import run_tool
-    from segdense.config.train_job import train
-
     result = run_tool(train, cfg)
     return float(result.get("mIoU", float("nan"))) if result else float("nan")
 

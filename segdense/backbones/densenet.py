@@ -148,6 +148,38 @@ def valid_output_strides(num_blocks: int, initial_output_stride: int = 4) -> lis
     return [initial_output_stride * 2**i for i in range(num_blocks)]
 
 
+def _checked_output_stride(units: list[int], growth_rate: int, theta: float, initial_output_stride: int,
+                           fused, channels_last, in_channels: int, num_classes: int | None,
+                           output_stride: int | None) -> int:
+    """Refuse arguments :class:`DenseNet` cannot build; the output stride to build (``None``: the nominal one)."""
+    if not units or any(u < 1 for u in units):
+        raise ValueError(f"num_units_per_block must be a non-empty list of positive ints, got {units}")
+    if growth_rate < 1:
+        raise ValueError(f"growth_rate must be positive, got {growth_rate}")
+    if not 0.0 < theta <= 1.0:
+        raise ValueError(f"theta (compression) must be in (0, 1], got {theta}")
+    if initial_output_stride not in (2, 4):
+        raise ValueError(f"initial_output_stride must be 2 or 4, got {initial_output_stride}")
+    if fused not in (None, True, False):
+        raise ValueError(f"fused must be None (auto), True or False, got {fused!r}")
+    if channels_last not in (None, True, False):
+        raise ValueError(f"channels_last must be None (auto), True or False, got {channels_last!r}")
+    if in_channels < 1:
+        raise ValueError(f"in_channels must be positive, got {in_channels}")
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"num_classes must be None or a positive int, got {num_classes}")
+    valid = valid_output_strides(len(units), initial_output_stride)
+    if output_stride is None:
+        return valid[-1]
+    if output_stride not in valid:
+        raise ValueError(
+            f"output_stride={output_stride} is not valid for this DenseNet "
+            f"({len(units)} blocks, initial_output_stride={initial_output_stride}); "
+            f"valid output strides: {valid}"
+        )
+    return output_stride
+
+
 class DenseNet(nn.Module):
     """DenseNet-BC backbone and classifier.
 
@@ -201,31 +233,8 @@ class DenseNet(nn.Module):
     ) -> None:
         super().__init__()
         units = [int(u) for u in num_units_per_block]
-        if not units or any(u < 1 for u in units):
-            raise ValueError(f"num_units_per_block must be a non-empty list of positive ints, got {list(num_units_per_block)}")
-        if growth_rate < 1:
-            raise ValueError(f"growth_rate must be positive, got {growth_rate}")
-        if not 0.0 < theta <= 1.0:
-            raise ValueError(f"theta (compression) must be in (0, 1], got {theta}")
-        if initial_output_stride not in (2, 4):
-            raise ValueError(f"initial_output_stride must be 2 or 4, got {initial_output_stride}")
-        if fused not in (None, True, False):
-            raise ValueError(f"fused must be None (auto), True or False, got {fused!r}")
-        if channels_last not in (None, True, False):
-            raise ValueError(f"channels_last must be None (auto), True or False, got {channels_last!r}")
-        if in_channels < 1:
-            raise ValueError(f"in_channels must be positive, got {in_channels}")
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"num_classes must be None or a positive int, got {num_classes}")
-        valid = valid_output_strides(len(units), initial_output_stride)
-        if output_stride is None:
-            output_stride = valid[-1]
-        if output_stride not in valid:
-            raise ValueError(
-                f"output_stride={output_stride} is not valid for this DenseNet "
-                f"({len(units)} blocks, initial_output_stride={initial_output_stride}); "
-                f"valid output strides: {valid}"
-            )
+        output_stride = _checked_output_stride(units, growth_rate, theta, initial_output_stride, fused, channels_last,
+                                               in_channels, num_classes, output_stride)
         if num_init_features is None:
             num_init_features = 2 * growth_rate
 
@@ -240,40 +249,7 @@ class DenseNet(nn.Module):
         self.in_channels = in_channels
         self.channels_last = channels_last
         self.fused = fused
-
-        stem = [
-            ("conv0", nn.Conv2d(in_channels, num_init_features, 7, stride=2, padding=3, bias=False)),
-            ("norm0", nn.BatchNorm2d(num_init_features)),
-            ("relu0", nn.ReLU(inplace=True)),
-        ]
-        if initial_output_stride == 4:
-            stem.append(("pool0", nn.MaxPool2d(3, stride=2, padding=1)))
-        self.features = nn.Sequential(OrderedDict(stem))
-
-        feature_info = [FeatureSpec("stem", num_init_features, 2)]
-        stride, dilation = initial_output_stride, 1
-        channels = num_init_features
-        for i, num_layers in enumerate(units):
-            block = _DenseBlock(
-                num_layers, channels, bn_size, growth_rate, drop_rate, dilation, memory_efficient, fused
-            )
-            self.features.add_module(f"denseblock{i + 1}", block)
-            channels += num_layers * growth_rate
-            feature_info.append(FeatureSpec(f"block{i + 1}", channels, stride))
-            if i != len(units) - 1:
-                downsample = stride < output_stride
-                out_channels = int(channels * theta)
-                self.features.add_module(
-                    f"transition{i + 1}", _Transition(channels, out_channels, downsample)
-                )
-                channels = out_channels
-                if downsample:
-                    stride *= 2
-                else:
-                    dilation *= 2
-        self.features.add_module("norm5", nn.BatchNorm2d(channels))
-        self.num_features = channels
-        self.feature_info = feature_info
+        channels = self._build_features(num_init_features, bn_size, drop_rate, memory_efficient)
         self.classifier = nn.Linear(channels, num_classes) if num_classes is not None else None
 
         # Initialisation as in torchvision.
@@ -285,6 +261,46 @@ class DenseNet(nn.Module):
                 nn.init.constant_(m.bias, 0)
             elif isinstance(m, nn.Linear):
                 nn.init.constant_(m.bias, 0)
+
+    def _build_features(self, num_init_features: int, bn_size: int, drop_rate: float,
+                        memory_efficient: bool) -> int:
+        """The stem, dense blocks and transitions (``self.features``) and ``feature_info``; returns the channels
+        of the last block."""
+        stem = [
+            ("conv0", nn.Conv2d(self.in_channels, num_init_features, 7, stride=2, padding=3, bias=False)),
+            ("norm0", nn.BatchNorm2d(num_init_features)),
+            ("relu0", nn.ReLU(inplace=True)),
+        ]
+        if self.initial_output_stride == 4:
+            stem.append(("pool0", nn.MaxPool2d(3, stride=2, padding=1)))
+        self.features = nn.Sequential(OrderedDict(stem))
+
+        feature_info = [FeatureSpec("stem", num_init_features, 2)]
+        stride, dilation = self.initial_output_stride, 1
+        channels = num_init_features
+        units = self.num_units_per_block
+        for i, num_layers in enumerate(units):
+            block = _DenseBlock(
+                num_layers, channels, bn_size, self.growth_rate, drop_rate, dilation, memory_efficient, self.fused
+            )
+            self.features.add_module(f"denseblock{i + 1}", block)
+            channels += num_layers * self.growth_rate
+            feature_info.append(FeatureSpec(f"block{i + 1}", channels, stride))
+            if i != len(units) - 1:
+                downsample = stride < self.output_stride
+                out_channels = int(channels * self.theta)
+                self.features.add_module(
+                    f"transition{i + 1}", _Transition(channels, out_channels, downsample)
+                )
+                channels = out_channels
+                if downsample:
+                    stride *= 2
+                else:
+                    dilation *= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(channels))
+        self.num_features = channels
+        self.feature_info = feature_info
+        return channels
 
     @property
     def min_input_size(self) -> int:

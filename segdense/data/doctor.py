@@ -92,55 +92,67 @@ def diagnose(splits: Sequence[SplitDiagnosis], class_names: Sequence[str],
              palette: Sequence[Sequence[int]] = ()) -> list[Finding]:
     """The findings, with fixes, from the inspected splits."""
     names = list(class_names)
-    c = len(names)
     findings: list[Finding] = []
     for s in splits:
-        stats = s.statistics
-        read = stats.num_images
         if s.rgb_masks:
-            findings.append(_rgb_finding(s, c, palette))
-        binary = read and s.binary_masks == read and stats.pixels[1:].sum() == 0 and c > 1 and \
-            stats.ignored_pixels >= BINARY_IGNORED_SHARE * (stats.pixels.sum() + stats.ignored_pixels)
-        if binary:
-            share = stats.ignored_pixels / max(int(stats.pixels.sum()) + stats.ignored_pixels, 1)
-            fix = ("read 255 as class 1: dataset.mask_colors=[[0,0,0],[255,255,255]] (folder dataset), "
-                   "or rewrite the masks with 255 -> 1" if c == 2 else
-                   "rewrite the masks with 255 -> the foreground class index (255 is reserved for 'ignore')")
-            findings.append(Finding(
-                "binary_0_255", s.split,
-                f"all {read} masks hold only 0 and 255: 255 means 'ignore' in segdense, so the {share:.0%} of pixels "
-                f"at 255 would never be learned and classes {names[1:]} never occur", fix))
-        outside = dict(s.outside_values)
-        zero_based_by_one = outside and set(outside) == {c} and stats.pixels[0] > 0
-        if zero_based_by_one:
-            findings.append(Finding(
-                "zero_label", s.split,
-                f"masks hold the values 0..{c} for {c} classes ({outside[c]} mask(s) hold {c}, e.g. "
-                f"{s.outside_example[c]}): the labels look numbered from 1 with 0 = 'unlabelled'",
-                "dataset.reduce_zero_label=true (folder dataset: 0 -> 255 ignored, v -> v-1); or, if 0 is a real "
-                f"class, add a name for class {c} to dataset.class_names"))
-        elif outside:
-            values = sorted(outside)
-            examples = "; ".join(f"{v} in {outside[v]} mask(s), e.g. {s.outside_example[v]}" for v in values[:5])
-            findings.append(Finding(
-                "outside_values", s.split,
-                f"mask values outside [0, {c}) and {IGNORE_INDEX}: {examples}",
-                f"give dataset.class_names one name per value up to {max(values)}, or rewrite those values to "
-                f"{IGNORE_INDEX} (ignore) or to a class index"))
-        if read and stats.ignored_pixels == 0 and names and names[0].strip().lower() in UNLABELLED_NAMES:
-            findings.append(Finding(
-                "zero_label", s.split,
-                f"class 0 is named {names[0]!r} and no pixel is {IGNORE_INDEX}: the zero label looks like "
-                f"'unlabelled' but is trained as a class ({stats.pixel_frequency[0]:.1%} of the pixels)",
-                "dataset.reduce_zero_label=true (folder dataset: 0 -> 255 ignored, v -> v-1, and drop "
-                f"{names[0]!r} from dataset.class_names); or keep it if it is a real class", "warning"))
-        missing = stats.missing_classes()
-        if read and missing and not s.rgb_masks and not binary and len(missing) < c:
+            findings.append(_rgb_finding(s, len(names), palette))
+        binary = _binary_finding(s, names)
+        findings += [binary] if binary else []
+        findings += _label_value_findings(s, names)
+        missing = s.statistics.missing_classes()
+        if s.statistics.num_images and missing and not s.rgb_masks and not binary and len(missing) < len(names):
             findings.append(Finding(
                 "missing_classes", s.split,
-                f"{len(missing)} class(es) never occur in the {read} mask(s) read: {', '.join(missing)}",
+                f"{len(missing)} class(es) never occur in the {s.statistics.num_images} mask(s) read: "
+                f"{', '.join(missing)}",
                 "if they are real classes, add images that show them to this split (a class absent from val has "
                 "no IoU and is left out of mIoU); otherwise remove them from dataset.class_names", "warning"))
+    return findings
+
+
+def _binary_finding(s: SplitDiagnosis, names: list[str]) -> Finding | None:
+    """Masks of only 0 and 255, where 255 was meant as the foreground."""
+    stats, read, c = s.statistics, s.statistics.num_images, len(names)
+    binary = read and s.binary_masks == read and stats.pixels[1:].sum() == 0 and c > 1 and \
+        stats.ignored_pixels >= BINARY_IGNORED_SHARE * (stats.pixels.sum() + stats.ignored_pixels)
+    if not binary:
+        return None
+    share = stats.ignored_pixels / max(int(stats.pixels.sum()) + stats.ignored_pixels, 1)
+    fix = ("read 255 as class 1: dataset.mask_colors=[[0,0,0],[255,255,255]] (folder dataset), "
+           "or rewrite the masks with 255 -> 1" if c == 2 else
+           "rewrite the masks with 255 -> the foreground class index (255 is reserved for 'ignore')")
+    return Finding(
+        "binary_0_255", s.split,
+        f"all {read} masks hold only 0 and 255: 255 means 'ignore' in segdense, so the {share:.0%} of pixels "
+        f"at 255 would never be learned and classes {names[1:]} never occur", fix)
+
+
+def _label_value_findings(s: SplitDiagnosis, names: list[str]) -> list[Finding]:
+    """Values outside the classes (labels numbered from 1, or unknown values) and a class 0 that looks unlabelled."""
+    stats, c, findings = s.statistics, len(names), []
+    outside = dict(s.outside_values)
+    if outside and set(outside) == {c} and stats.pixels[0] > 0:
+        findings.append(Finding(
+            "zero_label", s.split,
+            f"masks hold the values 0..{c} for {c} classes ({outside[c]} mask(s) hold {c}, e.g. "
+            f"{s.outside_example[c]}): the labels look numbered from 1 with 0 = 'unlabelled'",
+            "dataset.reduce_zero_label=true (folder dataset: 0 -> 255 ignored, v -> v-1); or, if 0 is a real "
+            f"class, add a name for class {c} to dataset.class_names"))
+    elif outside:
+        values = sorted(outside)
+        examples = "; ".join(f"{v} in {outside[v]} mask(s), e.g. {s.outside_example[v]}" for v in values[:5])
+        findings.append(Finding(
+            "outside_values", s.split,
+            f"mask values outside [0, {c}) and {IGNORE_INDEX}: {examples}",
+            f"give dataset.class_names one name per value up to {max(values)}, or rewrite those values to "
+            f"{IGNORE_INDEX} (ignore) or to a class index"))
+    if stats.num_images and stats.ignored_pixels == 0 and names and names[0].strip().lower() in UNLABELLED_NAMES:
+        findings.append(Finding(
+            "zero_label", s.split,
+            f"class 0 is named {names[0]!r} and no pixel is {IGNORE_INDEX}: the zero label looks like "
+            f"'unlabelled' but is trained as a class ({stats.pixel_frequency[0]:.1%} of the pixels)",
+            "dataset.reduce_zero_label=true (folder dataset: 0 -> 255 ignored, v -> v-1, and drop "
+            f"{names[0]!r} from dataset.class_names); or keep it if it is a real class", "warning"))
     return findings
 
 

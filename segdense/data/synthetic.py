@@ -59,6 +59,35 @@ def ignore_borders(labels: np.ndarray) -> None:
     labels[border] = IGNORE_INDEX
 
 
+def _shape_region(rng: np.random.Generator, cls: int, radius: float, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """The pixels of a class-``cls`` shape of ``radius`` around (0, 0) in the window offsets ``dy``, ``dx``."""
+    if cls == 1:  # disc
+        return dy * dy + dx * dx <= radius * radius
+    if cls == 2:  # rotated rectangle
+        angle = rng.uniform(0, np.pi)
+        u, v = dx * np.cos(angle) + dy * np.sin(angle), -dx * np.sin(angle) + dy * np.cos(angle)
+        return (np.abs(u) <= radius) & (np.abs(v) <= radius * rng.uniform(0.45, 0.9))
+    if cls == 3:  # triangle from three points on a circle
+        angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.3, 0.3, 3)
+        px, py = radius * np.cos(angles), radius * np.sin(angles)
+        sides = [(px[(k + 1) % 3] - px[k]) * (dy - py[k]) - (py[(k + 1) % 3] - py[k]) * (dx - px[k])
+                 for k in range(3)]
+        inside_ccw = (sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)
+        return inside_ccw | ((sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0))
+    dist2 = dy * dy + dx * dx  # ring
+    return (dist2 <= radius * radius) & (dist2 >= (radius * rng.uniform(0.45, 0.65)) ** 2)
+
+
+def _shape_patch(cls: int, color: np.ndarray, dy: np.ndarray, dx: np.ndarray) -> np.ndarray:
+    """The shape's colour over its window, with its class's texture."""
+    patch = np.broadcast_to(color, dy.shape + (3,)).copy()
+    if cls == 2:  # stripes: rectangles are also recognisable by texture
+        patch += 18.0 * np.sign(np.sin((dx + dy) * 0.9))[..., None]
+    elif cls == 3:  # fine checker texture
+        patch += 14.0 * ((np.floor(dx / 3) + np.floor(dy / 3)) % 2 * 2 - 1)[..., None]
+    return patch
+
+
 def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
     """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
     scale = min(height, width)
@@ -79,28 +108,9 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
         if window is None:
             continue
         (top, bottom, left, right), dy, dx = window
-        if cls == 1:  # disc
-            region = dy * dy + dx * dx <= radius * radius
-        elif cls == 2:  # rotated rectangle
-            angle = rng.uniform(0, np.pi)
-            u, v = dx * np.cos(angle) + dy * np.sin(angle), -dx * np.sin(angle) + dy * np.cos(angle)
-            region = (np.abs(u) <= radius) & (np.abs(v) <= radius * rng.uniform(0.45, 0.9))
-        elif cls == 3:  # triangle from three points on a circle
-            angles = rng.uniform(0, 2 * np.pi) + np.array([0.0, 2.1, 4.2]) + rng.uniform(-0.3, 0.3, 3)
-            px, py = radius * np.cos(angles), radius * np.sin(angles)
-            sides = [(px[(k + 1) % 3] - px[k]) * (dy - py[k]) - (py[(k + 1) % 3] - py[k]) * (dx - px[k])
-                     for k in range(3)]
-            inside_ccw = (sides[0] >= 0) & (sides[1] >= 0) & (sides[2] >= 0)
-            region = inside_ccw | ((sides[0] <= 0) & (sides[1] <= 0) & (sides[2] <= 0))
-        else:  # ring
-            dist2 = dy * dy + dx * dx
-            region = (dist2 <= radius * radius) & (dist2 >= (radius * rng.uniform(0.45, 0.65)) ** 2)
+        region = _shape_region(rng, cls, radius, dy, dx)
         color = _SHAPE_COLORS[cls] * rng.uniform(0.8, 1.1) + rng.uniform(-25, 25, size=3)
-        patch = np.broadcast_to(color, dy.shape + (3,)).copy()
-        if cls == 2:  # stripes: rectangles are also recognisable by texture
-            patch += 18.0 * np.sign(np.sin((dx + dy) * 0.9))[..., None]
-        elif cls == 3:  # fine checker texture
-            patch += 14.0 * ((np.floor(dx / 3) + np.floor(dy / 3)) % 2 * 2 - 1)[..., None]
+        patch = _shape_patch(cls, color, dy, dx)
         view_img, view_lab = image[top:bottom, left:right], labels[top:bottom, left:right]
         view_img[region] = patch[region]
         view_lab[region] = cls

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from segdense.errors import ConfigError
 
@@ -74,6 +75,29 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
     names = output_names(files, root)
     all_targets = [_targets(output / name, save_overlay, save_proba) for name in names]
     _check_unique(files, all_targets)
+    todo = _to_do(files, all_targets, overwrite, report)
+    bar = tqdm(total=len(todo), desc="infer", unit="img", dynamic_ncols=True,
+               disable=not (progress and sys.stderr.isatty()))
+    for start in range(0, len(todo), predictor.batch_size):
+        chunk = []
+        for path, targets in todo[start:start + predictor.batch_size]:
+            try:
+                chunk.append((path, targets, load_image(path)))
+            except ImageReadError as e:
+                logger.error("cannot read %s", e)
+                report.failed.append((path, str(e).split(": ", 1)[-1]))
+                bar.update(1)
+        if chunk:
+            _write_chunk(predictor, chunk, save_overlay, save_proba, report)
+            bar.update(len(chunk))
+    bar.close()
+    return report
+
+
+def _to_do(files: Sequence[Path], all_targets: Sequence[list[Path]], overwrite: bool,
+           report: InferenceReport) -> list[tuple[Path, list[Path]]]:
+    """The (image, its outputs) to predict; an image whose outputs all exist is skipped unless ``overwrite``, one
+    with only some of them is a failure (nothing of it is overwritten)."""
     todo = []
     for path, targets in zip(files, all_targets):
         existing = [t for t in targets if t.exists()]
@@ -89,42 +113,26 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
                    f"{', '.join(missing)}); nothing was overwritten: pass overwrite=true to replace them")
             logger.error("%s: %s", path, why)
             report.failed.append((path, why))
-    bar = None
-    if progress:
-        from tqdm import tqdm
+    return todo
 
-        bar = tqdm(total=len(todo), desc="infer", unit="img", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    for start in range(0, len(todo), predictor.batch_size):
-        chunk = []
-        for path, targets in todo[start:start + predictor.batch_size]:
-            try:
-                chunk.append((path, targets, load_image(path)))
-            except ImageReadError as e:
-                logger.error("cannot read %s", e)
-                report.failed.append((path, str(e).split(": ", 1)[-1]))
-                if bar is not None:
-                    bar.update(1)
-        if not chunk:
-            continue
-        logits = predictor.logits_batch([image for _, _, image in chunk])
-        for (path, targets, image), item in zip(chunk, logits):
-            labels = item.argmax(0).numpy()
-            data = [label_png_bytes(labels, predictor.palette)]
-            if save_overlay:
-                data.append(png_bytes(overlay(image, labels, predictor.palette, predictor.class_names)))
-            if save_proba:
-                data.append(npy_bytes(item.softmax(0).numpy().astype(np.float16)))
-            try:
-                atomic_write_files(dict(zip(targets, data)))
-                report.written.append(path)
-            except OSError as e:
-                logger.error("cannot write the outputs of %s: %s", path, e)
-                report.failed.append((path, f"writing outputs failed: {e}"))
-        if bar is not None:
-            bar.update(len(chunk))
-    if bar is not None:
-        bar.close()
-    return report
+
+def _write_chunk(predictor: Predictor, chunk: list, save_overlay: bool, save_proba: bool,
+                 report: InferenceReport) -> None:
+    """Predict a chunk of read images and write each one's outputs together (all or none)."""
+    logits = predictor.logits_batch([image for _, _, image in chunk])
+    for (path, targets, image), item in zip(chunk, logits):
+        labels = item.argmax(0).numpy()
+        data = [label_png_bytes(labels, predictor.palette)]
+        if save_overlay:
+            data.append(png_bytes(overlay(image, labels, predictor.palette, predictor.class_names)))
+        if save_proba:
+            data.append(npy_bytes(item.softmax(0).numpy().astype(np.float16)))
+        try:
+            atomic_write_files(dict(zip(targets, data)))
+            report.written.append(path)
+        except OSError as e:
+            logger.error("cannot write the outputs of %s: %s", path, e)
+            report.failed.append((path, f"writing outputs failed: {e}"))
 
 
 def _check_unique(files: Sequence[Path], all_targets: Sequence[Sequence[Path]]) -> None:

@@ -66,21 +66,34 @@ def write_training_report(run_dir: str | os.PathLike) -> Path:
              f"<p>Best mIoU <b>{percent(metrics.get('best_mIoU', math.nan))}</b> at iteration {best_it} "
              f"(of {metrics.get('iteration')} run).</p>"]
 
-    parts.append("<h2>Training loss and learning rate</h2>")
+    parts += _loss_section(scalars, out) + _validation_section(history, out)
+    best_iou = _per_class_at(best_it, history, scalars, names, metrics)
+    if best_iou is not None:
+        per_class_chart(names, best_iou, out / "per_class_iou.png", title=f"Per-class IoU at iteration {best_it}")
+        parts += [f"<h2>Per-class IoU at the best checkpoint (iteration {best_it})</h2>",
+                  image("report/per_class_iou.png", "per-class IoU at the best checkpoint"),
+                  table(["class", "IoU"], [[n, percent(v)] for n, v in zip(names, best_iou)], attrs='id="per-class"')]
+    parts += _predictions_section(grids, best_it, out)
+    return write_page(run_dir / "report.html", "segdense training report", "\n".join(parts))
+
+
+def _loss_section(scalars: dict, out: Path) -> list[str]:
+    parts = ["<h2>Training loss and learning rate</h2>"]
     # train/total is the criterion's name for train/loss (the weighted sum): drawn once, as "total"
     losses = {("total (weighted)" if tag == "train/loss" else tag.split("/", 1)[1]): v for tag, v in scalars.items()
               if tag.startswith("train/") and tag.split("/", 1)[1] not in NOT_LOSSES | {"total"}}
-    if losses:
-        line_chart(losses, out / "loss.png", title="Loss terms (unweighted; total = weighted sum)", ylabel="loss",
-                   log_y=all(min(y) > 0 for _, y in losses.values()))
-        line_chart({"lr": scalars["train/lr"]}, out / "lr.png", title="Learning rate (first parameter group)",
-                   ylabel="lr")
-        parts += [image("report/loss.png", "loss terms against iteration"),
-                  image("report/lr.png", "learning rate against iteration")]
-    else:
-        parts.append("<p>No TensorBoard events in this run (tensorboard=false): no loss or lr curves.</p>")
+    if not losses:
+        return parts + ["<p>No TensorBoard events in this run (tensorboard=false): no loss or lr curves.</p>"]
+    line_chart(losses, out / "loss.png", title="Loss terms (unweighted; total = weighted sum)", ylabel="loss",
+               log_y=all(min(y) > 0 for _, y in losses.values()))
+    line_chart({"lr": scalars["train/lr"]}, out / "lr.png", title="Learning rate (first parameter group)",
+               ylabel="lr")
+    return parts + [image("report/loss.png", "loss terms against iteration"),
+                    image("report/lr.png", "learning rate against iteration")]
 
-    parts.append("<h2>Validation</h2>")
+
+def _validation_section(history: list[dict], out: Path) -> list[str]:
+    parts = ["<h2>Validation</h2>"]
     if history:
         its = [h["iteration"] for h in history]
         line_chart({k: (its, [h[k] for h in history]) for k in ("mIoU", "mAcc", "aAcc")}, out / "val.png",
@@ -89,23 +102,18 @@ def write_training_report(run_dir: str | os.PathLike) -> Path:
                   table(["iteration", "mIoU", "mAcc", "aAcc"],
                         [[h["iteration"], percent(h["mIoU"]), percent(h["mAcc"]), percent(h["aAcc"])]
                          for h in history], name_columns=0, attrs='id="validation"')]
-    best_iou = _per_class_at(best_it, history, scalars, names, metrics)
-    if best_iou is not None:
-        per_class_chart(names, best_iou, out / "per_class_iou.png", title=f"Per-class IoU at iteration {best_it}")
-        parts += [f"<h2>Per-class IoU at the best checkpoint (iteration {best_it})</h2>",
-                  image("report/per_class_iou.png", "per-class IoU at the best checkpoint"),
-                  table(["class", "IoU"], [[n, percent(v)] for n, v in zip(names, best_iou)], attrs='id="per-class"')]
+    return parts
 
-    parts.append("<h2>Validation predictions</h2>")
-    if grids:
-        step = max((s for s in grids if s <= best_it), default=max(grids))
-        write_png(out / "val_predictions.png", grids[step])
-        parts += [f'<p class="meta">Iteration {step}: each row is image | ground truth | prediction '
-                  "(ignored pixels white).</p>",
-                  image("report/val_predictions.png", "validation predictions", width=3 * grids[step].shape[1] // 2)]
-    else:
-        parts.append("<p>No validation images in the TensorBoard events (tensorboard=false).</p>")
-    return write_page(run_dir / "report.html", "segdense training report", "\n".join(parts))
+
+def _predictions_section(grids: dict, best_it: int, out: Path) -> list[str]:
+    parts = ["<h2>Validation predictions</h2>"]
+    if not grids:
+        return parts + ["<p>No validation images in the TensorBoard events (tensorboard=false).</p>"]
+    step = max((s for s in grids if s <= best_it), default=max(grids))
+    write_png(out / "val_predictions.png", grids[step])
+    return parts + [f'<p class="meta">Iteration {step}: each row is image | ground truth | prediction '
+                    "(ignored pixels white).</p>",
+                    image("report/val_predictions.png", "validation predictions", width=3 * grids[step].shape[1] // 2)]
 
 
 def _per_class_at(iteration: int, history, scalars, names, metrics) -> list[float] | None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from .config import Row
 from .models import build, loss_of, make_input
@@ -53,8 +54,6 @@ def timed(fn, device: str) -> float:
 
 def count_flops(row: Row, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
     """(inference FLOPs, training-step FLOPs) of one batch, by ``torch.utils.flop_counter``."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     model.eval()
     with FlopCounterMode(display=False) as fc:
         infer(row, model, x)
@@ -113,12 +112,10 @@ def cpu_peak_bytes(row: Row, timeout: float = 600.0) -> int:
     """Peak training memory of a CPU row, measured in a fresh subprocess so rows don't
     contaminate each other. glibc is told to mmap every block over 64 KiB, so freed tensors
     return to the OS and the resident set follows the live tensors."""
-    import segdense
-
-    root = str(Path(segdense.__file__).resolve().parent.parent)
+    root = str(Path(__file__).resolve().parents[1])  # the folder holding benchmarks/ (and segdense/)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "segdense.benchmark.worker", row.to_json()],
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", row.to_json()],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]

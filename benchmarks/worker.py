@@ -1,4 +1,4 @@
-"""``python -m segdense.benchmark.worker '<row json>'``: one row's CPU peak training memory, in a
+"""``python -m benchmarks.worker '<row json>'``: one row's CPU peak training memory, in a
 fresh process; prints ``{"peak_bytes": N}``."""
 import json
 import sys

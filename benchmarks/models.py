@@ -1,13 +1,14 @@
-"""Build the network a benchmark row measures, and its training loss.
-
-Imports only torch/torchvision/segdense.backbones; ``segdense.build_model`` (heads) is imported
-lazily so backbone rows work without it.
-"""
+"""Build the network a benchmark row measures, and its training loss."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torchvision.models import densenet as tvd
+from torchvision.models import segmentation
+
+from segdense import build_model
+from segdense.backbones import build_backbone
 
 from .config import Row
 
@@ -33,8 +34,6 @@ def dilate_torchvision_densenet(features: nn.Module, output_stride: int, initial
 class _TorchvisionFeatures(nn.Module):
     def __init__(self, row: Row) -> None:
         super().__init__()
-        from torchvision.models import densenet as tvd
-
         if row.backbone == "densenet_custom":
             net = tvd.DenseNet(growth_rate=row.growth_rate, block_config=row.units,
                                num_init_features=2 * row.growth_rate, memory_efficient=row.memory_efficient)
@@ -53,31 +52,28 @@ class _TorchvisionFeatures(nn.Module):
 class _SegdenseFeatures(nn.Module):
     def __init__(self, row: Row) -> None:
         super().__init__()
-        from segdense.backbones import build_backbone
-
-        kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient)
-        if row.fused is not None:
-            kw["fused"] = row.fused
-        if row.backbone == "densenet_custom":
-            kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
-        self.net = build_backbone(row.backbone, **kw)
+        self.net = build_backbone(row.backbone, **backbone_kwargs(row))
         self.last = self.net.feature_info[-1].name
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.forward_features(x)[self.last]
 
 
-def _segdense_model(row: Row) -> nn.Module:
-    from segdense import build_model  # lazily: backbone rows need only segdense.backbones
+def backbone_kwargs(row: Row) -> dict:
+    """The segdense backbone builder's arguments for ``row`` (with or without a head)."""
+    kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient)
+    if row.fused is not None:
+        kw["fused"] = row.fused
+    if row.backbone == "densenet_custom":
+        kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
+    return kw
 
-    extra = {} if row.fused is None else {"fused": row.fused}
-    return build_model(backbone=row.backbone, head=row.head, num_classes=row.num_classes,
-                       output_stride=row.output_stride, memory_efficient=row.memory_efficient, **extra)
+
+def _segdense_model(row: Row) -> nn.Module:
+    return build_model(row.backbone, row.head, num_classes=row.num_classes, **backbone_kwargs(row))
 
 
 def _peer_model(row: Row) -> nn.Module:
-    from torchvision.models import segmentation
-
     return getattr(segmentation, row.backbone)(weights=None, weights_backbone=None,
                                                 num_classes=row.num_classes, aux_loss=False)
 

@@ -117,7 +117,7 @@ class Settings:
     onnx: bool = False  # also time ONNX Runtime inference of segdense plain backbone rows (CPU)
 
 
-def _family(device: str, output_stride: int, batch: int, crop: int, head: str | None = None,
+def family(device: str, output_stride: int, batch: int, crop: int, head: str | None = None,
             baseline: bool = True, **kw) -> list[Row]:
     """segdense plain + memory-efficient rows and, for backbone rows, torchvision's plain and
     checkpointed (memory_efficient=True) DenseNet with the same dilation."""
@@ -148,7 +148,7 @@ def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48),
     """Custom DenseNets with ``u`` units in each of 4 blocks: peak memory vs depth."""
     rows = []
     for u in units:
-        rows += _family(device, output_stride, batch, crop, backbone="densenet_custom",
+        rows += family(device, output_stride, batch, crop, backbone="densenet_custom",
                         units=(u,) * 4, growth_rate=growth_rate, baseline=False)
     return rows
 
@@ -164,15 +164,15 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     DenseNet-121 + ASPP took over three minutes on an H200 with torch 2.11, longer than a preset
     should."""
     if name == "quick":
-        rows = [r for r in _family(device, 32, 2, 256) if not r.memory_efficient]
+        rows = [r for r in family(device, 32, 2, 256) if not r.memory_efficient]
         rows += _channels_last_pair(device, 32, 2, 256)
-        rows += _family(device, 8, 2, 256)
-        rows += _family(device, 8, 2, 256, head="deeplabv3") + peer_rows(device, 2, 256)
+        rows += family(device, 8, 2, 256)
+        rows += family(device, 8, 2, 256, head="deeplabv3") + peer_rows(device, 2, 256)
         # A CPU memory row is a fresh subprocess (~10 s): only the OS8 rows the target is about.
         return rows, Settings(warmup=1, reps=3, memory_output_strides=(8,))
     if name == "cpu":
-        rows = _family(device, 32, 2, 256) + _channels_last_pair(device, 32, 2, 256)
-        rows += _family(device, 8, 2, 256) + _family(device, 8, 2, 256, head="deeplabv3")
+        rows = family(device, 32, 2, 256) + _channels_last_pair(device, 32, 2, 256)
+        rows += family(device, 8, 2, 256) + family(device, 8, 2, 256, head="deeplabv3")
         rows += peer_rows(device, 2, 256)
         rows += growth_series(device)
         return rows, Settings(warmup=1, reps=7, onnx=True)
@@ -182,13 +182,13 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         kw = dict(channels_last=True, amp="bf16")
         rows = []
         for os_ in (16, 8):
-            rows += _family("cuda", os_, 16, 512, **kw)
-            rows += _family("cuda", os_, 16, 512, head="deeplabv3", **kw)
+            rows += family("cuda", os_, 16, 512, **kw)
+            rows += family("cuda", os_, 16, 512, head="deeplabv3", **kw)
         rows += peer_rows("cuda", 16, 512, **kw)
         # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2,
         # with the fused kernels and without (PyTorch ops), beside the peers.
-        rows += _family("cuda", 8, 8, 512, head="deeplabv3", **kw)
-        rows += [r for r in _family("cuda", 8, 8, 512, head="deeplabv3", fused=True, **kw) if r.memory_efficient]
+        rows += family("cuda", 8, 8, 512, head="deeplabv3", **kw)
+        rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, **kw) if r.memory_efficient]
         rows += peer_rows("cuda", 8, 512, **kw)
         return rows, Settings(warmup=3, reps=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")

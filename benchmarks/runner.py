@@ -1,0 +1,241 @@
+"""Run a grid of rows side by side (interleaved repetitions) and collect the measurements."""
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from .config import Row, Settings
+from .measure import (count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, matmul_peak, sync, timed,
+                      train_step)
+from .models import build, make_input
+
+
+@dataclass
+class Result:
+    row: Row
+    train_s: list[float] = field(default_factory=list)
+    infer_s: list[float] = field(default_factory=list)
+    onnx_s: list[float] = field(default_factory=list)
+    onnx_eager_s: list[float] = field(default_factory=list)  # eager, alternating with onnx_s
+    peak_bytes: int | None = None
+    flops_infer: float | None = None  # per batch
+    flops_train: float | None = None  # per batch, forward + backward of the plain network
+    first_step_s: float | None = None  # first training step + first inference (compile time)
+    error: str | None = None
+
+
+def median_spread(xs: list[float]) -> tuple[float | None, float | None]:
+    """Median and relative spread ((p75 - p25) / median) of repeated timings."""
+    if not xs:
+        return None, None
+    med = statistics.median(xs)
+    if len(xs) < 2:
+        return med, 0.0
+    q = statistics.quantiles(xs, n=4, method="inclusive")
+    return med, (q[2] - q[0]) / med
+
+
+def machine_info(device: str) -> dict:
+    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")}
+    try:
+        info["cpu_model"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
+                                 if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    if torch.device(device).type == "cuda" and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def _safe(result: Result, fn: Callable[[], None], log) -> None:
+    if result.error is not None:
+        return
+    try:
+        fn()
+    except Exception as e:  # one row failing must not lose the others' numbers
+        result.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        log(f"  ! {result.row.label()}: {result.error}")
+
+
+_SPIN_PAUSE_S = 0.2
+
+
+def _onnx_times(row: Row, model, x, reps: int) -> tuple[list[float], list[float]]:
+    """ONNX Runtime inference times and, alternating with them, eager inference times of the same
+    model and input, so their ratio is not skewed by load drifting between two phases. Both
+    runtimes' worker threads spin-wait for a while after a run (measured: eager 1.7x slower right
+    after an ONNX Runtime run, unaffected after a 50 ms pause), so each run follows a pause."""
+    import onnxruntime as ort
+
+    model.eval()
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "model.onnx")
+        torch.onnx.export(model, (x,), path, dynamo=False, input_names=["x"])
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feed = {"x": x.cpu().numpy()}
+    sess.run(None, feed)
+    ort_s, eager_s = [], []
+    for _ in range(reps):
+        time.sleep(_SPIN_PAUSE_S)
+        t = time.perf_counter()
+        sess.run(None, feed)
+        ort_s.append(time.perf_counter() - t)
+        time.sleep(_SPIN_PAUSE_S)
+        eager_s.append(timed(lambda: infer(row, model, x), row.device))
+    model.train()
+    return ort_s, eager_s
+
+
+def check_device(rows: list[Row]) -> str:
+    """The one device every row runs on (cuDNN autotuning on for CUDA, whose shapes are fixed as in training)."""
+    device = rows[0].device
+    if any(r.device != device for r in rows):
+        raise ValueError("all rows of one run must use the same device")
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    if torch.device(device).type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed shapes, as in training; warm-up autotunes
+    return device
+
+
+class Session:
+    """The rows of one run with their built models and inputs; each phase measures every row still alive (a row
+    that fails keeps its error and drops out, the others go on)."""
+
+    def __init__(self, rows: list[Row], settings: Settings, log: Callable[[str], None]) -> None:
+        self.settings, self.log = settings, log
+        self.device = check_device(rows)
+        self.results = [Result(r) for r in rows]
+        self.models: dict[int, nn.Module] = {}
+        self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        for res in self.results:
+            self.guard(res, lambda res=res: self._build(res))
+
+    def _build(self, res: Result) -> None:
+        torch.manual_seed(0)
+        model = build(res.row)
+        self.inputs[id(res)] = make_input(res.row)
+        self.models[id(res)] = torch.compile(model) if res.row.compile else model
+
+    def guard(self, result: Result, fn: Callable[[], None]) -> None:
+        _safe(result, fn, self.log)
+
+    def live(self) -> list[Result]:
+        return [r for r in self.results if r.error is None]
+
+    def warm_up(self) -> None:
+        self.log("warm-up ...")
+        for i in range(self.settings.warmup):
+            for res in self.live():
+                model, (x, y) = self.models[id(res)], self.inputs[id(res)]
+                start = time.perf_counter()
+                self.guard(res, lambda: train_step(res.row, model, x, y))
+                self.guard(res, lambda: (model.eval(), infer(res.row, model, x), model.train()))
+                if i == 0 and res.error is None:
+                    sync(self.device)
+                    res.first_step_s = time.perf_counter() - start
+                    if res.row.compile:
+                        self.log(f"  compiled {res.row.label()}: first training step + inference "
+                                 f"{res.first_step_s:.1f} s")
+
+    def time_steps(self) -> None:
+        """Interleaved repetitions: every row's training step, then (in eval mode) every row's inference."""
+        self.log(f"timing {self.settings.reps} interleaved repetitions of {len(self.live())} rows ...")
+        for train in (True, False):
+            for res in self.live():
+                self.models[id(res)].train(train)
+            for _ in range(self.settings.reps):
+                for res in self.live():
+                    model, (x, y) = self.models[id(res)], self.inputs[id(res)]
+                    step = (lambda: train_step(res.row, model, x, y)) if train else (lambda: infer(res.row, model, x))
+                    times = res.train_s if train else res.infer_s
+                    self.guard(res, lambda: times.append(timed(step, self.device)))
+        for res in self.live():
+            self.models[id(res)].train()
+
+    def time_onnx(self) -> None:
+        """ONNX Runtime beside eager, for segdense's plain eager backbone rows (CPU)."""
+        for res in self.live():
+            r = res.row
+            if r.impl == "segdense" and not r.memory_efficient and r.head is None and not r.compile:
+                self.log(f"ONNX Runtime: {r.label()}")
+                self.guard(res, lambda res=res: self._onnx(res))
+
+    def _onnx(self, res: Result) -> None:
+        ort_s, eager_s = _onnx_times(res.row, self.models[id(res)], self.inputs[id(res)][0], self.settings.reps)
+        res.onnx_s.extend(ort_s)
+        res.onnx_eager_s.extend(eager_s)
+
+    def count_flops(self) -> None:
+        """FLOPs per implementation and architecture: segdense's transitions pool before their 1x1 conv, so it
+        does fewer FLOPs than torchvision's DenseNet of the same architecture."""
+        counted: dict[tuple, tuple[float, float]] = {}
+        for res in self.live():
+            key = (res.row.group_key(), res.row.impl)
+            if key not in counted:
+                plain = dataclasses.replace(res.row, memory_efficient=False, compile=False)
+                self.guard(res, lambda plain=plain, key=key: counted.__setitem__(key, _flops(plain)))
+            if key in counted:
+                res.flops_infer, res.flops_train = counted[key]
+
+    def measure_memory(self) -> None:
+        """Peak training memory: CUDA's allocator peak, or on CPU a fresh process's resident-set peak."""
+        only = self.settings.memory_output_strides
+        for res in self.live():
+            if only and res.row.output_stride not in only:
+                continue
+            self.log(f"peak memory: {res.row.label()}")
+            if torch.device(self.device).type == "cuda":
+                model, (x, y) = self.models[id(res)], self.inputs[id(res)]
+                self.guard(res, lambda: setattr(res, "peak_bytes", cuda_peak_bytes(res.row, model, x, y)))
+            else:
+                self.guard(res, lambda: setattr(res, "peak_bytes", cpu_peak_bytes(res.row)))
+
+
+def _flops(row: Row) -> tuple[float, float]:
+    torch.manual_seed(0)
+    x, y = make_input(row)
+    return count_flops(row, build(row), x, y)
+
+
+def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print) -> dict:
+    """Measure every row; rows' repetitions are interleaved so load changes hit all alike."""
+    t0 = time.perf_counter()
+    # oneDNN (CPU convolutions) caches 1024 compiled primitives by default. Interleaving many
+    # rows (shapes x memory formats x passes) overflows it, and every call then recompiles its
+    # kernels: measured 1.6-3x slower rows, worst for those with the most distinct primitives.
+    # Read when the first primitive is made, so it takes effect if nothing ran a conv before.
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16384")
+    device = check_device(rows)
+    amp = next((r.amp for r in rows if r.amp), None)
+    peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
+    peak = matmul_peak(device, peak_dtype, settings.matmul_size)
+    log(f"matmul peak ({peak_dtype}): {peak / 1e9:.1f} GFLOP/s")
+    session = Session(rows, settings, log)
+    session.warm_up()
+    session.time_steps()
+    if settings.onnx and torch.device(device).type == "cpu":
+        session.time_onnx()
+    if settings.measure_flops:
+        session.count_flops()
+    if settings.measure_memory:
+        session.measure_memory()
+    # The peak is the best of a measurement before and after the rows, so a busy moment at the
+    # start cannot understate it (and inflate every FLOP/s fraction).
+    peak = max(peak, matmul_peak(device, peak_dtype, settings.matmul_size))
+    log(f"matmul peak, best of start and end: {peak / 1e9:.1f} GFLOP/s")
+    return {"machine": machine_info(device), "settings": dataclasses.asdict(settings),
+            "matmul_peak_flops": peak, "matmul_peak_dtype": str(peak_dtype),
+            "wall_s": time.perf_counter() - t0, "results": session.results}
