@@ -1,7 +1,6 @@
 """Measurements: training-step and inference time, peak training memory, FLOPs, matmul peak."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -13,6 +12,8 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segdense.runtime import autocast_context
+
 from .config import Row
 from .models import build, loss_of, make_input
 
@@ -20,9 +21,7 @@ _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(row: Row):
-    if row.amp is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=torch.device(row.device).type, dtype=_AMP[row.amp])
+    return autocast_context(torch.device(row.device), _AMP.get(row.amp))
 
 
 def sync(device: str) -> None:

@@ -13,6 +13,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from segdense.engine import comparison
+
 from .config import Row, Settings
 from .measure import (count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, matmul_peak, sync, timed,
                       train_step)
@@ -45,17 +47,12 @@ def median_spread(xs: list[float]) -> tuple[float | None, float | None]:
 
 
 def machine_info(device: str) -> dict:
-    info = {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-            "onednn_primitive_cache_capacity": os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024")}
-    try:
-        info["cpu_model"] = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                                 if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    if torch.device(device).type == "cuda" and torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+    """What the timings depend on (:func:`segdense.engine.comparison.machine_info`), with the platform and the
+    oneDNN primitive cache the run used."""
+    info = dict(comparison.machine_info(), platform=platform.platform(),
+                onednn_primitive_cache_capacity=os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"))
+    if torch.device(device).type != "cuda":
+        info["gpu"] = None  # not used by this run
     return info
 
 
