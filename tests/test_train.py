@@ -404,3 +404,41 @@ def test_the_summary_says_what_deterministic_guarantees(tmp_path, caplog):
     cuda = determinism_note(True, torch.device("cuda"))
     assert "only warn" in cuda and "bilinear upsampling backward" in cuda
     assert determinism_note(False, torch.device("cpu")).startswith("off")
+
+
+def test_hooks_see_every_step_each_validation_and_the_end(tmp_path):
+    from segdense.engine import Hook
+
+    class Recorder(Hook):
+        def __init__(self):
+            self.calls = []
+
+        def on_step(self, trainer, logged, images):
+            self.calls.append(("step", trainer.iteration, images, round(logged["loss"], 6)))
+
+        def on_validation(self, trainer, result):
+            self.calls.append(("validation", trainer.iteration, result["mIoU"]))
+
+        def on_end(self, trainer):
+            self.calls.append(("end", trainer.iteration))
+
+    recorder = Recorder()
+    seen = {}
+    result = train(compose_config(TINY), run_dir=tmp_path, hooks=[recorder, capture(seen)])  # 4 its, val every 2
+    trainer = seen["trainer"]
+    assert [c[:3] for c in recorder.calls if c[0] == "step"] == [("step", i, 4) for i in (1, 2, 3, 4)]
+    assert [c[3] for c in recorder.calls if c[0] == "step"] == [round(v, 6) for v in trainer.loss_history]
+    assert [c for c in recorder.calls if c[0] != "step"] == [
+        ("validation", 2, trainer.history[0]["mIoU"]), ("validation", 4, result["mIoU"]), ("end", 4)]
+    assert [c[0] for c in recorder.calls].index("validation") == 2  # after the second step, before the third
+
+
+def test_bad_run_settings_are_reported_together_before_anything_is_built(tmp_path):
+    cfg = compose_config(TINY + ["batch_size=0", "amp=fp32", "grad_clip=-1", "log_interval=0"])
+    with pytest.raises(ConfigError) as err:
+        train(cfg, run_dir=tmp_path / "run")
+    text = str(err.value)
+    assert "invalid training settings" in text and "batch_size must be positive, got 0" in text
+    assert "amp must be one of auto, off, bf16, fp16; got 'fp32'" in text
+    assert "grad_clip must be positive or null, got -1" in text and "log_interval must be positive, got 0" in text
+    assert not (tmp_path / "run").exists()
