@@ -1,6 +1,7 @@
 """tools/benchmark.py and benchmarks on a tiny DenseNet (seconds, not minutes)."""
 import dataclasses
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ from benchmarks.measure import cpu_peak_bytes
 from benchmarks.models import build
 
 ROOT = Path(__file__).resolve().parent.parent
+# The tool imports the installed benchmarks/ and segdense/ (pip install -e .); this checkout's, also before a
+# reinstall has registered benchmarks/.
+TOOL_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 TINY = dict(backbone="densenet_custom", units=(2, 2, 2, 2), growth_rate=8, batch=1, crop=64)
 
 
@@ -127,7 +131,7 @@ def test_cli_writes_table_and_json(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom",
            "--units", "2", "2", "2", "2", "--growth-rate", "8", "--output-stride", "32", "--batch", "1",
            "--crop", "64", "--reps", "1", "--no-memory", "--matmul-size", "256", "--json", str(out)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=TOOL_ENV)
     assert proc.returncode == 0, proc.stderr
     assert "tv custom2-2-2-2k8 os32 b1x64 plain" in proc.stdout
     data = json.loads(out.read_text())
@@ -171,7 +175,7 @@ def test_compile_adds_a_compiled_twin_of_each_row_and_reports_its_speedup():
 def test_cli_bad_configuration_is_one_clear_error():
     cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--backbone", "densenet_custom",
            "--output-stride", "32", "--crop", "16", "--no-baseline"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT, env=TOOL_ENV)
     assert proc.returncode == 2
     assert "crop >= output_stride" in proc.stderr and "Traceback" not in proc.stderr
 
@@ -183,7 +187,7 @@ def test_cli_exits_non_zero_when_a_row_fails(tmp_path):
            "1", "1", "1", "--growth-rate", "4", "--head", "fcn", "--output-stride", "8", "--batch", "1",
            "--crop", "64", "--peers", "--reps", "1", "--warmup", "0", "--no-memory", "--no-flops",
            "--matmul-size", "128", "--json", str(tmp_path / "b.json")]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=TOOL_ENV)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "1 row(s) failed: tv deeplabv3_resnet50 os8 b1x64" in proc.stderr
     rows = json.loads((tmp_path / "b.json").read_text())["rows"]
