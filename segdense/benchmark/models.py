@@ -50,14 +50,21 @@ class _TorchvisionFeatures(nn.Module):
         return F.relu(self.features(x))
 
 
+def _dense_options(row: Row) -> dict:
+    """The row's dense-block options that differ from the model's defaults."""
+    options = {} if row.fused is None else {"fused": row.fused}
+    if row.cuda_graphs:
+        options["cuda_graphs"] = True
+    return options
+
+
 class _SegdenseFeatures(nn.Module):
     def __init__(self, row: Row) -> None:
         super().__init__()
         from segdense.backbones import build_backbone
 
         kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient)
-        if row.fused is not None:
-            kw["fused"] = row.fused
+        kw.update(_dense_options(row))
         if row.backbone == "densenet_custom":
             kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
         self.net = build_backbone(row.backbone, **kw)
@@ -70,7 +77,8 @@ class _SegdenseFeatures(nn.Module):
 def _segdense_model(row: Row) -> nn.Module:
     from segdense import build_model  # lazily: backbone rows need only segdense.backbones
 
-    extra = {} if row.fused is None else {"backbone_kwargs": {"fused": row.fused}}
+    options = _dense_options(row)
+    extra = {"backbone_kwargs": options} if options else {}
     return build_model(backbone=row.backbone, head=row.head, num_classes=row.num_classes,
                        output_stride=row.output_stride, memory_efficient=row.memory_efficient, **extra)
 
