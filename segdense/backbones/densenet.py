@@ -100,7 +100,8 @@ class _DenseBlock(nn.ModuleDict):
         self.graphs = BlockGraphs()
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
-        if self.cuda_graphs and self.training and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        graphable = not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # compile graphs itself
+        if self.cuda_graphs and self.training and torch.is_grad_enabled() and graphable:
             # The training forward and its backward replayed as one CUDA graph each (block_graphs).
             return self.graphs(self, self._forward, init_features)
         return self._forward(init_features)
