@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from segdense.backbones import densenet_custom
+from tests.test_cuda import no_tf32  # noqa: F401  (fixture: true fp32 convolutions)
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -64,14 +65,6 @@ def test_copies_start_without_graphs():
     assert len(net.features.denseblock1.graphs.passes) == 1
 
 
-@pytest.fixture
-def exact_fp32():
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def pair(memory_efficient, channels_last=False):
     torch.manual_seed(0)
     eager = tiny(memory_efficient=memory_efficient).cuda()
@@ -91,7 +84,7 @@ def assert_same_state(eager, graphed, rtol=1e-5, atol=1e-6):
 
 @needs_cuda
 @pytest.mark.parametrize("memory_efficient", [False, True])
-def test_graphed_training_equals_eager(exact_fp32, memory_efficient):
+def test_graphed_training_equals_eager(no_tf32, memory_efficient):
     eager, graphed = pair(memory_efficient)
     opts = [torch.optim.SGD(m.parameters(), lr=0.1, momentum=0.9) for m in (eager, graphed)]
     for step in range(4):  # capture on step 0, replays after; a new input every step
@@ -106,7 +99,7 @@ def test_graphed_training_equals_eager(exact_fp32, memory_efficient):
 
 
 @needs_cuda
-def test_gradients_accumulate_over_two_backward_passes(exact_fp32):
+def test_gradients_accumulate_over_two_backward_passes(no_tf32):
     eager, graphed = pair(True)
     xs = [torch.randn(2, 3, 32, 32, device="cuda") for _ in range(2)]
     for m in (eager, graphed):
@@ -116,7 +109,7 @@ def test_gradients_accumulate_over_two_backward_passes(exact_fp32):
 
 
 @needs_cuda
-def test_second_forward_before_backward_runs_eagerly(exact_fp32):
+def test_second_forward_before_backward_runs_eagerly(no_tf32):
     eager, graphed = pair(True)
     loss_of(graphed, torch.randn(2, 3, 32, 32, device="cuda")).backward()  # capture
     xs = [torch.randn(2, 3, 32, 32, device="cuda") for _ in range(2)]
