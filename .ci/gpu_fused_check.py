@@ -3,7 +3,8 @@
 1. fp32 with TF32 off: one training step of densenet121 + deeplabv3 (OS8) in memory-efficient mode
    with the fused kernels, against plain mode: per-parameter gradient and BN-buffer deviations.
 2. bf16 autocast, channels-last: 200 iterations of the same training loop (SGD, cross-entropy, the
-   same batches of a synthetic shapes task) for plain, memory-efficient fused and unfused; prints
+   same batches of a synthetic shapes task) for plain, memory-efficient fused, unfused and with
+   CUDA-graphed blocks; prints
    the loss curves (every 20 iterations, mean of the last 20) and the throughput of each.
 3. A profile of one fused memory-efficient step (top CUDA kernels by time), to $OUT/profile.txt.
 Exits non-zero when a check fails.
@@ -21,9 +22,11 @@ OUT = os.environ.get("OUT", "gpu-check-out")
 dev = "cuda"
 
 
-def model(memory_efficient, fused=None, seed=0, **kw):
+def model(memory_efficient, fused=None, seed=0, cuda_graphs=False, **kw):
     torch.manual_seed(seed)
     bk = {} if fused is None else {"fused": fused}
+    if cuda_graphs:
+        bk["cuda_graphs"] = True
     return build_model("densenet121", {"name": "deeplabv3", **kw}, num_classes=5, output_stride=8,
                        memory_efficient=memory_efficient, **bk).to(dev)
 
@@ -86,7 +89,8 @@ def loss_curves(iters=200) -> bool:
     batches = [shapes_batch(gen) for _ in range(20)]
     curves, speed = {}, {}
     for name, kw in (("plain", dict(memory_efficient=False)), ("mem-eff fused", dict(memory_efficient=True, fused=True)),
-                     ("mem-eff unfused", dict(memory_efficient=True, fused=False))):
+                     ("mem-eff unfused", dict(memory_efficient=True, fused=False)),
+                     ("mem-eff graphed", dict(memory_efficient=True, cuda_graphs=True))):
         m = model(**kw).to(memory_format=torch.channels_last).train()
         opt = torch.optim.SGD(m.parameters(), lr=0.02, momentum=0.9, weight_decay=5e-4)
         losses = []
@@ -110,7 +114,8 @@ def loss_curves(iters=200) -> bool:
         print(f"{i + 20:<7} " + "  ".join(f"{c[i:i + 20].mean():16.4f}" for c in curves.values()))
     print("img/s   " + "  ".join(f"{speed[n]:16.1f}" for n in curves) + "  (includes cudnn autotuning)")
     end = {n: c[-40:].mean().item() for n, c in curves.items()}
-    ok = abs(end["mem-eff fused"] - end["plain"]) <= 0.25 * end["plain"] + 0.02 and end["plain"] < curves["plain"][:20].mean()
+    ok = all(abs(end[n] - end["plain"]) <= 0.25 * end["plain"] + 0.02 for n in ("mem-eff fused", "mem-eff graphed"))
+    ok = ok and end["plain"] < curves["plain"][:20].mean()
     print(f"final loss (mean of last 40): {end} -> {'ok' if ok else 'FAILED'}")
     return ok
 

@@ -18,7 +18,8 @@ class Row:
     is a torchvision segmentation model named by ``backbone`` (one of ``PEERS``; output stride 8,
     ``weights=None``), with the same classes, loss, dtype and layout as the segdense rows.
     ``fused``: segdense's fused (Triton) dense-block kernels for memory-efficient rows (CUDA);
-    ``None`` keeps the model's default (PyTorch operators)."""
+    ``None`` keeps the model's default (PyTorch operators). ``cuda_graphs``: segdense's dense
+    blocks captured and replayed as CUDA graphs (``DenseNet(cuda_graphs=True)``; CUDA)."""
 
     impl: str = "segdense"
     backbone: str = "densenet121"
@@ -35,6 +36,7 @@ class Row:
     growth_rate: int | None = None  # densenet_custom only
     num_classes: int = 21
     fused: bool | None = None
+    cuda_graphs: bool = False
 
     def __post_init__(self) -> None:
         if self.impl not in IMPLS:
@@ -44,6 +46,9 @@ class Row:
             raise ValueError(f"peer rows are torchvision's {PEERS} at output stride 8 (no head, "
                              f"no memory-efficient mode), got backbone={self.backbone!r}, "
                              f"output_stride={self.output_stride}")
+        if self.cuda_graphs and (self.impl != "segdense" or self.device != "cuda"):
+            raise ValueError(f"cuda_graphs rows are segdense rows on device='cuda', got "
+                             f"impl={self.impl!r}, device={self.device!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
         if self.impl == "torchvision" and self.head is not None:
@@ -75,6 +80,7 @@ class Row:
         d.pop("impl")
         d.pop("memory_efficient")
         d.pop("fused")
+        d.pop("cuda_graphs")
         return tuple(sorted((k, str(v)) for k, v in d.items()))
 
     def label(self) -> str:
@@ -89,6 +95,8 @@ class Row:
         parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
         if self.fused:
             parts.append("fused")
+        if self.cuda_graphs:
+            parts.append("graphs")
         if self.amp:
             parts.append(self.amp)
         return " ".join(parts)
@@ -189,6 +197,10 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         # with the fused kernels and without (PyTorch ops), beside the peers.
         rows += family("cuda", 8, 8, 512, head="deeplabv3", **kw)
         rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, **kw) if r.memory_efficient]
+        # ... and with CUDA-graphed dense blocks (plain, memory-efficient, memory-efficient fused).
+        rows += family("cuda", 8, 8, 512, head="deeplabv3", cuda_graphs=True, **kw)
+        rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, cuda_graphs=True, **kw)
+                 if r.memory_efficient]
         rows += peer_rows("cuda", 8, 512, **kw)
         return rows, Settings(warmup=3, reps=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")

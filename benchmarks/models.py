@@ -49,6 +49,14 @@ class _TorchvisionFeatures(nn.Module):
         return F.relu(self.features(x))
 
 
+def _dense_options(row: Row) -> dict:
+    """The row's dense-block options that differ from the model's defaults."""
+    options = {} if row.fused is None else {"fused": row.fused}
+    if row.cuda_graphs:
+        options["cuda_graphs"] = True
+    return options
+
+
 class _SegdenseFeatures(nn.Module):
     def __init__(self, row: Row) -> None:
         super().__init__()
@@ -61,9 +69,7 @@ class _SegdenseFeatures(nn.Module):
 
 def backbone_kwargs(row: Row) -> dict:
     """The segdense backbone builder's arguments for ``row`` (with or without a head)."""
-    kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient)
-    if row.fused is not None:
-        kw["fused"] = row.fused
+    kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient, **_dense_options(row))
     if row.backbone == "densenet_custom":
         kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
     return kw

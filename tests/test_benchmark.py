@@ -197,3 +197,23 @@ def test_cli_exits_non_zero_when_a_row_fails(tmp_path):
 def test_a_custom_densenet_head_row_builds_the_rows_architecture():
     model = build(Row("segdense", head="fcn", output_stride=8, **TINY))
     assert model.backbone.num_units_per_block == (2, 2, 2, 2) and model.backbone.growth_rate == 8
+
+
+def test_cuda_graphs_twins_are_segdense_cuda_rows_that_build_graphed_blocks():
+    import importlib.util
+
+    from benchmarks.models import _dense_options
+
+    spec = importlib.util.spec_from_file_location("benchmark_cli", ROOT / "tools" / "benchmark.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    args = ["--device", "cuda", "--output-stride", "8", "--head", "deeplabv3", "--peers", "--cuda-graphs"]
+    rows, _ = cli.rows_and_settings(cli.parse_args(args))
+    graphed = [r for r in rows if r.cuda_graphs]
+    assert [r.label() for r in graphed] == ["se densenet121 deeplabv3 os8 b2x256 plain graphs",
+                                            "se densenet121 deeplabv3 os8 b2x256 mem-eff graphs"]
+    assert _dense_options(graphed[1]) == {"cuda_graphs": True}
+    assert _dense_options(dataclasses.replace(graphed[1], cuda_graphs=False)) == {}
+    assert graphed[0].group_key() == dataclasses.replace(graphed[0], cuda_graphs=False).group_key()
+    with pytest.raises(ValueError, match="cuda_graphs rows are segdense rows on device='cuda'"):
+        Row(cuda_graphs=True)

@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="add torchvision's deeplabv3_resnet50 and fcn_resnet50 (OS8) on the same input")
     p.add_argument("--fused", action="store_true",
                    help="add a twin of each memory-efficient row with the fused (Triton) kernels (CUDA)")
+    p.add_argument("--cuda-graphs", action="store_true",
+                   help="add a twin of each segdense row with CUDA-graphed dense blocks (CUDA)")
     p.add_argument("--mode", choices=["plain", "mem-eff"], default=None,
                    help="only rows of this memory mode (default: both)")
     p.add_argument("--warmup", type=int, default=None)
@@ -76,6 +78,8 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
                               channels_last=args.channels_last)
     if args.fused:
         rows += [dataclasses.replace(r, fused=True) for r in rows if r.memory_efficient]
+    if args.cuda_graphs:
+        rows += [dataclasses.replace(r, cuda_graphs=True) for r in rows if r.impl == "segdense"]
     if args.mode:
         rows = [r for r in rows if r.impl == "peer" or r.mode == args.mode]
     if args.compile:

@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .block_graphs import BlockGraphs
 from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
 from .registry import register_backbone
@@ -82,6 +83,7 @@ class _DenseBlock(nn.ModuleDict):
         dilation: int = 1,
         memory_efficient: bool = False,
         fused: bool | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
@@ -96,8 +98,17 @@ class _DenseBlock(nn.ModuleDict):
             self.add_module(f"denselayer{i + 1}", layer)
         self.memory_efficient = memory_efficient
         self.fused = fused
+        self.cuda_graphs = cuda_graphs
+        self.graphs = BlockGraphs()
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
+        graphable = not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # compile graphs itself
+        if self.cuda_graphs and self.training and torch.is_grad_enabled() and graphable:
+            # The training forward and its backward replayed as one CUDA graph each (block_graphs).
+            return self.graphs(self, self._forward, init_features)
+        return self._forward(init_features)
+
+    def _forward(self, init_features: torch.Tensor) -> torch.Tensor:
         layers = list(self.values())
         if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
             # Linear-memory training path: shared buffer and statistics, BN-ReLU recomputed in
@@ -149,7 +160,7 @@ def valid_output_strides(num_blocks: int, initial_output_stride: int = 4) -> lis
 
 
 def _checked_output_stride(units: list[int], growth_rate: int, theta: float, initial_output_stride: int,
-                           fused, channels_last, in_channels: int, num_classes: int | None,
+                           fused, cuda_graphs, channels_last, in_channels: int, num_classes: int | None,
                            output_stride: int | None) -> int:
     """Refuse arguments :class:`DenseNet` cannot build; the output stride to build (``None``: the nominal one)."""
     if not units or any(u < 1 for u in units):
@@ -162,6 +173,8 @@ def _checked_output_stride(units: list[int], growth_rate: int, theta: float, ini
         raise ValueError(f"initial_output_stride must be 2 or 4, got {initial_output_stride}")
     if fused not in (None, True, False):
         raise ValueError(f"fused must be None (auto), True or False, got {fused!r}")
+    if cuda_graphs not in (True, False):
+        raise ValueError(f"cuda_graphs must be True or False, got {cuda_graphs!r}")
     if channels_last not in (None, True, False):
         raise ValueError(f"channels_last must be None (auto), True or False, got {channels_last!r}")
     if in_channels < 1:
@@ -211,6 +224,11 @@ class DenseNet(nn.Module):
             blocks as Triton kernels (``backbones.fused_kernels``; on CPU only under
             ``TRITON_INTERPRET=1``, for tests). ``None``/``False``: PyTorch operators. Opt-in: on
             an H100 the kernels measured no faster than PyTorch's yet (docs/benchmarks.md).
+        cuda_graphs: in training on CUDA, capture each dense block's forward and backward as CUDA
+            graphs and replay them (``backbones.block_graphs``): one launch per block and
+            direction instead of dozens per layer. Captured per input signature on first use
+            (eager warm-up passes whose BatchNorm updates are undone). Needs CUDA inputs and
+            BatchNorm with a numeric momentum. Opt-in until measured on a GPU.
     """
 
     def __init__(
@@ -230,11 +248,12 @@ class DenseNet(nn.Module):
         in_channels: int = 3,
         channels_last: bool | None = None,
         fused: bool | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         super().__init__()
         units = [int(u) for u in num_units_per_block]
-        output_stride = _checked_output_stride(units, growth_rate, theta, initial_output_stride, fused, channels_last,
-                                               in_channels, num_classes, output_stride)
+        output_stride = _checked_output_stride(units, growth_rate, theta, initial_output_stride, fused, cuda_graphs,
+                                               channels_last, in_channels, num_classes, output_stride)
         if num_init_features is None:
             num_init_features = 2 * growth_rate
 
@@ -249,6 +268,7 @@ class DenseNet(nn.Module):
         self.in_channels = in_channels
         self.channels_last = channels_last
         self.fused = fused
+        self.cuda_graphs = cuda_graphs
         channels = self._build_features(num_init_features, bn_size, drop_rate, memory_efficient)
         self.classifier = nn.Linear(channels, num_classes) if num_classes is not None else None
 
@@ -281,7 +301,8 @@ class DenseNet(nn.Module):
         units = self.num_units_per_block
         for i, num_layers in enumerate(units):
             block = _DenseBlock(
-                num_layers, channels, bn_size, self.growth_rate, drop_rate, dilation, memory_efficient, self.fused
+                num_layers, channels, bn_size, self.growth_rate, drop_rate, dilation, memory_efficient, self.fused,
+                self.cuda_graphs,
             )
             self.features.add_module(f"denseblock{i + 1}", block)
             channels += num_layers * self.growth_rate
