@@ -32,7 +32,10 @@ def resolve_device(device: str) -> torch.device:
     """``auto`` → CUDA when present, else CPU; anything else as torch understands it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N; got {device!r}") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device={device!r} was asked for but CUDA is not available; use device=cpu or auto")
     return dev

@@ -434,11 +434,12 @@ def test_hooks_see_every_step_each_validation_and_the_end(tmp_path):
 
 
 def test_bad_run_settings_are_reported_together_before_anything_is_built(tmp_path):
-    cfg = compose_config(TINY + ["batch_size=0", "amp=fp32", "grad_clip=-1", "log_interval=0"])
+    cfg = compose_config(TINY + ["batch_size=0", "amp=fp32", "grad_clip=-1", "log_interval=0", "device=gpu"])
     with pytest.raises(ConfigError) as err:
         train(cfg, run_dir=tmp_path / "run")
     text = str(err.value)
     assert "invalid training settings" in text and "batch_size must be positive, got 0" in text
     assert "amp must be one of auto, off, bf16, fp16; got 'fp32'" in text
     assert "grad_clip must be positive or null, got -1" in text and "log_interval must be positive, got 0" in text
+    assert "device must be auto, cpu, cuda or cuda:N; got 'gpu'" in text
     assert not (tmp_path / "run").exists()

@@ -154,10 +154,10 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
     ])
 
 
-def train_settings(cfg: DictConfig, device: torch.device | str = "auto") -> TrainSettings:
+def train_settings(cfg: DictConfig) -> TrainSettings:
     """The trainer's settings from the top-level keys (checked together: one error lists every bad value)."""
-    keys = [f.name for f in dataclasses.fields(TrainSettings) if f.name not in ("device", "max_skipped_steps")]
-    return TrainSettings(device=device, **{key: cfg[key] for key in keys})
+    keys = [f.name for f in dataclasses.fields(TrainSettings) if f.name != "max_skipped_steps"]
+    return TrainSettings(**{key: cfg[key] for key in keys})
 
 
 def start_processes(cfg: DictConfig, run_dir: str | os.PathLike | None) -> tuple[torch.device, int, Path]:

@@ -65,9 +65,9 @@ class TrainSettings:
             problems.append(f"grad_clip must be positive or null, got {self.grad_clip}")
         if not isinstance(self.device, torch.device) and self.device != "auto":
             try:
-                torch.device(self.device)
-            except RuntimeError:
-                problems.append(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+                resolve_device(self.device)
+            except ConfigError as e:
+                problems.append(str(e))
         if problems:
             raise ConfigError("invalid training settings:\n  - " + "\n  - ".join(problems))
 
