@@ -131,3 +131,25 @@ def test_train_tool_reports_bad_config_without_traceback(tmp_path):
     assert "valid output strides: [4, 8, 16, 32]" in out.stderr
     assert "Traceback" not in out.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def documented_train_commands():
+    """Every ``python tools/train.py ...`` single run written in the README and docs/, as its overrides."""
+    import re
+    import shlex
+
+    found = {}
+    for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        for match in re.finditer(r"python tools/train\.py([^`\n#]*)", doc.read_text()):
+            args = shlex.split(match.group(1).split("&&")[0])
+            if "-m" not in args:
+                found[" ".join(args)] = args
+    return list(found.values())
+
+
+@pytest.mark.parametrize("overrides", documented_train_commands(), ids=" ".join)
+def test_every_documented_train_command_composes_and_its_groups_fit_their_constructors(overrides):
+    cfg = compose_config(overrides)
+    validate_config(cfg)
+    blocks = model_config(cfg, num_classes=5)
+    assert blocks["backbone"]["name"] == cfg.backbone.name and blocks["backbone"]["output_stride"] == cfg.output_stride
