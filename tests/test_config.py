@@ -91,6 +91,13 @@ def test_invalid_output_stride_is_refused_with_valid_list(stride, tmp_path):
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_cuda_graphs_on_cpu_is_refused_before_training(tmp_path):
+    cfg = compose_config(TINY + ["+backbone.cuda_graphs=true", "device=cpu"])
+    with pytest.raises(ConfigError, match=r"backbone.cuda_graphs=true needs device=cuda .*got device=cpu"):
+        train(cfg, run_dir=tmp_path)
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_unknown_key_in_group_names_valid_keys():
     cfg = compose_config(["+head.chanels=64"])
     with pytest.raises(ConfigError, match=r"head.chanels is not an argument of deeplabv3plus; valid keys: .*channels"):

@@ -190,6 +190,12 @@ def training_model(cfg: DictConfig, num_classes: int, device: torch.device, worl
     """The model of the backbone and head blocks, its BatchNorms synced across processes."""
     with config_values("backbone/head"):
         model = build_model(**model_config(cfg, num_classes))
+    if model.model_config["backbone"].get("cuda_graphs"):
+        if device.type != "cuda":
+            raise ConfigError(f"backbone.cuda_graphs=true needs device=cuda (CUDA graphs), got device={device}")
+        if world > 1:
+            raise ConfigError("backbone.cuda_graphs=true trains in one process: BatchNorm statistics synced "
+                              f"across the {world} processes are not captured in CUDA graphs")
     if world > 1 and device.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     elif world > 1 and model.model_config["backbone"].get("memory_efficient"):
