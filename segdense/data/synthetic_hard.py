@@ -6,7 +6,9 @@ background is a coloured multi-scale texture cluttered with irregular blobs and 
 (all labelled background), objects range from a few pixels to a quarter of the image, bars are thin,
 objects overlap and background clutter is drawn over some of them (occlusion). Image sides vary per
 sample between ``min_size`` and ``max_size`` (256-384 by default). A one-pixel ignore band (255)
-runs along every label border, as in VOC.
+runs along every label border, as in VOC. ``clutter=False`` leaves out the blobs and scratches: the
+objects then lie on a textured, noisy background only, an easier variant that a CPU can learn in a few
+hundred iterations (docs/training.md).
 """
 from __future__ import annotations
 
@@ -78,8 +80,10 @@ def _scratch(rng: np.random.Generator, height: int, width: int, yy: np.ndarray, 
     return (np.abs(across) <= 0.5) & (np.abs(along) <= rng.uniform(0.2, 0.6) * min(height, width))
 
 
-def render_hard_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
-    """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore)."""
+def render_hard_scene(rng: np.random.Generator, height: int, width: int,
+                      clutter: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """One scene from ``rng``: (RGB uint8 (H, W, 3), uint8 (H, W) labels with 255 = ignore);
+    ``clutter=False``: no background blobs or scratches."""
     scale = min(height, width)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     # Background: a random colour with coarse and fine texture of random strength.
@@ -89,13 +93,15 @@ def render_hard_scene(rng: np.random.Generator, height: int, width: int) -> tupl
     image = image.astype(np.float32)
     labels = np.zeros((height, width), dtype=np.uint8)
 
-    def clutter(count: int) -> None:
+    def add_clutter(count: int) -> None:
+        if not clutter:
+            return
         for _ in range(count):
             region = _blob(rng, height, width, yy, xx) if rng.random() < 0.6 else _scratch(rng, height, width, yy, xx)
             image[region] = _texture(rng, yy, xx)[region]
             labels[region] = 0
 
-    clutter(int(rng.integers(2, 6)))
+    add_clutter(int(rng.integers(2, 6)))
     for _ in range(int(rng.integers(4, 11))):
         cls = int(rng.integers(1, 5))
         # Log-uniform size: from a few pixels across to a quarter of the image.
@@ -110,7 +116,7 @@ def render_hard_scene(rng: np.random.Generator, height: int, width: int) -> tupl
         region = _shape_mask(cls, rng, radius, dy, dx)
         image[top:bottom, left:right][region] = _texture(rng, dy, dx)[region]
         labels[top:bottom, left:right][region] = cls
-    clutter(int(rng.integers(0, 3)))  # clutter in front: occludes some objects
+    add_clutter(int(rng.integers(0, 3)))  # clutter in front: occludes some objects
 
     contrast, brightness = rng.uniform(0.7, 1.2), rng.uniform(-25, 25)
     image = (image - 128.0) * contrast + 128.0 + brightness
@@ -131,6 +137,8 @@ class SyntheticHard(SeededScenes):
         min_size, max_size: each image's height and width are drawn from this range (inclusive);
             equal values give fixed-size images (small ones for tests and CPU runs).
         seed: base seed of the dataset.
+        clutter: draw background clutter (blobs and scratches in random colours and textures,
+            some over the objects); ``False`` for the easier variant without it.
         transform: callable ``(image, mask) -> (image tensor, mask tensor)``.
     """
 
@@ -139,12 +147,15 @@ class SyntheticHard(SeededScenes):
     palette = PALETTE
 
     def __init__(self, split: str = "train", num_samples: int | None = None, min_size: int = 256,
-                 max_size: int = 384, seed: int = 0, transform: Transform | None = None):
+                 max_size: int = 384, seed: int = 0, clutter: bool = True, transform: Transform | None = None):
         super().__init__(split, num_samples, seed, transform)
+        if clutter not in (True, False):
+            raise ValueError(f"clutter must be true or false, got {clutter!r}")
+        self.clutter = bool(clutter)
         if not 32 <= int(min_size) <= int(max_size):
             raise ValueError(f"need 32 <= min_size <= max_size, got min_size={min_size}, max_size={max_size}")
         self.min_size, self.max_size = int(min_size), int(max_size)
 
     def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         height, width = (int(v) for v in rng.integers(self.min_size, self.max_size + 1, size=2))
-        return render_hard_scene(rng, height, width)
+        return render_hard_scene(rng, height, width, self.clutter)
