@@ -5,6 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from segdense.config.schema import register_schema
 from segdense.data import SyntheticShapes, build_dataset, list_datasets
 from tests.data_fixtures import make_cityscapes, make_folder, make_voc
 
@@ -14,6 +15,7 @@ RECIPES = {"synthetic": ([128, 128], 8), "voc": ([512, 512], 16), "voc_aug": ([5
 
 
 def dataset_config(name, *overrides):
+    register_schema()  # conf/config.yaml extends it (other test files may not have registered it)
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         return compose("config", overrides=[f"dataset={name}", *overrides])
 
