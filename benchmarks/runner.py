@@ -182,7 +182,7 @@ class Session:
         for res in self.live():
             key = (res.row.group_key(), res.row.impl)
             if key not in counted:
-                plain = dataclasses.replace(res.row, memory_efficient=False, compile=False)
+                plain = dataclasses.replace(res.row, memory_efficient=False, compile=False, cuda_graphs=False)
                 self.guard(res, lambda plain=plain, key=key: counted.__setitem__(key, _flops(plain)))
             if key in counted:
                 res.flops_infer, res.flops_train = counted[key]
