@@ -58,13 +58,13 @@ def check_graphable(x: torch.Tensor, block: nn.Module) -> None:
             "use cuda_graphs=False on this device")
 
 
-def signature(x: torch.Tensor, block: nn.Module) -> tuple:
+def signature(x: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple:
     """What a captured pass is valid for: the input's layout and type, the autocast state and
     which tensors need gradients."""
     autocast = torch.is_autocast_enabled("cuda")
     return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, autocast,
             torch.get_autocast_dtype("cuda") if autocast else None,
-            tuple(p.requires_grad for p in block.parameters()))
+            tuple(p.requires_grad for p in params))
 
 
 class _CapturedPass:
@@ -149,20 +149,21 @@ class BlockGraphs:
 
     def __call__(self, block: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
                  x: torch.Tensor) -> torch.Tensor:
-        if not (x.requires_grad or any(p.requires_grad for p in block.parameters())):
+        params = list(block.parameters())
+        if not (x.requires_grad or any(p.requires_grad for p in params)):
             return run(x)  # nothing to differentiate: no backward to capture
-        key = signature(x, block)
+        key = signature(x, params)
         captured = self.passes.get(key)
         if captured is None:
             check_graphable(x, block)
-            captured = _CapturedPass(run, x, list(block.parameters()), list(block.buffers()))
+            captured = _CapturedPass(run, x, params, list(block.buffers()))
             self.passes[key] = captured
             while len(self.passes) > MAX_SIGNATURES:
                 self.passes.popitem(last=False)
         elif captured.busy():
             return run(x)  # a second forward before the first one's backward: eager
         self.passes.move_to_end(key)
-        out = _Replay.apply(captured, x, *block.parameters())
+        out = _Replay.apply(captured, x, *params)
         if out.requires_grad:
             captured.pending = weakref.ref(out)
             out.register_hook(captured.backward_done)
