@@ -7,6 +7,8 @@ in some scenes, a small patch of noise are labelled 255 (ignore), as in VOC.
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import numpy as np
 
 from .base import SegmentationDataset, Transform, check_split
@@ -126,7 +128,7 @@ def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.
     return np.clip(image, 0, 255).astype(np.uint8), labels
 
 
-class SeededScenes(SegmentationDataset):
+class SeededScenes(SegmentationDataset, ABC):
     """A generated dataset: sample ``i`` of a split is rendered from the seed ``(seed, split, i)``, so
     it is the same on every call and machine, differs across seeds, and train, val and test never
     share a scene. Subclasses set ``name`` and implement :meth:`render`."""
@@ -142,9 +144,9 @@ class SeededScenes(SegmentationDataset):
             raise ValueError(f"num_samples must be positive, got {num_samples}")
         self.seed = int(seed)
 
+    @abstractmethod
     def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         """(RGB uint8 (H, W, 3), uint8 (H, W) labels) of one scene drawn from ``rng``."""
-        raise NotImplementedError
 
     def __len__(self) -> int:
         return self.num_samples
