@@ -47,10 +47,12 @@ def median_spread(xs: list[float]) -> tuple[float | None, float | None]:
 
 
 def machine_info(device: str) -> dict:
-    """What the timings depend on (:func:`segdense.engine.comparison.machine_info`), with the platform and the
-    oneDNN primitive cache the run used."""
+    """What the timings depend on (:func:`segdense.engine.comparison.machine_info`), with the platform, the
+    oneDNN primitive cache and glibc's malloc thresholds the run used (``segdense.allocator``)."""
     info = dict(comparison.machine_info(), platform=platform.platform(),
-                onednn_primitive_cache_capacity=os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"))
+                onednn_primitive_cache_capacity=os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
+                malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
+                malloc_trim_threshold=os.environ.get("MALLOC_TRIM_THRESHOLD_", "glibc default"))
     if torch.device(device).type != "cuda":
         info["gpu"] = None  # not used by this run
     return info

@@ -13,7 +13,7 @@ PACKAGE = ROOT / "segdense"
 
 # Low to high: a module may import from its own layer and the ones below, never from one above.
 LAYERS = [
-    ["errors", "version"],
+    ["errors", "version", "allocator"],
     ["registry"],
     ["backbones", "metrics", "losses"],
     ["heads", "data"],

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, summarise, table, to_json
+from segdense.allocator import tune_malloc
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -97,6 +98,7 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    malloc = tune_malloc()  # as the training tools do, so rows time what training would take
     try:
         rows, settings = rows_and_settings(args)
         start = time.perf_counter()
@@ -107,6 +109,7 @@ def main(argv=None) -> int:
         return 2
     summary = summarise(measured)
     print(f"machine: {measured['machine']}")
+    print(malloc)
     print(f"matmul peak: {measured['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({measured['matmul_peak_dtype']}); "
           f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s")
     print(table(summary, markdown=args.markdown))

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
+from segdense.allocator import tune_malloc
 from segdense.engine.distributed import cleanup_distributed
 from segdense.errors import UserError
 
@@ -19,7 +20,9 @@ def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``job(cfg)``. A user's mistake — a :class:`segdense.errors.UserError` (an invalid config, a missing
     or corrupt checkpoint or data file, an unwritable output, a loss gone NaN) or a required key left unset
     (``???``) — prints one ``error:`` line and exits with status 2. Anything else is a bug of segdense and keeps
-    its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too."""
+    its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too. glibc's malloc is tuned
+    first (:mod:`segdense.allocator`)."""
+    logger.info(tune_malloc())
     try:
         return job(cfg)
     except (UserError, MissingMandatoryValue) as e:
