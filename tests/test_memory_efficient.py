@@ -245,3 +245,26 @@ def test_momentum_none_and_running_stats_match_batchnorm():
         x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
         _assert_same_step(plain, eff, x, rel=1e-9)
     assert eff.features.denseblock1.denselayer3.norm1.num_batches_tracked.item() == 3
+
+
+def test_nchw_memory_efficient_equals_plain():
+    """channels_last=False keeps the block buffer NCHW: its channel slices are strided across the batch and take
+    the multiply-add BN-ReLU and an NCHW compact copy for BatchNorm's backward."""
+    plain, eff = _pair("densenet_custom", num_units_per_block=(2, 3), growth_rate=8, output_stride=8,
+                       channels_last=False)
+    plain, eff = plain.double(), eff.double()
+    _assert_same_step(plain, eff, torch.randn(2, 3, 32, 32, dtype=torch.float64), rel=1e-9)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_backward_copies_a_buffer_slice_in_the_buffer_format(memory_format):
+    # An NCHW slice used to be copied to channels-last: a transposing copy, then a mixed-layout BatchNorm
+    # backward and a strided accumulation into the NCHW gradient buffer (5 ms per layer at 800 channels).
+    from segdense.backbones.efficient_block import TorchOps
+
+    buf = torch.randn(2, 96, 8, 8).contiguous(memory_format=memory_format)
+    view = buf[:, :40]
+    copy = TorchOps.backward_input(view)
+    assert copy.is_contiguous(memory_format=memory_format)
+    assert copy.data_ptr() != buf.data_ptr()
+    assert torch.equal(copy, view)
