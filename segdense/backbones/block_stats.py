@@ -178,3 +178,33 @@ class BlockStats:
         if eps == self.eps:
             return self.inv[:channels]
         return (self.var[:channels] + eps).rsqrt()
+
+
+class DeferredInputTerms:
+    """The part of the norm1 input gradients that is affine in the block buffer, summed per channel.
+
+    BatchNorm's backward gives each layer's input gradient as ``s * dy + coef * (x - mean) + const``
+    per channel (``s = gamma * invstd``; ``coef`` and ``const`` from the reductions of dy). With shared
+    statistics ``mean`` is the same for every layer that reads a channel, so the ``coef`` and ``const``
+    of all those layers add up per channel, and the buffer term is added once per channel, when
+    backward reaches the layer that wrote the channel (or the block input): O(L) passes over the
+    buffer instead of one full input gradient per layer. Each layer adds only ``s * dy``.
+    """
+
+    def __init__(self, stats: BlockStats) -> None:
+        self.mean = stats.mean
+        self.coef = torch.zeros_like(stats.mean)
+        self.const = torch.zeros_like(stats.mean)
+
+    def add(self, coef: torch.Tensor, const: torch.Tensor) -> None:
+        c = coef.numel()
+        self.coef[:c] += coef
+        self.const[:c] += const
+
+    def apply(self, grad: torch.Tensor, buf: torch.Tensor, start: int, stop: int) -> None:
+        """Add the summed terms of channels [start, stop) to ``grad`` (computed in the statistics'
+        precision, so a bf16 buffer loses nothing to the centring)."""
+        shape = (1, -1, 1, 1)
+        centred = buf[:, start:stop].to(self.mean.dtype) - self.mean[start:stop].view(shape)
+        terms = torch.addcmul(self.const[start:stop].view(shape), centred, self.coef[start:stop].view(shape))
+        grad[:, start:stop].add_(terms)
