@@ -148,6 +148,7 @@ class TorchOps:
     """BN-ReLU forward and backward with PyTorch operators (CPU, and CUDA without Triton)."""
 
     name = "torch"
+    defers_input_terms = True  # norm1's input gradient: see bn_relu_backward's ``deferred``
 
     @staticmethod
     def backward_input(view):
@@ -158,8 +159,6 @@ class TorchOps:
     @staticmethod
     def bn_relu(x, bn, mean, invstd, var=None):
         return bn_relu(x, bn, mean, invstd, var)
-
-    defers_input_terms = True
 
     @staticmethod
     def bn_relu_backward(dy, x, a, bn, mean, invstd, count, group, into=None, deferred=None):
@@ -201,7 +200,7 @@ class TritonOps:
     the block's gradient buffer."""
 
     name = "triton"
-    defers_input_terms = False
+    defers_input_terms = False  # the elementwise kernel accumulates the whole input gradient
 
     @staticmethod
     def backward_input(view):
