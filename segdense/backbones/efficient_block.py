@@ -86,9 +86,9 @@ def _compact(view: torch.Tensor) -> torch.Tensor:
     2 ms for the copy, 2.5 ms for the mixed-layout backward and a strided accumulation."""
     if view.is_contiguous(memory_format=torch.channels_last) or view.is_contiguous():
         return view
-    if view.dim() == 4 and view.stride(1) < view.stride(0) and view.stride(1) >= view.stride(2) >= view.stride(3):
-        return view.contiguous()  # NCHW planes, strided only across the batch
-    return view.contiguous(memory_format=torch.channels_last)
+    if view.stride(1) == 1:  # channels innermost: a channels-last buffer
+        return view.contiguous(memory_format=torch.channels_last)
+    return view.contiguous()  # NCHW planes, strided only across the batch
 
 
 def _weight(conv: nn.Conv2d, like: torch.Tensor) -> torch.Tensor:
@@ -120,21 +120,29 @@ def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops, pending: list) ->
     return ops.bn_relu(x, bn, mean, invstd), mean, invstd
 
 
+def _input_grad_terms(gw, gb, bn, mean, invstd, count, group):
+    """BatchNorm's input gradient as ``scale * dy + coef * (x - mean) + const`` per channel, from
+    the sums of dy * x_hat (``gw``) and of dy (``gb``); over ``group`` they are all-reduced first
+    (in float64), as ``SyncBatchNorm``'s backward does."""
+    if group is None:
+        mean_dy, mean_dy_xhat = gb.to(mean.dtype) / count, gw.to(mean.dtype) / count
+    else:
+        sums = torch.cat([gb, gw]).to(torch.float64)
+        dist.all_reduce(sums, group=group)
+        c = gb.numel()
+        mean_dy, mean_dy_xhat = (sums[:c] / count).to(mean.dtype), (sums[c:] / count).to(mean.dtype)
+    scale = invstd if bn.weight is None else bn.weight * invstd
+    # dx = scale * (dy - mean_dy - x_hat * mean_dy_xhat), with x_hat = (x - mean) * invstd
+    return scale, -scale * invstd * mean_dy_xhat, -scale * mean_dy
+
+
 def _bn_backward_synced(dy, x, bn, mean, invstd, count, group):
     """BN backward with the reductions (sum of dy, sum of dy * x_hat) all-reduced, as
     ``SyncBatchNorm``'s backward does; the parameter gradients stay local (DDP averages them)."""
     _, gw, gb = _bn_backward(dy, x, bn.weight, None, None, mean, invstd, True, bn.eps, [False, True, True])
-    red = torch.cat([gb, gw]).to(torch.float64)
-    dist.all_reduce(red, group=group)
-    c = gb.numel()
-    mean_dy = (red[:c] / count).to(mean.dtype)
-    mean_dy_xhat = (red[c:] / count).to(mean.dtype)
-    scale = invstd if bn.weight is None else bn.weight * invstd
-    # dx = scale * (dy - mean_dy - x_hat * mean_dy_xhat), with x_hat = (x - mean) * invstd
-    coef_x = -scale * invstd * mean_dy_xhat
-    const = -scale * mean_dy - mean * coef_x
+    scale, coef_x, const = _input_grad_terms(gw, gb, bn, mean, invstd, count, group)
     shape = (1, -1, 1, 1)
-    dx = torch.addcmul(const.to(dy.dtype).view(shape), dy, scale.to(dy.dtype).view(shape))
+    dx = torch.addcmul((const - mean * coef_x).to(dy.dtype).view(shape), dy, scale.to(dy.dtype).view(shape))
     return dx.addcmul_(x, coef_x.to(dy.dtype).view(shape)), gw, gb
 
 
@@ -178,18 +186,9 @@ class TorchOps:
             return None, gw, gb
         _, gw, gb = _bn_backward(dy, _compact(x), bn.weight, None, None, mean, invstd, True, bn.eps,
                                  [False, True, True])
-        # gb, gw: the local sums of dy and of dy * x_hat (beta's and gamma's gradients).
-        if group is None:
-            mean_dy, mean_dy_xhat = gb.to(mean.dtype) / count, gw.to(mean.dtype) / count
-        else:
-            sums = torch.cat([gb, gw]).to(torch.float64)
-            dist.all_reduce(sums, group=group)
-            c = gb.numel()
-            mean_dy, mean_dy_xhat = (sums[:c] / count).to(mean.dtype), (sums[c:] / count).to(mean.dtype)
-        scale = invstd if bn.weight is None else invstd * bn.weight
-        # dx = scale * (dy - mean_dy - x_hat * mean_dy_xhat), x_hat = (x - mean) * invstd
+        scale, coef, const = _input_grad_terms(gw, gb, bn, mean, invstd, count, group)
         into.addcmul_(dy, scale.to(dy.dtype).view(1, -1, 1, 1))
-        deferred.add(coef=-scale * invstd * mean_dy_xhat, const=-scale * mean_dy)
+        deferred.add(coef=coef, const=const)
         return None, gw, gb
 
 
