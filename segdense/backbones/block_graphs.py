@@ -58,13 +58,14 @@ def check_graphable(x: torch.Tensor, block: nn.Module) -> None:
             "use cuda_graphs=False on this device")
 
 
-def signature(x: torch.Tensor, params: Sequence[torch.Tensor]) -> tuple:
-    """What a captured pass is valid for: the input's layout and type, the autocast state and
-    which tensors need gradients."""
+def signature(x: torch.Tensor, params: Sequence[torch.Tensor], norm_modes: Sequence[bool] = ()) -> tuple:
+    """What a captured pass is valid for: the input's layout and type, the autocast state, which
+    tensors need gradients and which BatchNorms train (a frozen one normalises with its running
+    statistics: another graph)."""
     autocast = torch.is_autocast_enabled("cuda")
     return (tuple(x.shape), x.stride(), x.dtype, x.device, x.requires_grad, autocast,
             torch.get_autocast_dtype("cuda") if autocast else None,
-            tuple(p.requires_grad for p in params))
+            tuple(p.requires_grad for p in params), tuple(norm_modes))
 
 
 class _CapturedPass:
@@ -152,7 +153,8 @@ class BlockGraphs:
         params = list(block.parameters())
         if not (x.requires_grad or any(p.requires_grad for p in params)):
             return run(x)  # nothing to differentiate: no backward to capture
-        key = signature(x, params)
+        modes = [m.training for m in block.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        key = signature(x, params, modes)
         captured = self.passes.get(key)
         if captured is None:
             check_graphable(x, block)

@@ -32,11 +32,17 @@ class DenseSyncBatchNorm(nn.BatchNorm2d):
 
     @classmethod
     def from_batchnorm(cls, bn: nn.BatchNorm2d, process_group=None) -> "DenseSyncBatchNorm":
+        # Made on bn's device and in its dtype before the copy: loading float64 (or bf16) values into float32
+        # tensors and converting back afterwards would lose digits (or mix dtypes in the next forward).
+        like = bn.weight if bn.affine else bn.running_mean
+        factory = {} if like is None else {"device": like.device, "dtype": like.dtype}
         new = cls(bn.num_features, process_group, eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
-                  track_running_stats=bn.track_running_stats)
+                  track_running_stats=bn.track_running_stats, **factory)
         new.load_state_dict(bn.state_dict())
         new.train(bn.training)
-        return new.to(device=bn.weight.device if bn.affine else None)
+        for p_old, p_new in zip(bn.parameters(), new.parameters()):
+            p_new.requires_grad_(p_old.requires_grad)
+        return new
 
 
 def sync_group(norms) -> Optional[object]:

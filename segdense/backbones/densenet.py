@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from .block_graphs import BlockGraphs
 from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
+from .freezing import apply_freezing, check_freezing
 from .registry import register_backbone
 from .weights import load_pretrained
 
@@ -34,32 +35,43 @@ __all__ = [
 
 
 class _DenseLayer(nn.Module):
-    """Pre-activation bottleneck: BN-ReLU-1x1 conv (bn_size*k) then BN-ReLU-3x3 conv (k)."""
+    """A dense layer: the k channels it adds to the block, from the concatenation of all earlier ones.
+
+    With ``bn_size`` (DenseNet-BC) the pre-activation bottleneck BN-ReLU-1x1 conv (bn_size*k) then BN-ReLU-3x3 conv
+    (k); with ``bn_size=None`` (FC-DenseNet) a single BN-ReLU-3x3 conv (k), ``norm2``/``conv2`` being ``None``.
+    ``bias``: the convs carry a bias (FC-DenseNet's do; DenseNet-BC's do not)."""
 
     def __init__(
         self,
         num_input_features: int,
         growth_rate: int,
-        bn_size: int,
+        bn_size: int | None,
         drop_rate: float,
         dilation: int = 1,
         memory_efficient: bool = False,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         self.norm1 = nn.BatchNorm2d(num_input_features)
         self.relu1 = nn.ReLU(inplace=True)
-        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
-        self.relu2 = nn.ReLU(inplace=True)
-        self.conv2 = nn.Conv2d(
-            bn_size * growth_rate, growth_rate, 3, padding=dilation, dilation=dilation, bias=False
-        )
+        if bn_size is None:
+            self.conv1 = nn.Conv2d(num_input_features, growth_rate, 3, padding=dilation, dilation=dilation, bias=bias)
+            self.norm2 = self.relu2 = self.conv2 = None
+        else:
+            self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, 1, bias=bias)
+            self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+            self.relu2 = nn.ReLU(inplace=True)
+            self.conv2 = nn.Conv2d(
+                bn_size * growth_rate, growth_rate, 3, padding=dilation, dilation=dilation, bias=bias
+            )
         self.drop_rate = float(drop_rate)
         self.memory_efficient = memory_efficient
 
     def new_features(self, x: torch.Tensor) -> torch.Tensor:
         """The k channels this layer adds, from the concatenation ``x`` of all earlier ones."""
-        out = self.conv2(self.relu2(self.norm2(self.conv1(self.relu1(self.norm1(x))))))
+        out = self.conv1(self.relu1(self.norm1(x)))
+        if self.conv2 is not None:
+            out = self.conv2(self.relu2(self.norm2(out)))
         if self.drop_rate > 0 and self.training:
             out = out * dropout_mask(out, self.drop_rate)
         return out
@@ -71,19 +83,22 @@ class _DenseLayer(nn.Module):
 
 class _DenseBlock(nn.ModuleDict):
     """``num_layers`` dense layers; every layer sees the concatenation of the block input and all
-    earlier layers' outputs, and the block returns that whole concatenation."""
+    earlier layers' outputs, and the block returns that whole concatenation. One block for the whole
+    family: DenseNet-BC's bottleneck layers (``bn_size``) and FC-DenseNet's single-conv layers
+    (``bn_size=None``, ``bias=True``) take the same plain, memory-efficient, fused and CUDA-graphed paths."""
 
     def __init__(
         self,
         num_layers: int,
         num_input_features: int,
-        bn_size: int,
+        bn_size: int | None,
         growth_rate: int,
         drop_rate: float,
         dilation: int = 1,
         memory_efficient: bool = False,
         fused: bool | None = None,
         cuda_graphs: bool = False,
+        bias: bool = False,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
@@ -94,12 +109,15 @@ class _DenseBlock(nn.ModuleDict):
                 drop_rate,
                 dilation=dilation,
                 memory_efficient=memory_efficient,
+                bias=bias,
             )
             self.add_module(f"denselayer{i + 1}", layer)
         self.memory_efficient = memory_efficient
         self.fused = fused
         self.cuda_graphs = cuda_graphs
         self.graphs = BlockGraphs()
+        self.num_input_features = num_input_features
+        self.growth_rate = growth_rate
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
         graphable = not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # compile graphs itself
@@ -151,6 +169,17 @@ class _Transition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_skip(x)[0]
+
+
+def _init_as_torchvision(net: nn.Module) -> None:
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.Linear):
+            nn.init.constant_(m.bias, 0)
 
 
 def valid_output_strides(num_blocks: int, initial_output_stride: int = 4) -> list[int]:
@@ -229,6 +258,11 @@ class DenseNet(nn.Module):
             direction instead of dozens per layer. Captured per input signature on first use
             (eager warm-up passes whose BatchNorm updates are undone). Needs CUDA inputs and
             BatchNorm with a numeric momentum. Opt-in until measured on a GPU.
+        norm_eval: keep every BatchNorm in eval mode while training (running statistics used, none updated;
+            ``backbones.freezing``): for small per-GPU batches and fine-tuning from pretrained weights. The
+            memory-efficient blocks honour each BatchNorm's mode, so they stay memory-efficient.
+        frozen_stages: -1 trains everything; 0 freezes the stem (conv0, norm0); n freezes the stem and dense
+            blocks 1..n with their transitions (norm5 with the last block): no gradients, BatchNorms in eval mode.
     """
 
     def __init__(
@@ -249,11 +283,16 @@ class DenseNet(nn.Module):
         channels_last: bool | None = None,
         fused: bool | None = None,
         cuda_graphs: bool = False,
+        norm_eval: bool = False,
+        frozen_stages: int = -1,
     ) -> None:
         super().__init__()
         units = [int(u) for u in num_units_per_block]
         output_stride = _checked_output_stride(units, growth_rate, theta, initial_output_stride, fused, cuda_graphs,
                                                channels_last, in_channels, num_classes, output_stride)
+        check_freezing(norm_eval, frozen_stages, len(units))
+        self.norm_eval = norm_eval
+        self.frozen_stages = frozen_stages
         if num_init_features is None:
             num_init_features = 2 * growth_rate
 
@@ -272,15 +311,25 @@ class DenseNet(nn.Module):
         channels = self._build_features(num_init_features, bn_size, drop_rate, memory_efficient)
         self.classifier = nn.Linear(channels, num_classes) if num_classes is not None else None
 
-        # Initialisation as in torchvision.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.constant_(m.weight, 1)
-                nn.init.constant_(m.bias, 0)
-            elif isinstance(m, nn.Linear):
-                nn.init.constant_(m.bias, 0)
+        _init_as_torchvision(self)
+        self.train()
+
+    def stages(self) -> list[list[nn.Module]]:
+        """The stem, then each dense block with the transition after it (the last block with norm5): the units
+        ``frozen_stages`` counts."""
+        f = self.features
+        out = [[f.conv0, f.norm0]]
+        for i in range(len(self.num_units_per_block)):
+            after = getattr(f, f"transition{i + 1}", None) or f.norm5
+            out.append([getattr(f, f"denseblock{i + 1}"), after])
+        return out
+
+    def train(self, mode: bool = True) -> "DenseNet":
+        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
+        super().train(mode)
+        if mode:
+            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
+        return self
 
     def _build_features(self, num_init_features: int, bn_size: int, drop_rate: float,
                         memory_efficient: bool) -> int:

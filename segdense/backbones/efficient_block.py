@@ -38,12 +38,13 @@ _bn_backward = torch.ops.aten.native_batch_norm_backward
 
 
 class DenseLayerLike(Protocol):
-    """What the efficient block needs of a dense layer (``densenet._DenseLayer`` is one)."""
+    """What the efficient block needs of a dense layer (``densenet._DenseLayer`` is one): BN-ReLU-conv stages
+    (see :func:`stages`), the second absent (``None``) in a layer without a bottleneck."""
 
     norm1: nn.BatchNorm2d
     conv1: nn.Conv2d
-    norm2: nn.BatchNorm2d
-    conv2: nn.Conv2d
+    norm2: nn.BatchNorm2d | None
+    conv2: nn.Conv2d | None
     drop_rate: float
 
 
@@ -75,7 +76,9 @@ def bn_relu(
         return torch.mul(x, scale).add_(shift).relu_()
     if var is None:
         var = invstd.double().pow(-2).sub_(bn.eps).to(invstd.dtype)
-    return torch.batch_norm(_compact(x), bn.weight, bn.bias, mean, var, False, 0.0, bn.eps, True).relu_()
+    # BatchNorm's mixed-precision kernel takes float32 parameters beside bf16/fp16 data (a bf16 model's too).
+    weight, bias = (None if t is None else t.to(mean.dtype) for t in (bn.weight, bn.bias))
+    return torch.batch_norm(_compact(x), weight, bias, mean, var, False, 0.0, bn.eps, True).relu_()
 
 
 def _compact(view: torch.Tensor) -> torch.Tensor:
@@ -96,15 +99,59 @@ def _weight(conv: nn.Conv2d, like: torch.Tensor) -> torch.Tensor:
     return conv.weight.to(like.dtype)
 
 
-def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops, pending: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """BN2 in training mode; returns (ReLU output, batch mean, batch invstd). Local statistics with
-    PyTorch ops take its fused kernel, which also updates the running statistics; otherwise the
-    statistics are computed (and all-reduced) first and (bn, mean, var) is appended to ``pending``
-    for one batched running-statistics update."""
+def _bias(conv: nn.Conv2d, like: torch.Tensor) -> torch.Tensor | None:
+    return None if conv.bias is None else conv.bias.to(like.dtype)
+
+
+def stages(layer: DenseLayerLike) -> list[tuple[nn.BatchNorm2d, nn.Conv2d]]:
+    """A dense layer's (BatchNorm, conv) pairs, each BN-ReLU-conv: ``norm1``/``conv1`` read the block's
+    concatenation; a bottleneck layer (DenseNet-BC) adds ``norm2``/``conv2`` on the 1x1 conv's output, a
+    layer without one (FC-DenseNet) has ``norm2 = None`` and its ``conv1`` makes the new channels."""
+    if layer.norm2 is None:
+        return [(layer.norm1, layer.conv1)]
+    return [(layer.norm1, layer.conv1), (layer.norm2, layer.conv2)]
+
+
+def batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    """Whether ``bn`` normalises with the batch's statistics, as ``nn.BatchNorm2d.forward`` decides: in training
+    mode, or when it keeps no running statistics. A BatchNorm in eval mode inside a training model (frozen-BN
+    fine-tuning, ``norm_eval``) uses its running statistics and updates nothing."""
+    return bn.training or bn.running_mean is None
+
+
+def running_statistics(bn: nn.BatchNorm2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean, var, invstd) of a frozen BatchNorm: its running statistics."""
+    return bn.running_mean, bn.running_var, (bn.running_var + bn.eps).rsqrt()
+
+
+def frozen_bn_relu_backward(dy, x, a, bn, mean, invstd, into=None):
+    """Gradients of ReLU(BN(x)) for a BatchNorm that normalises with fixed statistics: the input gradient is the
+    per-channel scale times dy (nothing flows through the statistics); gamma's and beta's are the sums of
+    dy * x_hat and dy. Returns (input gradient, or ``None`` after adding it to ``into``; gamma's; beta's)."""
+    dy = torch.ops.aten.threshold_backward.grad_input(dy, a, 0, grad_input=dy)
+    shape = (1, -1, 1, 1)
+    gw = gb = None
+    if bn.affine:
+        gb = dy.sum((0, 2, 3), dtype=mean.dtype)
+        x_hat = (x.to(mean.dtype) - mean.view(shape)) * invstd.view(shape)
+        gw = (dy * x_hat).sum((0, 2, 3))
+        gw, gb = gw.to(bn.weight.dtype), gb.to(bn.bias.dtype)
+    scale = (invstd if bn.weight is None else bn.weight * invstd).to(dy.dtype).view(shape)
+    if into is None:
+        return dy * scale, gw, gb
+    into.addcmul_(dy, scale)
+    return None, gw, gb
+
+
+def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops, pending: list):
+    """BN2 with batch statistics; returns (ReLU output, batch mean, batch invstd, elements per channel). Local
+    statistics with PyTorch ops take its fused kernel, which also updates the running statistics of a training
+    BatchNorm; otherwise the statistics are computed (and all-reduced) first and a training BatchNorm's
+    (bn, mean, var) is appended to ``pending`` for one batched running-statistics update."""
     if group is None and ops.name == "torch":
         momentum = 0.0 if bn.momentum is None else bn.momentum
         running_mean = running_var = None
-        if bn.track_running_stats and bn.running_mean is not None:
+        if bn.training and bn.track_running_stats and bn.running_mean is not None:
             if bn.num_batches_tracked is not None:
                 bn.num_batches_tracked.add_(1)
                 if bn.momentum is None:
@@ -113,11 +160,17 @@ def _bn_train(x: torch.Tensor, bn: nn.BatchNorm2d, group, ops, pending: list) ->
         out, mean, invstd = torch.native_batch_norm(
             x, bn.weight, bn.bias, running_mean, running_var, True, momentum, bn.eps
         )
-        return out.relu_(), mean, invstd
+        return out.relu_(), mean, invstd, float(x.numel() // x.shape[1])
     mean, var, count = moments(x, group)
-    pending.append((bn, mean, var))
+    if bn.training:
+        pending.append((bn, mean, var))
     invstd = (var + bn.eps).rsqrt()
-    return ops.bn_relu(x, bn, mean, invstd), mean, invstd
+    return ops.bn_relu(x, bn, mean, invstd), mean, invstd, count
+
+
+def _stat_weight(bn: nn.BatchNorm2d, mean: torch.Tensor) -> torch.Tensor:
+    """gamma in the statistics' dtype, as BatchNorm's mixed-precision backward kernel takes it."""
+    return bn.weight.to(mean.dtype)
 
 
 def _input_grad_terms(gw, gb, bn, mean, invstd, count, group):
@@ -139,7 +192,8 @@ def _input_grad_terms(gw, gb, bn, mean, invstd, count, group):
 def _bn_backward_synced(dy, x, bn, mean, invstd, count, group):
     """BN backward with the reductions (sum of dy, sum of dy * x_hat) all-reduced, as
     ``SyncBatchNorm``'s backward does; the parameter gradients stay local (DDP averages them)."""
-    _, gw, gb = _bn_backward(dy, x, bn.weight, None, None, mean, invstd, True, bn.eps, [False, True, True])
+    _, gw, gb = _bn_backward(dy, x, _stat_weight(bn, mean), None, None, mean, invstd, True, bn.eps,
+                             [False, True, True])
     scale, coef_x, const = _input_grad_terms(gw, gb, bn, mean, invstd, count, group)
     shape = (1, -1, 1, 1)
     dx = torch.addcmul((const - mean * coef_x).to(dy.dtype).view(shape), dy, scale.to(dy.dtype).view(shape))
@@ -148,7 +202,9 @@ def _bn_backward_synced(dy, x, bn, mean, invstd, count, group):
 
 def _bn_backward_any(dy, x, bn, mean, invstd, count, group):
     if group is None:
-        return _bn_backward(dy, x, bn.weight, None, None, mean, invstd, True, bn.eps, [True, True, True])
+        gx, gw, gb = _bn_backward(dy, x, _stat_weight(bn, mean), None, None, mean, invstd, True, bn.eps,
+                                  [True, True, True])
+        return gx, gw.to(bn.weight.dtype), gb.to(bn.bias.dtype)
     return _bn_backward_synced(dy, x, bn, mean, invstd, count, group)
 
 
@@ -184,7 +240,7 @@ class TorchOps:
                 return gx, gw, gb
             into.add_(gx)
             return None, gw, gb
-        _, gw, gb = _bn_backward(dy, _compact(x), bn.weight, None, None, mean, invstd, True, bn.eps,
+        _, gw, gb = _bn_backward(dy, _compact(x), _stat_weight(bn, mean), None, None, mean, invstd, True, bn.eps,
                                  [False, True, True])
         scale, coef, const = _input_grad_terms(gw, gb, bn, mean, invstd, count, group)
         into.addcmul_(dy, scale.to(dy.dtype).view(1, -1, 1, 1))
@@ -244,12 +300,101 @@ class TritonOps:
         return None, gw, gb
 
 
+def _norm1_statistics(bn: nn.BatchNorm2d, stats: BlockStats | None, channels: int):
+    """(mean, var, invstd) that ``norm1`` normalises the block's first ``channels`` channels with: the shared
+    batch statistics, or a frozen BatchNorm's own running ones."""
+    if batch_statistics(bn):
+        return stats.mean[:channels], stats.var[:channels], stats.invstd(channels, bn.eps)
+    return running_statistics(bn)
+
+
+def _conv(conv: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    return conv._conv_forward(a, _weight(conv, a), _bias(conv, a))
+
+
+def _conv_grads(g: torch.Tensor, a: torch.Tensor, conv: nn.Conv2d) -> tuple:
+    """(input gradient, weight gradient or ``None`` when frozen, bias gradient or ``None``) of ``conv`` at ``a``."""
+    has_bias = conv.bias is not None
+    gin, gw, gb = _conv_backward(
+        g, a, _weight(conv, a), [conv.out_channels] if has_bias else None, list(conv.stride),
+        list(conv.padding), list(conv.dilation), False, [0, 0], conv.groups,
+        [True, conv.weight.requires_grad, has_bias],
+    )
+    gw = None if gw is None else gw.to(conv.weight.dtype)
+    return gin, gw, (gb.to(conv.bias.dtype) if has_bias else None)
+
+
+def _param_grads(norm: nn.BatchNorm2d, norm_grads: tuple, conv: nn.Conv2d, gw, gbias) -> list:
+    """One stage's gradients in :func:`_params` order, each in its parameter's dtype."""
+    gn = [g.to(p.dtype) for g, p in zip(norm_grads, (norm.weight, norm.bias))]
+    return [*gn, gw] + ([gbias] if conv.bias is not None else [])
+
+
+def _layer_forward(x, layer, stats, group, ops, pending):
+    """One dense layer in training: (its new channels, the bottleneck's 1x1-conv output kept for backward or
+    ``None``, the second norm's (mean, invstd, count) or ``None``). Training BatchNorms are appended to ``pending``
+    for the block's running-statistics update."""
+    (n1, conv1), *rest = stages(layer)
+    mean1, var1, inv1 = _norm1_statistics(n1, stats, x.shape[1])
+    if n1.training:
+        pending.append((n1, mean1, var1))
+    a1 = ops.bn_relu(x, n1, mean1, inv1, var1)
+    z1 = _conv(conv1, a1)
+    del a1
+    if not rest:
+        return z1, None, None
+    ((n2, conv2),) = rest
+    if batch_statistics(n2):
+        a2, m2, s2, count2 = _bn_train(z1, n2, group, ops, pending)
+    else:
+        m2, v2, s2 = running_statistics(n2)
+        a2, count2 = ops.bn_relu(z1, n2, m2, s2, v2), None
+    return _conv(conv2, a2), z1, (m2, s2, count2)
+
+
+def _layer_backward(ctx, i: int, g_out, x, z1, into, deferred) -> list:
+    """Backward of dense layer ``i``: adds its input gradient into ``into`` (the block gradient's first channels)
+    and returns its parameter gradients in :func:`_params` order. BN-ReLU outputs are recomputed."""
+    layer, ops, group, stats = ctx.layers[i], ctx.ops, ctx.group, ctx.stats
+    (n1, conv1), *rest = stages(layer)
+    grads: list = []
+    if rest:  # the bottleneck's second half: BN2-ReLU recomputed from the saved 1x1-conv output
+        ((n2, conv2),) = rest
+        m2, s2, count2 = ctx.norm2_stats[i]
+        a2 = ops.bn_relu(z1, n2, m2, s2)
+        ga2, gw2, gbias2 = _conv_grads(g_out, a2, conv2)
+        if batch_statistics(n2):
+            g_out, *norm2 = ops.bn_relu_backward(ga2, z1, a2, n2, m2, s2, count2, group)
+        else:
+            g_out, *norm2 = frozen_bn_relu_backward(ga2, z1, a2, n2, m2, s2)
+        grads = _param_grads(n2, norm2, conv2, gw2, gbias2)
+        del a2, ga2
+    # First half: BN1-ReLU recomputed from the shared buffer (with the shared statistics when they train).
+    m1, v1, s1 = _norm1_statistics(n1, stats, x.shape[1])
+    x1 = ops.backward_input(x)
+    a1 = ops.bn_relu(x1, n1, m1, s1, v1)
+    ga1, gw1, gbias1 = _conv_grads(g_out, a1, conv1)
+    del g_out
+    if batch_statistics(n1):
+        _, *norm1 = ops.bn_relu_backward(ga1, x1, a1, n1, m1, s1, stats.count, group, into=into, deferred=deferred)
+    else:
+        _, *norm1 = frozen_bn_relu_backward(ga1, x1, a1, n1, m1, s1, into=into)
+    return _param_grads(n1, norm1, conv1, gw1, gbias1) + grads
+
+
+def _block_count(stats, norm2_stats) -> float | torch.Tensor | None:
+    """Elements per channel behind the block's batch statistics (all-reduced: a tensor), ``None`` if none."""
+    if stats is not None:
+        return stats.count
+    return next((c for s in norm2_stats if s is not None for c in s[2:] if c is not None), None)
+
+
 class _EfficientDenseBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layers: Sequence[DenseLayerLike], group, ops, *params: torch.Tensor):
         n, c0, h, w = x.shape
-        k = layers[0].conv2.out_channels
-        if group is None:
+        k = stages(layers[0])[-1][1].out_channels
+        if group is None and any(batch_statistics(bn) for l in layers for bn, _ in stages(l)):
             check_count(n * h * w, c0)
         fmt = (
             torch.channels_last
@@ -260,82 +405,51 @@ class _EfficientDenseBlock(torch.autograd.Function):
             (n, c0 + len(layers) * k, h, w), dtype=x.dtype, device=x.device, memory_format=fmt
         )
         buf[:, :c0].copy_(x)
-        stats = BlockStats(buf.shape[1], x, group, eps=layers[0].norm1.eps)
-        stats.record(x, 0)
-        saved, stats2, masks, pending = [], [], [], []
+        # Shared statistics, when some norm1 normalises with the batch's (frozen ones use their own running ones).
+        stats = None
+        if any(batch_statistics(l.norm1) for l in layers):
+            stats = BlockStats(buf.shape[1], x, group, eps=layers[0].norm1.eps)
+            stats.record(x, 0)
+        saved, norm2_stats, masks, pending = [], [], [], []
         for i, layer in enumerate(layers):
             c_in = c0 + i * k
-            n1 = layer.norm1
-            mean1 = stats.mean[:c_in]
-            pending.append((n1, mean1, stats.var[:c_in]))
-            a1 = ops.bn_relu(buf[:, :c_in], n1, mean1, stats.invstd(c_in, n1.eps), stats.var[:c_in])
-            z1 = layer.conv1._conv_forward(a1, _weight(layer.conv1, a1), None)
-            del a1
-            a2, m2, s2 = _bn_train(z1, layer.norm2, group, ops, pending)
-            out = layer.conv2._conv_forward(a2, _weight(layer.conv2, a2), None)
-            del a2
+            out, z1, s2 = _layer_forward(buf[:, :c_in], layer, stats, group, ops, pending)
             mask = None
             if layer.drop_rate > 0:
                 mask = dropout_mask(out, layer.drop_rate)
                 out = out.mul_(mask)
             buf[:, c_in : c_in + k].copy_(out)
-            if i + 1 < len(layers):  # the last layer's channels are read by no norm1 of this block
+            if stats is not None and i + 1 < len(layers):  # the last layer's channels are read by no norm1 here
                 stats.record(out, c_in)
             saved.append(z1)
-            stats2.append((m2, s2))
+            norm2_stats.append(s2)
             masks.append(mask)
-        # Every BatchNorm's running statistics, updated once, as nn.BatchNorm2d would (nothing reads
+        # Every training BatchNorm's running statistics, updated once, as nn.BatchNorm2d would (nothing reads
         # them during a training forward, so the update can wait for the block's end).
-        update_running_stats_many(pending, stats.count)
+        if pending:
+            update_running_stats_many(pending, _block_count(stats, norm2_stats))
         ctx.save_for_backward(buf, *saved)
-        ctx.layers, ctx.stats, ctx.stats2, ctx.masks, ctx.c0, ctx.k = layers, stats, stats2, masks, c0, k
+        ctx.layers, ctx.stats, ctx.norm2_stats, ctx.masks, ctx.c0, ctx.k = layers, stats, norm2_stats, masks, c0, k
         ctx.group, ctx.ops = group, ops
         return buf
 
     @staticmethod
     def backward(ctx, grad_buf: torch.Tensor):
         buf, *z1s = ctx.saved_tensors
-        layers, c0, k, stats, group, ops = ctx.layers, ctx.c0, ctx.k, ctx.stats, ctx.group, ctx.ops
+        layers, c0, k = ctx.layers, ctx.c0, ctx.k
         # Own a copy in the buffer's memory format: earlier layers' input gradients are accumulated
         # into it in place (whatever format the incoming gradient has).
         g = torch.empty_like(buf).copy_(grad_buf)
-        deferred = DeferredInputTerms(stats) if ops.defers_input_terms else None
+        deferred = DeferredInputTerms(ctx.stats) if ctx.stats is not None and ctx.ops.defers_input_terms else None
         param_grads: list[torch.Tensor | None] = []
         for i in reversed(range(len(layers))):
-            layer, z1 = layers[i], z1s[i]
-            m2, s2 = ctx.stats2[i]
             c_in = c0 + i * k
             if deferred is not None and i + 1 < len(layers):  # every reader of these channels is done
                 deferred.apply(g, buf, c_in, c_in + k)
             g_out = g[:, c_in : c_in + k]
             if ctx.masks[i] is not None:
                 g_out = g_out * ctx.masks[i]
-            conv1, conv2, n1, n2 = layer.conv1, layer.conv2, layer.norm1, layer.norm2
-            # Layer's second half: BN2-ReLU recomputed from the saved 1x1-conv output.
-            a2 = ops.bn_relu(z1, n2, m2, s2)
-            ga2, gw2, _ = _conv_backward(
-                g_out, a2, _weight(conv2, a2), None, list(conv2.stride), list(conv2.padding),
-                list(conv2.dilation), False, [0, 0], conv2.groups, [True, True, False],
-            )
-            gz1, gn2w, gn2b = ops.bn_relu_backward(ga2, z1, a2, n2, m2, s2, stats.count, group)
-            del a2, ga2
-            # First half: BN1-ReLU recomputed from the shared buffer and the shared statistics.
-            m1, s1 = stats.mean[:c_in], stats.invstd(c_in, n1.eps)
-            x1 = ops.backward_input(buf[:, :c_in])
-            a1 = ops.bn_relu(x1, n1, m1, s1, stats.var[:c_in])
-            ga1, gw1, _ = _conv_backward(
-                gz1, a1, _weight(conv1, a1), None, list(conv1.stride), list(conv1.padding),
-                list(conv1.dilation), False, [0, 0], conv1.groups, [True, True, False],
-            )
-            del gz1
-            # Input gradient added into the block's gradient buffer in place.
-            _, gn1w, gn1b = ops.bn_relu_backward(ga1, x1, a1, n1, m1, s1, stats.count, group,
-                                                 into=g[:, :c_in], deferred=deferred)
-            del a1, ga1, x1
-            # Same order as _params(): norm1.w, norm1.b, conv1.w, norm2.w, norm2.b, conv2.w.
-            param_grads[:0] = [
-                gn1w, gn1b, gw1.to(conv1.weight.dtype), gn2w, gn2b, gw2.to(conv2.weight.dtype)
-            ]
+            param_grads[:0] = _layer_backward(ctx, i, g_out, buf[:, :c_in], z1s[i], g[:, :c_in], deferred)
         if deferred is not None and ctx.needs_input_grad[0]:
             deferred.apply(g, buf, 0, c0)
         grad_x = g[:, :c0] if ctx.needs_input_grad[0] else None
@@ -343,10 +457,11 @@ class _EfficientDenseBlock(torch.autograd.Function):
 
 
 def _params(layers: Sequence[DenseLayerLike]) -> list[torch.Tensor]:
+    """Per layer and stage: norm.weight, norm.bias, conv.weight (and conv.bias when the conv has one)."""
     out = []
     for layer in layers:
-        out += [layer.norm1.weight, layer.norm1.bias, layer.conv1.weight,
-                layer.norm2.weight, layer.norm2.bias, layer.conv2.weight]
+        for norm, conv in stages(layer):
+            out += [norm.weight, norm.bias, conv.weight] + ([conv.bias] if conv.bias is not None else [])
     return out
 
 
@@ -355,14 +470,14 @@ def _is_batchnorm(m: nn.Module) -> bool:
 
 
 def supports_efficient(layers: Sequence[DenseLayerLike]) -> bool:
-    """The efficient Function handles the standard layer: affine ``BatchNorm2d`` or
-    ``SyncBatchNorm`` that tracks running statistics, and bias-free zero-padded convs."""
-    return all(
-        _is_batchnorm(l.norm1) and _is_batchnorm(l.norm2) and type(l.norm1) is type(l.norm2)
-        and l.norm1.affine and l.norm2.affine and l.conv1.bias is None and l.conv2.bias is None
-        and l.conv2.padding_mode == "zeros"
-        for l in layers
-    )
+    """The efficient Function handles the standard layers: affine ``BatchNorm2d`` or ``SyncBatchNorm`` (one type per
+    layer), in training or eval mode, and zero-padded convs with or without bias."""
+    def fits(layer) -> bool:
+        pairs = stages(layer)
+        return all(_is_batchnorm(bn) and type(bn) is type(layer.norm1) and bn.affine and conv.padding_mode == "zeros"
+                   for bn, conv in pairs)
+
+    return all(fits(l) for l in layers)
 
 
 def _triton_available() -> bool:

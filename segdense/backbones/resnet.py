@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 
 from .features import FeatureSpec
+from .freezing import apply_freezing, check_freezing
 from .registry import register_backbone
 from .weights import adapt_input_conv, download_weights, read_state_dict, state_dict_mismatch
 
@@ -39,6 +40,8 @@ class ResNet(nn.Module):
         channels_last: as :class:`~segdense.backbones.DenseNet`: ``None`` runs channels-last on
             CPU inputs (faster oneDNN convolutions there), ``True``/``False`` always/never.
         zero_init_residual: zero the last BN's gamma of every residual block (torchvision's option).
+        norm_eval: keep every BatchNorm in eval mode while training (``backbones.freezing``).
+        frozen_stages: -1 trains everything; 0 freezes the stem (conv1, bn1); n also layer1..n.
     """
 
     def __init__(
@@ -48,8 +51,11 @@ class ResNet(nn.Module):
         in_channels: int = 3,
         channels_last: bool | None = None,
         zero_init_residual: bool = False,
+        norm_eval: bool = False,
+        frozen_stages: int = -1,
     ) -> None:
         super().__init__()
+        check_freezing(norm_eval, frozen_stages, 4)
         import torchvision.models as tvm  # optional at import time: only ResNets need torchvision
 
         builders = {50: tvm.resnet50, 101: tvm.resnet101}
@@ -82,6 +88,16 @@ class ResNet(nn.Module):
         self.feature_info = [FeatureSpec("stem", 64, 2)] + [
             FeatureSpec(f"layer{i + 1}", 256 * 2**i, s) for i, s in enumerate(strides)
         ]
+        self.norm_eval, self.frozen_stages = norm_eval, frozen_stages
+        self.train()
+
+    def train(self, mode: bool = True) -> "ResNet":
+        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
+        super().train(mode)
+        if mode:
+            stages = [[self.conv1, self.bn1]] + [[getattr(self, f"layer{i}")] for i in range(1, 5)]
+            apply_freezing(self, stages, self.norm_eval, self.frozen_stages)
+        return self
 
     @property
     def min_input_size(self) -> int:
@@ -153,11 +169,14 @@ def resnet50(
     in_channels: int = 3,
     channels_last: bool | None = None,
     zero_init_residual: bool = False,
+    norm_eval: bool = False,
+    frozen_stages: int = -1,
 ) -> ResNet:
     """torchvision's ResNet-50 (25.6M parameters with its classifier). ``pretrained``: a checkpoint
     path or ``"imagenet"``; ``output_stride`` 8 and 16 dilate the last stages."""
     return _resnet("resnet50", 50, pretrained, output_stride=output_stride, in_channels=in_channels,
-                   channels_last=channels_last, zero_init_residual=zero_init_residual)
+                   channels_last=channels_last, zero_init_residual=zero_init_residual,
+                   norm_eval=norm_eval, frozen_stages=frozen_stages)
 
 
 @register_backbone
@@ -167,7 +186,10 @@ def resnet101(
     in_channels: int = 3,
     channels_last: bool | None = None,
     zero_init_residual: bool = False,
+    norm_eval: bool = False,
+    frozen_stages: int = -1,
 ) -> ResNet:
     """torchvision's ResNet-101 (44.5M parameters with its classifier)."""
     return _resnet("resnet101", 101, pretrained, output_stride=output_stride, in_channels=in_channels,
-                   channels_last=channels_last, zero_init_residual=zero_init_residual)
+                   channels_last=channels_last, zero_init_residual=zero_init_residual,
+                   norm_eval=norm_eval, frozen_stages=frozen_stages)

@@ -1,0 +1,38 @@
+"""Frozen BatchNorm and frozen stages for backbones (mmsegmentation's ``norm_eval`` and ``frozen_stages``).
+
+``norm_eval=True`` keeps every BatchNorm of the backbone in eval mode while the model trains: each normalises
+with its running statistics and updates none of them. Use it with small per-GPU batches (a few images, where
+batch statistics are noisy) and when fine-tuning from ImageNet weights whose statistics should stay as they are.
+``frozen_stages=n`` freezes the stem (``n >= 0``) and the first ``n`` stages: no gradients for their
+parameters and their BatchNorms in eval mode. Both survive ``model.train()``.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch.nn as nn
+
+
+def check_freezing(norm_eval: bool, frozen_stages: int, num_stages: int) -> None:
+    """One clear error for values the backbone cannot apply."""
+    if norm_eval not in (True, False):
+        raise ValueError(f"norm_eval must be true or false, got {norm_eval!r}")
+    if isinstance(frozen_stages, bool) or not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= num_stages:
+        raise ValueError(
+            f"frozen_stages must be an int from -1 (nothing frozen) through {num_stages} (every stage; 0 freezes "
+            f"only the stem), got {frozen_stages!r}")
+
+
+def apply_freezing(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], norm_eval: bool,
+                   frozen_stages: int) -> None:
+    """Put ``backbone`` in the state its options ask for; call after every ``train(mode)``. ``stages``: the stem's
+    modules, then each stage's, in order; the first ``frozen_stages + 1`` of them are frozen."""
+    for stage in list(stages)[: frozen_stages + 1]:
+        for module in stage:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+    if norm_eval:
+        for m in backbone.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
