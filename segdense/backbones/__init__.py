@@ -13,6 +13,7 @@ from .densenet import (
     densenet_custom,
     valid_output_strides,
 )
+from .fcdensenet import FCDenseNet, fcdensenet56, fcdensenet67, fcdensenet103, fcdensenet_custom
 from .features import FeatureSpec, feature_at_stride
 from .resnet import ResNet, resnet50, resnet101
 from .registry import build_backbone, list_backbones, register_backbone
@@ -20,6 +21,7 @@ from .weights import adapt_input_conv, convert_old_keys, load_pretrained, read_s
 
 __all__ = [
     "DenseNet",
+    "FCDenseNet",
     "FeatureSpec",
     "ResNet",
     "adapt_input_conv",
@@ -30,6 +32,10 @@ __all__ = [
     "densenet169",
     "densenet201",
     "densenet_custom",
+    "fcdensenet56",
+    "fcdensenet67",
+    "fcdensenet103",
+    "fcdensenet_custom",
     "feature_at_stride",
     "list_backbones",
     "load_pretrained",

@@ -99,6 +99,7 @@ class _DenseBlock(nn.ModuleDict):
         fused: bool | None = None,
         cuda_graphs: bool = False,
         bias: bool = False,
+        keep_input: bool = True,
     ) -> None:
         super().__init__()
         for i in range(num_layers):
@@ -118,6 +119,7 @@ class _DenseBlock(nn.ModuleDict):
         self.graphs = BlockGraphs()
         self.num_input_features = num_input_features
         self.growth_rate = growth_rate
+        self.keep_input = keep_input  # False: return only the layers' new channels (FC-DenseNet's up path)
 
     def forward(self, init_features: torch.Tensor) -> torch.Tensor:
         graphable = not (torch.jit.is_tracing() or torch.compiler.is_compiling())  # compile graphs itself
@@ -128,10 +130,11 @@ class _DenseBlock(nn.ModuleDict):
 
     def _forward(self, init_features: torch.Tensor) -> torch.Tensor:
         layers = list(self.values())
+        c0 = 0 if self.keep_input else init_features.shape[1]
         if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
             # Linear-memory training path: shared buffer and statistics, BN-ReLU recomputed in
             # backward, fused Triton kernels on channels-last CUDA tensors.
-            return efficient_dense_block(init_features, layers, self.fused)
+            return efficient_dense_block(init_features, layers, self.fused)[:, c0:]
         if torch.jit.is_tracing():
             # Export (ONNX, TorchScript): each layer's input is the previous input plus the
             # previous layer's channels, one two-way Concat per layer; ONNX Runtime runs this
@@ -139,13 +142,13 @@ class _DenseBlock(nn.ModuleDict):
             x = init_features
             for layer in layers:
                 x = torch.cat([x, layer.new_features(x)], 1)
-            return x
+            return x[:, c0:]
         # Elsewhere (inference, frozen BN) the plain graph. A buffered inference variant measured
         # no faster than torchvision's concatenation on CPU, so it was not kept.
         features = [init_features]
         for layer in layers:
             features.append(layer(features))
-        return torch.cat(features, 1)
+        return torch.cat(features if self.keep_input else features[1:], 1)
 
 
 class _Transition(nn.Module):
@@ -169,6 +172,25 @@ class _Transition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_skip(x)[0]
+
+
+def check_image_batch(x: torch.Tensor, in_channels: int, min_size: int, because: str) -> None:
+    """One clear error for an input a backbone cannot take: not (N, in_channels, H, W), or smaller than ``min_size``."""
+    if x.dim() != 4 or x.shape[1] != in_channels:
+        raise ValueError(f"expected an input of shape (N, {in_channels}, H, W), got {tuple(x.shape)}")
+    if not torch.jit.is_tracing() and min(x.shape[-2:]) < min_size:
+        raise ValueError(
+            f"input of size {tuple(x.shape[-2:])} is too small: height and width must be at least {min_size} {because}"
+        )
+
+
+def use_channels_last(setting: bool | None, x: torch.Tensor) -> bool:
+    """Whether a backbone with ``channels_last=setting`` runs ``x`` channels-last (``None``: on CPU inputs)."""
+    if torch.jit.is_tracing() or torch.jit.is_scripting():
+        return False  # exported graphs stay format-neutral
+    if setting is None:
+        return x.device.type == "cpu"
+    return setting
 
 
 def _init_as_torchvision(net: nn.Module) -> None:
@@ -378,28 +400,13 @@ class DenseNet(nn.Module):
         return self.output_stride
 
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(
-                f"expected an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}"
-            )
-        if not torch.jit.is_tracing() and min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(
-                f"input of size {tuple(x.shape[-2:])} is too small: height and width must be at "
-                f"least {self.min_input_size} at output_stride={self.output_stride}"
-            )
-
-    def _use_channels_last(self, x: torch.Tensor) -> bool:
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
-            return False  # exported graphs stay format-neutral
-        if self.channels_last is None:
-            return x.device.type == "cpu"
-        return self.channels_last
+        check_image_batch(x, self.in_channels, self.min_input_size, f"at output_stride={self.output_stride}")
 
     def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Feature maps for decoders, shallow to deep, named and sized as ``feature_info`` says:
         the stride-2 stem map, then each block's output at full width (BN-ReLU applied)."""
         self._check_input(x)
-        if self._use_channels_last(x):
+        if use_channels_last(self.channels_last, x):
             x = x.contiguous(memory_format=torch.channels_last)
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         f = self.features

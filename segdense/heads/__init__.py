@@ -9,6 +9,7 @@ from .denseaspp import DenseASPPHead, denseaspp_widths
 from .fcn import AuxHead, FCNHead, aux_feature
 from .fpn import SemanticFPNHead
 from .registry import build_head, list_heads, register_head
+from .tiramisu import TiramisuHead
 
 __all__ = [
     "ASPP",
@@ -18,6 +19,7 @@ __all__ = [
     "DenseASPPHead",
     "FCNHead",
     "SemanticFPNHead",
+    "TiramisuHead",
     "aux_feature",
     "build_head",
     "default_atrous_rates",
