@@ -43,10 +43,8 @@ def build_model(
     output_stride: int | None = 16,
     **backbone_kwargs: Any,
 ) -> SegmentationModel:
-    """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does.
-
-    The defaults are the model ``python tools/train.py`` trains: densenet121 at output stride 16 with the
-    128-channel DeepLabV3+ head (``deeplabv3plus_lite``), no auxiliary head.
+    """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does. The defaults are
+    the model ``python tools/train.py`` trains: densenet121, output stride 16, ``deeplabv3plus_lite``, no aux head.
 
     Args:
         backbone: a registered backbone (``segdense.backbones.list_backbones()``), or a config block
@@ -55,8 +53,7 @@ def build_model(
         num_classes: classes of the logits (>= 1).
         aux_loss: add the FCN auxiliary head on the stride-16 feature (training output becomes
             ``{"out", "aux"}``).
-        output_stride: the backbone's output stride, unless its block sets one; ``None`` leaves it to the
-            backbone builder's own default (a backbone that takes no ``output_stride``).
+        output_stride: the backbone's, unless its block sets one; ``None``: the builder's own default.
         **backbone_kwargs: more backbone arguments (``pretrained``, ``memory_efficient``, ``growth_rate`` ...),
             merged into the backbone block.
 
