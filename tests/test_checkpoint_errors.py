@@ -35,15 +35,21 @@ def _truncated(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def foreign_files(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("foreign")
+    return {make.__name__: make(folder) for make in (_not_a_checkpoint, _torchvision_weights, _truncated)}
+
+
 @pytest.mark.parametrize("loader", [segdense.load_model, segdense.Predictor.from_checkpoint, load_checkpoint],
                          ids=["load_model", "Predictor.from_checkpoint", "load_checkpoint"])
-@pytest.mark.parametrize("make, says", [
-    (_not_a_checkpoint, "is not a checkpoint (not a PyTorch file)"),
-    (_torchvision_weights, "holds a bare state_dict (122 tensors, the first 'conv1.weight'), not a segdense checkpoint"),
-    (_truncated, "could not be read: it is truncated or corrupt"),
+@pytest.mark.parametrize("kind, says", [
+    ("_not_a_checkpoint", "is not a checkpoint (not a PyTorch file)"),
+    ("_torchvision_weights", "holds a bare state_dict (122 tensors, the first 'conv1.weight'), not a segdense checkpoint"),
+    ("_truncated", "could not be read: it is truncated or corrupt"),
 ], ids=["text file", "torchvision state_dict", "truncated"])
-def test_a_file_that_is_no_segdense_checkpoint_is_named_with_what_was_expected(loader, make, says, tmp_path):
-    path = make(tmp_path)
+def test_a_file_that_is_no_segdense_checkpoint_is_named_with_what_was_expected(loader, kind, says, foreign_files):
+    path = foreign_files[kind]
     with pytest.raises(CheckpointError) as err:
         loader(path)
     message = str(err.value)
