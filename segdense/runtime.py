@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Protocol
 
@@ -62,21 +63,54 @@ def autocast_context(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+CHECKPOINT_EXPECTED = ("expected a segdense checkpoint such as outputs/<run>/checkpoints/best.pt, "
+                       "or a .safetensors export of one (tools/export.py format=safetensors)")
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's format since PyTorch 1.6
+_PICKLE_PROTOCOL_OPCODE = 0x80  # the first byte of a pickle (torch.save's legacy format)
+
+
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
-    """Read a segdense checkpoint (``torch.load(weights_only=True)``), with one clear error for a missing,
-    unreadable or foreign file."""
+    """Read a segdense checkpoint (``torch.load(weights_only=True)``). A missing file, a file that is no
+    checkpoint, another program's checkpoint and a truncated one each give one :class:`CheckpointError` line
+    naming the file and what was expected."""
     path = Path(path)
     if not path.is_file():
-        raise MissingFileError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}; {CHECKPOINT_EXPECTED}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, foreign pickle, refused globals ...
-        raise CheckpointError(f"checkpoint {path} could not be read (corrupt or not a segdense checkpoint): {e}") from e
+        with warnings.catch_warnings():  # "Detected pickle protocol 4 ...": about a file we refuse anyway
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, foreign pickle, refused globals, not a torch file ...
+        # torch's text advises turning weights_only off, which would run the file's code: not passed on.
+        raise CheckpointError(f"{path} {_unreadable_file(path, e)}; {CHECKPOINT_EXPECTED}") from None
     if not isinstance(state, dict) or "model" not in state or "model_config" not in state:
-        raise CheckpointError(
-            f"{path} is not a segdense checkpoint (expected a dict with 'model' and 'model_config')"
-        )
+        raise CheckpointError(f"{path} {_foreign_contents(state)}, not a segdense checkpoint; {CHECKPOINT_EXPECTED}")
     return state
+
+
+def _unreadable_file(path: Path, error: Exception) -> str:
+    """What a file ``torch.load`` could not read is, judged by its first bytes."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "is empty"
+    if head == _ZIP_MAGIC:
+        return "could not be read: it is truncated or corrupt (a PyTorch archive without its end)"
+    if head[0] == _PICKLE_PROTOCOL_OPCODE and "Weights only load failed" in str(error):
+        return "holds Python objects other than tensors and plain values (another program's file)"
+    if head[0] == _PICKLE_PROTOCOL_OPCODE:
+        return "could not be read: it is truncated or corrupt (a PyTorch file in the legacy format)"
+    return "is not a checkpoint (not a PyTorch file)"
+
+
+def _foreign_contents(state: object) -> str:
+    """What a readable file that is not a segdense checkpoint holds, in a few words."""
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        return f"holds a bare state_dict ({len(state)} tensors, the first {next(iter(state))!r})"
+    if isinstance(state, dict):
+        keys = ", ".join(map(repr, list(state)[:5])) + (", ..." if len(state) > 5 else "")
+        return f"holds a dict without 'model' and 'model_config' (its keys: {keys or 'none'})"
+    return f"holds a {type(state).__name__}"
 
 
 def whole_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:

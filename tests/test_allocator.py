@@ -2,6 +2,7 @@
 reused instead of being faulted in again."""
 import ctypes
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import pytest
 
 from segdense import allocator
+from segdense.config.cli import run_tool
 
 GLIBC = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
 
@@ -95,3 +97,11 @@ def test_child_processes_inherit_the_tuning(monkeypatch):
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == str(2**31 - 1)
     # A tool started by this one (a benchmark memory row, a spawned worker) sees its own settings as tuned.
     assert allocator.tune_malloc().startswith("malloc: mmap threshold")
+
+
+def test_tools_log_the_malloc_setting_at_debug_level_only(caplog):
+    with caplog.at_level(logging.DEBUG, logger="segdense"):
+        assert run_tool(lambda cfg: "done", None) == "done"
+    malloc = [r for r in caplog.records if r.getMessage().startswith("malloc:")]
+    assert len(malloc) == 1
+    assert malloc[0].levelno == logging.DEBUG

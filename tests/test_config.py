@@ -100,7 +100,7 @@ def test_cuda_graphs_on_cpu_is_refused_before_training(tmp_path):
 
 def test_unknown_key_in_group_names_valid_keys():
     cfg = compose_config(["+head.chanels=64"])
-    with pytest.raises(ConfigError, match=r"head.chanels is not an argument of deeplabv3plus; valid keys: .*channels"):
+    with pytest.raises(ConfigError, match=r"head.chanels is not an argument of deeplabv3plus_lite; valid keys: .*channels"):
         validate_config(cfg)
 
 

@@ -47,7 +47,7 @@ def test_report_tool_remakes_it_and_refuses_a_folder_without_metrics(tmp_path):
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == f"report: {run / 'report.html'}"
     page = check_page(run / "report.html")
-    assert set(page.images) == {"report/val.png", "report/per_class_iou.png"}
+    assert set(page.images) == {"report/loss.png", "report/val.png", "report/per_class_iou.png"}
     assert "tensorboard=false" in (run / "report.html").read_text()
     missing = subprocess.run([sys.executable, str(ROOT / "tools" / "report.py"), str(tmp_path / "nothing")],
                              capture_output=True, text=True, env=env, timeout=120)

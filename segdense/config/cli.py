@@ -21,8 +21,8 @@ def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     or corrupt checkpoint or data file, an unwritable output, a loss gone NaN) or a required key left unset
     (``???``) — prints one ``error:`` line and exits with status 2. Anything else is a bug of segdense and keeps
     its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too. glibc's malloc is tuned
-    first (:mod:`segdense.allocator`)."""
-    logger.info(tune_malloc())
+    first (:mod:`segdense.allocator`); what was done is logged at debug level, not shown by default."""
+    logger.debug(tune_malloc())
     try:
         return job(cfg)
     except (UserError, MissingMandatoryValue) as e:

@@ -14,7 +14,9 @@ from segdense.inference.writers import check_writable_dir
 
 def export_job(cfg: DictConfig) -> list[dict]:
     """Export ``cfg.checkpoint`` as ``cfg.format`` to ``cfg.output`` and print the parity checks: random inputs of
-    ``cfg.sizes``, then ``cfg.verify_images`` real images (the checkpoint's validation set or ``cfg.verify_input``)."""
+    ``cfg.sizes``, then ``cfg.verify_images`` real images (the checkpoint's validation set or ``cfg.verify_input``).
+    The checkpoint is read first: a file that is not one is named before any other option is asked for."""
+    bundle = load_bundle(cfg.checkpoint)
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format}: expected one of {', '.join(FORMATS)}")
     output = Path(cfg.output)
@@ -30,7 +32,6 @@ def export_job(cfg: DictConfig) -> list[dict]:
         raise ConfigError("dtype=fp16 is judged on real images: keep verify_images > 0 (or pass verify=false)")
     if not 0 < cfg.min_agreement <= 100:
         raise ConfigError(f"min_agreement={cfg.min_agreement}: expected a percentage in (0, 100]")
-    bundle = load_bundle(cfg.checkpoint)
     check_writable_dir(output.parent)
     images = []
     if on_images:  # gather them first: a missing dataset fails before anything is written

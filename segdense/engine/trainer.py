@@ -22,6 +22,7 @@ from segdense.version import __version__
 from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
 from .hooks import CheckpointHook, Hook, MetricsFileHook, ProgressHook, TensorBoardHook, as_hook
+from .loss_log import LossLogHook
 from .sampler import ResumableSampler, SeededDataset
 
 logger = logging.getLogger("segdense.train")
@@ -121,7 +122,7 @@ class Trainer:
         self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
-        self.hooks = [ProgressHook(self), CheckpointHook(), MetricsFileHook()]
+        self.hooks = [ProgressHook(self), LossLogHook(), CheckpointHook(), MetricsFileHook()]
         if s.tensorboard and self.is_main:
             self.hooks.append(TensorBoardHook(self.run_dir))
         self.hooks += [as_hook(h) for h in hooks]

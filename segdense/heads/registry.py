@@ -11,14 +11,16 @@ from ..registry import Registry
 HEADS = Registry("head")
 
 
-def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None):
+def register_head(cls_or_name: Callable[..., nn.Module] | str | None = None, *,
+                  kwargs_to: Callable[..., nn.Module] | None = None):
     """Register a head class (or builder), as ``@register_head("name")`` or ``@register_head``.
+    ``kwargs_to``: the class a builder function forwards its ``**kwargs`` to (config checks list its arguments).
 
     A head is called as ``Head(feature_info, num_classes, output_stride, **head_kwargs)`` and its
     ``forward`` takes the backbone's ordered dict of features and returns logits at the head's
     own resolution (the model upsamples them to the input size).
     """
-    return HEADS.register(cls_or_name)
+    return HEADS.register(cls_or_name, kwargs_to=kwargs_to)
 
 
 def list_heads() -> list[str]:

@@ -37,12 +37,14 @@ def _block(part: str | Mapping[str, Any], kind: str) -> dict:
 
 def build_model(
     backbone: str | Mapping[str, Any] = "densenet121",
-    head: str | Mapping[str, Any] = "deeplabv3",
+    head: str | Mapping[str, Any] = "deeplabv3plus_lite",
     num_classes: int = 21,
     aux_loss: bool = False,
+    output_stride: int | None = 16,
     **backbone_kwargs: Any,
 ) -> SegmentationModel:
-    """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does.
+    """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does. The defaults are
+    the model ``python tools/train.py`` trains: densenet121, output stride 16, ``deeplabv3plus_lite``, no aux head.
 
     Args:
         backbone: a registered backbone (``segdense.backbones.list_backbones()``), or a config block
@@ -51,13 +53,16 @@ def build_model(
         num_classes: classes of the logits (>= 1).
         aux_loss: add the FCN auxiliary head on the stride-16 feature (training output becomes
             ``{"out", "aux"}``).
-        **backbone_kwargs: more backbone arguments (``output_stride``, ``pretrained``, ``memory_efficient``,
-            ``growth_rate`` ...), merged into the backbone block.
+        output_stride: the backbone's, unless its block sets one; ``None``: the builder's own default.
+        **backbone_kwargs: more backbone arguments (``pretrained``, ``memory_efficient``, ``growth_rate`` ...),
+            merged into the backbone block.
 
     The model's ``model_config`` holds the JSON-serialisable arguments that rebuild the same architecture,
     ``build_model(**model.model_config)``, without ``pretrained`` (the weights are the model's own).
     """
     backbone_block = {**_block(backbone, "backbone"), **backbone_kwargs}
+    if output_stride is not None:
+        backbone_block.setdefault("output_stride", output_stride)
     head_block = _block(head, "head")
     config = {
         "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),

@@ -117,3 +117,42 @@ def per_class_chart(class_names: Sequence[str], values: Sequence[float], path: s
     ax.grid(axis="x", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def ema(values: Sequence[float], span: int) -> np.ndarray:
+    """Exponential moving average with ``alpha = 2 / (span + 1)``, bias-corrected at the start (as TensorBoard's
+    smoothing is); NaN entries (steps without a loss) are skipped and stay NaN."""
+    alpha, average, weight = 2.0 / (span + 1), 0.0, 0.0
+    out = np.full(len(values), np.nan)
+    for i, value in enumerate(np.asarray(values, dtype=float)):
+        if np.isnan(value):
+            continue
+        average, weight = (1 - alpha) * average + alpha * value, (1 - alpha) * weight + alpha
+        out[i] = average / weight
+    return out
+
+
+def loss_curve_chart(losses: Sequence[float], validation: tuple[Sequence[int], Sequence[float]],
+                     path: str | os.PathLike, *, span: int) -> Path:
+    """The loss at every iteration (1, 2, ...; thin), its EMA over about ``span`` iterations (bold), and the
+    validation mIoU at its iterations as points on a second axis, on the same iteration axis."""
+    fig = Figure(figsize=(7.0, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
+    x = np.arange(1, len(losses) + 1)
+    ax.plot(x, np.asarray(losses, dtype=float), color="tab:blue", alpha=0.3, linewidth=0.8, label="loss per iteration")
+    ax.plot(x, ema(losses, span), color="tab:blue", linewidth=2.0, label=f"EMA (span {span} iterations)")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    handles, labels = ax.get_legend_handles_labels()
+    its, miou = validation
+    if len(its):
+        val_ax = ax.twinx()
+        val_ax.plot(list(its), 100 * np.asarray(miou, dtype=float), "o", color="tab:green", label="validation mIoU")
+        val_ax.set_ylabel("validation mIoU (%)")
+        more_handles, more_labels = val_ax.get_legend_handles_labels()
+        handles, labels = handles + more_handles, labels + more_labels
+    ax.legend(handles, labels, loc="upper right", fontsize=8)
+    ax.set_title("Training loss at every iteration, with validation")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,6 +1,6 @@
 """The training report: ``report.html`` in a run directory, with PNGs in ``report/``, from what the run already
-wrote — ``metrics.json`` (validation history, per-class IoU) and the TensorBoard events (loss terms, lr,
-validation image | ground truth | prediction grids)."""
+wrote — ``metrics.json`` (validation history, per-class IoU), ``loss_per_iteration.f32`` (the loss at every
+iteration) and the TensorBoard events (loss terms, lr, validation image | ground truth | prediction grids)."""
 from __future__ import annotations
 
 import io
@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from segdense.engine.loss_log import read_loss_log
 from segdense.inference.writers import write_png
 
 from .html import esc, image, percent, table, write_page
-from .plots import line_chart, per_class_chart
+from .plots import line_chart, loss_curve_chart, per_class_chart
 
 NOT_LOSSES = {"lr", "images_per_second", "max_memory_allocated_MiB"}
 
@@ -66,7 +67,7 @@ def write_training_report(run_dir: str | os.PathLike) -> Path:
              f"<p>Best mIoU <b>{percent(metrics.get('best_mIoU', math.nan))}</b> at iteration {best_it} "
              f"(of {metrics.get('iteration')} run).</p>"]
 
-    parts += _loss_section(scalars, out) + _validation_section(history, out)
+    parts += _loss_section(scalars, read_loss_log(run_dir), history, out) + _validation_section(history, out)
     best_iou = _per_class_at(best_it, history, scalars, names, metrics)
     if best_iou is not None:
         per_class_chart(names, best_iou, out / "per_class_iou.png", title=f"Per-class IoU at iteration {best_it}")
@@ -77,19 +78,27 @@ def write_training_report(run_dir: str | os.PathLike) -> Path:
     return write_page(run_dir / "report.html", "segdense training report", "\n".join(parts))
 
 
-def _loss_section(scalars: dict, out: Path) -> list[str]:
+def _loss_section(scalars: dict, per_iteration, history: list[dict], out: Path) -> list[str]:
     parts = ["<h2>Training loss and learning rate</h2>"]
+    if len(per_iteration):
+        span = min(200, max(5, len(per_iteration) // 20))
+        validation = ([h["iteration"] for h in history], [h["mIoU"] for h in history])
+        loss_curve_chart(per_iteration, validation, out / "loss.png", span=span)
+        parts.append(image("report/loss.png", "loss at every iteration with its moving average, and validation mIoU"))
     # train/total is the criterion's name for train/loss (the weighted sum): drawn once, as "total"
     losses = {("total (weighted)" if tag == "train/loss" else tag.split("/", 1)[1]): v for tag, v in scalars.items()
               if tag.startswith("train/") and tag.split("/", 1)[1] not in NOT_LOSSES | {"total"}}
     if not losses:
-        return parts + ["<p>No TensorBoard events in this run (tensorboard=false): no loss or lr curves.</p>"]
-    line_chart(losses, out / "loss.png", title="Loss terms (unweighted; total = weighted sum)", ylabel="loss",
-               log_y=all(min(y) > 0 for _, y in losses.values()))
+        return parts + ["<p>No TensorBoard events in this run (tensorboard=false): no loss-term or lr curves.</p>"]
+    terms_file = "loss_terms.png" if len(per_iteration) else "loss.png"
+    terms = [name for name in losses if name != "total (weighted)"]
+    if len(terms) > 1 or not len(per_iteration):  # one term is the total the per-iteration chart already draws
+        line_chart(losses, out / terms_file, title="Loss terms (unweighted; total = weighted sum)", ylabel="loss",
+                   log_y=all(min(y) > 0 for _, y in losses.values()))
+        parts.append(image(f"report/{terms_file}", "loss terms against iteration"))
     line_chart({"lr": scalars["train/lr"]}, out / "lr.png", title="Learning rate (first parameter group)",
                ylabel="lr")
-    return parts + [image("report/loss.png", "loss terms against iteration"),
-                    image("report/lr.png", "learning rate against iteration")]
+    return parts + [image("report/lr.png", "learning rate against iteration")]
 
 
 def _validation_section(history: list[dict], out: Path) -> list[str]:
