@@ -97,9 +97,13 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 
 def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
     """``loss.class_weight`` as numbers, and how they were chosen: None, a list (checked against the number of
-    classes), or ``auto``: clipped median-frequency weights from every mask of the training split."""
+    classes), ``auto``: clipped median-frequency weights from every mask of the training split, or the name of
+    weights the dataset publishes (``named_class_weights``, e.g. CamVid's ``segnet``)."""
     if spec is None:
         return None, ""
+    named = dict(getattr(train_set, "named_class_weights", {}))
+    if isinstance(spec, str) and spec in named:
+        return [float(w) for w in named[spec]], f"{spec}: published with the dataset"
     if spec == "auto":
         stats = class_statistics(train_set)
         missing = stats.missing_classes()
@@ -108,8 +112,9 @@ def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
                            missing)
         return stats.class_weights(), f"auto: median frequency over {stats.num_images} training masks"
     if isinstance(spec, str) or not all(isinstance(w, (int, float)) for w in spec):
-        raise ConfigError(f"loss.class_weight must be null, auto, or a list of one non-negative number per class; "
-                          f"got {spec!r}")  # the criterion checks the numbers themselves
+        offered = f"the dataset's named weights ({', '.join(sorted(named))}), " if named else ""
+        raise ConfigError(f"loss.class_weight must be null, auto, {offered}or a list of one non-negative number per "
+                          f"class; got {spec!r}")  # the criterion checks the numbers themselves
     weights = [float(w) for w in spec]
     if len(weights) != train_set.num_classes:
         raise ConfigError(f"loss.class_weight has {len(weights)} numbers but the dataset has "
