@@ -17,6 +17,7 @@ from segdense.backbones.efficient_block import sync_dense_layer_norms
 from segdense.data import build_dataloader, build_dataset, build_transforms, validate_dataset
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
+from segdense.engine.checkpoint import init_model_weights
 from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
@@ -211,6 +212,18 @@ def training_model(cfg: DictConfig, num_classes: int, device: torch.device, worl
     return model
 
 
+def initial_weights(init_from: str | None, model: torch.nn.Module, resume_path: Path | None) -> None:
+    """Start from the model weights of the checkpoint ``init_from`` (a fine-tune: a new run with its own optimizer,
+    schedule and iteration count). A run being resumed takes everything from its own checkpoint instead."""
+    if not init_from:
+        return
+    if resume_path is not None:
+        logger.info("init_from=%s not applied: this run resumes from %s", init_from, resume_path)
+        return
+    init_model_weights(model, init_from)
+    logger.info("model weights initialised from %s", init_from)
+
+
 def optimization(cfg: DictConfig, model: torch.nn.Module):
     """(optimizer, scheduler) from the optimizer and scheduler blocks, passed as they are."""
     with config_values("optimizer"):
@@ -231,6 +244,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)
     model = training_model(cfg, train_set.num_classes, device, world)
+    initial_weights(cfg.init_from, model, resume_path)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
     with config_values("loss"):
         class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)
