@@ -112,6 +112,7 @@ def test_check_dataset_reads_every_split_and_reports_clean_data(camvid, tmp_path
     out = capsys.readouterr().out
     assert "camvid split 'test': CamVid(2 samples, 11 classes)" in out
     assert "checked 3 of 3 samples: OK" in out and "Bicyclist" in out
+    assert "(or loss.class_weight=auto, or loss.class_weight=segnet (published))" in out
     assert "Bicyclist" in (tmp_path / "report" / "report.md").read_text()
 
 
