@@ -20,6 +20,7 @@ from segdense.losses import build_criterion
 from segdense.models import build_model
 from segdense.runtime import load_checkpoint
 
+from tests.data_fixtures import make_camvid
 from train_utils import CONF, TINY, compose_config
 
 # The recipe composed on a small stand-in model: the command line's backbone/head win over the experiment's.
@@ -178,3 +179,17 @@ def test_training_starts_from_the_init_from_weights(tmp_path):
     for key, value in start.items():
         if value.is_floating_point() and "running" not in key:  # BatchNorm statistics move even at lr 0
             torch.testing.assert_close(after[key], value, rtol=0, atol=0)
+
+
+def test_the_recipe_trains_on_a_camvid_tree_with_segnet_weights(tmp_path):
+    root = tmp_path / "CamVid"
+    make_camvid(root, size=(24, 32))
+    cfg = recipe(extra=[f"dataset.root={root}", "crop_size=[16,16]", "iterations=2", "val_interval=2",
+                        "checkpoint_interval=2", "val_batch_size=1", "num_workers=0", "tensorboard=false",
+                        "report=false", "loss.class_weight=segnet"])
+    result = train(cfg, run_dir=tmp_path / "run")
+    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    assert state["iteration"] == 2 and state["dataset"]["class_names"][-1] == "Bicyclist"
+    assert state["config"]["loss"]["class_weight"][6] == 9.6446  # SignSymbol
+    assert state["scheduler"]["last_epoch"] == 2 and state["optimizer"]["param_groups"][0]["alpha"] == 0.9
+    assert len(result["per_class"]) == 11
