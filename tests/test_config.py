@@ -39,7 +39,7 @@ def test_every_backbone_and_head_option_validates(backbone, head):
     validate_config(compose_config([f"backbone={backbone}", f"head={head}", "output_stride=8"]))
 
 
-@pytest.mark.parametrize("dataset", ["synthetic", "voc", "voc_aug", "cityscapes", "folder"])
+@pytest.mark.parametrize("dataset", ["synthetic", "voc", "voc_aug", "cityscapes", "folder", "camvid"])
 def test_every_dataset_option_validates(dataset):
     validate_config(compose_config([f"dataset={dataset}"]))
 

@@ -37,8 +37,9 @@ def test_readme_parameter_count_of_every_head_is_the_built_heads(head):
 def test_docs_data_recipes_are_the_dataset_configs():
     text = (ROOT / "docs" / "data.md").read_text()
     recipes = re.search(r"\(VOC ([^)]*)\)", text).group(0)
-    stated = {name.lower(): values for name, values in re.findall(r"(VOC|Cityscapes|synthetic) ([^,)]+)", recipes)}
-    assert set(stated) == {"voc", "cityscapes", "synthetic"}
+    stated = {name.lower(): values
+              for name, values in re.findall(r"(VOC|Cityscapes|synthetic|CamVid) ([^,)]+)", recipes)}
+    assert set(stated) == {"voc", "cityscapes", "synthetic", "camvid"}
     for name, values in stated.items():
         crop, batch, iterations, lr = (v.strip() for v in values.split("/"))
         config = yaml.safe_load((ROOT / "conf" / "dataset" / f"{name}.yaml").read_text())

@@ -52,9 +52,11 @@ def check_job(cfg: DictConfig) -> int:
     weights = train.class_weights() if train.pixels.sum() > 0 else None
     note = f"{train.num_images} {diagnoses[0].split} masks" + (" sampled" if sample is not None and
                                                                 train.num_images < diagnoses[0].num_samples else "")
+    named = sorted(getattr(dataset, "named_class_weights", {}))
+    published = "".join(f", or loss.class_weight={n} (published)" for n in named)
     if weights is not None:
         print(f"\nsuggested class weights (median frequency over {note}): "
-              f"loss.class_weight=[{','.join(f'{w:g}' for w in weights)}]  (or loss.class_weight=auto)")
+              f"loss.class_weight=[{','.join(f'{w:g}' for w in weights)}]  (or loss.class_weight=auto{published})")
     if report_dir:
         path = write_dataset_report(report_dir, name, diagnoses, findings, weights, f"over {note}", checks)
         print(f"report: {path}")

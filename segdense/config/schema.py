@@ -33,6 +33,7 @@ class TrainConfig:
     seed: int = 0
     deterministic: bool = False
     resume: Optional[str] = None
+    init_from: Optional[str] = None
     val_interval: int = 2000
     checkpoint_interval: int = 1000
     log_interval: int = 50

@@ -17,6 +17,7 @@ from segdense.backbones.efficient_block import sync_dense_layer_norms
 from segdense.data import build_dataloader, build_dataset, build_transforms, validate_dataset
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
+from segdense.engine.checkpoint import init_model_weights
 from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
@@ -97,9 +98,13 @@ def resolve_resume(resume: str | None, run_dir: Path) -> Path | None:
 
 def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
     """``loss.class_weight`` as numbers, and how they were chosen: None, a list (checked against the number of
-    classes), or ``auto``: clipped median-frequency weights from every mask of the training split."""
+    classes), ``auto``: clipped median-frequency weights from every mask of the training split, or the name of
+    weights the dataset publishes (``named_class_weights``, e.g. CamVid's ``segnet``)."""
     if spec is None:
         return None, ""
+    named = dict(getattr(train_set, "named_class_weights", {}))
+    if isinstance(spec, str) and spec in named:
+        return [float(w) for w in named[spec]], f"{spec}: published with the dataset"
     if spec == "auto":
         stats = class_statistics(train_set)
         missing = stats.missing_classes()
@@ -108,8 +113,9 @@ def resolve_class_weight(spec, train_set) -> tuple[list[float] | None, str]:
                            missing)
         return stats.class_weights(), f"auto: median frequency over {stats.num_images} training masks"
     if isinstance(spec, str) or not all(isinstance(w, (int, float)) for w in spec):
-        raise ConfigError(f"loss.class_weight must be null, auto, or a list of one non-negative number per class; "
-                          f"got {spec!r}")  # the criterion checks the numbers themselves
+        offered = f"the dataset's named weights ({', '.join(sorted(named))}), " if named else ""
+        raise ConfigError(f"loss.class_weight must be null, auto, {offered}or a list of one non-negative number per "
+                          f"class; got {spec!r}")  # the criterion checks the numbers themselves
     weights = [float(w) for w in spec]
     if len(weights) != train_set.num_classes:
         raise ConfigError(f"loss.class_weight has {len(weights)} numbers but the dataset has "
@@ -206,6 +212,18 @@ def training_model(cfg: DictConfig, num_classes: int, device: torch.device, worl
     return model
 
 
+def initial_weights(init_from: str | None, model: torch.nn.Module, resume_path: Path | None) -> None:
+    """Start from the model weights of the checkpoint ``init_from`` (a fine-tune: a new run with its own optimizer,
+    schedule and iteration count). A run being resumed takes everything from its own checkpoint instead."""
+    if not init_from:
+        return
+    if resume_path is not None:
+        logger.info("init_from=%s not applied: this run resumes from %s", init_from, resume_path)
+        return
+    init_model_weights(model, init_from)
+    logger.info("model weights initialised from %s", init_from)
+
+
 def optimization(cfg: DictConfig, model: torch.nn.Module):
     """(optimizer, scheduler) from the optimizer and scheduler blocks, passed as they are."""
     with config_values("optimizer"):
@@ -226,6 +244,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)
     model = training_model(cfg, train_set.num_classes, device, world)
+    initial_weights(cfg.init_from, model, resume_path)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
     with config_values("loss"):
         class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)

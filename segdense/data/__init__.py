@@ -8,6 +8,7 @@ import os
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 from .base import SegmentationDataset  # noqa: E402
+from .camvid import CamVid
 from .cityscapes import Cityscapes, label_ids_to_train_ids
 from .folder import FolderDataset
 from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
@@ -20,7 +21,7 @@ from .validate import DatasetReport, validate_dataset
 from .voc import VOCSegmentation
 
 __all__ = [
-    "IGNORE_INDEX", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
+    "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
     "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
     "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
     "read_mask", "validate_dataset",

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from types import MappingProxyType
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,7 +28,8 @@ class SegmentationDataset(Dataset):
     ``image`` is a float tensor (3, H, W), ``mask`` an int64 tensor (H, W) with ``ignore_index`` (255) on pixels
     that carry no label. Without a transform the image is only normalised with ImageNet mean/std.
 
-    Subclasses set ``class_names``, ``palette`` and implement ``__len__``, ``load_image`` and ``load_mask``
+    Subclasses set ``class_names``, ``palette`` (and ``named_class_weights`` where a dataset has published
+    weights) and implement ``__len__``, ``load_image`` and ``load_mask``
     (the raw, untransformed data); path-based datasets also fill ``files`` with (image path, mask path) pairs and
     ``unpaired`` with the files that have no partner.
     """
@@ -35,6 +37,8 @@ class SegmentationDataset(Dataset):
     ignore_index: int = IGNORE_INDEX
     class_names: list[str]
     palette: list[tuple[int, int, int]]
+    # Published per-class loss weights by name (``loss.class_weight=<name>``), e.g. CamVid's ``segnet``.
+    named_class_weights: Mapping[str, Sequence[float]] = MappingProxyType({})
 
     def __init__(self, transform: Transform | None = None):
         self.transform = transform

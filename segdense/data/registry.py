@@ -5,6 +5,7 @@ from typing import Any
 
 from ..registry import Registry
 from .base import SegmentationDataset, Transform
+from .camvid import CamVid
 from .cityscapes import Cityscapes
 from .folder import FolderDataset
 from .synthetic import SyntheticShapes
@@ -23,6 +24,7 @@ DATASETS.register(VOCSegmentation, "voc")
 DATASETS.register(_voc_aug, "voc_aug", kwargs_to=VOCSegmentation)  # VOC 2012 trained on SBD's trainaug split
 DATASETS.register(Cityscapes, "cityscapes")
 DATASETS.register(FolderDataset, "folder")
+DATASETS.register(CamVid, "camvid")
 
 
 def list_datasets() -> list[str]:

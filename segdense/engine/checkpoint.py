@@ -4,7 +4,8 @@ A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) with:
 ``model`` (state_dict), ``model_config`` (keyword arguments of :func:`segdense.build_model`),
 ``dataset`` (name, class names, palette), ``iteration``, ``optimizer``, ``scheduler``, ``scaler``,
 ``rng``, ``best_miou``, ``config`` (the resolved run configuration) and ``segdense_version``.
-:func:`segdense.runtime.load_checkpoint` reads them.
+:func:`segdense.runtime.load_checkpoint` reads them; :func:`init_model_weights` starts a new run from one's
+weights (``init_from``).
 """
 from __future__ import annotations
 
@@ -14,6 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
+
+from segdense.errors import CheckpointError, MissingFileError
+from segdense.runtime import load_checkpoint
 
 CHECKPOINT_DIR = "checkpoints"
 LAST = "last.pt"
@@ -74,3 +79,40 @@ def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def state_dict_mismatch(model: nn.Module, weights: dict) -> list[str]:
+    """What keeps ``weights`` from loading strictly into ``model``: missing and unexpected entries and shape
+    differences, one line each (empty when they match)."""
+    own = model.state_dict()
+    problems = [f"missing {key}" for key in own if key not in weights]
+    problems += [f"unexpected {key}" for key in weights if key not in own]
+    problems += [f"{key}: checkpoint {tuple(weights[key].shape)}, model {tuple(value.shape)}"
+                 for key, value in own.items() if key in weights and tuple(weights[key].shape) != tuple(value.shape)]
+    return problems
+
+
+def _describe(config: dict) -> str:
+    """``backbone + head, N classes`` of a ``model_config`` (either form) for messages."""
+    backbone, head = (part.get("name") if isinstance(part, dict) else part
+                      for part in (config.get("backbone"), config.get("head")))
+    return f"{backbone} + {head}, {config.get('num_classes')} classes"
+
+
+def init_model_weights(model: nn.Module, path: str | os.PathLike) -> dict:
+    """Load the model weights of the segdense checkpoint ``path`` (read with ``weights_only=True``) into ``model``,
+    strictly: nothing else of the run (optimizer, schedule, iteration) is taken. Returns the checkpoint's
+    ``model_config``. A checkpoint of another architecture or class count is refused with one
+    :class:`CheckpointError` naming the file, both model configs and the first differing tensors."""
+    if not Path(path).is_file():
+        raise MissingFileError(f"init_from={path}: no such checkpoint file (expected a segdense checkpoint, e.g. "
+                               "<run dir>/checkpoints/best.pt)")
+    state = load_checkpoint(path)
+    problems = state_dict_mismatch(model, state["model"])
+    if problems:
+        shown = "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+        raise CheckpointError(
+            f"init_from={path}: its weights do not fit this model (the checkpoint's is "
+            f"{_describe(state['model_config'])}, this run's {_describe(getattr(model, 'model_config', {}))}): {shown}")
+    model.load_state_dict(state["model"], strict=True)
+    return state["model_config"]

@@ -1,4 +1,5 @@
-"""Optimizers and iteration-based learning-rate schedules (poly, cosine, constant; linear warmup), by name."""
+"""Optimizers and iteration-based learning-rate schedules (poly, cosine, exponential, constant; linear warmup), by
+name."""
 from __future__ import annotations
 
 import math
@@ -14,6 +15,7 @@ OPTIMIZERS = Registry("optimizer")
 OPTIMIZERS.register(torch.optim.SGD, "sgd")
 OPTIMIZERS.register(torch.optim.AdamW, "adamw")
 OPTIMIZERS.register(torch.optim.Adam, "adam")
+OPTIMIZERS.register(torch.optim.RMSprop, "rmsprop")  # conf/optimizer/rmsprop.yaml: Lasagne's rho 0.9, eps 1e-6
 
 # A schedule is the factor of the base learning rate at iteration t of total (before warmup).
 SCHEDULERS = Registry("scheduler")
@@ -32,15 +34,25 @@ def cosine(t: int, total: int, min_lr_ratio: float = 0.0) -> float:
 
 
 @SCHEDULERS.register
+def exponential(t: int, total: int, gamma: float = 0.995, every: int = 1) -> float:
+    """``gamma ** (t // every)``: a step decay by ``gamma`` every ``every`` iterations (``every`` = the iterations
+    of one epoch gives a per-epoch decay, FC-DenseNet's x0.995)."""
+    if not 0 < gamma <= 1 or every < 1:
+        raise ValueError(f"exponential schedule needs 0 < gamma <= 1 and every >= 1, got gamma={gamma}, every={every}")
+    return gamma ** (t // every)
+
+
+@SCHEDULERS.register
 def constant(t: int, total: int) -> float:
     return 1.0
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, head_lr_mult: float = 1.0,
                     no_decay_norm_bias: bool = False, **kwargs) -> torch.optim.Optimizer:
-    """The optimizer registered as ``name`` (sgd, adamw, adam) over ``model``'s parameter groups
+    """The optimizer registered as ``name`` (sgd, adamw, adam, rmsprop) over ``model``'s parameter groups
     (:func:`~segdense.models.param_groups`: the head at ``lr * head_lr_mult``, optionally no weight decay on norms
-    and biases); ``kwargs`` are the torch optimizer's own (momentum, weight_decay, betas, nesterov ...)."""
+    and biases); ``kwargs`` are the torch optimizer's own (momentum, weight_decay, betas, nesterov, alpha,
+    eps ...)."""
     optimizer = OPTIMIZERS.get(name)
     groups = param_groups(model, lr, head_lr_mult=head_lr_mult, weight_decay=kwargs.get("weight_decay", 0.0),
                           no_decay_norm_bias=no_decay_norm_bias)
