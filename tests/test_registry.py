@@ -13,7 +13,7 @@ def test_every_kind_uses_the_one_registry_class():
     registries = {"backbone": BACKBONES, "head": HEADS, "loss": LOSSES, "dataset": DATASETS,
                   "optimizer": OPTIMIZERS, "scheduler": SCHEDULERS}
     assert all(type(r) is Registry and r.kind == kind for kind, r in registries.items())
-    assert OPTIMIZERS.names() == ["adam", "adamw", "sgd"] and SCHEDULERS.names() == ["constant", "cosine", "poly"]
+    assert OPTIMIZERS.names() == ["adam", "adamw", "rmsprop", "sgd"] and SCHEDULERS.names() == ["constant", "cosine", "exponential", "poly"]
 
 
 def test_register_as_decorator_call_or_with_a_name_and_refuse_a_taken_name():

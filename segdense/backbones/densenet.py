@@ -34,7 +34,7 @@ __all__ = [
 ]
 
 
-class _DenseLayer(nn.Module):
+class DenseLayer(nn.Module):
     """A dense layer: the k channels it adds to the block, from the concatenation of all earlier ones.
 
     With ``bn_size`` (DenseNet-BC) the pre-activation bottleneck BN-ReLU-1x1 conv (bn_size*k) then BN-ReLU-3x3 conv
@@ -81,7 +81,7 @@ class _DenseLayer(nn.Module):
         return self.new_features(torch.cat(inputs, 1))
 
 
-class _DenseBlock(nn.ModuleDict):
+class DenseBlock(nn.ModuleDict):
     """``num_layers`` dense layers; every layer sees the concatenation of the block input and all
     earlier layers' outputs, and the block returns that whole concatenation. One block for the whole
     family: DenseNet-BC's bottleneck layers (``bn_size``) and FC-DenseNet's single-conv layers
@@ -103,7 +103,7 @@ class _DenseBlock(nn.ModuleDict):
     ) -> None:
         super().__init__()
         for i in range(num_layers):
-            layer = _DenseLayer(
+            layer = DenseLayer(
                 num_input_features + i * growth_rate,
                 growth_rate,
                 bn_size,
@@ -371,7 +371,7 @@ class DenseNet(nn.Module):
         channels = num_init_features
         units = self.num_units_per_block
         for i, num_layers in enumerate(units):
-            block = _DenseBlock(
+            block = DenseBlock(
                 num_layers, channels, bn_size, self.growth_rate, drop_rate, dilation, memory_efficient, self.fused,
                 self.cuda_graphs,
             )

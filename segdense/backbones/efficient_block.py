@@ -38,7 +38,7 @@ _bn_backward = torch.ops.aten.native_batch_norm_backward
 
 
 class DenseLayerLike(Protocol):
-    """What the efficient block needs of a dense layer (``densenet._DenseLayer`` is one): BN-ReLU-conv stages
+    """What the efficient block needs of a dense layer (``densenet.DenseLayer`` is one): BN-ReLU-conv stages
     (see :func:`stages`), the second absent (``None``) in a layer without a bottleneck."""
 
     norm1: nn.BatchNorm2d

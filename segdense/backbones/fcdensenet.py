@@ -6,7 +6,7 @@ path (mirrored layer counts, skip widths, the growth rate) and takes the same bl
 it rather than as a separately configured decoder.
 
 * First layer: 3x3 conv, 48 filters, stride 1.
-* Dense layer: BN-ReLU-3x3 conv (k filters)-dropout, no bottleneck: ``densenet._DenseBlock`` with ``bn_size=None``,
+* Dense layer: BN-ReLU-3x3 conv (k filters)-dropout, no bottleneck: ``densenet.DenseBlock`` with ``bn_size=None``,
   so the plain, memory-efficient, fused and CUDA-graphed paths, SyncBatchNorm and channels-last are the
   DenseNets' own.
 * Transition down: BN-ReLU-1x1 conv (same width)-dropout-2x2 max-pool. Transition up: 3x3 transposed conv,
@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .densenet import _DenseBlock, check_image_batch, use_channels_last
+from .densenet import DenseBlock, check_image_batch, use_channels_last
 from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing
 from .registry import register_backbone
@@ -148,20 +148,20 @@ class FCDenseNet(nn.Module):
         """Adds the blocks and transitions; returns ``feature_info``."""
         info, skips, k = [], [], self.growth_rate
         for i, n in enumerate(self.down_blocks, 1):
-            self.add_module(f"denseblock_down{i}", _DenseBlock(n, channels, **block))
+            self.add_module(f"denseblock_down{i}", DenseBlock(n, channels, **block))
             channels += n * k
             skips.append(channels)
             info.append(FeatureSpec(f"down{i}", channels, 2 ** (i - 1)))
             self.add_module(f"transition_down{i}", _TransitionDown(channels, drop_rate))
         stride = 2 ** len(self.down_blocks)
-        self.bottleneck = _DenseBlock(self.bottleneck_layers, channels, keep_input=False, **block)
+        self.bottleneck = DenseBlock(self.bottleneck_layers, channels, keep_input=False, **block)
         new = self.bottleneck_layers * k
         info.append(FeatureSpec("bottleneck", new, stride))
         for i, n in enumerate(self.up_blocks, 1):
             last = i == len(self.up_blocks)
             self.add_module(f"transition_up{i}", _TransitionUp(new))
             channels = new + skips[-i]
-            self.add_module(f"denseblock_up{i}", _DenseBlock(n, channels, keep_input=last, **block))
+            self.add_module(f"denseblock_up{i}", DenseBlock(n, channels, keep_input=last, **block))
             new, stride = n * k, stride // 2
             info.append(FeatureSpec(f"up{i}", channels + new if last else new, stride))
         return info
