@@ -35,12 +35,15 @@ def _block(part: str | Mapping[str, Any], kind: str) -> dict:
     return block
 
 
+DEFAULT_OUTPUT_STRIDE = 16  # conf/config.yaml's
+
+
 def build_model(
     backbone: str | Mapping[str, Any] = "densenet121",
     head: str | Mapping[str, Any] = "deeplabv3plus_lite",
     num_classes: int = 21,
     aux_loss: bool = False,
-    output_stride: int | None = 16,
+    output_stride: int | None = None,
     **backbone_kwargs: Any,
 ) -> SegmentationModel:
     """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does. The defaults are
@@ -53,7 +56,8 @@ def build_model(
         num_classes: classes of the logits (>= 1).
         aux_loss: add the FCN auxiliary head on the stride-16 feature (training output becomes
             ``{"out", "aux"}``).
-        output_stride: the backbone's, unless its block sets one; ``None``: the builder's own default.
+        output_stride: the backbone's, unless its block sets one. ``None``: 16 for backbones that take an output
+            stride (what the command line trains); FC-DenseNets, which have none, are left alone.
         **backbone_kwargs: more backbone arguments (``pretrained``, ``memory_efficient``, ``growth_rate`` ...),
             merged into the backbone block.
 
@@ -63,6 +67,8 @@ def build_model(
     backbone_block = {**_block(backbone, "backbone"), **backbone_kwargs}
     if output_stride is not None:
         backbone_block.setdefault("output_stride", output_stride)
+    elif "output_stride" in BACKBONES.signature(backbone_block["name"])[0]:
+        backbone_block.setdefault("output_stride", DEFAULT_OUTPUT_STRIDE)
     head_block = _block(head, "head")
     config = {
         "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
