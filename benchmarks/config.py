@@ -37,6 +37,7 @@ class Row:
     num_classes: int = 21
     fused: bool | None = None
     cuda_graphs: bool = False
+    height: int | None = None  # input height when it differs from ``crop`` (the width), e.g. CamVid's 360x480
 
     def __post_init__(self) -> None:
         if self.impl not in IMPLS:
@@ -55,8 +56,16 @@ class Row:
             raise ValueError("torchvision baseline rows are backbone-only (head=None)")
         if self.impl != "peer" and (self.units is None) != (self.backbone != "densenet_custom"):
             raise ValueError("units (and growth_rate) are given exactly when backbone='densenet_custom'")
-        if self.batch < 1 or self.crop < self.output_stride:
-            raise ValueError(f"batch must be >= 1 and crop >= output_stride, got {self.batch}, {self.crop}")
+        if self.batch < 1 or min(self.size) < self.output_stride:
+            raise ValueError(f"batch must be >= 1 and crop >= output_stride, got {self.batch}, {self.size}")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """Input (height, width)."""
+        return (self.crop if self.height is None else self.height), self.crop
+
+    def _size_label(self) -> str:
+        return f"b{self.batch}x{self.crop}" if self.height is None else f"b{self.batch}x{self.height}x{self.crop}"
 
     @property
     def mode(self) -> str:
@@ -71,7 +80,7 @@ class Row:
     def peer_key(self) -> tuple:
         """Rows measured on the same batch, crop, dtype, layout and device compare with the peer
         rows of that configuration, whatever their architecture."""
-        return (self.batch, self.crop, self.amp, self.channels_last, self.device, self.num_classes,
+        return (self.batch, self.size, self.amp, self.channels_last, self.device, self.num_classes,
                 self.compile)
 
     def group_key(self) -> tuple:
@@ -85,13 +94,13 @@ class Row:
 
     def label(self) -> str:
         if self.impl == "peer":
-            parts = ["tv", self.backbone, f"os{self.output_stride}", f"b{self.batch}x{self.crop}"]
+            parts = ["tv", self.backbone, f"os{self.output_stride}", self._size_label()]
             parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
             return " ".join(parts + ([self.amp] if self.amp else []))
         parts = [self.impl[:2] if self.impl == "segdense" else "tv", self.arch]
         if self.head:
             parts.append(self.head)
-        parts += [f"os{self.output_stride}", f"b{self.batch}x{self.crop}", self.mode]
+        parts += [f"os{self.output_stride}", self._size_label(), self.mode]
         parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
         if self.fused:
             parts.append("fused")
@@ -151,6 +160,27 @@ def _channels_last_pair(device: str, output_stride: int, batch: int, crop: int) 
     return [Row("torchvision", **common), Row("segdense", **common)]
 
 
+def fcdensenet_rows(device: str) -> list[Row]:
+    """FC-DenseNet103 training steps at CamVid's 360x480 (11 classes; the configuration its users report running
+    out of memory with on 12 GB cards): plain and memory-efficient; on CUDA at batch 3 in bf16 channels-last, also
+    fused and CUDA-graphed; on CPU at batch 1. torchvision's peers on the same input."""
+    gpu = device == "cuda"
+    kw = dict(device=device, batch=3 if gpu else 1, crop=480, height=360, num_classes=11)
+    if gpu:
+        kw.update(channels_last=True, amp="bf16")
+    fc = dict(backbone="fcdensenet103", head="tiramisu", output_stride=1, **kw)
+    rows = [Row("segdense", **fc), Row("segdense", memory_efficient=True, **fc)]
+    if gpu:
+        rows += [Row("segdense", memory_efficient=True, fused=True, **fc), Row("segdense", cuda_graphs=True, **fc),
+                 Row("segdense", memory_efficient=True, cuda_graphs=True, **fc)]
+    if gpu:
+        return rows + peer_rows(**kw)
+    # torchvision's DeepLabV3 cannot train on one image: its image-pooling BatchNorm then sees one value per
+    # channel. On CPU its row takes batch 2; fcn_resnet50 (no pooling branch) runs at batch 1 beside segdense's.
+    return rows + [Row("peer", backbone="fcn_resnet50", output_stride=8, **kw),
+                   Row("peer", backbone="deeplabv3_resnet50", output_stride=8, **{**kw, "batch": 2})]
+
+
 def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48), growth_rate: int = 12,
                   batch: int = 2, crop: int = 128, output_stride: int = 8) -> list[Row]:
     """Custom DenseNets with ``u`` units in each of 4 blocks: peak memory vs depth."""
@@ -167,7 +197,8 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     (< 2 min on 2 idle cores).
     ``cpu``: quick's rows with more repetitions, the deeplabv3 rows and the depth series.
     ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last, and
-    deeplabv3 at OS8 with batch 8 (the memory-efficient target's configuration).
+    deeplabv3 at OS8 with batch 8 (the memory-efficient target's configuration), and the FC-DenseNet rows.
+    ``fcdensenet``: :func:`fcdensenet_rows` on the device (CPU: batch 1; CUDA: batch 3).
     Compiled rows are opt-in (``--compile`` adds a compiled twin of every row): compiling
     DenseNet-121 + ASPP took over three minutes on an H200 with torch 2.11, longer than a preset
     should."""
@@ -184,6 +215,8 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         rows += peer_rows(device, 2, 256)
         rows += growth_series(device)
         return rows, Settings(warmup=1, reps=7, onnx=True)
+    if name == "fcdensenet":
+        return fcdensenet_rows(device), Settings(warmup=1, reps=3 if device == "cpu" else 10)
     if name == "growth":
         return growth_series(device), Settings(warmup=1, reps=3)
     if name == "gpu":
@@ -202,8 +235,9 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, cuda_graphs=True, **kw)
                  if r.memory_efficient]
         rows += peer_rows("cuda", 8, 512, **kw)
+        rows += fcdensenet_rows("cuda")
         return rows, Settings(warmup=3, reps=10)
-    raise ValueError(f"unknown preset {name!r}; valid presets: quick, cpu, growth, gpu")
+    raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
 
 
-PRESETS = ("quick", "cpu", "growth", "gpu")
+PRESETS = ("quick", "cpu", "growth", "gpu", "fcdensenet")

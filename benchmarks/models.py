@@ -9,6 +9,7 @@ from torchvision.models import segmentation
 
 from segdense import build_model
 from segdense.backbones import build_backbone
+from segdense.backbones.registry import BACKBONES
 
 from .config import Row
 
@@ -70,6 +71,8 @@ class _SegdenseFeatures(nn.Module):
 def backbone_kwargs(row: Row) -> dict:
     """The segdense backbone builder's arguments for ``row`` (with or without a head)."""
     kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient, **_dense_options(row))
+    if "output_stride" not in BACKBONES.signature(row.backbone)[0]:  # FC-DenseNets: full resolution
+        del kw["output_stride"]
     if row.backbone == "densenet_custom":
         kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
     return kw
@@ -103,8 +106,8 @@ def build(row: Row) -> nn.Module:
 def make_input(row: Row, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """A random image batch and a random label map."""
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(row.batch, 3, row.crop, row.crop, generator=g)
-    y = torch.randint(0, row.num_classes, (row.batch, row.crop, row.crop), generator=g)
+    x = torch.randn(row.batch, 3, *row.size, generator=g)
+    y = torch.randint(0, row.num_classes, (row.batch, *row.size), generator=g)
     x = x.to(row.device)
     if row.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

@@ -11,7 +11,7 @@ from segdense.backbones import densenet_custom
 from segdense.backbones.efficient_block import sync_dense_layer_norms
 
 
-def _block(seed, sync, fused=False):
+def _block(seed, sync, fused=False, frozen=False):
     torch.manual_seed(seed)
     net = densenet_custom(num_units_per_block=(3,), growth_rate=4, num_init_features=6, memory_efficient=True)
     block = net.features.denseblock1
@@ -23,8 +23,13 @@ def _block(seed, sync, fused=False):
         if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
             m.weight.data.uniform_(0.5, 1.5)
             m.bias.data.uniform_(-0.5, 0.5)
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 1.5)
     block.fused = fused  # Triton kernels (the interpreter on CPU, set by conftest)
-    return block.double().train()
+    block.double().train()
+    if frozen:  # frozen-BN fine-tuning inside a synced block: running statistics, no all-reduce, no update
+        block.denselayer2.norm1.eval(), block.denselayer1.norm2.eval()
+    return block
 
 
 def _loss(out, total):
@@ -39,14 +44,15 @@ def _step(block, x, total):
     return out.detach(), x.grad
 
 
-def _worker(rank, world, init_file, x, kind, fused):
+def _worker(rank, world, init_file, x, kind, fused, frozen):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         half = x.shape[0] // world
         mine = x[rank * half:(rank + 1) * half]
-        ref = _block(0, sync=None)
+        ref = _block(0, sync=None, frozen=frozen)
         ref_out, ref_gx = _step(ref, x, x.shape[0])
-        blk = _block(0, sync=kind, fused=fused)
+        blk = _block(0, sync=kind, fused=fused, frozen=frozen)
+        frozen_stats = blk.denselayer2.norm1.running_mean.clone()
         out, gx = _step(blk, mine, x.shape[0])
         assert "EfficientDenseBlock" in type(blk(mine.clone().requires_grad_()).grad_fn).__name__
         # Gradients summed over processes (DDP would average a mean loss; here the loss is already
@@ -65,16 +71,18 @@ def _worker(rank, world, init_file, x, kind, fused):
         for (name, b), c in zip(ref.named_buffers(), blk.buffers()):
             torch.testing.assert_close(c, b, rtol=rtol, atol=atol, msg=f"buffer {name}")
         assert blk.denselayer3.norm1.num_batches_tracked.item() == 2
+        if frozen:
+            assert torch.equal(blk.denselayer2.norm1.running_mean, frozen_stats)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind, fused", [("SyncBatchNorm", False), ("DenseSyncBatchNorm", False),
-                                         ("DenseSyncBatchNorm", True)])
-def test_synced_statistics_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, kind, fused):
+@pytest.mark.parametrize("kind, fused, frozen", [("SyncBatchNorm", False, False), ("DenseSyncBatchNorm", False, False),
+                                                 ("DenseSyncBatchNorm", True, False), ("DenseSyncBatchNorm", False, True)])
+def test_synced_statistics_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, kind, fused, frozen):
     torch.manual_seed(5)
     x = torch.randn(4, 6, 8, 8, dtype=torch.float64) * 2 + 0.5
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), x, kind, fused), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), x, kind, fused, frozen), nprocs=2, join=True)
 
 
 def test_local_statistics_differ_from_the_whole_batch():

@@ -134,7 +134,8 @@ class DenseBlock(nn.ModuleDict):
         if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
             # Linear-memory training path: shared buffer and statistics, BN-ReLU recomputed in
             # backward, fused Triton kernels on channels-last CUDA tensors.
-            return efficient_dense_block(init_features, layers, self.fused)[:, c0:]
+            out = efficient_dense_block(init_features, layers, self.fused)
+            return out if self.keep_input else out[:, c0:]
         if torch.jit.is_tracing():
             # Export (ONNX, TorchScript): each layer's input is the previous input plus the
             # previous layer's channels, one two-way Concat per layer; ONNX Runtime runs this
@@ -142,7 +143,7 @@ class DenseBlock(nn.ModuleDict):
             x = init_features
             for layer in layers:
                 x = torch.cat([x, layer.new_features(x)], 1)
-            return x[:, c0:]
+            return x if self.keep_input else x[:, c0:]
         # Elsewhere (inference, frozen BN) the plain graph. A buffered inference variant measured
         # no faster than torchvision's concatenation on CPU, so it was not kept.
         features = [init_features]
