@@ -17,7 +17,7 @@ from segdense.backbones.efficient_block import sync_dense_layer_norms
 from segdense.data import build_dataloader, build_dataset, build_transforms, validate_dataset
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
-from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
+from segdense.engine.distributed import broadcast_object, cuda_index, init_distributed, is_main_process
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
 from segdense.models import build_model
@@ -165,7 +165,7 @@ def start_processes(cfg: DictConfig, run_dir: str | os.PathLike | None) -> tuple
     device = resolve_device(cfg.device)
     _, local_rank, world = init_distributed(device.type)
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", cuda_index(local_rank))
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir
     if not is_main_process():

@@ -1,27 +1,43 @@
-"""Process-group helpers: torchrun's environment in, rank/world size out."""
+"""Process-group helpers: the launcher's environment (torchrun or SLURM) in, rank/world size out."""
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 import torch
 import torch.distributed as dist
 
+from .launchers import detect_launch
+
+logger = logging.getLogger("segdense.train")
+
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """Start the process group when launched by torchrun (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo
-    on CPU. Returns (rank, local_rank, world_size); (0, 0, 1) for a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Start the process group when launched as several processes, by torchrun or by SLURM's ``srun`` alone
+    (:mod:`segdense.engine.launchers`): NCCL on CUDA, gloo on CPU. Logs the launcher found. Returns (rank,
+    local_rank, world_size); (0, 0, 1) for a single process."""
+    launch = detect_launch(os.environ)
+    if launch.rank == 0:
+        logger.info(launch.describe())
+    if launch.world_size <= 1:
         return 0, 0, 1
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return rank, local_rank, world_size
+            torch.cuda.set_device(cuda_index(launch.local_rank))
+        options = dict(backend=backend, timeout=datetime.timedelta(minutes=30))
+        if launch.master_addr is not None:  # SLURM: no torchrun to export the rendezvous
+            options.update(init_method=f"tcp://{launch.master_addr}:{launch.master_port}", rank=launch.rank,
+                           world_size=launch.world_size)
+        dist.init_process_group(**options)
+    return launch.rank, launch.local_rank, launch.world_size
+
+
+def cuda_index(local_rank: int) -> int:
+    """The CUDA device of this process: its local rank, or device 0 when the launcher shows each process
+    only its own GPU (``srun --gpus-per-task=1``)."""
+    return local_rank % max(torch.cuda.device_count(), 1)
 
 
 def is_main_process() -> bool:
