@@ -28,7 +28,8 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
             torch.cuda.set_device(cuda_index(launch.local_rank))
         options = dict(backend=backend, timeout=datetime.timedelta(minutes=30))
         if launch.master_addr is not None:  # SLURM: no torchrun to export the rendezvous
-            options.update(init_method=f"tcp://{launch.master_addr}:{launch.master_port}", rank=launch.rank,
+            host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr  # IPv6
+            options.update(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank,
                            world_size=launch.world_size)
         dist.init_process_group(**options)
     return launch.rank, launch.local_rank, launch.world_size
