@@ -34,7 +34,7 @@ def test_slurm_host_lists_expand_like_scontrol_show_hostnames(hostlist, hosts):
 def test_a_malformed_host_list_is_named_in_the_error(hostlist, problem):
     with pytest.raises(ConfigError, match=problem) as error:
         expand_hostlist(hostlist)
-    assert repr(hostlist) in str(error.value) or "entry" in str(error.value)
+    assert repr(hostlist) in str(error.value) and "expected" in str(error.value)
 
 
 SLURM_4 = {"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0", "SLURM_JOB_ID": "98761234",
