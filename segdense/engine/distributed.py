@@ -8,9 +8,10 @@ import os
 import torch
 import torch.distributed as dist
 
-from .launchers import detect_launch
+from .launchers import Launch, detect_launch
 
 logger = logging.getLogger("segdense.train")
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
@@ -26,13 +27,23 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(cuda_index(launch.local_rank))
-        options = dict(backend=backend, timeout=datetime.timedelta(minutes=30))
-        if launch.master_addr is not None:  # SLURM: no torchrun to export the rendezvous
-            host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr  # IPv6
-            options.update(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank,
-                           world_size=launch.world_size)
-        dist.init_process_group(**options)
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT, **rendezvous(launch))
     return launch.rank, launch.local_rank, launch.world_size
+
+
+def rendezvous(launch: Launch) -> dict:
+    """How the processes meet: SLURM's rank 0 at ``tcp://MASTER_ADDR:MASTER_PORT`` (no torchrun exports it);
+    under torchrun its environment, in a store of this restart's own (``TORCHELASTIC_RESTART_COUNT``):
+    the agent's store outlives a ``--max-restarts`` restart, and restarted workers would otherwise read the
+    previous attempt's addresses and fail to connect."""
+    if launch.master_addr is not None:
+        host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr  # IPv6
+        return dict(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank, world_size=launch.world_size)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return {}  # env:// as it is
+    store, rank, world = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    return dict(store=dist.PrefixStore(f"segdense/attempt_{attempt}", store), rank=rank, world_size=world)
 
 
 def cuda_index(local_rank: int) -> int:
