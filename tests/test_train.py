@@ -2,7 +2,6 @@
 import json
 import math
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from segdense.errors import ConfigError
 from segdense.engine import checkpoint as ckpt
 from segdense.runtime import load_checkpoint
 
-from train_utils import TINY, compose_config
+from train_utils import TINY, compose_config, free_port, tiny_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -231,29 +230,11 @@ def test_nan_loss_stops_with_the_iteration_named(tmp_path, monkeypatch):
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["iteration"] == 2  # last good state kept
 
 
-def _tiny_trainer(run_dir, iterations, **kwargs):
-    """A Trainer built from plain arguments: tiny DenseNet + FCN on 32x32 synthetic shapes, no validation."""
-    from segdense import build_model
-    from segdense.data import SyntheticShapes
-    from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler
-    from segdense.losses import build_criterion
-
-    torch.manual_seed(0)
-    model = build_model("densenet_custom", {"name": "fcn", "channels": 16}, num_classes=5, output_stride=16,
-                        num_units_per_block=[1, 1, 1, 1], growth_rate=8)
-    train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
-    optimizer = build_optimizer("sgd", model, 0.01, momentum=0.9)
-    settings = TrainSettings(iterations=iterations, batch_size=4, device="cpu", tensorboard=False, log_interval=1,
-                             **kwargs)
-    return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
-                   build_scheduler("poly", optimizer, iterations), train_set, None, settings, run_dir)
-
-
 def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path, monkeypatch):
     from segdense.errors import TrainingDivergedError
 
     _non_finite_loss(monkeypatch, float("inf"), lambda call: True)
-    trainer = _tiny_trainer(tmp_path, iterations=8, amp="fp16", checkpoint_interval=4, max_skipped_steps=3)
+    trainer = tiny_trainer(tmp_path, iterations=8, amp="fp16", checkpoint_interval=4, max_skipped_steps=3)
     assert trainer.scaler.is_enabled()  # the scaler runs on the trainer's device, CPU included
     with pytest.raises(TrainingDivergedError, match=r"3 consecutive fp16 steps were skipped.*at iteration 3"):
         trainer.fit()
@@ -262,16 +243,10 @@ def test_fp16_run_whose_every_step_overflows_stops_naming_the_iteration(tmp_path
 
 def test_fp16_isolated_skipped_steps_are_counted_and_training_goes_on(tmp_path, monkeypatch):
     _non_finite_loss(monkeypatch, float("inf"), lambda call: call % 2 == 1)  # calls 1, 3, 5
-    trainer = _tiny_trainer(tmp_path, iterations=6, amp="fp16", max_skipped_steps=2)
+    trainer = tiny_trainer(tmp_path, iterations=6, amp="fp16", max_skipped_steps=2)
     trainer.fit()
     assert trainer.iteration == 6 and trainer.skipped_steps == 3 and trainer.consecutive_skips == 0
     assert load_checkpoint(tmp_path / "checkpoints/last.pt")["skipped_steps"] == 3
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ddp_grad_worker(rank, world, port, images, masks, out):
@@ -302,7 +277,7 @@ def test_ddp_gradients_equal_single_process_on_the_global_batch(tmp_path):
     torch.manual_seed(1)
     images, masks = torch.randn(4, 3, 32, 32), torch.randint(0, 5, (4, 32, 32))
     out = tmp_path / "grads.pt"
-    mp.spawn(_ddp_grad_worker, args=(2, _free_port(), images, masks, str(out)), nprocs=2, join=True)
+    mp.spawn(_ddp_grad_worker, args=(2, free_port(), images, masks, str(out)), nprocs=2, join=True)
     torch.manual_seed(0)
     model = build_model("densenet_custom", {"name": "fcn", "channels": 16}, num_classes=5, output_stride=16,
                         num_units_per_block=[1, 1, 1, 1], growth_rate=8)
@@ -340,7 +315,7 @@ def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_pa
     (tmp_path / "record_writes.py").write_text(RECORD_WRITES)
     run = tmp_path / "run"
     cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         str(tmp_path / "record_writes.py"), str(tmp_path), str(ROOT / "tools" / "train.py"), *TINY,
         "tensorboard=true", f"hydra.run.dir={run}",
         f"backbone.memory_efficient={str(memory_efficient).lower()}",

@@ -1,9 +1,15 @@
 """Composing small training configurations for tests."""
+import socket
 from pathlib import Path
 
+import torch
 from hydra import compose, initialize_config_dir
 
+from segdense import build_model
 from segdense.config.schema import register_schema
+from segdense.data import SyntheticShapes
+from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler
+from segdense.losses import build_criterion
 
 CONF = str(Path(__file__).resolve().parents[1] / "conf")
 
@@ -35,3 +41,24 @@ def compose_config(overrides=()):
     register_schema()
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def tiny_trainer(run_dir, iterations, trainer_options=None, **settings):
+    """A Trainer built from plain arguments: tiny DenseNet + FCN on 32x32 synthetic shapes, no validation."""
+    torch.manual_seed(0)
+    model = build_model("densenet_custom", {"name": "fcn", "channels": 16}, num_classes=5, output_stride=16,
+                        num_units_per_block=[1, 1, 1, 1], growth_rate=8)
+    train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
+    optimizer = build_optimizer("sgd", model, 0.01, momentum=0.9)
+    settings = TrainSettings(iterations=iterations, batch_size=4, device="cpu", tensorboard=False, log_interval=1,
+                             **settings)
+    return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
+                   build_scheduler("poly", optimizer, iterations), train_set, None, settings, run_dir,
+                   **(trainer_options or {}))
+
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

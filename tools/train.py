@@ -3,7 +3,8 @@
 Examples: ``python tools/train.py`` (embedded synthetic data), ``python tools/train.py backbone=densenet121
 output_stride=16``, ``python tools/train.py dataset=voc dataset.root=/data/VOCdevkit aux_loss=true``,
 ``python tools/train.py -m backbone=densenet121,densenet169 output_stride=8,16``,
-``torchrun --nproc_per_node=2 tools/train.py ...``. See conf/config.yaml for every key.
+``torchrun --nproc_per_node=2 tools/train.py ...``, ``srun python tools/train.py ...`` (docs/distributed.md).
+See conf/config.yaml for every key. SIGTERM or SIGUSR1 saves ``last.pt`` and exits with 143 or 138.
 """
 import sys
 

@@ -10,7 +10,8 @@ from omegaconf import DictConfig
 from omegaconf.errors import MissingMandatoryValue
 
 from segdense.allocator import tune_malloc
-from segdense.engine.distributed import cleanup_distributed
+from segdense.engine.distributed import cleanup_distributed, is_main_process
+from segdense.engine.preemption import Preempted
 from segdense.errors import UserError
 
 logger = logging.getLogger("segdense")
@@ -20,8 +21,10 @@ def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
     """Run ``job(cfg)``. A user's mistake — a :class:`segdense.errors.UserError` (an invalid config, a missing
     or corrupt checkpoint or data file, an unwritable output, a loss gone NaN) or a required key left unset
     (``???``) — prints one ``error:`` line and exits with status 2. Anything else is a bug of segdense and keeps
-    its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too. glibc's malloc is tuned
-    first (:mod:`segdense.allocator`); what was done is logged at debug level, not shown by default."""
+    its traceback; ``SEGDENSE_DEBUG=1`` shows the traceback of a user's mistake too. A run stopped by SIGTERM or
+    SIGUSR1 logs where it saved its state and how to resume, and exits with 128 + the signal's number (143, 138).
+    glibc's malloc is tuned first (:mod:`segdense.allocator`); what was done is logged at debug level, not shown
+    by default."""
     logger.debug(tune_malloc())
     try:
         return job(cfg)
@@ -32,5 +35,11 @@ def run_tool(job: Callable[[DictConfig], Any], cfg: DictConfig) -> Any:
         message = f"{e.full_key} must be set: pass {e.full_key}=..." if isinstance(e, MissingMandatoryValue) else e
         print(f"error: {message}", file=sys.stderr)
         sys.exit(2)
+    except Preempted as e:
+        if is_main_process():
+            logger.warning("%s: stopped after iteration %d, state saved to %s; resume: rerun the same command with "
+                           "resume=auto hydra.run.dir=%s (exit status %d)", e.signal_name, e.iteration,
+                           e.checkpoint, e.checkpoint.parent.parent, e.exit_code)
+        sys.exit(e.exit_code)
     finally:
         cleanup_distributed()

@@ -18,7 +18,7 @@ from segdense.data import build_dataloader, build_dataset, build_transforms, val
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
-from segdense.engine.distributed import broadcast_object, init_distributed, is_main_process
+from segdense.engine.distributed import broadcast_object, cuda_index, init_distributed, is_main_process
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
 from segdense.models import build_model
@@ -171,7 +171,7 @@ def start_processes(cfg: DictConfig, run_dir: str | os.PathLike | None) -> tuple
     device = resolve_device(cfg.device)
     _, local_rank, world = init_distributed(device.type)
     if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", local_rank)
+        device = torch.device("cuda", cuda_index(local_rank))
     if run_dir is None:
         run_dir = HydraConfig.get().runtime.output_dir
     if not is_main_process():

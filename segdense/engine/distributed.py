@@ -1,27 +1,55 @@
-"""Process-group helpers: torchrun's environment in, rank/world size out."""
+"""Process-group helpers: the launcher's environment (torchrun or SLURM) in, rank/world size out."""
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 
 import torch
 import torch.distributed as dist
 
+from .launchers import Launch, detect_launch
+
+logger = logging.getLogger("segdense.train")
+PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
+
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
-    """Start the process group when launched by torchrun (``WORLD_SIZE`` > 1): NCCL on CUDA, gloo
-    on CPU. Returns (rank, local_rank, world_size); (0, 0, 1) for a single process."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
+    """Start the process group when launched as several processes, by torchrun or by SLURM's ``srun`` alone
+    (:mod:`segdense.engine.launchers`): NCCL on CUDA, gloo on CPU. Logs the launcher found. Returns (rank,
+    local_rank, world_size); (0, 0, 1) for a single process."""
+    launch = detect_launch(os.environ)
+    if launch.rank == 0:
+        logger.info(launch.describe())
+    if launch.world_size <= 1:
         return 0, 0, 1
-    rank = int(os.environ["RANK"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
-            torch.cuda.set_device(local_rank)
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return rank, local_rank, world_size
+            torch.cuda.set_device(cuda_index(launch.local_rank))
+        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT, **rendezvous(launch))
+    return launch.rank, launch.local_rank, launch.world_size
+
+
+def rendezvous(launch: Launch) -> dict:
+    """How the processes meet: SLURM's rank 0 at ``tcp://MASTER_ADDR:MASTER_PORT`` (no torchrun exports it);
+    under torchrun its environment, in a store of this restart's own (``TORCHELASTIC_RESTART_COUNT``):
+    the agent's store outlives a ``--max-restarts`` restart, and restarted workers would otherwise read the
+    previous attempt's addresses and fail to connect."""
+    if launch.master_addr is not None:
+        host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr  # IPv6
+        return dict(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank, world_size=launch.world_size)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if attempt is None:
+        return {}  # env:// as it is
+    store, rank, world = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
+    return dict(store=dist.PrefixStore(f"segdense/attempt_{attempt}", store), rank=rank, world_size=world)
+
+
+def cuda_index(local_rank: int) -> int:
+    """The CUDA device of this process: its local rank, or device 0 when the launcher shows each process
+    only its own GPU (``srun --gpus-per-task=1``)."""
+    return local_rank % max(torch.cuda.device_count(), 1)
 
 
 def is_main_process() -> bool:

@@ -23,6 +23,7 @@ from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
 from .hooks import CheckpointHook, Hook, MetricsFileHook, ProgressHook, TensorBoardHook, as_hook
 from .loss_log import LossLogHook
+from .preemption import DEFAULT_STOP_SIGNALS, Preempted, StopSignals
 from .sampler import ResumableSampler, SeededDataset
 
 logger = logging.getLogger("segdense.train")
@@ -80,7 +81,8 @@ class Trainer:
     criterion, the optimizer over the model's parameters and its scheduler. ``run_dir`` receives
     ``checkpoints/{last,best}.pt``, ``metrics.json`` and TensorBoard events (rank 0 only). ``dataset_info`` (name,
     config, class names, palette) is stored in the checkpoints; class names and palette default to the training
-    set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`).
+    set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`). ``stop_signals`` (SIGTERM and
+    SIGUSR1; ``()``: none) stop :meth:`fit` cleanly after the step in progress (:mod:`segdense.engine.preemption`).
 
     With fp16 a step whose loss or gradients are not finite is skipped, as the gradient scaler does; after
     ``max_skipped_steps`` consecutive skipped steps the run stops with :class:`TrainingDivergedError` naming the
@@ -100,6 +102,7 @@ class Trainer:
         dataset_info: dict | None = None,
         config: dict | None = None,
         hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
+        stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
     ) -> None:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
@@ -126,6 +129,7 @@ class Trainer:
         if s.tensorboard and self.is_main:
             self.hooks.append(TensorBoardHook(self.run_dir))
         self.hooks += [as_hook(h) for h in hooks]
+        self.stop_signals = tuple(stop_signals)
 
     def _place(self, model: nn.Module) -> tuple[nn.Module, nn.Module, bool]:
         """(the model on the device, the module to train: DDP- and compile-wrapped as asked, channels-last on)."""
@@ -190,25 +194,18 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
         """Train to ``settings.iterations`` (from the resumed iteration, if any) and return the last validation
-        metrics."""
-        loader = iter(self._train_loader())
+        metrics. A stop signal (``stop_signals``) ends the run after the step in progress: ``last.pt`` is saved
+        at that iteration and :class:`Preempted` raised; the previous signal handlers are back by then."""
         result: dict = {}
         start_iteration = self.iteration
         try:
-            while self.iteration < self.settings.iterations:
-                step_start = time.perf_counter()
-                images, masks = next(loader)[:2]
-                logged = self._step(images, masks)
-                self.scheduler.step()
-                self.iteration += 1
-                self.train_seconds += time.perf_counter() - step_start
-                if logged is not None:
-                    self.loss_history.append(logged["loss"])
-                self._call("on_step", logged, images.shape[0] * world_size())
-                if self.val_loader is not None and self.due(self.settings.val_interval):
-                    result = self.validate()
-                    self._call("on_validation", result)
-                self._call("after_iteration")
+            with StopSignals(self.stop_signals, self.device) as stop:
+                loader = iter(self._train_loader())  # after the handlers: forked loader workers keep them too
+                while self.iteration < self.settings.iterations:
+                    result = self._iteration(loader) or result
+                    signum = stop.received()  # every rank, every step: they stop after the same iteration
+                    if signum and self.iteration < self.settings.iterations:
+                        raise self._preempted(signum)
         finally:
             self._call("on_end")
         if self.iteration == start_iteration and self.val_loader is not None:
@@ -216,6 +213,31 @@ class Trainer:
         if self.skipped_steps:
             logger.warning("%d steps were skipped for non-finite fp16 losses or gradients", self.skipped_steps)
         return result
+
+    def _iteration(self, loader) -> dict | None:
+        """One step and its hooks; the validation metrics when validation was due."""
+        step_start = time.perf_counter()
+        images, masks = next(loader)[:2]
+        logged = self._step(images, masks)
+        self.scheduler.step()
+        self.iteration += 1
+        self.train_seconds += time.perf_counter() - step_start
+        if logged is not None:
+            self.loss_history.append(logged["loss"])
+        self._call("on_step", logged, images.shape[0] * world_size())
+        result = None
+        if self.val_loader is not None and self.due(self.settings.val_interval):
+            result = self.validate()
+            self._call("on_validation", result)
+        self._call("after_iteration")
+        return result
+
+    def _preempted(self, signum: int) -> Preempted:
+        """``last.pt`` at this iteration (written by rank 0 while the others wait), as the exception to raise."""
+        CheckpointHook.save(self, ckpt.LAST)
+        if world_size() > 1:
+            torch.distributed.barrier()
+        return Preempted(signum, self.iteration, self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     def due(self, interval: int) -> bool:
         """Whether the iteration just finished is a multiple of ``interval`` (0: never) or the last one."""
