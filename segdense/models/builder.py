@@ -38,6 +38,16 @@ def _block(part: str | Mapping[str, Any], kind: str) -> dict:
 DEFAULT_OUTPUT_STRIDE = 16  # conf/config.yaml's
 
 
+def _backbone_block(backbone, output_stride: int | None, backbone_kwargs: dict) -> dict:
+    """The backbone block with the keyword arguments merged in and the output stride set where it applies."""
+    block = {**_block(backbone, "backbone"), **backbone_kwargs}
+    if output_stride is not None:
+        block.setdefault("output_stride", output_stride)
+    elif "output_stride" in BACKBONES.signature(block["name"])[0]:
+        block.setdefault("output_stride", DEFAULT_OUTPUT_STRIDE)
+    return block
+
+
 def build_model(
     backbone: str | Mapping[str, Any] = "densenet121",
     head: str | Mapping[str, Any] = "deeplabv3plus_lite",
@@ -64,11 +74,7 @@ def build_model(
     The model's ``model_config`` holds the JSON-serialisable arguments that rebuild the same architecture,
     ``build_model(**model.model_config)``, without ``pretrained`` (the weights are the model's own).
     """
-    backbone_block = {**_block(backbone, "backbone"), **backbone_kwargs}
-    if output_stride is not None:
-        backbone_block.setdefault("output_stride", output_stride)
-    elif "output_stride" in BACKBONES.signature(backbone_block["name"])[0]:
-        backbone_block.setdefault("output_stride", DEFAULT_OUTPUT_STRIDE)
+    backbone_block = _backbone_block(backbone, output_stride, backbone_kwargs)
     head_block = _block(head, "head")
     config = {
         "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
