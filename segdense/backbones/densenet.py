@@ -144,7 +144,7 @@ class DenseBlock(nn.ModuleDict):
             for layer in layers:
                 x = torch.cat([x, layer.new_features(x)], 1)
             return x if self.keep_input else x[:, c0:]
-        # Elsewhere (inference, frozen BN) the plain graph. A buffered inference variant measured
+        # Elsewhere (inference, no gradients) the plain graph. A buffered inference variant measured
         # no faster than torchvision's concatenation on CPU, so it was not kept.
         features = [init_features]
         for layer in layers:
