@@ -1,17 +1,17 @@
 """The dataset doctor: each wrongly encoded mask set is recognised, its fix is named, and the fix works."""
-import os
-import subprocess
-import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from segdense.config.check_job import check_job
 from segdense.data import FolderDataset
 from segdense.data.doctor import diagnose, inspect_split
 from segdense.data.voc import voc_palette
 
-ROOT = Path(__file__).resolve().parents[1]
+from train_utils import compose_config
+
 
 
 def folder(root: Path, masks: list[np.ndarray], mode: str | None = None) -> Path:
@@ -108,16 +108,25 @@ def test_classes_missing_from_a_split_are_listed_per_split(tmp_path):
     assert "never occur in the 1 mask(s) read: c" in findings[0].message
 
 
-def tool(*args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / "check_dataset.py"), *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120)
+class Run(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
 
 
-def test_tool_prints_the_fix_frequencies_and_weights_and_writes_the_report(tmp_path):
+def tool(*args, cwd, monkeypatch, capsys) -> Run:
+    """``python tools/check_dataset.py ARGS`` in ``cwd``, in this process: the job the tool runs, on the config the
+    tool composes (the command line itself runs in test_data_validate.py)."""
+    monkeypatch.chdir(cwd)
+    status = check_job(compose_config(args))
+    out = capsys.readouterr()
+    return Run(status, out.out, out.err)
+
+
+def test_tool_prints_the_fix_frequencies_and_weights_and_writes_the_report(tmp_path, monkeypatch, capsys):
     root = folder(tmp_path / "data", [blocks([0, 255]), blocks([0, 0, 255]), blocks([0, 255, 255])])
     run = tool("dataset=folder", f"dataset.root={root}", "dataset.train_split=all", "dataset.val_split=all",
-               "+splits=[all]", "+report_dir=rep", cwd=tmp_path)
+               "+splits=[all]", "+report_dir=rep", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
     assert run.returncode == 1, run.stderr
     assert "fix: read 255 as class 1: dataset.mask_colors=[[0,0,0],[255,255,255]]" in run.stdout
     report = (tmp_path / "rep" / "report.md").read_text()
@@ -127,16 +136,18 @@ def test_tool_prints_the_fix_frequencies_and_weights_and_writes_the_report(tmp_p
     assert png.width > 300 and png.height > 300
 
     fixed = tool("dataset=folder", f"dataset.root={root}", "dataset.train_split=all", "dataset.val_split=all",
-                 "+splits=[all]", "+report_dir=rep", "dataset.mask_colors=[[0,0,0],[255,255,255]]", cwd=tmp_path)
+                 "+splits=[all]", "+report_dir=rep", "dataset.mask_colors=[[0,0,0],[255,255,255]]", cwd=tmp_path,
+                 monkeypatch=monkeypatch, capsys=capsys)
     assert fixed.returncode == 0, fixed.stdout
     # pixels: background 8*(6+8+4)=144, object 8*(6+4+8)=144 -> equal frequencies, weights 1 and 1
     assert "loss.class_weight=[1,1]" in fixed.stdout
     assert "| 1 | foreground | 50.00% | 3/3 (100%) |" in (tmp_path / "rep" / "report.md").read_text()
 
 
-def test_tool_never_overwrites_a_report_md_it_did_not_write(tmp_path):
+def test_tool_never_overwrites_a_report_md_it_did_not_write(tmp_path, monkeypatch, capsys):
     (tmp_path / "rep").mkdir()
     (tmp_path / "rep" / "report.md").write_text("my notes\n")
-    run = tool("dataset.num_samples=4", "dataset.image_size=32", "+report_dir=rep", cwd=tmp_path)
+    run = tool("dataset.num_samples=4", "dataset.image_size=32", "+report_dir=rep", cwd=tmp_path,
+               monkeypatch=monkeypatch, capsys=capsys)
     assert run.returncode == 2 and "is not a dataset report" in run.stderr
     assert (tmp_path / "rep" / "report.md").read_text() == "my notes\n"

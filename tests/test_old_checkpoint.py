@@ -2,13 +2,15 @@
 resumes. tests/data/checkpoint_v0.1.0.pt: densenet_custom (units [1, 1], growth 4) + FCN, output stride 8, trained
 2 iterations on 4 synthetic 32x32 images; checkpoint_v0.1.0_logits.pt: that model's logits on a fixed input."""
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import torch
 
+from segdense.config.eval_job import evaluate_job
+from segdense.config.train_job import train
 from segdense.inference import load_model
+
+from train_utils import CONF, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
 OLD = ROOT / "tests" / "data" / "checkpoint_v0.1.0.pt"
@@ -22,11 +24,11 @@ RECIPE = [
 ]
 
 
-def run_tool(name, *args):
-    done = subprocess.run([sys.executable, str(ROOT / "tools" / name), *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done
+def compose_eval(overrides):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose(config_name="eval", overrides=list(overrides))
 
 
 def test_old_checkpoint_rebuilds_the_same_model_and_logits():
@@ -43,9 +45,9 @@ def test_old_checkpoint_rebuilds_the_same_model_and_logits():
     torch.testing.assert_close(logits, stored["logits"], rtol=1e-5, atol=1e-5)
 
 
+# The evaluation and training jobs that tools/eval.py and tools/train.py run (their command lines run elsewhere).
 def test_old_checkpoint_evaluates_to_its_recorded_validation_score(tmp_path):
-    run_tool("eval.py", f"checkpoint={OLD}", f"output_dir={tmp_path}", "progress=false", "num_workers=0",
-             f"hydra.run.dir={tmp_path / 'hydra'}")
+    evaluate_job(compose_eval([f"checkpoint={OLD}", f"output_dir={tmp_path}", "progress=false", "num_workers=0"]))
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     recorded = torch.load(OLD, weights_only=True)["history"][-1]
     assert metrics["num_images"] == 4
@@ -53,7 +55,7 @@ def test_old_checkpoint_evaluates_to_its_recorded_validation_score(tmp_path):
 
 
 def test_old_checkpoint_resumes_at_its_iteration(tmp_path):
-    run_tool("train.py", *RECIPE, "iterations=4", f"resume={OLD}", f"hydra.run.dir={tmp_path}")
+    train(compose_config([*RECIPE, "iterations=4", f"resume={OLD}"]), run_dir=tmp_path)
     state = torch.load(tmp_path / "checkpoints" / "last.pt", weights_only=True)
     assert state["iteration"] == 4
     assert [h["iteration"] for h in state["history"]] == [2, 4]  # the old run's validation is kept

@@ -5,8 +5,6 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-import pytest
-
 from segdense.backbones import densenet_custom
 from segdense.backbones.efficient_block import sync_dense_layer_norms
 
@@ -44,45 +42,53 @@ def _step(block, x, total):
     return out.detach(), x.grad
 
 
-def _worker(rank, world, init_file, x, kind, fused, frozen):
+def _worker(rank, world, init_file, x, cases):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
-        half = x.shape[0] // world
-        mine = x[rank * half:(rank + 1) * half]
-        ref = _block(0, sync=None, frozen=frozen)
-        ref_out, ref_gx = _step(ref, x, x.shape[0])
-        blk = _block(0, sync=kind, fused=fused, frozen=frozen)
-        frozen_stats = blk.denselayer2.norm1.running_mean.clone()
-        out, gx = _step(blk, mine, x.shape[0])
-        assert "EfficientDenseBlock" in type(blk(mine.clone().requires_grad_()).grad_fn).__name__
-        # Gradients summed over processes (DDP would average a mean loss; here the loss is already
-        # divided by the global batch).
-        for p in blk.parameters():
-            dist.all_reduce(p.grad)
-        # The Triton kernels compute in float32, PyTorch's ops here in float64.
-        rtol, atol = (1e-4, 1e-6) if fused else (1e-9, 1e-12)
-        torch.testing.assert_close(out, ref_out[rank * half:(rank + 1) * half], rtol=rtol, atol=atol)
-        torch.testing.assert_close(gx, ref_gx[rank * half:(rank + 1) * half], rtol=rtol, atol=atol)
-        for (name, p), q in zip(ref.named_parameters(), blk.parameters()):
-            torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=f"gradient of {name}")
-        # The block ran a second forward above (the grad_fn check): compare buffers after one more
-        # reference forward, so both sides have taken two training steps' statistics.
-        ref(x.clone().requires_grad_())
-        for (name, b), c in zip(ref.named_buffers(), blk.buffers()):
-            torch.testing.assert_close(c, b, rtol=rtol, atol=atol, msg=f"buffer {name}")
-        assert blk.denselayer3.norm1.num_batches_tracked.item() == 2
-        if frozen:
-            assert torch.equal(blk.denselayer2.norm1.running_mean, frozen_stats)
+        for kind, fused, frozen in cases:
+            _check_synced_block(rank, world, x, kind, fused, frozen)
     finally:
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize("kind, fused, frozen", [("SyncBatchNorm", False, False), ("DenseSyncBatchNorm", False, False),
-                                                 ("DenseSyncBatchNorm", True, False), ("DenseSyncBatchNorm", False, True)])
-def test_synced_statistics_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path, kind, fused, frozen):
+def _check_synced_block(rank, world, x, kind, fused, frozen):
+    half = x.shape[0] // world
+    mine = x[rank * half:(rank + 1) * half]
+    ref = _block(0, sync=None, frozen=frozen)
+    ref_out, ref_gx = _step(ref, x, x.shape[0])
+    blk = _block(0, sync=kind, fused=fused, frozen=frozen)
+    frozen_stats = blk.denselayer2.norm1.running_mean.clone()
+    out, gx = _step(blk, mine, x.shape[0])
+    assert "EfficientDenseBlock" in type(blk(mine.clone().requires_grad_()).grad_fn).__name__
+    # Gradients summed over processes (DDP would average a mean loss; here the loss is already
+    # divided by the global batch).
+    for p in blk.parameters():
+        dist.all_reduce(p.grad)
+    # The Triton kernels compute in float32, PyTorch's ops here in float64.
+    rtol, atol = (1e-4, 1e-6) if fused else (1e-9, 1e-12)
+    case = f"{kind}, fused={fused}, frozen={frozen}"
+    torch.testing.assert_close(out, ref_out[rank * half:(rank + 1) * half], rtol=rtol, atol=atol, msg=case)
+    torch.testing.assert_close(gx, ref_gx[rank * half:(rank + 1) * half], rtol=rtol, atol=atol, msg=case)
+    for (name, p), q in zip(ref.named_parameters(), blk.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=rtol, atol=atol, msg=f"{case}: gradient of {name}")
+    # The block ran a second forward above (the grad_fn check): compare buffers after one more
+    # reference forward, so both sides have taken two training steps' statistics.
+    ref(x.clone().requires_grad_())
+    for (name, b), c in zip(ref.named_buffers(), blk.buffers()):
+        torch.testing.assert_close(c, b, rtol=rtol, atol=atol, msg=f"{case}: buffer {name}")
+    assert blk.denselayer3.norm1.num_batches_tracked.item() == 2, case
+    if frozen:  # a BatchNorm in eval mode inside the synced block: running statistics used, none updated
+        assert torch.equal(blk.denselayer2.norm1.running_mean, frozen_stats), case
+
+
+def test_synced_statistics_on_half_batches_equal_one_process_on_the_whole_batch(tmp_path):
+    # PyTorch's SyncBatchNorm and the trainer's DenseSyncBatchNorm (PyTorch's ops, then the Triton kernels, then
+    # with frozen BatchNorms) one after another in one pair of processes: starting them costs more than the checks.
     torch.manual_seed(5)
     x = torch.randn(4, 6, 8, 8, dtype=torch.float64) * 2 + 0.5
-    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), x, kind, fused, frozen), nprocs=2, join=True)
+    cases = [("SyncBatchNorm", False, False), ("DenseSyncBatchNorm", False, False), ("DenseSyncBatchNorm", True, False),
+             ("DenseSyncBatchNorm", False, True)]
+    mp.spawn(_worker, args=(2, str(tmp_path / "rendezvous"), x, cases), nprocs=2, join=True)
 
 
 def test_local_statistics_differ_from_the_whole_batch():

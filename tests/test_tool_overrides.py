@@ -1,6 +1,5 @@
 """Every tool answers an unknown command-line key with the valid keys, exit status 2 and no traceback."""
-import os
-import subprocess
+import runpy
 import sys
 from pathlib import Path
 
@@ -12,10 +11,13 @@ from segdense.errors import ConfigError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_tool(tool, *args, cwd):
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, str(ROOT / "tools" / f"{tool}.py"), *args], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=120)
+def run_tool_main(tool, *args, monkeypatch):
+    """``python tools/<tool>.py ARGS`` run in this process (its ``__main__`` block, as the command line runs it);
+    the exit status. The unknown keys are refused before Hydra starts, so nothing of Hydra's runs here."""
+    monkeypatch.setattr(sys, "argv", [str(ROOT / "tools" / f"{tool}.py"), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_path(sys.argv[0], run_name="__main__")
+    return exit_info.value.code
 
 
 @pytest.mark.parametrize("tool, args, wrong, hint, valid", [
@@ -24,12 +26,13 @@ def run_tool(tool, *args, cwd):
     ("export", ["checkpoint=x.pt", "output=m.onnx", "+verfy=false"], "verfy", "verify", "tolerance"),
     ("train", ["itrations=3"], "itrations", "iterations", "val_interval"),
 ])
-def test_unknown_key_names_the_valid_keys_and_exits_2(tool, args, wrong, hint, valid, tmp_path):
-    run = run_tool(tool, *args, cwd=tmp_path)
-    assert run.returncode == 2, run.stderr
-    assert f"unknown key {wrong!r} (did you mean {hint!r}?)" in run.stderr
-    assert valid in run.stderr.split("valid keys:")[1]
-    assert "Traceback" not in run.stderr and "HYDRA_FULL_ERROR" not in run.stderr
+def test_unknown_key_names_the_valid_keys_and_exits_2(tool, args, wrong, hint, valid, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert run_tool_main(tool, *args, monkeypatch=monkeypatch) == 2
+    stderr = capsys.readouterr().err
+    assert f"unknown key {wrong!r} (did you mean {hint!r}?)" in stderr
+    assert valid in stderr.split("valid keys:")[1]
+    assert "Traceback" not in stderr and "HYDRA_FULL_ERROR" not in stderr
     assert not list(tmp_path.iterdir())  # nothing written (no outputs/ folder)
 
 

@@ -309,8 +309,9 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-@pytest.mark.parametrize("memory_efficient", [False, True])
-def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_path, memory_efficient):
+def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_path):
+    # One torchrun, of the memory-efficient blocks (they sync their BatchNorms themselves); which blocks sync is
+    # test_only_memory_efficient_blocks_sync_their_batchnorms_across_cpu_processes, plain DDP's gradients are above.
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     (tmp_path / "record_writes.py").write_text(RECORD_WRITES)
     run = tmp_path / "run"
@@ -318,7 +319,7 @@ def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_pa
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         str(tmp_path / "record_writes.py"), str(tmp_path), str(ROOT / "tools" / "train.py"), *TINY,
         "tensorboard=true", f"hydra.run.dir={run}",
-        f"backbone.memory_efficient={str(memory_efficient).lower()}",
+        "backbone.memory_efficient=true",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -329,11 +330,26 @@ def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_pa
     log = (run / "train.log").read_text()
     assert "2 process(es) = 8" in log
     # gloo: the memory-efficient dense blocks sync their BatchNorm statistics themselves
-    assert ("BatchNorm statistics synced across 2 processes" in log) == memory_efficient
+    assert "BatchNorm statistics synced across 2 processes" in log
     rank0 = {Path(line).relative_to(run).as_posix() for line in (tmp_path / "writes_rank0.txt").read_text().split()}
     assert {"checkpoints/last.pt", "checkpoints/best.pt", "metrics.json", "config.yaml"} <= rank0
     assert not (tmp_path / "writes_rank1.txt").exists()  # rank 1 wrote nothing
     assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
+
+
+@pytest.mark.parametrize("memory_efficient", [False, True])
+def test_only_memory_efficient_blocks_sync_their_batchnorms_across_cpu_processes(memory_efficient, caplog):
+    # gloo has no SyncBatchNorm: plain blocks train on each process's batch, memory-efficient ones sync themselves.
+    from segdense.backbones.efficient_block import DenseSyncBatchNorm
+    from segdense.config.train_job import training_model
+
+    cfg = compose_config(TINY + [f"backbone.memory_efficient={str(memory_efficient).lower()}"])
+    with caplog.at_level("INFO", logger="segdense.train"):
+        model = training_model(cfg, 5, torch.device("cpu"), world=2)
+    assert ("BatchNorm statistics synced across 2 processes" in caplog.text) == memory_efficient
+    synced = [m for m in model.modules() if isinstance(m, DenseSyncBatchNorm)]
+    assert len(synced) == (8 if memory_efficient else 0)  # norm1 and norm2 of each of the 4 dense layers
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in model.modules())
 
 
 def test_training_refuses_data_with_out_of_range_labels(tmp_path):

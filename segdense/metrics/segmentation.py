@@ -9,7 +9,6 @@ from __future__ import annotations
 import math
 
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 def metrics_from_confusion(confusion: torch.Tensor, class_names: list[str] | None = None) -> dict:
@@ -50,6 +49,10 @@ class SegmentationMetrics:
         self.num_classes = num_classes
         self.class_names = class_names
         self.ignore_index = ignore_index
+        # Imported here: torchmetrics pulls in torchvision and scipy.signal (seconds), which every tool paid at
+        # start through segdense.engine, also when it stops at a bad argument or never scores a dataset.
+        from torchmetrics.classification import MulticlassConfusionMatrix
+
         self.confusion = MulticlassConfusionMatrix(
             num_classes, ignore_index=ignore_index, validate_args=False
         ).to(device)
