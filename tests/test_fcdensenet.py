@@ -13,6 +13,7 @@ import segdense
 from segdense.backbones import FCDenseNet, build_backbone
 from segdense.backbones.densenet import DenseBlock
 
+from test_memory_efficient import _saved_bytes
 from test_memory_efficient_states import _assert_same_step, _eval_every_other_norm1, _randomise_norms
 from train_utils import CONF, TINY, compose_config
 
@@ -101,18 +102,6 @@ def test_small_fcdensenet_memory_efficient_equals_plain_with_dropout_and_frozen_
     if state == "every other norm1 eval":
         _eval_every_other_norm1(plain), _eval_every_other_norm1(eff)
     _assert_same_step(plain, eff, torch.randn(2, 3, 33, 37, dtype=torch.float64))
-
-
-def _saved_bytes(net, x) -> int:
-    storages = {}
-
-    def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        net.forward_features(x.requires_grad_())
-    return sum(storages.values())
 
 
 def test_memory_efficient_fcdensenet_saves_a_third_of_plain():
