@@ -21,11 +21,11 @@ def dataset_config(name, *overrides):
 
 
 def test_list_datasets_names_every_dataset():
-    assert list_datasets() == ["cityscapes", "folder", "synthetic", "synthetic_hard", "voc", "voc_aug"]
+    assert list_datasets() == ["camvid", "cityscapes", "folder", "synthetic", "synthetic_hard", "voc", "voc_aug"]
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match="(?s)unknown dataset 'vocc'.*'voc'.*cityscapes, folder, synthetic"):
+    with pytest.raises(ValueError, match="(?s)unknown dataset 'vocc'.*'voc'.*camvid, cityscapes, folder, synthetic"):
         build_dataset("vocc", "train")
 
 
