@@ -37,7 +37,7 @@ def test_old_checkpoint_rebuilds_the_same_model_and_logits():
     assert model.model_config["backbone"] == {  # the old flat model_config, read as today's backbone block
         "name": "densenet_custom", "output_stride": 8, "initial_output_stride": 4, "num_units_per_block": [1, 1],
         "growth_rate": 4, "theta": 0.5, "bn_size": 4, "drop_rate": 0.0, "num_init_features": None,
-        "memory_efficient": False}
+        "memory_efficient": False, "norm_eval": False, "frozen_stages": -1}  # later options at their defaults
     assert model.model_config["head"] == {"name": "fcn", "channels": 8, "num_convs": 1, "dropout": 0.1}
     assert model.class_names == ["background", "circle", "rectangle", "triangle", "ring"]
     with torch.no_grad():

@@ -98,12 +98,26 @@ def build_model(
     return model
 
 
+# Backbone options added after checkpoints were first written; they select training modes, not the architecture,
+# and their defaults are what those checkpoints trained with.
+LATER_BACKBONE_OPTIONS = {"norm_eval": False, "frozen_stages": -1}
+
+
 def upgrade_model_config(config: Mapping[str, Any]) -> dict:
     """A ``model_config`` in today's form. Checkpoints written by segdense 0.1.0 stored the backbone as a name
     with ``output_stride``, ``memory_efficient`` and ``backbone_kwargs`` beside it, and the head's arguments at
-    the top level; those become the backbone and head blocks. Today's form is returned unchanged."""
-    if not isinstance(config.get("backbone"), str):
-        return dict(config)
+    the top level; those become the backbone and head blocks. Backbone options added later
+    (``LATER_BACKBONE_OPTIONS``) take their defaults where the backbone accepts them and the block lacks them."""
+    config = dict(config) if not isinstance(config.get("backbone"), str) else _from_0_1_0(config)
+    backbone = dict(config["backbone"])
+    accepted = BACKBONES.signature(backbone["name"])[0] if backbone.get("name") in BACKBONES.names() else []
+    for key, default in LATER_BACKBONE_OPTIONS.items():
+        if key in accepted:
+            backbone.setdefault(key, default)
+    return {**config, "backbone": backbone}
+
+
+def _from_0_1_0(config: Mapping[str, Any]) -> dict:
     old = dict(config)
     backbone = {"name": old.pop("backbone"), "output_stride": old.pop("output_stride", 16)}
     backbone.update(old.pop("backbone_kwargs", None) or {})
