@@ -173,7 +173,7 @@ class Trainer:
     def resume_from(self, path: str | os.PathLike) -> None:
         """Restore model, optimizer, scheduler, scaler, RNG states and the iteration."""
         state = load_checkpoint(path, map_location=self.device)
-        if upgrade_model_config(state["model_config"]) != self.model_config:
+        if upgrade_model_config(state["model_config"]) != upgrade_model_config(self.model_config):
             raise ConfigError(
                 f"checkpoint {path} was trained with model {state['model_config']}, but this run "
                 f"builds {self.model_config}; resume with the same model settings"
