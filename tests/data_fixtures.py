@@ -120,3 +120,24 @@ def make_camvid(root: Path, size: tuple[int, int] = (12, 16), seed: int = 4) -> 
             f"/SegNet/CamVid/{split}/{stem}.png /SegNet/CamVid/{split}annot/{stem}.png\n"
             for stem in CAMVID_SPLITS[split]))
     return CAMVID_SPLITS
+
+
+def ade20k_annotation(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """An ADE20K-style annotation: values 0 ("other objects") and 1..150 on 4x4 blocks, always holding 0, 1, 2
+    and 150."""
+    coarse = rng.integers(0, 151, size=(height // 4 + 1, width // 4 + 1))
+    coarse.flat[:4] = [0, 1, 2, 150]
+    return np.kron(coarse, np.ones((4, 4), dtype=np.int64))[:height, :width].astype(np.uint8)
+
+
+def make_ade20k(root: Path, size: tuple[int, int] = (16, 24), seed: int = 5) -> dict[str, list[str]]:
+    """ADEChallengeData2016 with 3 training and 2 validation images (8-bit greyscale annotation PNGs, values
+    0..150). Returns the stems of each split."""
+    rng = np.random.default_rng(seed)
+    splits = {"training": [f"ADE_train_{i:08d}" for i in (1, 2, 3)],
+              "validation": [f"ADE_val_{i:08d}" for i in (1, 2)]}
+    for split, stems in splits.items():
+        for stem in stems:
+            save_jpeg(root / "images" / split / f"{stem}.jpg", random_image(rng, *size))
+            write_index_png(root / "annotations" / split / f"{stem}.png", ade20k_annotation(rng, *size))
+    return splits

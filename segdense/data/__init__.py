@@ -7,7 +7,8 @@ import os
 # albumentations asks the network for its latest version on import (up to 2 s, a warning offline).
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
-from .base import SegmentationDataset  # noqa: E402
+from .ade20k import ADE20K  # noqa: E402
+from .base import SegmentationDataset
 from .camvid import CamVid
 from .cityscapes import Cityscapes, label_ids_to_train_ids
 from .folder import FolderDataset
@@ -21,7 +22,7 @@ from .validate import DatasetReport, validate_dataset
 from .voc import VOCSegmentation
 
 __all__ = [
-    "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
+    "ADE20K", "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
     "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
     "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
     "read_mask", "validate_dataset",

@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..registry import Registry
+from .ade20k import ADE20K
 from .base import SegmentationDataset, Transform
 from .camvid import CamVid
 from .cityscapes import Cityscapes
@@ -25,6 +26,7 @@ DATASETS.register(_voc_aug, "voc_aug", kwargs_to=VOCSegmentation)  # VOC 2012 tr
 DATASETS.register(Cityscapes, "cityscapes")
 DATASETS.register(FolderDataset, "folder")
 DATASETS.register(CamVid, "camvid")
+DATASETS.register(ADE20K, "ade20k")
 
 
 def list_datasets() -> list[str]:
