@@ -1,7 +1,8 @@
 """Augmentation pipelines built from plain data (a list of ``{"type": name, **kwargs}`` items).
 
 ``type`` is an albumentations class name (``RandomScale``, ``PadIfNeeded``, ``HorizontalFlip``, ``Normalize``...)
-or a segdense transform from :data:`SEGDENSE_TRANSFORMS` (``CatMaxRandomCrop``). An item with a ``transforms``
+or a segdense transform from :data:`SEGDENSE_TRANSFORMS` (mmseg's ``CatMaxRandomCrop``, ``RandomResize``,
+``KeepRatioResize``, ``PhotoMetricDistortion``). An item with a ``transforms``
 list (``OneOf``, ``SomeOf``, ``Sequential``) has its children built the same way. The pipeline always ends by
 converting to tensors, so YAML never needs a ``ToTensor`` item. Masks always use nearest interpolation.
 """
@@ -15,60 +16,15 @@ import numpy as np
 import torch
 
 from ..registry import unknown_name_message
-from .io import IGNORE_INDEX
+from .mmseg_transforms import CatMaxRandomCrop, KeepRatioResize, PhotoMetricDistortion, RandomResize
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class CatMaxRandomCrop(A.DualTransform):
-    """Random crop that avoids crops dominated by one class (mmseg's ``RandomCrop(cat_max_ratio=...)``).
-
-    Up to ``max_tries`` crops are drawn; the first whose most frequent label (ignoring ``ignore_index``) covers at
-    most ``cat_max_ratio`` of its labelled pixels is taken, else the last one drawn. ``cat_max_ratio=1`` is a
-    plain random crop. The input must be at least ``height`` x ``width`` (pad first with ``PadIfNeeded``).
-    """
-
-    def __init__(self, height: int, width: int, cat_max_ratio: float = 1.0, ignore_index: int = IGNORE_INDEX,
-                 max_tries: int = 10, p: float = 1.0):
-        super().__init__(p=p)
-        if not 0 < cat_max_ratio <= 1:
-            raise ValueError(f"cat_max_ratio must lie in (0, 1], got {cat_max_ratio}")
-        self.height, self.width = int(height), int(width)
-        self.cat_max_ratio, self.ignore_index, self.max_tries = float(cat_max_ratio), int(ignore_index), int(max_tries)
-
-    def get_transform_init_args_names(self) -> tuple[str, ...]:
-        return ("height", "width", "cat_max_ratio", "ignore_index", "max_tries")
-
-    @property
-    def targets_as_params(self) -> list[str]:
-        return ["image", "mask"]
-
-    def get_params_dependent_on_data(self, params: dict[str, Any], data: dict[str, Any]) -> dict[str, Any]:
-        height, width = params["shape"][:2]
-        if height < self.height or width < self.width:
-            raise ValueError(f"CatMaxRandomCrop of {self.height}x{self.width} needs an input at least that large, got "
-                             f"{height}x{width}; put PadIfNeeded before it in the pipeline")
-        mask = data.get("mask")
-        for _ in range(self.max_tries):
-            top = int(self.py_random.randint(0, height - self.height))
-            left = int(self.py_random.randint(0, width - self.width))
-            if mask is None or self.cat_max_ratio >= 1:
-                break
-            crop = mask[top:top + self.height, left:left + self.width]
-            _, counts = np.unique(crop[crop != self.ignore_index], return_counts=True)
-            if len(counts) > 1 and counts.max() / counts.sum() < self.cat_max_ratio:
-                break
-        return {"top": top, "left": left}
-
-    def apply(self, img: np.ndarray, top: int = 0, left: int = 0, **params: Any) -> np.ndarray:
-        return img[top:top + self.height, left:left + self.width]
-
-    def apply_to_mask(self, mask: np.ndarray, top: int = 0, left: int = 0, **params: Any) -> np.ndarray:
-        return mask[top:top + self.height, left:left + self.width]
-
-
-SEGDENSE_TRANSFORMS: dict[str, type] = {"CatMaxRandomCrop": CatMaxRandomCrop}
+SEGDENSE_TRANSFORMS: dict[str, type] = {
+    cls.__name__: cls for cls in (CatMaxRandomCrop, KeepRatioResize, PhotoMetricDistortion, RandomResize)
+}
 _NEAREST = 0  # cv2.INTER_NEAREST
 
 
