@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .block_graphs import BlockGraphs
 from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing
+from .freezing import apply_freezing, check_freezing, stage_of_parameter
 from .registry import register_backbone
 from .weights import load_pretrained
 
@@ -346,6 +346,16 @@ class DenseNet(nn.Module):
             after = getattr(f, f"transition{i + 1}", None) or f.norm5
             out.append([getattr(f, f"denseblock{i + 1}"), after])
         return out
+
+    @property
+    def num_stages(self) -> int:
+        """The dense blocks (each with the transition after it): what ``stage_of`` counts after the stem."""
+        return len(self.num_units_per_block)
+
+    def stage_of(self, param_name: str) -> int:
+        """0 for a stem parameter, ``i + 1`` for one of dense block ``i`` or the transition after it (norm5 with the
+        last block); names relative to this backbone. Stage-wise learning-rate decay reads it."""
+        return stage_of_parameter(self, self.stages(), param_name)
 
     def train(self, mode: bool = True) -> "DenseNet":
         """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""

@@ -36,3 +36,15 @@ def apply_freezing(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], n
         for m in backbone.modules():
             if isinstance(m, nn.modules.batchnorm._BatchNorm):
                 m.eval()
+
+
+def stage_of_parameter(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], param_name: str) -> int:
+    """The index in ``stages`` (0 = the stem, i + 1 = stage i) of the stage whose modules hold the parameter
+    ``param_name`` (a name relative to ``backbone``): what a backbone's ``stage_of`` answers, for stage-wise
+    learning-rate decay."""
+    param = backbone.get_parameter(param_name)
+    for index, stage in enumerate(stages):
+        if any(p is param for module in stage for p in module.parameters()):
+            return index
+    raise ValueError(f"parameter {param_name!r} of {type(backbone).__name__} belongs to none of its stages "
+                     "(the stem and the stages only; a classifier has no stage)")

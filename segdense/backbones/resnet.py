@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing
+from .freezing import apply_freezing, check_freezing, stage_of_parameter
 from .registry import register_backbone
 from .weights import adapt_input_conv, download_weights, read_state_dict, state_dict_mismatch
 
@@ -91,12 +91,22 @@ class ResNet(nn.Module):
         self.norm_eval, self.frozen_stages = norm_eval, frozen_stages
         self.train()
 
+    num_stages = 4  # layer1 .. layer4, after the stem
+
+    def stages(self) -> list[list[nn.Module]]:
+        """The stem (conv1, bn1), then layer1 .. layer4: the units ``frozen_stages`` counts."""
+        return [[self.conv1, self.bn1]] + [[getattr(self, f"layer{i}")] for i in range(1, 5)]
+
+    def stage_of(self, param_name: str) -> int:
+        """0 for a stem parameter, ``i`` for one of ``layer<i>``; names relative to this backbone. Stage-wise
+        learning-rate decay reads it."""
+        return stage_of_parameter(self, self.stages(), param_name)
+
     def train(self, mode: bool = True) -> "ResNet":
         """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
         super().train(mode)
         if mode:
-            stages = [[self.conv1, self.bn1]] + [[getattr(self, f"layer{i}")] for i in range(1, 5)]
-            apply_freezing(self, stages, self.norm_eval, self.frozen_stages)
+            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
         return self
 
     @property

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 from torch.optim.lr_scheduler import LambdaLR
 
-from segdense.models.param_groups import param_groups
+from segdense.models.param_groups import layer_decay_groups, param_groups
 from segdense.registry import Registry
 
 OPTIMIZERS = Registry("optimizer")
@@ -48,14 +48,27 @@ def constant(t: int, total: int) -> float:
 
 
 def build_optimizer(name: str, model: nn.Module, lr: float, head_lr_mult: float = 1.0,
-                    no_decay_norm_bias: bool = False, **kwargs) -> torch.optim.Optimizer:
-    """The optimizer registered as ``name`` (sgd, adamw, adam, rmsprop) over ``model``'s parameter groups
-    (:func:`~segdense.models.param_groups`: the head at ``lr * head_lr_mult``, optionally no weight decay on norms
-    and biases); ``kwargs`` are the torch optimizer's own (momentum, weight_decay, betas, nesterov, alpha,
-    eps ...)."""
+                    no_decay_norm_bias: bool = False, layer_decay: float | None = None,
+                    layer_decay_num_stages: int | None = None, **kwargs) -> torch.optim.Optimizer:
+    """The optimizer registered as ``name`` (sgd, adamw, adam, rmsprop) over ``model``'s parameter groups; ``kwargs``
+    are the torch optimizer's own (momentum, weight_decay, betas, nesterov, alpha, eps ...).
+
+    Without ``layer_decay`` the groups are :func:`~segdense.models.param_groups.param_groups`'s: the head at
+    ``lr * head_lr_mult``, optionally no weight decay on norms and biases. With ``layer_decay`` (e.g. 0.9) they are
+    :func:`~segdense.models.param_groups.layer_decay_groups`'s: stage-wise learning-rate decay over the backbone's
+    stages (``layer_decay_num_stages`` of them, default the backbone's own count), the RDNet authors' rule.
+    """
     optimizer = OPTIMIZERS.get(name)
-    groups = param_groups(model, lr, head_lr_mult=head_lr_mult, weight_decay=kwargs.get("weight_decay", 0.0),
-                          no_decay_norm_bias=no_decay_norm_bias)
+    weight_decay = kwargs.get("weight_decay", 0.0)
+    if layer_decay is not None:
+        groups = layer_decay_groups(model, lr, layer_decay, weight_decay=weight_decay, num_stages=layer_decay_num_stages,
+                                    head_lr_mult=head_lr_mult, no_decay_norm_bias=no_decay_norm_bias)
+    elif layer_decay_num_stages is not None:
+        raise ValueError("optimizer.layer_decay_num_stages is set but optimizer.layer_decay is null; set both "
+                         "(e.g. layer_decay=0.9) or neither")
+    else:
+        groups = param_groups(model, lr, head_lr_mult=head_lr_mult, weight_decay=weight_decay,
+                              no_decay_norm_bias=no_decay_norm_bias)
     return optimizer(groups, lr=lr, **kwargs)
 
 
