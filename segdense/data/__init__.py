@@ -22,8 +22,8 @@ from .validate import DatasetReport, validate_dataset
 from .voc import VOCSegmentation
 
 __all__ = [
-    "ADE20K", "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport", "FolderDataset",
-    "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
+    "ADE20K", "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport",
+    "FolderDataset", "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
     "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
     "read_mask", "validate_dataset",
 ]

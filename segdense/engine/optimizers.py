@@ -61,8 +61,9 @@ def build_optimizer(name: str, model: nn.Module, lr: float, head_lr_mult: float 
     optimizer = OPTIMIZERS.get(name)
     weight_decay = kwargs.get("weight_decay", 0.0)
     if layer_decay is not None:
-        groups = layer_decay_groups(model, lr, layer_decay, weight_decay=weight_decay, num_stages=layer_decay_num_stages,
-                                    head_lr_mult=head_lr_mult, no_decay_norm_bias=no_decay_norm_bias)
+        groups = layer_decay_groups(model, lr, layer_decay, weight_decay=weight_decay,
+                                    num_stages=layer_decay_num_stages, head_lr_mult=head_lr_mult,
+                                    no_decay_norm_bias=no_decay_norm_bias)
     elif layer_decay_num_stages is not None:
         raise ValueError("optimizer.layer_decay_num_stages is set but optimizer.layer_decay is null; set both "
                          "(e.g. layer_decay=0.9) or neither")
