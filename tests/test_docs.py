@@ -38,8 +38,8 @@ def test_docs_data_recipes_are_the_dataset_configs():
     text = (ROOT / "docs" / "data.md").read_text()
     recipes = re.search(r"\(VOC ([^)]*)\)", text).group(0)
     stated = {name.lower(): values
-              for name, values in re.findall(r"(VOC|Cityscapes|synthetic|CamVid) ([^,)]+)", recipes)}
-    assert set(stated) == {"voc", "cityscapes", "synthetic", "camvid"}
+              for name, values in re.findall(r"(VOC|Cityscapes|synthetic|CamVid|ADE20K) ([^,)]+)", recipes)}
+    assert set(stated) == {"voc", "cityscapes", "synthetic", "camvid", "ade20k"}
     for name, values in stated.items():
         crop, batch, iterations, lr = (v.strip() for v in values.split("/"))
         config = yaml.safe_load((ROOT / "conf" / "dataset" / f"{name}.yaml").read_text())
