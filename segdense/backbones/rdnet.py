@@ -242,7 +242,7 @@ class RDNet(nn.Module):
         """The transitions and dense stages (``self.dense_stages``) and ``feature_info``; returns the channels of
         the last stage."""
         a = self.arch
-        rates = torch.linspace(0, drop_path_rate, sum(a["num_blocks_list"])).split(list(a["num_blocks_list"]))
+        rates = torch.linspace(0, drop_path_rate, sum(a["num_blocks_list"]), device="cpu").split(list(a["num_blocks_list"]))
         self.dense_stages = nn.Sequential()
         self.feature_info: list[FeatureSpec] = []
         self._feature_stages: list[int] = []
