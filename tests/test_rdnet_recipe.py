@@ -18,11 +18,13 @@ from segdense.models import build_model
 from tests.data_fixtures import make_ade20k
 from train_utils import CONF, compose_config
 
-# A tiny stand-in for RDNet + UperNet: the command line's backbone/head win over the experiment's.
-STAND_IN = ["backbone=custom", "backbone.num_units_per_block=[1,1,1,1]", "backbone.growth_rate=8",
-            "~backbone.drop_path_rate", "head=fcn", "head.channels=16",
-            "head.num_convs=1"]
-NUM_STAGES = 4  # the stand-in's dense blocks
+# A tiny RDNet and a narrow UperNet in place of rdnet_tiny and its 512-channel head: the command line's keys win
+# over the experiment's. Four stages, strides 4, 8, 16, 32 like the real ones.
+STAND_IN = ["backbone=rdnet_custom", "backbone.growth_rates=[8,8,8,8]", "backbone.num_blocks_list=[1,1,1,1]",
+            "backbone.is_downsample_block=[false,true,true,true]",
+            "backbone.block_type=[Block,Block,BlockESE,BlockESE]", "backbone.num_init_features=8",
+            "head.channels=16"]
+NUM_STAGES = 4  # the stand-in's stages
 
 
 def recipe(variant="tiny", extra=()):
@@ -51,7 +53,9 @@ def test_the_tiny_recipe_holds_the_authors_values():
 @pytest.mark.parametrize("variant, drop_path, weight_decay", [("tiny", 0.1, 0.03), ("small", 0.2, 0.03),
                                                               ("base", 0.2, 0.01)])
 def test_each_variant_takes_its_config_files_values(variant, drop_path, weight_decay):
-    cfg = compose_config([f"experiment=upernet_rdnet_{variant}_ade20k", "backbone=custom", "head=fcn"])
+    cfg = compose_config([f"experiment=upernet_rdnet_{variant}_ade20k"])
+    validate_config(cfg)
+    assert cfg.backbone.name == f"rdnet_{variant}" and cfg.head.name == "upernet" and cfg.head.channels == 512
     assert cfg.backbone.drop_path_rate == drop_path and cfg.optimizer.weight_decay == weight_decay
     # their small/base configs pass num_layers=7 although those nets have 11 stages; tiny has 7 of its own
     assert cfg.optimizer.layer_decay_num_stages == (None if variant == "tiny" else 7)
@@ -67,32 +71,70 @@ def test_warmup_then_poly_is_mmcvs_formula():
     assert lr_factor(iteration=0, total=160000, **schedule) == pytest.approx(6e-6)
 
 
-def expected_lr(name, num_layers, base_lr):
-    """The authors' ids on the stand-in DenseNet: stem 0, block i (with its transition; norm5 in block 4) i, and
-    everything outside the backbone num_layers + 1."""
-    if not name.startswith("backbone."):
-        layer_id = num_layers + 1
-    elif name.startswith(("backbone.features.conv0", "backbone.features.norm0")):
-        layer_id = 0
-    elif name.startswith("backbone.features.norm5"):
-        layer_id = NUM_STAGES
+def get_stage_id_for_rdnet(var_name, max_stage_id):
+    """The authors' function (naver-ai/rdnet segmentation/backbone/__init__.py), verbatim."""
+    if var_name.startswith('backbone.timm_model.stem'):
+        return 0
+    elif var_name.startswith('backbone.timm_model.dense_stages_'):
+        stage_id = int(var_name.split(".")[2].split("_")[-1])
+        return stage_id + 1
     else:
-        layer_id = int(name.split(".")[2][-1])
-    return base_lr * 0.9 ** (num_layers - layer_id - 1)
+        return max_stage_id + 1
+
+
+def authors_lr_and_weight_decay(model, base_lr, base_wd, decay_rate, configured_num_layers):
+    """RDNetLearningRateDecayOptimizerConstructor.add_params transcribed without mmcv, on the model's parameters
+    renamed to their spelling (timm features_only under ``backbone.timm_model``: ``dense_stages.N`` is
+    ``dense_stages_N``); the heads' names need no renaming, anything outside the backbone is "else" for them."""
+    num_layers = configured_num_layers + 2
+    out = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        theirs = name
+        if name.startswith("backbone."):
+            theirs = "backbone.timm_model." + name[len("backbone."):].replace("dense_stages.", "dense_stages_", 1)
+        if len(param.shape) == 1 or theirs.endswith('.bias') or theirs in ('pos_embed', 'cls_token'):
+            this_weight_decay = 0.
+        else:
+            this_weight_decay = base_wd
+        layer_id = get_stage_id_for_rdnet(theirs, num_layers)
+        scale = decay_rate ** (num_layers - layer_id - 1)
+        out[name] = (scale * base_lr, this_weight_decay)
+    return out
+
+
+def assert_groups_are_the_authors(model, optimizer, configured_num_layers, weight_decay):
+    theirs = authors_lr_and_weight_decay(model, 8e-5, weight_decay, 0.9, configured_num_layers)
+    owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
+    assert len(owner) == len(theirs) == len(list(model.parameters()))
+    for name, p in model.named_parameters():
+        group = owner[id(p)]
+        assert group["lr"] == pytest.approx(theirs[name][0], rel=1e-12), name
+        assert group["weight_decay"] == theirs[name][1], name
+        assert group["betas"] == (0.9, 0.999)
 
 
 @pytest.mark.parametrize("variant", ["tiny", "small"])
-def test_the_recipes_param_groups_follow_the_rule(variant):
+def test_the_recipes_param_groups_are_the_authors_on_the_stand_in(variant):
     cfg = recipe(variant)
     model = build_model(**model_config(cfg, num_classes=150))
     optimizer = build_optimizer(model=model, lr=cfg.lr, **OmegaConf.to_container(cfg.optimizer))
-    num_layers = (NUM_STAGES if variant == "tiny" else 7) + 2
-    owner = {id(p): g for g in optimizer.param_groups for p in g["params"]}
-    for name, p in model.named_parameters():
-        group = owner[id(p)]
-        assert group["lr"] == pytest.approx(expected_lr(name, num_layers, 8e-5), rel=1e-12), name
-        assert group["weight_decay"] == (0.0 if p.ndim == 1 or name.endswith(".bias") else 0.03), name
-        assert group["betas"] == (0.9, 0.999)
+    assert_groups_are_the_authors(model, optimizer, NUM_STAGES if variant == "tiny" else 7, 0.03)
+
+
+@pytest.mark.parametrize("variant, num_stages, weight_decay", [("tiny", 7, 0.03), ("small", 11, 0.03),
+                                                               ("base", 11, 0.01)])
+def test_the_real_models_param_groups_are_the_authors(variant, num_stages, weight_decay):
+    cfg = compose_config([f"experiment=upernet_rdnet_{variant}_ade20k"])
+    with torch.device("meta"):   # names and shapes are all the rule reads
+        model = build_model(**model_config(cfg, num_classes=150))
+    assert model.backbone.num_stages == num_stages and model.aux_head is not None
+    optimizer = build_optimizer(model=model, lr=cfg.lr, **OmegaConf.to_container(cfg.optimizer))
+    assert_groups_are_the_authors(model, optimizer, 7, weight_decay)   # their num_layers=7 in all three configs
+    scales = {g["name"]: g["lr_scale"] for g in optimizer.param_groups}
+    assert scales["layer_0_decay"] == pytest.approx(0.9 ** 8) and scales["head_decay"] == pytest.approx(0.9 ** -2)
+    assert scales[f"layer_{num_stages}_decay"] == pytest.approx(0.9 ** (7 - (num_stages - 1)))  # 0.9 / 0.9^-3
 
 
 def test_slide_evaluation_uses_the_authors_window_and_stride():
@@ -128,7 +170,8 @@ def test_the_recipe_trains_end_to_end_and_evaluates_in_slide_mode(ade_root, tmp_
     trainer = seen["trainer"]
     assert trainer.model.aux_head is not None and type(trainer.optimizer) is torch.optim.AdamW
     groups = {g["name"]: g for g in trainer.optimizer.param_groups}
-    assert set(groups) >= {"layer_0_decay", "layer_4_decay", "head_decay", "head_no_decay"}
+    assert set(groups) == {f"layer_{i}_{kind}" for i in range(5) for kind in ("decay", "no_decay")} | \
+        {"head_decay", "head_no_decay"}
     factor = lr_factor("poly", 3, 3, warmup_iters=2, warmup_ratio=6e-6, power=1.0, min_lr_ratio=0.0)
     for group in groups.values():   # after the last step: base rate x lr_scale x the schedule's factor
         assert group["lr"] == pytest.approx(8e-5 * group["lr_scale"] * factor, abs=1e-18)
