@@ -158,7 +158,8 @@ SMALL_RUN = ["crop_size=[32,32]", "batch_size=2", "iterations=3", "val_interval=
              "augmentation.train.0.scale=[128,32]", "augmentation.eval.0.scale=[128,32]", "scheduler.warmup_iters=2"]
 
 
-def test_the_recipe_trains_end_to_end_and_evaluates_in_slide_mode(ade_root, tmp_path):
+def test_the_recipe_trains_end_to_end_and_evaluates_in_slide_mode(ade_root, tmp_path, caplog):
+    caplog.set_level("INFO", logger="segdense.train")
     seen = {}
 
     def capture(trainer, iteration):
@@ -179,6 +180,8 @@ def test_the_recipe_trains_end_to_end_and_evaluates_in_slide_mode(ade_root, tmp_
     first = seen["lrs"][0]
     assert first["head_decay"] / first["layer_4_decay"] == pytest.approx(0.9 ** -3)
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file() and result is not None
+    assert "ade20k: 3 train / 2 val images, 150 classes (wall, building, sky, floor, " in caplog.text
+    assert "... (150 in all)" in caplog.text and "adamw lr 8e-05 (stage-wise decay 0.9), poly" in caplog.text
 
     with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         eval_cfg = compose(config_name="eval", overrides=[

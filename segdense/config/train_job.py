@@ -136,7 +136,9 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
             loss: str = "") -> str:
     params = sum(p.numel() for p in model.parameters())
     mc = model.model_config
-    classes = ", ".join(train_set.class_names)
+    names = list(train_set.class_names)
+    classes = ", ".join(names) if len(names) <= 12 else ", ".join(names[:10]) + f", ... ({len(names)} in all)"
+    decay = cfg.optimizer.get("layer_decay")
     amp = {None: "off", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     if cfg.channels_last is False:
         layout = "NCHW"
@@ -153,7 +155,8 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
         f"{train_set.num_classes} classes ({classes})",
         f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
-        f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}, {cfg.scheduler.name}",
+        f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}"
+        f"{f' (stage-wise decay {decay})' if decay is not None else ''}, {cfg.scheduler.name}",
         *([f"  loss      {loss}"] if loss else []),
         f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
         f"  determinism {determinism_note(cfg.deterministic, device)}",
