@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
+from PIL import Image
 
 from segdense.config.eval_job import evaluate_job
 from segdense.config.group_keys import validate_config
@@ -191,3 +192,4 @@ def test_the_recipe_trains_end_to_end_and_evaluates_in_slide_mode(ade_root, tmp_
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["dataset"] == "ade20k" and metrics["num_images"] == 2 and len(metrics["per_class"]) == 150
     assert metrics["per_class"][0]["name"] == "wall"
+    assert max(Image.open(tmp_path / "eval" / "confusion.png").size) < 3000   # 150 classes: a capped figure

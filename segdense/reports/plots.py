@@ -51,18 +51,21 @@ def class_frequency_chart(class_names: Sequence[str], pixel_share: Mapping[str, 
 
 def confusion_chart(confusion, class_names: Sequence[str], path: str | os.PathLike) -> Path:
     """Row-normalised confusion matrix (rows: ground truth, columns: prediction) with class labels on both axes.
-    The figure grows with the number of classes and writes the percentages in the cells up to 30 classes."""
+    The figure grows with the number of classes up to 60 of them (then it stays at that size, with smaller labels:
+    ADE20K's 150 classes would otherwise make a 6,600-pixel image) and writes the percentages in the cells up to 30
+    classes."""
     cm = np.asarray(confusion, dtype=np.float64)
     rows = cm.sum(1, keepdims=True)
     norm = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0)
     n = len(class_names)
-    side = max(5.0, 0.42 * n + 2.5)
+    side = max(5.0, 0.42 * min(n, 60) + 2.5)
     fig = Figure(figsize=(side + 1.2, side))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(100 * norm, cmap="Blues", vmin=0, vmax=100)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the ground-truth row")
-    ax.set_xticks(np.arange(n), list(class_names), rotation=90)
-    ax.set_yticks(np.arange(n), list(class_names))
+    label_size = None if n <= 60 else max(3.0, 10.0 * 60 / n)
+    ax.set_xticks(np.arange(n), list(class_names), rotation=90, fontsize=label_size)
+    ax.set_yticks(np.arange(n), list(class_names), fontsize=label_size)
     ax.set_xlabel("prediction")
     ax.set_ylabel("ground truth")
     if n <= 30:
