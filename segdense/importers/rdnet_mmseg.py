@@ -26,9 +26,8 @@ AUX_KEYS = {"convs.0.conv.weight": "convs.0.0.weight", "convs.0.bn.weight": "con
             "convs.0.bn.running_var": "convs.0.1.running_var",
             "convs.0.bn.num_batches_tracked": "convs.0.1.num_batches_tracked",
             "conv_seg.weight": "classifier.1.weight", "conv_seg.bias": "classifier.1.bias"}
-# mmseg's ADE20K normalisation (img_norm_cfg), the authors' too; in segdense's 0-1 scale.
-MMSEG_NORMALIZE = {"type": "Normalize", "mean": [123.675 / 255, 116.28 / 255, 103.53 / 255],
-                   "std": [58.395 / 255, 57.12 / 255, 57.375 / 255]}
+# The authors' img_norm_cfg (mean 123.675, 116.28, 103.53, std 58.395, 57.12, 57.375 on 0-255): ImageNet's.
+MMSEG_NORMALIZE = {"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
 def matches(state: dict[str, torch.Tensor]) -> bool:
