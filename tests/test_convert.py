@@ -322,3 +322,13 @@ def test_an_existing_output_is_kept_unless_overwrite_is_given(densenet_file, tmp
     convert(path, tmp_path / "out.pt", "overwrite=true")
     assert "state_dict" in torch.load(tmp_path / "out.pt", weights_only=True)
     assert [p.name for p in tmp_path.iterdir()] == ["out.pt"]  # no temporary file left behind
+
+
+def test_build_model_takes_the_aux_heads_width_and_records_it():
+    model = segdense.build_model("densenet_custom", "fcn", num_classes=3, aux_loss=True, aux_head={"channels": 8},
+                                 num_units_per_block=[1, 1, 1, 1], growth_rate=4)
+    assert model.aux_head.convs[0][0].out_channels == 8 and model.model_config["aux_head"] == {"channels": 8}
+    rebuilt = segdense.build_model(**model.model_config)
+    assert rebuilt.state_dict().keys() == model.state_dict().keys()
+    with pytest.raises(ValueError, match="needs aux_loss=True"):
+        segdense.build_model("densenet_custom", "fcn", aux_head={"channels": 8})

@@ -35,6 +35,22 @@ def _block(part: str | Mapping[str, Any], kind: str) -> dict:
     return block
 
 
+def _model_config(backbone_block: dict, head_block: dict, num_classes: int, aux_loss: bool,
+                  aux_head: Mapping[str, Any] | None) -> dict:
+    """``model.model_config``: the JSON-serialisable arguments that rebuild the model (``pretrained`` left out)."""
+    config = {
+        "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
+        "head": _jsonable(head_block, "head"),
+        "num_classes": num_classes,
+        "aux_loss": bool(aux_loss),
+    }
+    if aux_head is not None:
+        if not aux_loss:
+            raise ValueError("aux_head configures the auxiliary head: it needs aux_loss=True")
+        config["aux_head"] = _jsonable(dict(aux_head), "aux_head")
+    return config
+
+
 DEFAULT_OUTPUT_STRIDE = 16  # conf/config.yaml's
 
 
@@ -79,16 +95,7 @@ def build_model(
     """
     backbone_block = _backbone_block(backbone, output_stride, backbone_kwargs)
     head_block = _block(head, "head")
-    config = {
-        "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
-        "head": _jsonable(head_block, "head"),
-        "num_classes": num_classes,
-        "aux_loss": bool(aux_loss),
-    }
-    if aux_head is not None:
-        if not aux_loss:
-            raise ValueError("aux_head configures the auxiliary head: it needs aux_loss=True")
-        config["aux_head"] = _jsonable(dict(aux_head), "aux_head")
+    config = _model_config(backbone_block, head_block, num_classes, aux_loss, aux_head)
     name = backbone_block.pop("name")
     net = BACKBONES.get(name)(**backbone_block)
     feature_info = getattr(net, "feature_info", None)
