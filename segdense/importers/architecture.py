@@ -5,6 +5,8 @@ The functions here see only tensor shapes in segdense's names; the importers cal
 from __future__ import annotations
 
 import re
+from functools import partial
+from typing import Callable
 
 import torch
 
@@ -101,15 +103,22 @@ def chosen_block(backbone: str | dict | None, names: tuple[str, ...], custom: st
     return {"name": name} if name else {"name": custom, **inferred}
 
 
+def model_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
+    """The state_dict shapes of ``build()``'s model, built on the meta device (no memory, no initialisation
+    cost); on the CPU for a builder that reads tensor values while it builds."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except (RuntimeError, NotImplementedError):
+        model = build()
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
 def named_variant(names: tuple[str, ...], state: dict[str, torch.Tensor], **kwargs) -> str | None:
-    """The first of the registered builders ``names`` whose model (built with ``kwargs`` on the meta device: no
-    memory, no initialisation cost) has exactly ``state``'s keys and shapes."""
+    """The first of the registered builders ``names`` whose model (built with ``kwargs``) has exactly ``state``'s
+    keys and shapes."""
     shapes = {k: tuple(v.shape) for k, v in state.items()}
     for name in names:
-        if name not in BACKBONES.names():
-            continue
-        with torch.device("meta"):
-            own = BACKBONES.get(name)(**kwargs).state_dict()
-        if {k: tuple(v.shape) for k, v in own.items()} == shapes:
+        if name in BACKBONES.names() and model_shapes(partial(BACKBONES.get(name), **kwargs)) == shapes:
             return name
     return None

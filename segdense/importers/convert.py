@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 from typing import Mapping
 
@@ -15,6 +16,7 @@ from segdense.models.builder import build_model
 from segdense.version import __version__
 
 from . import rdnet_imagenet, rdnet_mmseg, torchvision_densenet
+from .architecture import model_shapes
 from .reading import check_fits, read_weights_file
 from .result import Imported
 
@@ -59,13 +61,14 @@ def import_file(path: str | os.PathLike, backbone: str | Mapping | None = None, 
         with config_values("backbone"):
             BACKBONES.get(name)  # the registry's message: the names and the closest one
     imported = layout.import_checkpoint(checkpoint, path, backbone, aux, output_stride)
-    with config_values(f"the model {path} describes"), torch.device("meta"):
-        if imported.model_config is not None:
-            expected = build_model(**imported.model_config).state_dict()
-        else:
-            block = dict(imported.backbone)
-            expected = BACKBONES.get(block.pop("name"))(**block).state_dict()
-    check_fits({k: v.shape for k, v in expected.items()}, imported.weights, path, describe(imported))
+    if imported.model_config is not None:
+        build = partial(build_model, **imported.model_config)
+    else:
+        block = dict(imported.backbone)
+        build = partial(BACKBONES.get(block.pop("name")), **block)
+    with config_values(f"the model {path} describes"):
+        expected = model_shapes(build)
+    check_fits(expected, imported.weights, path, describe(imported))
     return imported
 
 

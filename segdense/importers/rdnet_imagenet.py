@@ -30,6 +30,7 @@ def rename(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], lis
 
 def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bool, output_stride: int) -> Imported:
     weights, dropped = rename(checkpoint["state_dict"])
-    notes = [f"left out the ImageNet classifier ({', '.join(dropped)}): segmentation does not use it"] if dropped else []
+    notes = [f"left out the ImageNet classifier ({', '.join(dropped)}): segmentation does not use it"
+             ] if dropped else []
     block = chosen_block(backbone, RDNET_NAMES, "rdnet_custom", (weights, path))
     return Imported(layout=NAME, weights=weights, backbone=block, notes=notes)

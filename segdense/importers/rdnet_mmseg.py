@@ -84,10 +84,11 @@ def head_block(state: dict[str, torch.Tensor], meta: dict, path, notes: list[str
 def aux_block(state: dict[str, torch.Tensor], path) -> dict:
     """The FCN aux head's arguments (segdense's ``aux``: one 3x3 conv, ``channels`` wide)."""
     convs = {k.split(".")[2] for k in state if k.startswith("auxiliary_head.convs.")}
-    if len(convs) != 1 or "auxiliary_head.conv_cat.conv.weight" in state:
+    concat = "auxiliary_head.conv_cat.conv.weight" in state
+    if len(convs) != 1 or concat:
         raise CheckpointError(f"{path}: its auxiliary head has {len(convs)} convs"
-                              f"{' and concatenates its input' if 'auxiliary_head.conv_cat.conv.weight' in state else ''}"
-                              "; segdense's aux head is mmseg's FCNHead with one conv: pass aux=false to drop it")
+                              f"{' and concatenates its input' if concat else ''}; segdense's aux head is mmseg's "
+                              "FCNHead with one conv: pass aux=false to drop it")
     return {"channels": int(shape_of(state, "auxiliary_head.convs.0.conv.weight", path)[0]), "num_convs": 1}
 
 

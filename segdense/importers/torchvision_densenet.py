@@ -32,7 +32,8 @@ def rename(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], lis
 
 def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bool, output_stride: int) -> Imported:
     weights, dropped, added = rename(checkpoint["state_dict"])
-    notes = [f"left out the ImageNet classifier ({', '.join(dropped)}): segmentation does not use it"] if dropped else []
+    notes = [f"left out the ImageNet classifier ({', '.join(dropped)}): segmentation does not use it"
+             ] if dropped else []
     if added:
         notes.append(f"{added} BatchNorm batch counters (num_batches_tracked) absent from the file were set to 0")
     block = chosen_block(backbone, DENSENET_NAMES, "densenet_custom", (weights, path))
