@@ -89,7 +89,8 @@ def aux_block(state: dict[str, torch.Tensor], path) -> dict:
         raise CheckpointError(f"{path}: its auxiliary head has {len(convs)} convs"
                               f"{' and concatenates its input' if concat else ''}; segdense's aux head is mmseg's "
                               "FCNHead with one conv: pass aux=false to drop it")
-    return {"channels": int(shape_of(state, "auxiliary_head.convs.0.conv.weight", path)[0]), "num_convs": 1}
+    channels = int(shape_of(state, "auxiliary_head.convs.0.conv.weight", path)[0])
+    return {} if channels == 256 else {"channels": channels}  # 256: the aux head's default, the authors' width
 
 
 def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bool, output_stride: int) -> Imported:
@@ -103,7 +104,7 @@ def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bo
     has_aux = any(k.startswith("auxiliary_head.") for k in state)
     model_config = {"backbone": block, "head": head_block(state, meta, path, notes), "num_classes": num_classes,
                     "aux_loss": has_aux and keep_aux}
-    if has_aux and keep_aux:
+    if has_aux and keep_aux and aux_block(state, path):
         model_config["aux_head"] = aux_block(state, path)
     notes.append("auxiliary head " + ("kept (aux_loss=true)" if model_config["aux_loss"] else
                                       "dropped (aux=false)" if has_aux else "absent from the file"))
