@@ -103,6 +103,18 @@ def test_aux_false_drops_the_aux_head_and_says_so(tmp_path, golden_io, capsys):
     assert model.aux_head is None and max_rel_error(logits, expected) <= 1e-4
 
 
+def test_output_stride_16_writes_the_same_weights_for_a_dilated_backbone(converted, tmp_path, golden_io):
+    convert(AUTHORS, tmp_path / "os16.pt", "output_stride=16")
+    os16, os32 = torch.load(tmp_path / "os16.pt", weights_only=True), torch.load(converted, weights_only=True)
+    assert os16["model_config"]["backbone"]["output_stride"] == 16
+    assert all(torch.equal(os16["model"][k], v) for k, v in os32["model"].items())
+    x = golden_io["input"]
+    with torch.no_grad():
+        features = segdense.load_model(tmp_path / "os16.pt").backbone.forward_features(x)
+    assert [f.shape[-1] for f in features.values()] == [x.shape[-1] // s for s in (4, 8, 16, 16)]
+    assert max_rel_error(features["stage1"], golden_io["features"][0]) <= 1e-4  # before the dilation point
+
+
 def test_the_authors_layout_with_plain_meta_reads_with_weights_only():
     from segdense.importers.reading import read_weights_file
 
