@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 from PIL import Image
 
 import segdense
 from segdense.errors import CheckpointError, ConfigError
 
-from train_utils import CONF
+from train_utils import CONF, compose_config
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 AUTHORS = GOLDEN / "upernet_rdnet_authors.pth"
@@ -212,7 +213,7 @@ def densenet_file(tmp_path_factory):
 
 
 def test_a_torchvision_densenet_with_old_keys_becomes_backbone_weights(densenet_file, tmp_path, capsys):
-    from segdense.backbones import densenet_custom
+    from segdense.backbones.registry import BACKBONES
 
     path, state = densenet_file
     imported = convert(path, tmp_path / "densenet.pt")
@@ -221,8 +222,11 @@ def test_a_torchvision_densenet_with_old_keys_becomes_backbone_weights(densenet_
                                  "num_init_features": 16, "bn_size": 2}
     out = capsys.readouterr().out
     assert "classifier.weight" in out and "num_batches_tracked" in out
-    block = {k: v for k, v in imported.backbone.items() if k != "name"}
-    ours = densenet_custom(**block, pretrained=str(tmp_path / "densenet.pt")).state_dict()
+    command = next(line for line in out.splitlines() if "tools/train.py" in line).split("tools/train.py ")[1]
+    assert command == ("backbone=custom backbone.num_units_per_block=[2,3,2,2] backbone.growth_rate=8 "
+                       f"backbone.num_init_features=16 backbone.bn_size=2 backbone.pretrained={tmp_path / 'densenet.pt'}")
+    block = OmegaConf.to_container(compose_config(command.split()).backbone, resolve=True)
+    ours = BACKBONES.get(block.pop("name"))(**block).state_dict()  # what the printed training command builds
     assert all(torch.equal(ours[k], state[k]) for k in ours if not k.endswith("num_batches_tracked"))
 
 

@@ -6,6 +6,8 @@ from omegaconf import DictConfig, OmegaConf
 from segdense.errors import ConfigError
 from segdense.importers import Imported, convert_checkpoint
 
+from .overrides import CONF_DIR
+
 
 def convert_job(cfg: DictConfig) -> Imported:
     """Convert ``cfg.input`` to ``cfg.output`` and print what was written, what was assumed, kept or dropped,
@@ -29,8 +31,17 @@ def convert_job(cfg: DictConfig) -> Imported:
         name = block.pop("name")
         options = "".join(f" backbone.{k}={_value(v)}" for k, v in block.items())
         print(f"wrote {cfg.output}: {name} backbone weights")
-        print(f"  use them: python tools/train.py backbone={name}{options} backbone.pretrained={cfg.output}")
+        print(f"  use them: python tools/train.py backbone={backbone_option(name)}{options} "
+              f"backbone.pretrained={cfg.output}")
     return imported
+
+
+def backbone_option(name: str) -> str:
+    """The conf/backbone/ option that builds the registered backbone ``name`` (``custom`` for densenet_custom)."""
+    for path in sorted((CONF_DIR / "backbone").glob("*.yaml")):
+        if OmegaConf.load(path).get("name") == name:
+            return path.stem
+    return name
 
 
 def _value(value) -> str:
