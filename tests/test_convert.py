@@ -349,3 +349,11 @@ def test_build_model_takes_the_aux_heads_width_and_records_it():
     assert rebuilt.state_dict().keys() == model.state_dict().keys()
     with pytest.raises(ValueError, match="needs aux_loss=True"):
         segdense.build_model("densenet_custom", "fcn", aux_head={"channels": 8})
+
+
+def test_a_segdense_checkpoint_is_not_converted_again(densenet_file, tmp_path):
+    model = segdense.build_model("densenet_custom", "fcn", num_classes=2, num_units_per_block=[1, 1, 1, 1],
+                                 growth_rate=4)
+    torch.save({"model": model.state_dict(), "model_config": model.model_config}, tmp_path / "own.pt")
+    with pytest.raises(CheckpointError, match="is a segdense checkpoint already: use it as it is"):
+        convert(tmp_path / "own.pt", tmp_path / "out.pt")
