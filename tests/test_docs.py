@@ -25,10 +25,11 @@ def readme_head_counts() -> dict[str, int]:
 
 def test_the_readme_lists_every_head():
     assert set(readme_head_counts()) == {"deeplabv3plus_lite", "fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn",
-                                         "aux"}
+                                         "aux", "upernet"}
 
 
-@pytest.mark.parametrize("head", ["deeplabv3plus_lite", "fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn", "aux"])
+@pytest.mark.parametrize("head", ["deeplabv3plus_lite", "fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn", "aux",
+                                  "upernet"])
 def test_readme_parameter_count_of_every_head_is_the_built_heads(head):
     built = build_head(head, DENSENET121_OS16, 21, 16)
     assert sum(p.numel() for p in built.parameters()) == readme_head_counts()[head]

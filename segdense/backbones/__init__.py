@@ -1,4 +1,4 @@
-"""DenseNet backbones for segmentation (and torchvision's ResNet-50/101 for reference). Needs only torch.
+"""DenseNet and RDNet backbones for segmentation (and torchvision's ResNet-50/101 for reference). Needs only torch.
 
 >>> from segdense.backbones import build_backbone
 >>> net = build_backbone("densenet121", output_stride=16)
@@ -13,6 +13,8 @@ from .densenet import (
     densenet_custom,
     valid_output_strides,
 )
+from .rdnet import RDNet, rdnet_base, rdnet_custom, rdnet_large, rdnet_small, rdnet_tiny
+from .rdnet_weights import load_rdnet_pretrained, rdnet_timm_keys
 from .fcdensenet import FCDenseNet, fcdensenet56, fcdensenet67, fcdensenet103, fcdensenet_custom
 from .features import FeatureSpec, feature_at_stride
 from .resnet import ResNet, resnet50, resnet101
@@ -21,6 +23,7 @@ from .weights import adapt_input_conv, convert_old_keys, load_pretrained, read_s
 
 __all__ = [
     "DenseNet",
+    "RDNet",
     "FCDenseNet",
     "FeatureSpec",
     "ResNet",
@@ -39,6 +42,13 @@ __all__ = [
     "feature_at_stride",
     "list_backbones",
     "load_pretrained",
+    "rdnet_base",
+    "rdnet_custom",
+    "rdnet_large",
+    "rdnet_small",
+    "rdnet_tiny",
+    "rdnet_timm_keys",
+    "load_rdnet_pretrained",
     "read_state_dict",
     "register_backbone",
     "resnet50",
