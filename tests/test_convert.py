@@ -183,9 +183,11 @@ def test_rdnet_imagenet_files_become_backbone_weights_that_load_strictly(spellin
         torch.save(authors_hub_spelling(state), source)
     imported = convert(source, tmp_path / "backbone.pt")
     assert imported.layout == "rdnet-imagenet" and imported.backbone == {"name": "rdnet_custom", **SMALL_RDNET}
-    assert "head.fc.weight" in capsys.readouterr().out  # the classifier left out, and said so
-    block = dict(imported.backbone)
-    net = BACKBONES.get(block.pop("name"))(**block, pretrained=str(tmp_path / "backbone.pt")).eval()
+    out = capsys.readouterr().out
+    assert "head.fc.weight" in out  # the classifier left out, and said so
+    command = next(line for line in out.splitlines() if "tools/train.py" in line).split("tools/train.py ")[1]
+    block = OmegaConf.to_container(compose_config(command.split() + ["output_stride=32"]).backbone, resolve=True)
+    net = BACKBONES.get(block.pop("name"))(**block).eval()  # what the printed training command builds
     ours = net.state_dict()
     assert ours.keys() == {k for k in state if not k.startswith("head.")}
     assert all(torch.equal(ours[k], state[k]) for k in ours)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from segdense.backbones.rdnet_weights import to_timm_names
+from segdense.backbones.rdnet_weights import rdnet_timm_keys
 
 from .architecture import RDNET_NAMES, chosen_block
 from .result import Imported
@@ -23,7 +23,7 @@ def matches(state: dict[str, torch.Tensor]) -> bool:
 def rename(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """timm's names without the ImageNet classifier (``head.norm``, ``head.fc``), and the classifier keys left
     out."""
-    weights = to_timm_names(state)
+    weights = rdnet_timm_keys(state)
     dropped = [k for k in weights if k.startswith(CLASSIFIER)]
     return {k: v for k, v in weights.items() if not k.startswith(CLASSIFIER)}, dropped
 

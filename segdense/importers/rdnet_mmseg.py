@@ -12,7 +12,7 @@ import re
 
 import torch
 
-from segdense.backbones.rdnet_weights import to_timm_names
+from segdense.backbones.rdnet_weights import rdnet_timm_keys
 from segdense.errors import CheckpointError
 
 from .architecture import RDNET_NAMES, chosen_block, shape_of
@@ -37,7 +37,7 @@ def matches(state: dict[str, torch.Tensor]) -> bool:
 def rename(state: dict[str, torch.Tensor], keep_aux: bool) -> dict[str, torch.Tensor]:
     """segdense's names: ``backbone.`` + timm's RDNet names, ``head.`` + UPerHead's own, ``aux_head.`` + AuxHead's
     (or no aux head). Keys of any other part stay as they are, so the shape check names them."""
-    backbone = to_timm_names({k[len(BACKBONE):]: v for k, v in state.items() if k.startswith(BACKBONE)})
+    backbone = rdnet_timm_keys({k[len(BACKBONE):]: v for k, v in state.items() if k.startswith(BACKBONE)})
     out = {f"backbone.{k}": v for k, v in backbone.items()}
     for key, value in state.items():
         if key.startswith("decode_head."):
