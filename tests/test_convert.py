@@ -2,6 +2,7 @@
 tests/make_mmseg_golden.py), RDNet ImageNet files against timm's model, torchvision DenseNets, the tools on a
 converted file, and every error path."""
 import re
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -127,6 +128,7 @@ def test_the_authors_layout_with_plain_meta_reads_with_weights_only():
 def test_a_meta_entry_that_needs_weights_only_false_is_named_and_the_file_refused(tmp_path):
     checkpoint = torch.load(AUTHORS, weights_only=True)
     checkpoint["meta"]["seed"] = np.int64(7)  # as mmseg 0.x's single-GPU runs stored it
+    checkpoint["state_dict"] = OrderedDict(checkpoint["state_dict"])  # as mmcv saved it
     torch.save(checkpoint, tmp_path / "numpy_meta.pth")
     with pytest.raises(CheckpointError) as error:
         convert(tmp_path / "numpy_meta.pth", tmp_path / "out.pt")

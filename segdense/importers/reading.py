@@ -77,10 +77,19 @@ class _StandIn:
     name = ""
 
     def __init__(self, *args, **kwargs):
-        self.args = args
+        self.args = list(args)
 
     def __setstate__(self, state):
-        self.state = state
+        self.args.append(state)
+
+    def __setitem__(self, key, value):  # a dict subclass (OrderedDict) fills itself this way
+        self.args.append(value)
+
+    def append(self, value):  # a list subclass
+        self.args.append(value)
+
+    def extend(self, values):
+        self.args.extend(values)
 
 
 class _GlobalNamingUnpickler(pickle.Unpickler):
@@ -107,7 +116,7 @@ def _find(obj, names: set[str], where: str) -> str | None:
     if isinstance(obj, _StandIn):
         if obj.name in names:
             return where or "the file"
-        items = [("", a) for a in obj.args] + ([("", obj.state)] if hasattr(obj, "state") else [])
+        items = [("", a) for a in obj.args]
     elif isinstance(obj, dict):
         items = [(f"[{k!r}]", v) for k, v in obj.items()]
     elif isinstance(obj, (list, tuple)):
