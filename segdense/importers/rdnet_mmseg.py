@@ -104,13 +104,14 @@ def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bo
     has_aux = any(k.startswith("auxiliary_head.") for k in state)
     model_config = {"backbone": block, "head": head_block(state, meta, path, notes), "num_classes": num_classes,
                     "aux_loss": has_aux and keep_aux}
-    if has_aux and keep_aux and aux_block(state, path):
-        model_config["aux_head"] = aux_block(state, path)
+    aux_arguments = aux_block(state, path) if model_config["aux_loss"] else {}
+    if aux_arguments:
+        model_config["aux_head"] = aux_arguments
     notes.append("auxiliary head " + ("kept (aux_loss=true)" if model_config["aux_loss"] else
                                       "dropped (aux=false)" if has_aux else "absent from the file"))
     names, palette = class_names(meta, num_classes, path, notes)
     return Imported(layout=NAME, weights=weights, model_config=model_config, notes=notes,
-                    dataset={"name": "ade20k" if num_classes == 150 else "mmseg", "class_names": names,
+                    dataset={"name": "ade20k" if num_classes == 150 else "unknown", "class_names": names,
                              "palette": palette},
                     config={"augmentation": {"eval": [MMSEG_NORMALIZE]}, "crop_size": crop_size(meta)})
 
