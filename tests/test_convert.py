@@ -359,3 +359,15 @@ def test_a_segdense_checkpoint_is_not_converted_again(densenet_file, tmp_path):
     torch.save({"model": model.state_dict(), "model_config": model.model_config}, tmp_path / "own.pt")
     with pytest.raises(CheckpointError, match="is a segdense checkpoint already: use it as it is"):
         convert(tmp_path / "own.pt", tmp_path / "out.pt")
+
+
+def test_the_tool_refuses_an_unknown_key_and_runs_from_the_command_line(densenet_file, tmp_path, monkeypatch,
+                                                                         capsys):
+    from test_tool_overrides import run_tool_main
+
+    assert run_tool_main("convert", "input=a.pth", "output=b.pt", "overwrit=true", monkeypatch=monkeypatch) == 2
+    assert "unknown key 'overwrit' (did you mean 'overwrite'?)" in capsys.readouterr().err
+    path, _ = densenet_file
+    assert run_tool_main("convert", f"input={path}", f"output={path}", monkeypatch=monkeypatch) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"error: output={path} exists; pass overwrite=true to replace it"]
