@@ -319,6 +319,14 @@ def test_a_shape_mismatch_names_the_first_key_and_both_shapes(densenet_file, tmp
                                 "densenet121 expects (64, 3, 7, 7)")
 
 
+def test_a_named_backbone_the_authors_file_does_not_fit_is_refused_at_the_first_tensor(tmp_path):
+    with pytest.raises(CheckpointError) as error:
+        convert(AUTHORS, tmp_path / "out.pt", "backbone=rdnet_tiny")
+    assert str(error.value) == (f"{AUTHORS}: shape mismatch at backbone.stem.0.weight: the file has (16, 3, 4, 4), "
+                                "rdnet_tiny + upernet + aux, 150 classes expects (64, 3, 4, 4)")
+    assert not (tmp_path / "out.pt").exists()
+
+
 def test_the_tool_prints_one_error_line_and_exits_2(tmp_path, capsys):
     from segdense.config.cli import run_tool
     from segdense.config.convert_job import convert_job
