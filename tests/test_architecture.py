@@ -20,7 +20,7 @@ LAYERS = [
     ["models"],
     ["runtime"],
     ["engine", "inference"],
-    ["reports", "export"],
+    ["reports", "export", "importers"],
     ["evaluation"],
     ["config"],
     [""],  # segdense/__init__.py, the package's front door

@@ -35,6 +35,22 @@ def _block(part: str | Mapping[str, Any], kind: str) -> dict:
     return block
 
 
+def _model_config(backbone_block: dict, head_block: dict, num_classes: int, aux_loss: bool,
+                  aux_head: Mapping[str, Any] | None) -> dict:
+    """``model.model_config``: the JSON-serialisable arguments that rebuild the model (``pretrained`` left out)."""
+    config = {
+        "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
+        "head": _jsonable(head_block, "head"),
+        "num_classes": num_classes,
+        "aux_loss": bool(aux_loss),
+    }
+    if aux_head is not None:
+        if not aux_loss:
+            raise ValueError("aux_head configures the auxiliary head: it needs aux_loss=True")
+        config["aux_head"] = _jsonable(dict(aux_head), "aux_head")
+    return config
+
+
 DEFAULT_OUTPUT_STRIDE = 16  # conf/config.yaml's
 
 
@@ -54,6 +70,7 @@ def build_model(
     num_classes: int = 21,
     aux_loss: bool = False,
     output_stride: int | None = None,
+    aux_head: Mapping[str, Any] | None = None,
     **backbone_kwargs: Any,
 ) -> SegmentationModel:
     """Build a :class:`SegmentationModel` from registered names, as timm's ``create_model`` does. The defaults are
@@ -66,6 +83,8 @@ def build_model(
         num_classes: classes of the logits (>= 1).
         aux_loss: add the FCN auxiliary head on the stride-16 feature (training output becomes
             ``{"out", "aux"}``).
+        aux_head: the aux head's arguments (``channels``, ``num_convs``, ``dropout``, ``in_feature``) where they
+            are not its defaults (256 channels, one conv), e.g. for an imported checkpoint's; needs ``aux_loss``.
         output_stride: the backbone's, unless its block sets one. ``None``: 16 for backbones that take an output
             stride (what the command line trains); FC-DenseNets, which have none, are left alone.
         **backbone_kwargs: more backbone arguments (``pretrained``, ``memory_efficient``, ``growth_rate`` ...),
@@ -76,12 +95,7 @@ def build_model(
     """
     backbone_block = _backbone_block(backbone, output_stride, backbone_kwargs)
     head_block = _block(head, "head")
-    config = {
-        "backbone": _jsonable({k: v for k, v in backbone_block.items() if k != "pretrained"}, "backbone"),
-        "head": _jsonable(head_block, "head"),
-        "num_classes": num_classes,
-        "aux_loss": bool(aux_loss),
-    }
+    config = _model_config(backbone_block, head_block, num_classes, aux_loss, aux_head)
     name = backbone_block.pop("name")
     net = BACKBONES.get(name)(**backbone_block)
     feature_info = getattr(net, "feature_info", None)
@@ -92,7 +106,7 @@ def build_model(
         )
     stride = net.output_stride
     main = build_head(head_block.pop("name"), feature_info, num_classes, stride, **head_block)
-    aux = build_head("aux", feature_info, num_classes, stride) if aux_loss else None
+    aux = build_head("aux", feature_info, num_classes, stride, **(aux_head or {})) if aux_loss else None
     model = SegmentationModel(net, main, aux)
     model.model_config = config
     return model
