@@ -72,6 +72,12 @@ def test_the_authors_checkpoint_gives_mmsegs_logits_with_the_ade20k_classes(conv
     assert model.palette == [list(c) for c in meta["PALETTE"]]
 
 
+def test_the_converted_eval_pipeline_is_the_authors_test_pipeline(converted):
+    pipeline = torch.load(converted, weights_only=True)["config"]["augmentation"]["eval"]
+    assert [step["type"] for step in pipeline] == ["KeepRatioResize", "Normalize"]
+    assert pipeline[0]["scale"] == [2048, 512]
+
+
 def test_the_kept_aux_head_gives_mmsegs_aux_logits(converted, golden_io):
     model = segdense.load_model(converted)
     assert model.model_config["aux_loss"] is True

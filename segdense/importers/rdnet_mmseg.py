@@ -28,6 +28,9 @@ AUX_KEYS = {"convs.0.conv.weight": "convs.0.0.weight", "convs.0.bn.weight": "con
             "conv_seg.weight": "classifier.1.weight", "conv_seg.bias": "classifier.1.bias"}
 # The authors' img_norm_cfg (mean 123.675, 116.28, 103.53, std 58.395, 57.12, 57.375 on 0-255): ImageNet's.
 MMSEG_NORMALIZE = {"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+# Their test pipeline resizes to (2048, 512) keeping the aspect ratio (configs/_base_/datasets/ade20k.py); the
+# logits are resized back to the image's own size, as segdense's Predictor and mmseg both do.
+MMSEG_TEST_RESIZE = {"type": "KeepRatioResize", "scale": [2048, 512]}
 
 
 def matches(state: dict[str, torch.Tensor]) -> bool:
@@ -113,7 +116,7 @@ def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bo
     return Imported(layout=NAME, weights=weights, model_config=model_config, notes=notes,
                     dataset={"name": "ade20k" if num_classes == 150 else "unknown", "class_names": names,
                              "palette": palette},
-                    config={"augmentation": {"eval": [MMSEG_NORMALIZE]}, "crop_size": crop_size(meta)})
+                    config={"augmentation": {"eval": [MMSEG_TEST_RESIZE, MMSEG_NORMALIZE]}, "crop_size": crop_size(meta)})
 
 
 def crop_size(meta: dict) -> list[int]:
