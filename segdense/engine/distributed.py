@@ -8,6 +8,7 @@ import os
 import torch
 import torch.distributed as dist
 
+from .attempt_store import attempt_store
 from .launchers import Launch, detect_launch
 
 logger = logging.getLogger("segdense.train")
@@ -33,17 +34,16 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
 
 def rendezvous(launch: Launch) -> dict:
     """How the processes meet: SLURM's rank 0 at ``tcp://MASTER_ADDR:MASTER_PORT`` (no torchrun exports it);
-    under torchrun its environment, in a store of this restart's own (``TORCHELASTIC_RESTART_COUNT``):
-    the agent's store outlives a ``--max-restarts`` restart, and restarted workers would otherwise read the
-    previous attempt's addresses and fail to connect."""
+    under torchrun its environment, in a part of its store that belongs to this attempt alone
+    (:mod:`segdense.engine.attempt_store`): the agent's store outlives a ``--max-restarts`` restart, and
+    restarted workers would otherwise read an earlier attempt's addresses and fail to connect."""
     if launch.master_addr is not None:
         host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr  # IPv6
         return dict(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank, world_size=launch.world_size)
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    if not dist.is_torchelastic_launched():
         return {}  # env:// as it is
     store, rank, world = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
-    return dict(store=dist.PrefixStore(f"segdense/attempt_{attempt}", store), rank=rank, world_size=world)
+    return dict(store=attempt_store(store, rank, world, PROCESS_GROUP_TIMEOUT), rank=rank, world_size=world)
 
 
 def cuda_index(local_rank: int) -> int:
