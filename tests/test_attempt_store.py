@@ -31,9 +31,9 @@ def test_the_ranks_of_an_attempt_agree_and_each_attempt_gets_a_new_token():
     first = attempt(store, 3)
     assert len(set(first)) == 1
     # The other ranks arrive first now and find the first attempt's token, finished and ready: not theirs.
-    second = attempt(store, 3, delays=[0.5, 0.0, 0.0])
+    second = attempt(store, 3, delays=[0.3, 0.0, 0.0])
     assert len(set(second)) == 1 and second[0] != first[0]
-    third = attempt(store, 3, delays=[0.0, 0.3, 0.6])
+    third = attempt(store, 3, delays=[0.0, 0.2, 0.3])
     assert len(set(third)) == 1 and third[0] not in (first[0], second[0])
 
 
@@ -43,7 +43,7 @@ def test_a_rank_that_announced_itself_to_a_dead_attempt_moves_to_the_next():
     the token of the new rank 0."""
     store = dist.HashStore()
     store.set(LATEST, "dead0attempt")
-    tokens = attempt(store, 2, delays=[0.5, 0.0])
+    tokens = attempt(store, 2, delays=[0.3, 0.0])
     assert tokens[0] == tokens[1] != "dead0attempt"
     assert store.check(["segdense/attempt/dead0attempt/seen/1"])  # it did announce itself there first
 

@@ -8,6 +8,8 @@ import os
 import torch
 import torch.distributed as dist
 
+from segdense.errors import CheckpointError
+
 from .attempt_store import attempt_store
 from .launchers import Launch, detect_launch
 
@@ -67,6 +69,27 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` for a single process). Collective."""
+    if not dist.is_initialized():
+        return [obj]
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, obj)
+    return found
+
+
+def check_same_start(iteration: int, resume_path: str | os.PathLike | None) -> None:
+    """Every process starts at the same iteration from the same file. Each one finds ``last.pt`` itself; a run
+    directory that differs between machines (node-local, or a stale view of a network filesystem) would make them
+    train different steps, until one waits for the others in a collective."""
+    starts = gather_object((iteration, None if resume_path is None else str(resume_path)))
+    if len(set(starts)) > 1:
+        seen = "; ".join(f"rank {rank}: iteration {it} ({path or 'no checkpoint'})"
+                         for rank, (it, path) in enumerate(starts))
+        raise CheckpointError(f"the processes would start from different checkpoints ({seen}); every machine must "
+                              "see the same run directory: set hydra.run.dir to a folder on a filesystem all share")
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
