@@ -1,23 +1,25 @@
 """torchrun alone, no segdense training: two c10d nodes on loopback, one gloo worker each, ``--max-restarts=1``;
 node 2's worker gets SIGKILL while node 1's is busy. How the restarted workers meet decides whether they do:
 
-    python tests/torchrun_restart_demo.py --meet=count    # a store part per TORCHELASTIC_RESTART_COUNT: hangs
-    python tests/torchrun_restart_demo.py --meet=plain    # env:// as it is: the first attempt's address, a restart
-    python tests/torchrun_restart_demo.py --meet=agreed   # segdense.engine.attempt_store: meets at once
+    python tests/torchrun_restart_demo.py --meet=count    # a store part per TORCHELASTIC_RESTART_COUNT
+    python tests/torchrun_restart_demo.py --meet=plain    # env:// as it is
+    python tests/torchrun_restart_demo.py --meet=agreed   # segdense.engine.attempt_store
 
 Each run takes under a minute, or is killed after ``--timeout`` seconds; it prints, for every worker started,
 its node, rank, ``TORCHELASTIC_RESTART_COUNT`` and ``MASTER_PORT``, and whether it met the other (the workers'
 output is in the two node logs it names). Seen with torch 2.14.1: node 1's agent restarts its worker because node
 2 rejoins (a membership change, which it does not count), node 2's because its worker failed (counted), so the
 new workers see counts 0 and 1; all attempts get the same ``MASTER_PORT``, one store (node 1's agent's) that
-still holds what the first attempt wrote. With ``--meet=plain`` rank 0 then connects to the killed worker's
-address (``Connection refused``) and fails; the third attempt meets. With ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
-in the environment, each attempt gets a new store on a new port, hosted by its rank-0 worker.
+still holds what the first attempt wrote. ``--meet=count``: the new workers wait in different parts of the
+store, until ``--timeout`` or until node 1's fails on the first attempt's address (timing decides) and a third
+attempt meets. ``--meet=plain``: rank 0 connects to the killed worker's address (``Connection refused``) and
+fails; a third attempt meets. ``--meet=agreed``: they meet at once. With ``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``
+in the environment, each attempt gets a new store on a new port, hosted by its rank-0 worker, and ``plain`` meets
+at once too.
 """
 import argparse
 import datetime
 import os
-import signal
 import subprocess
 import sys
 import socket

@@ -1,12 +1,12 @@
 """The part of torchrun's store that belongs to one attempt (one start of the workers), agreed on by all of them.
 
-Under torchrun (c10d or static rendezvous) every worker connects to a TCPStore that the agent of node 0 hosts
-for the whole job. It outlives ``--max-restarts`` restarts, and the keys an earlier attempt wrote there (each
-rank's gloo or NCCL address) are still in it when the workers start again: meeting in that store as it is, a
-restarted worker can read an earlier attempt's addresses and fail to connect. Nothing torchrun gives a worker
-names the attempt consistently: ``TORCHELASTIC_RESTART_COUNT`` is counted by each agent for itself, and an agent
-that restarts its workers because another node rejoins (a membership change, not a failure) does not count it,
-so the workers of one attempt on two nodes can see different counts.
+Under torchrun (c10d or static rendezvous) every worker connects to a TCPStore that the agent of the first node
+(rendezvous rank 0) hosts for the whole job. It outlives ``--max-restarts`` restarts, and the keys an earlier
+attempt wrote there (each rank's gloo or NCCL address) are still in it when the workers start again: meeting in
+that store as it is, a restarted worker can read an earlier attempt's addresses and fail to connect. Nothing
+torchrun gives a worker names the attempt consistently: ``TORCHELASTIC_RESTART_COUNT`` is counted by each agent
+for itself, and an agent that restarts its workers because another node rejoins (a membership change, not a
+failure) does not count it, so the workers of one attempt on two nodes can see different counts.
 
 So the workers agree on the attempt themselves: rank 0 publishes a fresh random token, every other rank
 announces that it has seen it, and rank 0 then marks it ready. A token that is ready before a rank announced
@@ -34,7 +34,8 @@ def attempt_store(store: dist.Store, rank: int, world_size: int, timeout: dateti
 
 def agree_on_attempt(store: dist.Store, rank: int, world_size: int, timeout: datetime.timedelta) -> str:
     """The token of this attempt, the same on every rank (see the module's docstring). Collective: every rank
-    calls it once. Raises :class:`TimeoutError` on a rank that rank 0 does not reach within ``timeout``."""
+    calls it once. After ``timeout``, a rank that rank 0 did not reach raises :class:`TimeoutError`, and rank 0,
+    when the others did not announce themselves, the store's own timeout error."""
     if rank == 0:
         token = uuid.uuid4().hex
         store.set(LATEST, token)
