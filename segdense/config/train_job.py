@@ -18,7 +18,8 @@ from segdense.data import build_dataloader, build_dataset, build_transforms, val
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
-from segdense.engine.distributed import broadcast_object, cuda_index, init_distributed, is_main_process
+from segdense.engine.distributed import (broadcast_object, check_same_start, cuda_index, init_distributed,
+                                        is_main_process)
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
 from segdense.models import build_model
@@ -262,6 +263,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
                       dataset_info={"name": cfg.dataset.name, "config": config["dataset"]})
     if resume_path is not None:
         trainer.resume_from(resume_path)
+    check_same_start(trainer.iteration, resume_path)
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))

@@ -8,6 +8,9 @@ import os
 import torch
 import torch.distributed as dist
 
+from segdense.errors import CheckpointError
+
+from .attempt_store import attempt_store
 from .launchers import Launch, detect_launch
 
 logger = logging.getLogger("segdense.train")
@@ -33,17 +36,16 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
 
 def rendezvous(launch: Launch) -> dict:
     """How the processes meet: SLURM's rank 0 at ``tcp://MASTER_ADDR:MASTER_PORT`` (no torchrun exports it);
-    under torchrun its environment, in a store of this restart's own (``TORCHELASTIC_RESTART_COUNT``):
-    the agent's store outlives a ``--max-restarts`` restart, and restarted workers would otherwise read the
-    previous attempt's addresses and fail to connect."""
+    under torchrun its environment, in a part of its store that belongs to this attempt alone
+    (:mod:`segdense.engine.attempt_store`): the agent's store outlives a ``--max-restarts`` restart, and
+    restarted workers would otherwise read an earlier attempt's addresses and fail to connect."""
     if launch.master_addr is not None:
         host = f"[{launch.master_addr}]" if ":" in launch.master_addr else launch.master_addr  # IPv6
         return dict(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank, world_size=launch.world_size)
-    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
-    if attempt is None:
+    if not dist.is_torchelastic_launched():
         return {}  # env:// as it is
     store, rank, world = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
-    return dict(store=dist.PrefixStore(f"segdense/attempt_{attempt}", store), rank=rank, world_size=world)
+    return dict(store=attempt_store(store, rank, world, PROCESS_GROUP_TIMEOUT), rank=rank, world_size=world)
 
 
 def cuda_index(local_rank: int) -> int:
@@ -67,6 +69,27 @@ def broadcast_object(obj):
     box = [obj]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order (``[obj]`` for a single process). Collective."""
+    if not dist.is_initialized():
+        return [obj]
+    found = [None] * dist.get_world_size()
+    dist.all_gather_object(found, obj)
+    return found
+
+
+def check_same_start(iteration: int, resume_path: str | os.PathLike | None) -> None:
+    """Every process starts at the same iteration from the same file. Each one finds ``last.pt`` itself; a run
+    directory that differs between machines (node-local, or a stale view of a network filesystem) would make them
+    train different steps, until one waits for the others in a collective."""
+    starts = gather_object((iteration, None if resume_path is None else str(resume_path)))
+    if len(set(starts)) > 1:
+        seen = "; ".join(f"rank {rank}: iteration {it} ({path or 'no checkpoint'})"
+                         for rank, (it, path) in enumerate(starts))
+        raise CheckpointError(f"the processes would start from different checkpoints ({seen}); every machine must "
+                              "see the same run directory: set hydra.run.dir to a folder on a filesystem all share")
 
 
 def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
