@@ -11,6 +11,7 @@ import torch.nn as nn
 
 from segdense.export import ExportError, export_model
 from segdense.export.batchnorm_folding import fold_batchnorms
+from segdense.export.formats import LogitsOnly
 from segdense.inference import load_bundle
 from segdense.inference.onnx_model import onnx_session, run_session
 
@@ -106,7 +107,8 @@ def test_int8_export_writes_a_quantized_model_that_agrees_with_float32(tiny_chec
                                             "max_miou_drop=100"]))
     assert not [r for r in caplog.records if "int32" in r.getMessage() or "pre-processing" in r.getMessage()]
     out = capsys.readouterr().out
-    assert f"float32 ONNX: mIoU {result['fp32'].miou:.2f}" in out and f"INT8 ONNX:    mIoU {result['int8'].miou:.2f}" in out
+    assert f"float32 ONNX: mIoU {result['fp32'].miou:.2f}" in out
+    assert f"INT8 ONNX:    mIoU {result['int8'].miou:.2f}" in out
     assert f"wrote {output} (onnx, int8)" in out
     model = onnx.load(str(output))
     ops = {n.op_type for n in model.graph.node}
@@ -122,11 +124,10 @@ def test_int8_export_writes_a_quantized_model_that_agrees_with_float32(tiny_chec
     int8 = Predictor(load_bundle(output), device="cpu")
     images = [image for _, image in validation_images(bundle, 3)]
     with torch.no_grad():
-        expected = [bundle.model(image[None])["out"].argmax(1)[0] for image in images] if isinstance(
-            bundle.model(images[0][None]), dict) else [bundle.model(image[None]).argmax(1)[0] for image in images]
+        expected = [LogitsOnly(bundle.model)(image[None]).argmax(1)[0] for image in images]
     got = [int8.model(image[None]).argmax(1)[0] for image in images]
     agree = np.mean([float((g == e).float().mean()) for g, e in zip(got, expected)])
-    assert agree >= 0.9
+    assert agree >= 0.95, f"INT8 predicts float32's class on {100 * agree:.2f} % of the pixels"
 
 
 def test_int8_that_loses_more_than_max_miou_drop_is_refused_unless_forced(tiny_checkpoint, tmp_path):

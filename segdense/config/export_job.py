@@ -72,12 +72,13 @@ def export_int8_job(cfg: DictConfig, bundle, output: Path) -> dict:
         calibration = folder_images(bundle, cfg.calibration_dir, cfg.calibration)
         source = f"{cfg.calibration_dir} (first {len(calibration)} images)"
     else:
-        train = checkpoint_dataset(bundle, "train_split", "calibration_dir=DIR (a folder of images)")
+        train = checkpoint_dataset(bundle, "train_split", "pass calibration_dir=DIR (a folder of images)")
         calibration = dataset_images(train, cfg.calibration)
         source = f"the checkpoint's training split (first {len(calibration)} images)"
     if not calibration:
         raise ConfigError(f"no calibration image found in {cfg.calibration_dir or 'the training split'}")
-    eval_set = checkpoint_dataset(bundle, "val_split", "a checkpoint whose validation set is on this machine")
+    eval_set = checkpoint_dataset(bundle, "val_split", "quantize=int8 scores float32 and INT8 on it, so "
+                                  "it must be on this machine where the checkpoint says")
     if cfg.eval_images is not None:
         eval_set = Subset(eval_set, range(min(cfg.eval_images, len(eval_set))))
     print(f"calibrating on {source}; evaluating on {len(eval_set)} validation image(s)")

@@ -50,7 +50,7 @@ def _example(model: nn.Module, size: Sequence[int], batch: int = 1, seed: int = 
     return torch.randn(batch, channels, *size, generator=generator)
 
 
-def _tmp_for(path: Path) -> Path:
+def temporary_path_for(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
@@ -95,7 +95,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: Sequenc
     half = dtype == "fp16"
     wrapped = LogitsOnly(copy.deepcopy(model).half() if half else model).eval()
     example = _example(model, example_size, batch=2)
-    tmp = _tmp_for(path)
+    tmp = temporary_path_for(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches (checked below)
@@ -118,7 +118,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example_size: 
     """Write ``model`` traced to TorchScript (shapes stay symbolic, so any input size works)."""
     path = Path(path)
     wrapped = LogitsOnly(model).eval()
-    tmp = _tmp_for(path)
+    tmp = temporary_path_for(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")

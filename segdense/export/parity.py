@@ -44,21 +44,20 @@ def load_runtime(format: str, path: str | os.PathLike) -> Callable[[torch.Tensor
     raise ValueError(f"no runtime to check format={format!r} with; expected onnx or torchscript")
 
 
-def checkpoint_dataset(bundle, split_key: str = "val_split", option: str = "verify_input=DIR (a folder of images) "
+def checkpoint_dataset(bundle, split_key: str = "val_split", hint: str = "pass verify_input=DIR (a folder of images) "
                        "or verify_images=0"):
     """The checkpoint's dataset at its ``split_key`` split (``val_split`` or ``train_split``), through its eval
-    pipeline; one :class:`ExportError` naming ``option`` (what to pass instead) when it cannot be opened."""
+    pipeline; one :class:`ExportError` ending in ``hint`` (what to do instead) when it cannot be opened."""
     block = dict((bundle.dataset or {}).get("config") or {})
     if not block:
-        raise ExportError(f"{bundle.source} does not say which dataset it was trained on: pass {option}")
+        raise ExportError(f"{bundle.source} does not say which dataset it was trained on: {hint}")
     name = block.pop("name")
     split = block.pop(split_key, None) or ("train" if split_key == "train_split" else "val")
     what = "training set" if split_key == "train_split" else "validation set"
     try:
         return build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        raise ExportError(f"cannot open the checkpoint's {what} ({name}, split {split!r}): {exc}\npass "
-                          f"{option}") from None
+        raise ExportError(f"cannot open the checkpoint's {what} ({name}, split {split!r}): {exc}\n{hint}") from None
 
 
 def validation_images(bundle, count: int) -> list[tuple[str, torch.Tensor]]:

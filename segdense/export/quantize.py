@@ -24,7 +24,7 @@ from segdense.metrics import SegmentationMetrics
 from segdense.runtime import evaluate_loader, whole_logits
 
 from .batchnorm_folding import fold_batchnorms
-from .formats import ExportError, _tmp_for, export_model, onnx_metadata, write_onnx_metadata
+from .formats import ExportError, export_model, onnx_metadata, temporary_path_for, write_onnx_metadata
 
 logger = logging.getLogger("segdense.export")
 FOLD_TOLERANCE = 1e-5  # largest logit difference the BatchNorm folding may make
@@ -49,7 +49,7 @@ def quantize_int8(float_path: str | os.PathLike, output: str | os.PathLike,
     if not calibration:
         raise ExportError("no calibration image (calibration=0, or an empty calibration_dir)")
     folded, counts = fold_batchnorms(onnx.load(str(float_path)))
-    folded_path = _tmp_for(Path(output).with_suffix(".folded.onnx"))
+    folded_path = temporary_path_for(Path(output).with_suffix(".folded.onnx"))
     try:
         onnx.save(folded, str(folded_path))
         counts["fold_max_abs_diff"] = _fold_difference(float_path, folded_path, calibration[0])
@@ -128,7 +128,7 @@ def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Seq
     both numbers and leaves nothing behind."""
     import_onnxruntime("quantize=int8")
     output = Path(output)
-    float_path, int8_path = _tmp_for(output.with_suffix(".fp32.onnx")), _tmp_for(output)
+    float_path, int8_path = temporary_path_for(output.with_suffix(".fp32.onnx")), temporary_path_for(output)
     try:
         export_model(bundle, "onnx", float_path, sizes=sizes, opset=opset)
         folding = quantize_int8(float_path, int8_path, calibration)
@@ -145,7 +145,8 @@ def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Seq
         meta["quantization"] = {
             "format": "QDQ, per-channel int8 weights, uint8 activations (min/max calibration)",
             "calibration_images": len(calibration), "calibration_source": calibration_source,
-            "eval_images": len(eval_set), "fp32_miou": fp32.miou, "int8_miou": int8.miou, "forced": drop > max_miou_drop,
+            "eval_images": len(eval_set), "fp32_miou": fp32.miou, "int8_miou": int8.miou,
+            "forced": drop > max_miou_drop,
         }
         write_onnx_metadata(int8_path, meta)
         os.replace(int8_path, output)
