@@ -162,6 +162,10 @@ def _report_scores(report: Callable[[str], object], folding: dict, fp32: Score, 
            f"into depthwise 1x1 convolutions (largest logit change {folding['fold_max_abs_diff']:.2g})")
     report(f"  float32 ONNX: mIoU {fp32.miou:.2f}, {fp32.ms_per_image:.1f} ms per image")
     report(f"  INT8 ONNX:    mIoU {int8.miou:.2f}, {int8.ms_per_image:.1f} ms per image "
-           f"({fp32.miou - int8.miou:+.2f} points lost, {fp32.ms_per_image / int8.ms_per_image:.2f}x float32's speed)")
+           f"({_points(fp32.miou - int8.miou)}, {fp32.ms_per_image / int8.ms_per_image:.2f}x float32's speed)")
     report(f"  ({images} validation image(s), whole images at their own size, batch 1, {threads} thread(s), "
            "ONNX Runtime on the CPU; ms: median)")
+
+
+def _points(drop: float) -> str:
+    return f"{abs(drop):.2f} points {'lost' if drop > 0 else 'gained'}" if round(drop, 2) else "no mIoU lost"
