@@ -13,9 +13,10 @@ An inference BatchNorm is a per-channel affine map ``y = x * s + t`` with ``s = 
   there is no single producer to fold into. They cannot fold into the next convolution either, because a ReLU
   sits between. They become a depthwise 1x1 convolution (``group = C``, weight ``s``, bias ``t``): the same
   arithmetic, but an operator the quantizer handles like every other convolution, with one int8 weight scale per
-  channel (exact for a per-channel scale) and an int32 bias. Left as BatchNormalization, the quantizer gives the
-  BN's bias an int32 scale of ``input_scale * s`` that overflows for channels with a small ``s`` ("Quantized bias
-  exceeds the range of a int32").
+  channel (exact for a per-channel scale) and an int32 bias. Left as BatchNormalization, the quantizer cannot
+  quantize ``gamma`` per channel (``per_channel=True`` quantizes along axis 1, which a 1-D tensor lacks: "Axis 1
+  is out-of-range for weight ... with rank 1", once per BatchNorm) and falls back to one int8 scale for all of a
+  BatchNorm's ``gamma``, which costs channels with a small ``gamma`` most of their precision.
 """
 from __future__ import annotations
 
