@@ -138,8 +138,8 @@ def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Seq
         _report_scores(report, folding, fp32, int8, len(eval_set))
         if drop > max_miou_drop and not force:
             raise ExportError(
-                f"INT8 mIoU {int8.miou:.2f} is {drop:.2f} points below float32 mIoU {fp32.miou:.2f} on "
-                f"{len(eval_set)} validation image(s), more than max_miou_drop={max_miou_drop:g}: {output} was not "
+                f"INT8 mIoU {int8.miou:.2f} against float32 mIoU {fp32.miou:.2f} on {len(eval_set)} validation "
+                f"image(s): a drop of {drop:.2f} points, more than max_miou_drop={max_miou_drop:g}; {output} was not "
                 "written (force=true writes it anyway; more calibration images may help)")
         meta = onnx_metadata(bundle, "int8")
         meta["quantization"] = {
