@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+from PIL import Image
 
 from segdense.export import ExportError, export_model
 from segdense.export.batchnorm_folding import fold_batchnorms
@@ -132,6 +133,8 @@ def test_int8_export_writes_a_quantized_model_that_agrees_with_float32(tiny_chec
 
 
 def test_int8_that_loses_more_than_max_miou_drop_is_refused_unless_forced(tiny_checkpoint, tmp_path):
+    import onnx
+
     from segdense.config.export_job import export_job
 
     output = tmp_path / "m.int8.onnx"
@@ -144,9 +147,16 @@ def test_int8_that_loses_more_than_max_miou_drop_is_refused_unless_forced(tiny_c
                                           r".*m\.int8\.onnx was not written \(force=true writes it anyway"):
         export_job(compose_export(overrides))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.txt"]  # no INT8 file, no temporary file
-    result = export_job(compose_export([*overrides, "force=true"]))
-    meta = json.loads({p.key: p.value for p in __import__("onnx").load(str(output)).metadata_props}["segdense"])
+    folder = tmp_path / "calibration"
+    folder.mkdir()
+    for i in range(2):  # calibration from a folder of images
+        pixels = np.random.default_rng(i).integers(0, 256, (40, 36, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i}.png")
+    result = export_job(compose_export([*overrides, "force=true", f"calibration_dir={folder}"]))
+    meta = json.loads({p.key: p.value for p in onnx.load(str(output)).metadata_props}["segdense"])
     assert meta["quantization"]["forced"] is True and result["drop"] > -100
+    assert meta["quantization"]["calibration_images"] == 2
+    assert meta["quantization"]["calibration_source"] == f"{folder} (first 2 images)"
     assert mine.read_text() == "a user's file"
 
 
