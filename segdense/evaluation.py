@@ -21,7 +21,7 @@ from segdense.data.cityscapes import LABELS
 from segdense.errors import UserError
 from segdense.inference.draw import colorize
 from segdense.inference.files import output_names
-from segdense.inference.loading import ModelBundle
+from segdense.inference.loading import ModelBundle, normalisation
 from segdense.inference.per_image import BatchTracker, PerImageRecorder
 from segdense.inference.tta import describe_infer
 from segdense.inference.writers import check_writable_dir, write_json, write_label_png, write_png
@@ -31,7 +31,6 @@ from segdense.reports.plots import confusion_chart
 from segdense.runtime import evaluate_loader
 
 logger = logging.getLogger("segdense.eval")
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 class DatasetMismatchError(UserError, ValueError):
@@ -166,10 +165,3 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
                                                  bundle.class_names, bundle.palette, info))
     return result
 
-
-def normalisation(pipeline) -> dict:
-    """``mean`` and ``std`` of the pipeline's Normalize step (ImageNet's when it has none), to show images."""
-    for step in pipeline or []:
-        if step.get("type") == "Normalize":
-            return {"mean": tuple(step.get("mean", IMAGENET_MEAN)), "std": tuple(step.get("std", IMAGENET_STD))}
-    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}

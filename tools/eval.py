@@ -1,7 +1,8 @@
 """Evaluate a checkpoint: ``python tools/eval.py checkpoint=PATH [dataset=NAME dataset.root=DIR] [key=value ...]``.
 
 Examples: ``python tools/eval.py checkpoint=run/checkpoints/best.pt``, ``... mode=slide crop_size=[512,1024]``,
-``... scales=[0.5,0.75,1.0,1.25,1.5,1.75] flip=true``, ``... save_predictions=preds``. See conf/eval.yaml.
+``... scales=[0.5,0.75,1.0,1.25,1.5,1.75] flip=true``, ``... save_predictions=preds``, ``checkpoint=model.onnx``
+(an export, run with ONNX Runtime). See conf/eval.yaml.
 """
 import sys
 

@@ -1,5 +1,6 @@
 """Predict on images: ``python tools/infer.py checkpoint=PATH input=FILE|DIR|GLOB output=DIR [key=value ...]``.
 
+``checkpoint`` is a ``.pt`` checkpoint, a ``.safetensors`` file or an ``.onnx`` export (run with ONNX Runtime).
 Exit status 1 when some image could not be read or written (the others are still done). See conf/infer.yaml.
 """
 import sys

@@ -11,6 +11,7 @@ from segdense.data import build_dataset, build_transforms
 from segdense.errors import ConfigError, config_values
 from segdense.inference import build_infer, load_bundle
 from segdense.evaluation import evaluate_model
+from segdense.inference.loading import min_input_size
 from segdense.inference.tta import describe_infer
 from segdense.metrics import format_metrics_table
 from segdense.runtime import resolve_amp, resolve_device
@@ -57,7 +58,7 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     bundle = load_bundle(cfg.checkpoint)
     dataset, name = build_eval_dataset(cfg, bundle)
     device = resolve_device(cfg.device)
-    min_size = int(getattr(bundle.model.backbone, "min_input_size", 1))
+    min_size = min_input_size(bundle.model)
     with config_values("inference options"):
         infer = build_infer(**infer_options(cfg, bundle), min_size=min_size, max_batch=cfg.batch_size)
     output_dir = output_dir or cfg.output_dir

@@ -3,12 +3,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from torch.utils.data import Subset
+
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.errors import ConfigError
 from segdense.export import DTYPES, FORMATS, export_model
-from segdense.export.parity import check_parity_on_images, folder_images, validation_images
+from segdense.export.parity import (
+    check_parity_on_images, checkpoint_dataset, dataset_images, folder_images, validation_images,
+)
+from segdense.export.quantize import export_int8
 from segdense.inference import load_bundle
+from segdense.inference.onnx_model import OnnxModel
 from segdense.inference.writers import check_writable_dir
 
 
@@ -17,14 +23,15 @@ def export_job(cfg: DictConfig) -> list[dict]:
     ``cfg.sizes``, then ``cfg.verify_images`` real images (the checkpoint's validation set or ``cfg.verify_input``).
     The checkpoint is read first: a file that is not one is named before any other option is asked for."""
     bundle = load_bundle(cfg.checkpoint)
+    if isinstance(bundle.model, OnnxModel):
+        raise ConfigError(f"checkpoint={cfg.checkpoint} is already an ONNX model; export from the .pt checkpoint "
+                          "or .safetensors file it was made from")
     if cfg.format not in FORMATS:
         raise ConfigError(f"format={cfg.format}: expected one of {', '.join(FORMATS)}")
     output = Path(cfg.output)
     if output.exists() and not cfg.overwrite:
         raise ConfigError(f"output={output} exists; pass overwrite=true to replace it")
-    sizes = [list(s) for s in OmegaConf.to_container(cfg.sizes)]
-    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
-        raise ConfigError(f"sizes={sizes}: expected a list of [height, width] pairs")
+    sizes = _sizes(cfg)
     if cfg.dtype not in DTYPES or (cfg.dtype != "fp32" and cfg.format != "onnx"):
         raise ConfigError(f"dtype={cfg.dtype}: expected fp32, or fp16 with format=onnx")
     on_images = cfg.verify and cfg.format in ("onnx", "torchscript") and cfg.verify_images > 0
@@ -33,6 +40,8 @@ def export_job(cfg: DictConfig) -> list[dict]:
     if not 0 < cfg.min_agreement <= 100:
         raise ConfigError(f"min_agreement={cfg.min_agreement}: expected a percentage in (0, 100]")
     check_writable_dir(output.parent)
+    if cfg.quantize is not None:
+        return export_int8_job(cfg, bundle, output)
     images = []
     if on_images:  # gather them first: a missing dataset fails before anything is written
         images = (folder_images(bundle, cfg.verify_input, cfg.verify_images) if cfg.verify_input
@@ -48,3 +57,40 @@ def export_job(cfg: DictConfig) -> list[dict]:
         results = [*results, {"real_images": p}]
     print(f"wrote {output} ({cfg.format}{', fp16' if cfg.dtype == 'fp16' else ''})")
     return results
+
+
+def export_int8_job(cfg: DictConfig, bundle, output: Path) -> dict:
+    """``quantize=int8``: calibrate, quantize, score float32 and INT8 on the validation images, print both and
+    write the INT8 file unless it loses more than ``cfg.max_miou_drop`` mIoU points (or ``cfg.force``)."""
+    if cfg.quantize != "int8" or cfg.format != "onnx" or cfg.dtype != "fp32":
+        raise ConfigError(f"quantize={cfg.quantize} format={cfg.format} dtype={cfg.dtype}: expected quantize=int8 "
+                          "with format=onnx dtype=fp32")
+    if cfg.calibration < 1 or (cfg.eval_images is not None and cfg.eval_images < 1):
+        raise ConfigError(f"calibration={cfg.calibration} eval_images={cfg.eval_images}: expected positive counts "
+                          "(eval_images=null: the whole validation split)")
+    if cfg.calibration_dir:
+        calibration = folder_images(bundle, cfg.calibration_dir, cfg.calibration)
+        source = f"{cfg.calibration_dir} (first {len(calibration)} images)"
+    else:
+        train = checkpoint_dataset(bundle, "train_split", "pass calibration_dir=DIR (a folder of images)")
+        calibration = dataset_images(train, cfg.calibration)
+        source = f"the checkpoint's training split (first {len(calibration)} images)"
+    if not calibration:
+        raise ConfigError(f"no calibration image found in {cfg.calibration_dir or 'the training split'}")
+    eval_set = checkpoint_dataset(bundle, "val_split", "quantize=int8 scores float32 and INT8 on it, so "
+                                  "it must be on this machine where the checkpoint says")
+    if cfg.eval_images is not None:
+        eval_set = Subset(eval_set, range(min(cfg.eval_images, len(eval_set))))
+    print(f"calibrating on {source}; evaluating on {len(eval_set)} validation image(s)")
+    result = export_int8(bundle, output, [image for _, image in calibration], eval_set, cfg.max_miou_drop,
+                         force=cfg.force, opset=cfg.opset, calibration_source=source, sizes=_sizes(cfg),
+                         report=print)
+    print(f"wrote {output} (onnx, int8{'; forced past max_miou_drop' if result['drop'] > cfg.max_miou_drop else ''})")
+    return result
+
+
+def _sizes(cfg: DictConfig) -> list[list[int]]:
+    sizes = [list(s) for s in OmegaConf.to_container(cfg.sizes)]
+    if not sizes or any(len(s) != 2 or min(s) < 1 for s in sizes):
+        raise ConfigError(f"sizes={sizes}: expected a list of [height, width] pairs")
+    return sizes

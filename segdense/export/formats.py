@@ -19,7 +19,9 @@ import torch
 import torch.nn as nn
 
 from segdense.errors import UserError
-from segdense.inference.loading import METADATA_KEY, ModelBundle, load_bundle
+from segdense.version import __version__
+from segdense.inference.loading import METADATA_KEY, ModelBundle, load_bundle, min_input_size, normalisation
+from segdense.inference.onnx_model import run_session as onnx_run
 from segdense.inference.writers import atomic_write_bytes
 
 FORMATS = ("onnx", "torchscript", "safetensors")
@@ -48,15 +50,41 @@ def _example(model: nn.Module, size: Sequence[int], batch: int = 1, seed: int = 
     return torch.randn(batch, channels, *size, generator=generator)
 
 
-def _tmp_for(path: Path) -> Path:
+def temporary_path_for(path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     return path.with_name(f".{path.name}.tmp{os.getpid()}")
 
 
+def onnx_metadata(bundle: ModelBundle, precision: str = "fp32", input_size: str | Sequence[int] = "dynamic") -> dict:
+    """What prediction needs to run an ONNX export of ``bundle`` (read back by
+    :func:`segdense.inference.onnx_model.read_onnx_metadata`): the bundle's description plus the number of
+    classes, the dataset's name, the normalisation, the segdense version, the precision and the input size
+    (``"dynamic"`` or a fixed ``[height, width]``)."""
+    norm = normalisation(bundle.eval_pipeline)
+    return {
+        **bundle.metadata(), "num_classes": bundle.num_classes, "dataset_name": (bundle.dataset or {}).get("name"),
+        "mean": list(norm["mean"]), "std": list(norm["std"]), "segdense_version": __version__,
+        "precision": precision, "input_size": input_size if input_size == "dynamic" else list(input_size),
+        "min_input_size": min_input_size(bundle.model),
+    }
+
+
+def write_onnx_metadata(path: str | os.PathLike, metadata: dict) -> None:
+    """Store ``metadata`` as JSON under ``segdense`` in the ONNX file's ``metadata_props`` (in place)."""
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props[METADATA_KEY] = json.dumps(metadata)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: Sequence[int] = (64, 64),
-                opset: int = 17, dtype: str = "fp32") -> Path:
+                opset: int = 17, dtype: str = "fp32", metadata: dict | None = None) -> Path:
     """Write ``model`` as ONNX with dynamic batch, height and width (TorchScript-based exporter); ``dtype="fp16"``
-    writes a float16 graph (float16 weights, input and output), ``model`` itself stays as it is."""
+    writes a float16 graph (float16 weights, input and output), ``model`` itself stays as it is. ``metadata``
+    (:func:`onnx_metadata`) goes into the file for the prediction tools."""
     try:
         import onnx  # noqa: F401  (torch.onnx.export needs it)
     except ImportError:
@@ -67,7 +95,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: Sequenc
     half = dtype == "fp16"
     wrapped = LogitsOnly(copy.deepcopy(model).half() if half else model).eval()
     example = _example(model, example_size, batch=2)
-    tmp = _tmp_for(path)
+    tmp = temporary_path_for(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about shape-dependent branches (checked below)
@@ -77,6 +105,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example_size: Sequenc
                 dynamic_axes={"images": {0: "batch", 2: "height", 3: "width"},
                               "logits": {0: "batch", 2: "height", 3: "width"}},
             )
+        if metadata is not None:
+            write_onnx_metadata(tmp, metadata)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
@@ -88,7 +118,7 @@ def export_torchscript(model: nn.Module, path: str | os.PathLike, example_size: 
     """Write ``model`` traced to TorchScript (shapes stay symbolic, so any input size works)."""
     path = Path(path)
     wrapped = LogitsOnly(model).eval()
-    tmp = _tmp_for(path)
+    tmp = temporary_path_for(path)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
@@ -120,14 +150,6 @@ def verify_onnx(model: nn.Module, path: str | os.PathLike, sizes: Sequence[Seque
         got = onnx_run(session, x)
         results.append(_compare(_reference(model, x), got, size, x.shape[0]))
     return results
-
-
-def onnx_run(session, x: torch.Tensor) -> torch.Tensor:
-    """Logits of an onnxruntime ``session`` for ``x``, cast to the graph's input type (float16 graphs) and back to
-    float32."""
-    half = session.get_inputs()[0].type == "tensor(float16)"
-    out = session.run(None, {"images": (x.half() if half else x.float()).numpy()})[0]
-    return torch.from_numpy(out).float()
 
 
 def verify_torchscript(model: nn.Module, path: str | os.PathLike, sizes: Sequence[Sequence[int]]) -> list[dict]:
@@ -201,7 +223,7 @@ def export_model(bundle: ModelBundle, format: str, output: str | os.PathLike,
     if format == "safetensors":
         save_safetensors(bundle, output)
     elif format == "onnx":
-        export_onnx(model, output, sizes[0], opset, dtype)
+        export_onnx(model, output, sizes[0], opset, dtype, metadata=onnx_metadata(bundle, dtype))
     else:
         export_torchscript(model, output, sizes[0])
     if not verify:

@@ -44,22 +44,30 @@ def load_runtime(format: str, path: str | os.PathLike) -> Callable[[torch.Tensor
     raise ValueError(f"no runtime to check format={format!r} with; expected onnx or torchscript")
 
 
-def validation_images(bundle, count: int) -> list[tuple[str, torch.Tensor]]:
-    """The first ``count`` images of the checkpoint's validation split, through its eval pipeline."""
+def checkpoint_dataset(bundle, split_key: str = "val_split", hint: str = "pass verify_input=DIR (a folder of images) "
+                       "or verify_images=0"):
+    """The checkpoint's dataset at its ``split_key`` split (``val_split`` or ``train_split``), through its eval
+    pipeline; one :class:`ExportError` ending in ``hint`` (what to do instead) when it cannot be opened."""
     block = dict((bundle.dataset or {}).get("config") or {})
     if not block:
-        raise ExportError(f"{bundle.source} does not say which dataset it was trained on: pass verify_input=DIR "
-                          "(a folder of images) or verify_images=0")
+        raise ExportError(f"{bundle.source} does not say which dataset it was trained on: {hint}")
     name = block.pop("name")
-    split = block.pop("val_split", "val")
-    block.pop("train_split", None)
+    split = block.pop(split_key, None) or ("train" if split_key == "train_split" else "val")
+    what = "training set" if split_key == "train_split" else "validation set"
     try:
-        dataset = build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
+        return build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
     except (FileNotFoundError, ValueError, TypeError) as exc:
-        raise ExportError(f"cannot open the checkpoint's validation set ({name}, split {split!r}) to check the "
-                          f"export on real images: {exc}\npass verify_input=DIR (a folder of images) or "
-                          "verify_images=0") from None
-    names = [dataset.describe(i)[0] if hasattr(dataset, "describe") else f"{name}:{split}:{i}"
+        raise ExportError(f"cannot open the checkpoint's {what} ({name}, split {split!r}): {exc}\n{hint}") from None
+
+
+def validation_images(bundle, count: int) -> list[tuple[str, torch.Tensor]]:
+    """The first ``count`` images of the checkpoint's validation split, through its eval pipeline."""
+    return dataset_images(checkpoint_dataset(bundle), count)
+
+
+def dataset_images(dataset, count: int) -> list[tuple[str, torch.Tensor]]:
+    """(name, image tensor) of the first ``count`` samples of ``dataset``."""
+    names = [dataset.describe(i)[0] if hasattr(dataset, "describe") else f"sample {i}"
              for i in range(min(count, len(dataset)))]
     return [(n, dataset[i][0]) for i, n in enumerate(names)]
 

@@ -1,4 +1,5 @@
-"""Rebuilding a trained model from a training checkpoint (``.pt``) or a shared ``.safetensors`` file alone.
+"""Rebuilding a trained model from a training checkpoint (``.pt``), a shared ``.safetensors`` file, or an ONNX
+export (``.onnx``, run by ONNX Runtime: :mod:`segdense.inference.onnx_model`) alone.
 
 A ``.safetensors`` file written by :func:`segdense.export.save_safetensors` holds the model's weights and, in its
 string metadata, ``segdense`` (JSON): ``model_config``, ``class_names``, ``palette``, ``dataset``,
@@ -20,10 +21,12 @@ from segdense.errors import CheckpointError, MissingFileError
 from segdense.models.builder import build_model, upgrade_model_config
 from segdense.runtime import load_checkpoint
 
+from .onnx_model import METADATA_KEY, load_onnx_model
+
 logger = logging.getLogger("segdense.inference")
 
-METADATA_KEY = "segdense"
-DEFAULT_EVAL_PIPELINE = [{"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DEFAULT_EVAL_PIPELINE = [{"type": "Normalize", "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}]
 
 
 @dataclass
@@ -55,16 +58,17 @@ class ModelBundle:
 
 
 def load_bundle(path: str | os.PathLike) -> ModelBundle:
-    """The model in ``path`` (a segdense ``.pt`` checkpoint or ``.safetensors`` file) with its class names,
-    palette, dataset and eval pipeline. One :class:`CheckpointError` (or FileNotFoundError) per problem."""
+    """The model in ``path`` (a segdense ``.pt`` checkpoint, ``.safetensors`` file or ``.onnx`` export) with its
+    class names, palette, dataset and eval pipeline. One :class:`CheckpointError` (or FileNotFoundError) per
+    problem. An ONNX file gives an :class:`~segdense.inference.onnx_model.OnnxModel` run by ONNX Runtime."""
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        state_dict, meta = _read_safetensors(path)
+    if path.suffix == ".onnx":
+        model, meta = load_onnx_model(path)
     else:
-        state_dict, meta = _read_checkpoint(path)
-    model = rebuild_model(meta.get("model_config"), state_dict, path)
+        state_dict, meta = _read_safetensors(path) if path.suffix == ".safetensors" else _read_checkpoint(path)
+        model = rebuild_model(meta.get("model_config"), state_dict, path)
     num_classes = int(model.model_config.get("num_classes", 0))
     names = list(meta.get("class_names") or [str(i) for i in range(num_classes)])
     if len(names) != num_classes:
@@ -81,6 +85,22 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
         eval_pipeline=list(eval_pipeline),
         crop_size=list(meta["crop_size"]) if meta.get("crop_size") else None, source=str(path),
     )
+
+
+def min_input_size(model: nn.Module) -> int:
+    """The smallest height/width the model accepts (its backbone's ``min_input_size``; 1 when it does not say)."""
+    own = getattr(model, "min_input_size", None)
+    if own is None:
+        own = getattr(getattr(model, "backbone", None), "min_input_size", 1)
+    return int(own)
+
+
+def normalisation(pipeline) -> dict:
+    """``mean`` and ``std`` of the pipeline's Normalize step (ImageNet's when it has none)."""
+    for step in pipeline or []:
+        if step.get("type") == "Normalize":
+            return {"mean": tuple(step.get("mean", IMAGENET_MEAN)), "std": tuple(step.get("std", IMAGENET_STD))}
+    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

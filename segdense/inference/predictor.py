@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from segdense.runtime import autocast_context, resolve_amp, resolve_device
 
 from .images import load_image
-from .loading import ModelBundle, default_palette, load_bundle
+from .loading import ModelBundle, default_palette, load_bundle, min_input_size
 from .tta import build_infer, describe_infer
 
 
@@ -40,7 +40,7 @@ class Predictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
-        self.min_size = int(getattr(getattr(self.model, "backbone", None), "min_input_size", 1))
+        self.min_size = min_input_size(self.model)
         crop = crop_size if crop_size is not None else bundle.crop_size
         self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size)
         self._transform = None
@@ -48,7 +48,8 @@ class Predictor:
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
                         **kwargs: Any) -> "Predictor":
-        """Rebuild the model from a segdense ``.pt`` checkpoint or ``.safetensors`` file; ``kwargs`` as for
+        """Rebuild the model from a segdense ``.pt`` checkpoint or ``.safetensors`` file, or run an ``.onnx`` export of
+        one with ONNX Runtime (same pre- and post-processing, from its metadata); ``kwargs`` as for
         :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``)."""
         return cls(load_bundle(path), device=device, **kwargs)
 
