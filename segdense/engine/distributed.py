@@ -8,7 +8,12 @@ import os
 import torch
 import torch.distributed as dist
 
+from segdense.runtime import is_main_process, process_rank
+
 from .launchers import Launch, detect_launch
+
+__all__ = ["all_reduce_mean", "broadcast_object", "cleanup_distributed", "cuda_index", "init_distributed",
+           "is_main_process", "rendezvous", "world_size"]
 
 logger = logging.getLogger("segdense.train")
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
@@ -52,12 +57,8 @@ def cuda_index(local_rank: int) -> int:
     return local_rank % max(torch.cuda.device_count(), 1)
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+    return process_rank()[1]
 
 
 def broadcast_object(obj):
