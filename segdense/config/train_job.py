@@ -24,6 +24,8 @@ from segdense.reports.training import write_training_report
 from segdense.runtime import is_main_process
 
 from .group_keys import validate_config
+from .model_checks import check_model_inputs
+from .overrides import command_line_keys
 from .processes import main_process_directory, start_processes
 
 logger = logging.getLogger("segdense.train")
@@ -224,6 +226,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
     validation metrics. ``run_dir`` defaults to Hydra's output directory."""
     validate_config(cfg)
+    check_model_inputs(cfg, command_line_keys())
     settings = train_settings(cfg)
     device, world = start_processes(cfg.device)
     run_dir = main_process_directory(run_dir)  # every rank uses rank 0's directory
