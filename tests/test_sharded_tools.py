@@ -143,6 +143,7 @@ def test_two_processes_give_one_process_metrics_and_files(runs, case):
     assert files_two.keys() == files_one.keys()
     assert not [name for name in files_one if files_two[name] != files_one[name]]  # the report's pages too
     if case.endswith("whole"):
+        assert metrics_one["infer"] == "whole"  # the strategy, not the wrapper that saves the predictions
         images = metrics_one["num_images"]
         assert len([n for n in files_two if n.startswith("predictions/labels/")]) == images
         rows = (two / "per_image.csv").read_text().splitlines()[1:]
