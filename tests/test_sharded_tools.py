@@ -40,17 +40,17 @@ def infer_overrides(checkpoint, folder: Path, out: Path) -> list[str]:
 
 
 def run_all(checkpoint, root: Path, tag: str) -> None:
-    """Every case of this file, written under ``root/tag``; the infer reports as ``report_*.json`` (rank 0's)."""
+    """Every case of this file, written under ``root/tag``; the infer reports as ``report_*.json`` (rank 0's) and
+    ``own_report_*.json`` (rank 1's)."""
     for images in (7, 1):
         for mode in EVAL_MODES if images == 7 else ["whole"]:
             evaluate_job(compose_eval(eval_overrides(checkpoint, images, root / tag / f"eval{images}_{mode}", mode)))
     for folder in ("seven", "one"):
         report = infer_job(compose_infer(infer_overrides(checkpoint, root / f"in_{folder}",
                                                          root / tag / f"infer_{folder}")))
-        if torch.distributed.is_initialized() and torch.distributed.get_rank() != 0:
-            (root / tag / f"own_report_{folder}.json").write_text(json.dumps(report_data(report)))
-            continue
-        (root / tag / f"report_{folder}.json").write_text(json.dumps(report_data(report)))
+        main = not torch.distributed.is_initialized() or torch.distributed.get_rank() == 0
+        name = f"report_{folder}.json" if main else f"own_report_{folder}.json"  # rank 0's holds every process's
+        (root / tag / name).write_text(json.dumps(report_data(report)))
 
 
 def report_data(report) -> dict:
