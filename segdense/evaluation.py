@@ -2,6 +2,11 @@
 (:func:`segdense.runtime.evaluate_loader`), and writing ``metrics.json``, ``confusion.png``, optionally predictions
 and the HTML report. It sits above ``inference`` and ``reports``, which it brings together.
 
+Under ``torch.distributed`` (``tools/eval.py`` under torchrun or srun) each process evaluates its own whole batches
+of the dataset (:class:`segdense.data.loader.ShardSampler`, as training's validation does), the confusion matrices
+are summed with one ``all_reduce``, per-image rows and the worst images are gathered to rank 0, which writes every
+file but the predictions: each process writes those of its own images.
+
 Metrics are computed at the resolution of the labels the eval pipeline yields (the default pipeline only
 normalises the image, so the original label resolution). Batches are padded bottom/right by ``pad_collate``;
 padded pixels carry label 255 and are ignored, and slide/TTA run on the padded batch (see ``tta.py``).
@@ -10,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +33,7 @@ from segdense.inference.writers import check_writable_dir, write_json, write_lab
 from segdense.metrics import SegmentationMetrics
 from segdense.reports.evaluation import write_eval_report, write_per_image_csv
 from segdense.reports.plots import confusion_chart
-from segdense.runtime import evaluate_loader
+from segdense.runtime import evaluate_loader, gather_to_main, is_main_process
 
 logger = logging.getLogger("segdense.eval")
 
@@ -86,20 +91,24 @@ def prediction_names(dataset) -> list[str]:
 class PredictionSaver:
     """Wraps a loader and an ``infer`` callable so the evaluation loop also writes every prediction (cropped to
     the sample's own size) as ``color/<name>.png`` and ``labels/<name>.png`` under ``directory``, where ``name``
-    keeps the image's sub-folders (:func:`prediction_names`)."""
+    keeps the image's sub-folders (:func:`prediction_names`). ``indices``: the dataset index of each image in the
+    order the loader yields them (default 0, 1, 2, ...)."""
 
-    def __init__(self, infer: Callable, dataset, directory: Path, palette, label_table: np.ndarray | None = None):
+    def __init__(self, infer: Callable, dataset, directory: Path, palette, label_table: np.ndarray | None = None,
+                 indices: Sequence[int] | None = None):
         self.infer, self.dataset, self.directory = infer, dataset, Path(directory)
         self.palette, self.label_table = palette, label_table
         self.names = prediction_names(dataset)
+        self.indices = range(len(dataset)) if indices is None else indices
         self._sizes: torch.Tensor | None = None
         self._next_index = 0
 
     def wrap(self, loader) -> BatchTracker:
         return BatchTracker(loader, lambda batch: setattr(self, "_sizes", batch[2]))
 
-    def name(self, index: int) -> str:
-        return self.names[index]
+    def name(self, position: int) -> str:
+        """The output name of the ``position``-th image the loader yields."""
+        return self.names[self.indices[position]]
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         logits = self.infer(model, images)
@@ -125,7 +134,8 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
     ``metrics.json`` (``num_left_out``, ``left_out``). With ``output_dir``: ``metrics.json`` and ``confusion.png``
     there. With ``save_predictions``: coloured and raw label PNGs (labelIds for Cityscapes). With ``report``
     (needs ``output_dir``): ``per_image.csv`` and ``report/index.html`` with the ``report_images`` worst images
-    (:mod:`segdense.reports.evaluation`)."""
+    (:mod:`segdense.reports.evaluation`). Under ``torch.distributed`` every process calls it and gets the metrics
+    of the whole dataset; rank 0 writes the files (see the module's text)."""
     check_dataset_classes(bundle, dataset, dataset_name)
     if report and output_dir is None:
         raise ValueError("report=true needs an output directory (output_dir=DIR)")
@@ -136,32 +146,40 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
         check_writable_dir(save_predictions, "save_predictions")
     model = bundle.model.to(device).eval()
     loader = build_dataloader(dataset, batch_size, train=False, num_workers=num_workers)
+    order = list(loader.sampler)  # the dataset indices this process evaluates, in the loader's order
+    description = describe_infer(infer)  # before the wrappers below, which describe_infer does not know
     if save_predictions is not None:
         table = cityscapes_train_to_label_ids() if dataset_name == "cityscapes" else None
-        saver = PredictionSaver(infer, dataset, Path(save_predictions), bundle.palette, table)
+        saver = PredictionSaver(infer, dataset, Path(save_predictions), bundle.palette, table, indices=order)
         loader, infer = saver.wrap(loader), saver
-    description = describe_infer(infer)
     recorder = None
     if report:
-        recorder = PerImageRecorder(infer, dataset, bundle.num_classes, keep=report_images,
+        recorder = PerImageRecorder(infer, dataset, bundle.num_classes, keep=report_images, indices=order,
                                     **normalisation(bundle.eval_pipeline))
         loader, infer = recorder.wrap(loader), recorder
     metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
     result = evaluate_loader(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                      infer=infer, progress=progress)
-    if output_dir is not None:
-        output_dir = Path(output_dir)
-        write_json(output_dir / "metrics.json", {
-            "checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
-            "num_left_out": len(left_out), "left_out": left_out,
-            "infer": description, **result,
-        })
-        confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
-    if recorder is not None:
-        write_per_image_csv(output_dir / "per_image.csv", recorder.scores, bundle.class_names)
-        info = {"checkpoint": bundle.source, "dataset": dataset_name or "-", "images": len(dataset),
-                "inference": description}
-        result["report"] = str(write_eval_report(output_dir / "report", result, recorder.scores, recorder.worst(),
-                                                 bundle.class_names, bundle.palette, info))
+                             infer=infer, progress=progress)
+    parts = gather_to_main(recorder.part()) if recorder is not None else None
+    if output_dir is not None and is_main_process():
+        info = {"checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
+                "num_left_out": len(left_out), "left_out": left_out, "infer": description}
+        write_outputs(Path(output_dir), result, info, bundle, recorder, parts)
     return result
+
+
+def write_outputs(output_dir: Path, result: dict, info: dict, bundle: ModelBundle,
+                  recorder: PerImageRecorder | None = None, parts: list | None = None) -> None:
+    """``metrics.json`` (``info`` and ``result``) and ``confusion.png``; with a ``recorder`` (and every process's
+    :meth:`~PerImageRecorder.part`), ``per_image.csv`` and the report, whose path goes into ``result``."""
+    write_json(output_dir / "metrics.json", {**info, **result})
+    confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
+    if recorder is None:
+        return
+    recorder.merge(parts)
+    write_per_image_csv(output_dir / "per_image.csv", recorder.scores, bundle.class_names)
+    about = {"checkpoint": bundle.source, "dataset": info["dataset"] or "-", "images": info["num_images"],
+             "inference": info["infer"]}
+    result["report"] = str(write_eval_report(output_dir / "report", result, recorder.scores, recorder.worst(),
+                                             bundle.class_names, bundle.palette, about))
 

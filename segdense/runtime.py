@@ -1,6 +1,7 @@
 """What running a model needs, for training and deployment alike: the device, mixed precision, checkpoint reading,
-whole-image logits and the metric loop over a loader. ``segdense.engine`` (training) and ``segdense.inference``
-(deployment) both build on it; it imports neither."""
+whole-image logits, the metric loop over a loader and this process's place among several (rank, gathering results
+to rank 0). ``segdense.engine`` (training) and ``segdense.inference`` (deployment) both build on it; it imports
+neither."""
 from __future__ import annotations
 
 import contextlib
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Callable, Protocol
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
@@ -27,6 +29,40 @@ class Metrics(Protocol):
     def reset(self) -> None: ...
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None: ...
     def compute(self) -> dict: ...
+
+
+def process_rank() -> tuple[int, int]:
+    """(this process's rank, the number of processes) in torch.distributed's default group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Rank 0, or a single process: the one that writes shared files and prints summaries."""
+    return process_rank()[0] == 0
+
+
+def gather_to_main(obj) -> list | None:
+    """Every process's ``obj`` (picklable), in rank order, on rank 0; None on the others; ``[obj]`` in a single
+    process. A collective: every process calls it once, also one whose shard was empty."""
+    rank, world = process_rank()
+    if world == 1:
+        return [obj]
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object(obj, parts, dst=0)
+    return parts
+
+
+def gather_to_all(obj) -> list:
+    """Every process's ``obj`` (picklable), in rank order, on every process; ``[obj]`` in a single process.
+    A collective, like :func:`gather_to_main`, for checks that every process must fail together."""
+    rank, world = process_rank()
+    if world == 1:
+        return [obj]
+    found = [None] * world
+    dist.all_gather_object(found, obj)
+    return found
 
 
 def resolve_device(device: str) -> torch.device:

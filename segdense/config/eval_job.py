@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.data import build_dataset, build_transforms
@@ -14,7 +13,9 @@ from segdense.evaluation import evaluate_model
 from segdense.inference.loading import min_input_size
 from segdense.inference.tta import describe_infer
 from segdense.metrics import format_metrics_table
-from segdense.runtime import resolve_amp, resolve_device
+from segdense.runtime import is_main_process, resolve_amp
+
+from .processes import main_process_directory, start_processes
 
 logger = logging.getLogger("segdense.eval")
 
@@ -54,24 +55,25 @@ def build_eval_dataset(cfg: DictConfig, bundle):
 
 def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Rebuild the model from ``cfg.checkpoint`` alone, evaluate it, print the per-class table and write
-    ``metrics.json`` and ``confusion.png`` to ``cfg.output_dir`` (default: Hydra's run directory)."""
+    ``metrics.json`` and ``confusion.png`` to ``cfg.output_dir`` (default: Hydra's run directory). Started as
+    several processes (torchrun, srun), each evaluates its share of the images and rank 0 writes the files."""
+    device, world = start_processes(cfg.device)
     bundle = load_bundle(cfg.checkpoint)
     dataset, name = build_eval_dataset(cfg, bundle)
-    device = resolve_device(cfg.device)
     min_size = min_input_size(bundle.model)
     with config_values("inference options"):
         infer = build_infer(**infer_options(cfg, bundle), min_size=min_size, max_batch=cfg.batch_size)
-    output_dir = output_dir or cfg.output_dir
-    if output_dir is None:
-        output_dir = HydraConfig.get().runtime.output_dir
-    logger.info("evaluating %s on %s (%d images), inference: %s", bundle.source, name, len(dataset),
-                describe_infer(infer))
+    output_dir = main_process_directory(output_dir or cfg.output_dir)
+    logger.info("evaluating %s on %s (%d images%s), inference: %s", bundle.source, name, len(dataset),
+                f" across {world} processes" if world > 1 else "", describe_infer(infer))
     result = evaluate_model(
         bundle, dataset, infer, device, amp_dtype=resolve_amp(cfg.amp, device), batch_size=cfg.batch_size,
         num_workers=cfg.num_workers, output_dir=output_dir, save_predictions=cfg.save_predictions,
         dataset_name=name, progress=cfg.progress, channels_last=device.type == "cuda",
         report=bool(cfg.get("report", False)), report_images=int(cfg.get("report_images", 8)),
     )
+    if not is_main_process():
+        return result
     print(format_metrics_table(result))
     print(f"metrics: {Path(output_dir) / 'metrics.json'}")
     if "report" in result:

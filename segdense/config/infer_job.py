@@ -6,31 +6,41 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from segdense.data.loader import ShardSampler
 from segdense.errors import config_values
 from segdense.inference import Predictor, load_bundle
-from segdense.inference.files import predict_files
+from segdense.inference.files import InferenceReport, predict_files
 from segdense.inference.images import find_images
 from segdense.inference.writers import check_writable_dir
+from segdense.runtime import gather_to_main, process_rank
 
 from .eval_job import infer_options
+from .processes import start_processes
 
 logger = logging.getLogger("segdense.infer")
 
 
 def infer_job(cfg: DictConfig):
     """Predict every image named by ``cfg.input`` into ``cfg.output``; returns the
-    :class:`~segdense.inference.files.InferenceReport` (the tool exits 1 when any image failed)."""
-
-
+    :class:`~segdense.inference.files.InferenceReport` (the tool exits 1 when any image failed). Started as several
+    processes (torchrun, srun), each predicts its share of the images and writes their outputs; rank 0 returns and
+    prints the report of all of them, the others their own."""
+    device, world = start_processes(cfg.device)
     files = find_images(cfg.input)
     bundle = load_bundle(cfg.checkpoint)
     output = check_writable_dir(cfg.output)
     with config_values("inference options"):
-        predictor = Predictor(bundle, device=cfg.device, amp=cfg.amp, batch_size=cfg.batch_size,
+        predictor = Predictor(bundle, device=str(device), amp=cfg.amp, batch_size=cfg.batch_size,
                               **infer_options(cfg, bundle))
-    logger.info("%s: %d image(s) -> %s", predictor, len(files), output)
+    logger.info("%s: %d image(s)%s -> %s", predictor, len(files), f" across {world} processes" if world > 1 else "",
+                output)
     root = Path(cfg.input) if Path(cfg.input).is_dir() else None
+    shard = ShardSampler(len(files), *process_rank(), block=predictor.batch_size)  # whole batches, as eval's loader
     report = predict_files(predictor, files, output, root=root, overwrite=cfg.overwrite, save_overlay=cfg.overlay,
-                           save_proba=cfg.save_proba, progress=cfg.progress)
+                           save_proba=cfg.save_proba, progress=cfg.progress, indices=list(shard))
+    parts = gather_to_main(report)
+    if parts is None:
+        return report
+    report = InferenceReport.merged(parts, files)
     print(report.summary())
     return report

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import OverrideParseException
 from omegaconf import OmegaConf
@@ -58,6 +59,15 @@ def check_overrides(config_name: str, argv: Sequence[str], conf_dir: Path = CONF
             errors.append(unknown_key_message(top, keys | groups, source))
     if errors:
         raise ConfigError("invalid command line:\n  - " + "\n  - ".join(dict.fromkeys(errors)))
+
+
+def command_line_keys() -> set[str]:
+    """The keys and groups the running Hydra application was given on its command line (``output_stride=8``:
+    ``output_stride``); empty when no Hydra application is running (a configuration composed in code)."""
+    if not HydraConfig.initialized():
+        return set()
+    overrides = OverridesParser.create().parse_overrides(list(HydraConfig.get().overrides.task))
+    return {override.key_or_group for override in overrides}
 
 
 def exit_on_unknown_keys(config_name: str, argv: Sequence[str]) -> None:

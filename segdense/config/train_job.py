@@ -10,7 +10,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.backbones.efficient_block import sync_dense_layer_norms
@@ -18,15 +17,17 @@ from segdense.data import build_dataloader, build_dataset, build_transforms, val
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
-from segdense.engine.distributed import (broadcast_object, check_same_start, cuda_index, init_distributed,
-                                        is_main_process)
+from segdense.engine.distributed import check_same_start
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
 from segdense.models import build_model
 from segdense.reports.training import write_training_report
-from segdense.runtime import resolve_device
+from segdense.runtime import is_main_process
 
 from .group_keys import validate_config
+from .model_checks import check_model_inputs
+from .overrides import command_line_keys
+from .processes import main_process_directory, start_processes
 
 logger = logging.getLogger("segdense.train")
 
@@ -170,19 +171,6 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     return TrainSettings(**{key: cfg[key] for key in keys})
 
 
-def start_processes(cfg: DictConfig, run_dir: str | os.PathLike | None) -> tuple[torch.device, int, Path]:
-    """(this process's device, the number of processes, the run directory rank 0 chose)."""
-    device = resolve_device(cfg.device)
-    _, local_rank, world = init_distributed(device.type)
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", cuda_index(local_rank))
-    if run_dir is None:
-        run_dir = HydraConfig.get().runtime.output_dir
-    if not is_main_process():
-        logging.getLogger("segdense").setLevel(logging.WARNING)
-    return device, world, Path(broadcast_object(str(run_dir)))  # every rank uses rank 0's directory
-
-
 def checked_datasets(cfg: DictConfig):
     """(train_set, val_set), the training split checked first as ``validate_data`` asks."""
     with config_values("dataset/augmentation"):
@@ -242,8 +230,10 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
     validation metrics. ``run_dir`` defaults to Hydra's output directory."""
     validate_config(cfg)
+    check_model_inputs(cfg, command_line_keys())
     settings = train_settings(cfg)
-    device, world, run_dir = start_processes(cfg, run_dir)
+    device, world = start_processes(cfg.device)
+    run_dir = main_process_directory(run_dir)  # every rank uses rank 0's directory
     resume_path = resolve_resume(cfg.resume, run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)

@@ -42,11 +42,18 @@ class _SeedWorker:
 
 
 class ShardSampler(torch.utils.data.Sampler):
-    """Every ``world_size``-th index from ``rank``, in order, without the padding
-    ``DistributedSampler`` adds: each sample is evaluated exactly once across all processes."""
+    """Rank ``rank``'s share of ``dataset_size`` indices: every ``world_size``-th run of ``block`` consecutive
+    indices, starting at run ``rank``, in order, without the padding ``DistributedSampler`` adds. Each sample goes to
+    exactly one process; the last shards may be shorter, or empty when there are more processes than runs. With
+    ``block`` = the batch size, every batch a process forms is one a single process would form (same images, same
+    padding), so its results are the single process's, bit for bit."""
 
-    def __init__(self, dataset_size: int, rank: int, world_size: int) -> None:
-        self.indices = range(rank, dataset_size, world_size)
+    def __init__(self, dataset_size: int, rank: int, world_size: int, block: int = 1) -> None:
+        if not 0 <= rank < world_size or block < 1:
+            raise ValueError(f"need 0 <= rank < world_size and block >= 1, got rank={rank}, "
+                             f"world_size={world_size}, block={block}")
+        starts = range(rank * block, dataset_size, world_size * block)
+        self.indices = [i for start in starts for i in range(start, min(start + block, dataset_size))]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices)
@@ -61,7 +68,8 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
     """A DataLoader for training (shuffled, ``drop_last``) or evaluation (in order, :func:`pad_collate`).
 
     Under an initialised ``torch.distributed`` process group each rank gets a ``DistributedSampler`` shard for
-    training and a :class:`ShardSampler` (no duplicated samples, so metrics count each image once) for evaluation
+    training and a :class:`ShardSampler` of whole batches (no duplicated samples, so metrics count each image once,
+    and each batch is the one a single process would form) for evaluation
     (call :func:`infinite_batches`, or ``loader.sampler.set_epoch`` yourself, to reshuffle per epoch).
     ``pin_memory`` defaults to whether CUDA is available, ``persistent_workers`` to ``num_workers > 0``.
     Training batches are ``(images, masks)``; evaluation batches ``(images, masks, sizes)``.
@@ -74,7 +82,7 @@ def build_dataloader(dataset: Dataset, batch_size: int, train: bool, num_workers
     if dist.is_available() and dist.is_initialized() and train:
         sampler = DistributedSampler(dataset, shuffle=True, seed=int(seed), drop_last=True)
     elif dist.is_available() and dist.is_initialized():
-        sampler = ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size())
+        sampler = ShardSampler(len(dataset), dist.get_rank(), dist.get_world_size(), block=batch_size)
     elif train:
         sampler = RandomSampler(dataset, generator=generator)
     else:

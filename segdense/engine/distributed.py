@@ -9,9 +9,13 @@ import torch
 import torch.distributed as dist
 
 from segdense.errors import CheckpointError
+from segdense.runtime import gather_to_all, is_main_process, process_rank
 
 from .attempt_store import attempt_store
 from .launchers import Launch, detect_launch
+
+__all__ = ["all_reduce_mean", "broadcast_object", "cleanup_distributed", "cuda_index", "init_distributed",
+           "is_main_process", "rendezvous", "world_size"]
 
 logger = logging.getLogger("segdense.train")
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
@@ -54,12 +58,8 @@ def cuda_index(local_rank: int) -> int:
     return local_rank % max(torch.cuda.device_count(), 1)
 
 
-def is_main_process() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def world_size() -> int:
-    return dist.get_world_size() if dist.is_initialized() else 1
+    return process_rank()[1]
 
 
 def broadcast_object(obj):
@@ -71,20 +71,11 @@ def broadcast_object(obj):
     return box[0]
 
 
-def gather_object(obj) -> list:
-    """Every rank's ``obj``, in rank order (``[obj]`` for a single process). Collective."""
-    if not dist.is_initialized():
-        return [obj]
-    found = [None] * dist.get_world_size()
-    dist.all_gather_object(found, obj)
-    return found
-
-
 def check_same_start(iteration: int, resume_path: str | os.PathLike | None) -> None:
     """Every process starts at the same iteration from the same file. Each one finds ``last.pt`` itself; a run
     directory that differs between machines (node-local, or a stale view of a network filesystem) would make them
     train different steps, until one waits for the others in a collective."""
-    starts = gather_object((iteration, None if resume_path is None else str(resume_path)))
+    starts = gather_to_all((iteration, None if resume_path is None else str(resume_path)))
     if len(set(starts)) > 1:
         seen = "; ".join(f"rank {rank}: iteration {it} ({path or 'no checkpoint'})"
                          for rank, (it, path) in enumerate(starts))

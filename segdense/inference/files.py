@@ -32,6 +32,14 @@ class InferenceReport:
     def ok(self) -> bool:
         return not self.failed
 
+    @classmethod
+    def merged(cls, reports: Sequence["InferenceReport"], files: Sequence[Path]) -> "InferenceReport":
+        """One report of several processes' reports on shares of ``files``, in the order of ``files``."""
+        position = {path: i for i, path in enumerate(files)}
+        return cls(sorted((p for r in reports for p in r.written), key=position.__getitem__),
+                   sorted((p for r in reports for p in r.skipped), key=position.__getitem__),
+                   sorted((f for r in reports for f in r.failed), key=lambda f: position[f[0]]))
+
     def summary(self) -> str:
         text = (f"{len(self.written)} image(s) written, {len(self.skipped)} skipped (outputs exist), "
                 f"{len(self.failed)} failed")
@@ -64,18 +72,23 @@ def output_names(files: Sequence[Path], root: Path | None) -> list[Path]:
 
 def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, root: Path | None = None,
                   overwrite: bool = False, save_overlay: bool = True, save_proba: bool = False,
-                  progress: bool = True) -> InferenceReport:
+                  progress: bool = True, indices: Sequence[int] | None = None) -> InferenceReport:
     """Predict every file and write ``<name>.png`` (palette PNG of class indices), ``<name>_overlay.png`` (image,
     prediction and legend) and, with ``save_proba``, ``<name>_proba.npy`` (float16 (C, H, W) probabilities).
 
     An image's outputs are written together (all or none). Unreadable images are reported and skipped; an image
     whose outputs all exist is skipped unless ``overwrite``; one with only some of them (another file of the same
-    name, or a run killed between two renames) is reported as failed, and nothing of it is overwritten."""
+    name, or a run killed between two renames) is reported as failed, and nothing of it is overwritten.
+
+    ``indices``: the positions in ``files`` this process handles (default: all), e.g. its
+    :class:`~segdense.data.loader.ShardSampler` shard under ``torch.distributed``; output names come from all the
+    files, so they do not depend on the process count. The report covers those images only."""
     report = InferenceReport()
     names = output_names(files, root)
     all_targets = [_targets(output / name, save_overlay, save_proba) for name in names]
     _check_unique(files, all_targets)
-    todo = _to_do(files, all_targets, overwrite, report)
+    mine = range(len(files)) if indices is None else indices
+    todo = _to_do([files[i] for i in mine], [all_targets[i] for i in mine], overwrite, report)
     bar = tqdm(total=len(todo), desc="infer", unit="img", dynamic_ncols=True,
                disable=not (progress and sys.stderr.isatty()))
     for start in range(0, len(todo), predictor.batch_size):

@@ -52,12 +52,15 @@ def image_scores(prediction: torch.Tensor, label: torch.Tensor, num_classes: int
 
 class PerImageRecorder:
     """``recorder.wrap(loader)`` and ``recorder`` (in place of ``infer``) give :attr:`scores` for every image and
-    :meth:`worst` (lowest mIoU first) for the ``keep`` worst, with their denormalised image."""
+    :meth:`worst` (lowest mIoU first) for the ``keep`` worst, with their denormalised image. ``indices``: the
+    dataset index of each image in the order the loader yields them (default 0, 1, 2, ...; a process's shard
+    under ``torch.distributed``); :meth:`part` and :meth:`merge` bring the processes' records together."""
 
     def __init__(self, infer: Callable, dataset, num_classes: int, keep: int = 8,
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 ignore_index: int = 255):
+                 ignore_index: int = 255, indices: Sequence[int] | None = None):
         self.infer, self.dataset, self.num_classes, self.keep = infer, dataset, num_classes, keep
+        self.indices = indices
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
         self.ignore_index = ignore_index
@@ -77,7 +80,7 @@ class PerImageRecorder:
         masks, sizes = self._batch[1].cpu(), self._batch[2]
         for i, prediction in enumerate(predictions):
             h, w = (int(v) for v in sizes[i])
-            index = len(self.scores)
+            index = len(self.scores) if self.indices is None else int(self.indices[len(self.scores)])
             label, pred = masks[i, :h, :w], prediction[:h, :w]
             pixels, acc, iou = image_scores(pred, label, self.num_classes, self.ignore_index)
             score = ImageScore(index, self.name(index), pixels, acc, iou)
@@ -98,6 +101,18 @@ class PerImageRecorder:
             heapq.heappush(self._heap, entry)
         else:
             heapq.heapreplace(self._heap, entry)
+
+    def part(self) -> tuple[list[ImageScore], list]:
+        """What this process recorded (its scores, its kept images), for :meth:`merge` on rank 0."""
+        return self.scores, self._heap
+
+    def merge(self, parts: Sequence[tuple[list[ImageScore], list]]) -> None:
+        """Take every process's :meth:`part` as this recorder's own: the scores in dataset order, and the ``keep``
+        worst of all kept images, chosen as one process would have chosen them (lowest mIoU, then lowest index)."""
+        self.scores = sorted((score for scores, _ in parts for score in scores), key=lambda score: score.index)
+        entries = [entry for _, heap in parts for entry in heap]
+        self._heap = heapq.nlargest(self.keep, entries, key=lambda entry: entry[:2])
+        heapq.heapify(self._heap)
 
     def worst(self) -> list[GalleryItem]:
         """The kept images, worst (lowest mIoU) first."""

@@ -1,7 +1,7 @@
 """Semantic-segmentation metrics accumulated over a whole dataset (and across processes).
 
-The confusion matrix comes from torchmetrics (which also reduces it across processes under
-``torch.distributed``); the scores follow mmseg: a class absent from both the labels and the
+The confusion matrix comes from torchmetrics; under ``torch.distributed`` the processes' integer matrices are summed
+with one ``all_reduce``, so the scores equal one process's on all the images exactly. The scores follow mmseg: a class absent from both the labels and the
 predictions has an undefined IoU and is left out of the means.
 """
 from __future__ import annotations
@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.distributed as dist
 
 
 def metrics_from_confusion(confusion: torch.Tensor, class_names: list[str] | None = None) -> dict:
@@ -53,8 +54,8 @@ class SegmentationMetrics:
         # start through segdense.engine, also when it stops at a bad argument or never scores a dataset.
         from torchmetrics.classification import MulticlassConfusionMatrix
 
-        self.confusion = MulticlassConfusionMatrix(
-            num_classes, ignore_index=ignore_index, validate_args=False
+        self.confusion = MulticlassConfusionMatrix(  # summed across processes by compute(), not by torchmetrics
+            num_classes, ignore_index=ignore_index, validate_args=False, sync_on_compute=False
         ).to(device)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
@@ -72,8 +73,14 @@ class SegmentationMetrics:
         self.confusion.update(prediction.reshape(-1), target.reshape(-1))
 
     def compute(self) -> dict:
-        result = metrics_from_confusion(self.confusion.compute().cpu(), self.class_names)
-        result["confusion"] = self.confusion.compute().cpu().tolist()
+        """Scores and ``confusion`` over everything every process has seen. Under ``torch.distributed`` it is a
+        collective: every process calls it once, also one that saw no image."""
+        confusion = self.confusion.confmat.clone()  # int64 counts (torchmetrics' state)
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(confusion)
+        confusion = confusion.cpu()
+        result = metrics_from_confusion(confusion, self.class_names)
+        result["confusion"] = confusion.tolist()
         return result
 
     def reset(self) -> None:
