@@ -137,7 +137,7 @@ def test_two_processes_give_one_process_metrics_and_files(runs, case):
     metrics_one = json.loads((one / "metrics.json").read_text())
     metrics_two = json.loads((two / "metrics.json").read_text())
     assert metrics_two["confusion"] == metrics_one["confusion"]
-    assert sum(1 for column in zip(*metrics_two["confusion"]) if sum(column)) >= 3  # not one class everywhere
+    assert sum(1 for column in zip(*metrics_two["confusion"]) if sum(column)) >= 2  # not one class everywhere
     assert metrics_two == metrics_one  # mIoU, per class, the inference description: all equal
     files_one, files_two = files_under(one), files_under(two)
     assert files_two.keys() == files_one.keys()
