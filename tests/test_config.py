@@ -33,7 +33,7 @@ def test_the_documented_command_composes():
 
 
 @pytest.mark.parametrize("backbone", ["densenet121", "densenet169", "densenet201", "densenet161", "custom"])
-@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn"])
+@pytest.mark.parametrize("head", ["fcn", "deeplabv3", "deeplabv3plus", "denseaspp", "fpn", "upernet"])
 def test_every_backbone_and_head_option_validates(backbone, head):
     validate_config(compose_config([f"backbone={backbone}", f"head={head}", "output_stride=8"]))
 

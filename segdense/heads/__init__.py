@@ -10,6 +10,7 @@ from .fcn import AuxHead, FCNHead, aux_feature
 from .fpn import SemanticFPNHead
 from .registry import build_head, list_heads, register_head
 from .tiramisu import TiramisuHead
+from .upernet import UPerNetHead, pyramid_features
 
 __all__ = [
     "ASPP",
@@ -20,10 +21,12 @@ __all__ = [
     "FCNHead",
     "SemanticFPNHead",
     "TiramisuHead",
+    "UPerNetHead",
     "aux_feature",
     "build_head",
     "default_atrous_rates",
     "denseaspp_widths",
     "list_heads",
+    "pyramid_features",
     "register_head",
 ]

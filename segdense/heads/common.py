@@ -30,6 +30,27 @@ def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
 
 
+def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)``; while tracing (ONNX export) the same windows as averaging matrices
+    built from the traced height and width, because the exporter can only write adaptive pooling for the
+    sizes seen at export (and only when they divide evenly)."""
+    if not torch.jit.is_tracing():
+        return F.adaptive_avg_pool2d(x, size)
+    rows = _pooling_matrix(x.shape[-2], size, x)
+    cols = _pooling_matrix(x.shape[-1], size, x)
+    return rows @ x @ cols.transpose(0, 1)
+
+
+def _pooling_matrix(length, size: int, like: torch.Tensor) -> torch.Tensor:
+    """(size, length): row i averages positions floor(i*length/size) to ceil((i+1)*length/size) - 1."""
+    i = torch.arange(size, device=like.device)
+    start = torch.div(i * length, size, rounding_mode="floor")
+    end = torch.div((i + 1) * length + size - 1, size, rounding_mode="floor")
+    position = torch.arange(length, device=like.device)
+    window = ((position >= start[:, None]) & (position < end[:, None])).to(like.dtype)
+    return window / window.sum(1, keepdim=True)
+
+
 def describe(feature_info: Sequence[FeatureSpec]) -> str:
     return ", ".join(f"{s.name} (stride {s.stride}, {s.channels} ch)" for s in feature_info)
 

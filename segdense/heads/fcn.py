@@ -54,10 +54,11 @@ class FCNHead(_FCNOn):
 
 
 def aux_feature(feature_info: Sequence[FeatureSpec]) -> FeatureSpec:
-    """The auxiliary head's input: ``block3`` (DenseNet) or ``layer3`` (ResNet) if present, else the
-    feature at stride 16, else the second-deepest feature (the deepest one if there is only one)."""
+    """The auxiliary head's input: ``block3`` (DenseNet), ``layer3`` (ResNet) or ``stage3`` (RDNet's third
+    pyramid level) if present, else the feature at stride 16, else the second-deepest feature (the deepest
+    one if there is only one). Names come first: at output stride 16 or 8 several features share a stride."""
     for spec in feature_info:
-        if spec.name in ("block3", "layer3"):
+        if spec.name in ("block3", "layer3", "stage3"):
             return spec
     spec = feature_at_stride(feature_info, 16)
     if spec is not None:
@@ -67,7 +68,9 @@ def aux_feature(feature_info: Sequence[FeatureSpec]) -> FeatureSpec:
 
 @register_head("aux")
 class AuxHead(_FCNOn):
-    """FCN auxiliary head on the stride-16 feature (DenseNet's block 3), as in PSPNet/mmseg.
+    """FCN auxiliary head on the stride-16 feature (DenseNet's block 3), as in PSPNet/mmseg: with its defaults
+    it has the parameters of mmseg's ``FCNHead(num_convs=1, concat_input=False)`` (under segdense's names:
+    ``convs.0.0``/``convs.0.1`` for its ``convs.0.conv``/``convs.0.bn``, ``classifier.1`` for ``conv_seg``).
 
     Its loss weight lives in the criterion (``build_criterion(aux_weight=0.4)``).
     """
