@@ -25,18 +25,9 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-__all__ = ["efficient_stage", "stage_buffer"]
+from .efficient_block import block_buffer
 
-
-def stage_buffer(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """A stage's output buffer of ``channels`` channels in ``x``'s memory format, holding ``x`` in its first
-    channels. Channels-last stays channels-last, so every layer's slice keeps oneDNN's fast layout."""
-    n, c, h, w = x.shape
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
-    buf = torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-    buf[:, :c].copy_(x)
-    return buf
+__all__ = ["efficient_stage"]
 
 
 def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
@@ -47,7 +38,7 @@ class _EfficientStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layers: Sequence[nn.Module], *params: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
-        buf = stage_buffer(x, c + sum(layer.growth_rate for layer in layers))
+        buf = block_buffer(x, c + sum(layer.growth_rate for layer in layers))
         masks = []
         for layer in layers:
             inp = buf[:, :c]
