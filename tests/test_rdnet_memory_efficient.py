@@ -217,3 +217,17 @@ def test_rdnet_tiny_saves_at_most_half_of_plain_for_backward():
     x = torch.randn(1, 3, 128, 128)
     ratio = _saved_bytes(eff, x.clone()) / _saved_bytes(plain, x.clone())
     assert ratio <= 0.5, f"memory-efficient rdnet_tiny saves {ratio:.2f}x plain's bytes for backward"
+
+
+def test_saved_memory_grows_linearly_with_the_layers_of_a_stage():
+    def saved(layers, memory_efficient):
+        torch.manual_seed(0)
+        net = build_backbone("rdnet_custom", growth_rates=(8,), num_blocks_list=(layers,), is_downsample_block=(False,),
+                             block_type=("Block",), num_init_features=16, output_stride=4,
+                             memory_efficient=memory_efficient)
+        return _saved_bytes(net, torch.randn(1, 3, 32, 32))
+
+    s4, s8, s16 = (saved(n, True) for n in (4, 8, 16))
+    assert s16 - s8 == pytest.approx(2 * (s8 - s4), rel=0.05)  # linear: each layer adds its own channels
+    p4, p8, p16 = (saved(n, False) for n in (4, 8, 16))
+    assert p16 - p8 > 3 * (p8 - p4)  # plain mode: every layer keeps all earlier channels again
