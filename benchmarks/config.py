@@ -5,7 +5,7 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
-IMPLS = ("segdense", "torchvision", "peer")
+IMPLS = ("segdense", "torchvision", "peer", "timm")
 # What users would otherwise pick: torchvision's segmentation models (ResNet-50, dilated to OS8).
 PEERS = ("deeplabv3_resnet50", "fcn_resnet50")
 AMP_DTYPES = (None, "bf16", "fp16")
@@ -17,6 +17,8 @@ class Row:
     of the same architecture with the same dilation applied (backbone rows only). ``impl="peer"``
     is a torchvision segmentation model named by ``backbone`` (one of ``PEERS``; output stride 8,
     ``weights=None``), with the same classes, loss, dtype and layout as the segdense rows.
+    ``impl="timm"``: timm's ``features_only`` model named by ``backbone`` under segdense's ``head``
+    (``benchmarks.timm_backbone``); ``memory_efficient`` there is timm's ``set_grad_checkpointing()``.
     ``fused``: segdense's fused (Triton) dense-block kernels for memory-efficient rows (CUDA);
     ``None`` keeps the model's default (PyTorch operators). ``cuda_graphs``: segdense's dense
     blocks captured and replayed as CUDA graphs (``DenseNet(cuda_graphs=True)``; CUDA)."""
@@ -52,6 +54,9 @@ class Row:
                              f"impl={self.impl!r}, device={self.device!r}")
         if self.amp not in AMP_DTYPES:
             raise ValueError(f"amp must be one of {AMP_DTYPES}, got {self.amp!r}")
+        if self.impl == "timm" and (self.head is None or self.output_stride != 32):
+            raise ValueError(f"timm rows are a timm backbone at its output stride 32 under a segdense head, got "
+                             f"head={self.head!r}, output_stride={self.output_stride}")
         if self.impl == "torchvision" and self.head is not None:
             raise ValueError("torchvision baseline rows are backbone-only (head=None)")
         if self.impl != "peer" and (self.units is None) != (self.backbone != "densenet_custom"):
@@ -97,7 +102,7 @@ class Row:
             parts = ["tv", self.backbone, f"os{self.output_stride}", self._size_label()]
             parts += [f for f, on in (("cl", self.channels_last), ("compile", self.compile)) if on]
             return " ".join(parts + ([self.amp] if self.amp else []))
-        parts = [self.impl[:2] if self.impl == "segdense" else "tv", self.arch]
+        parts = [{"segdense": "se", "timm": "timm"}.get(self.impl, "tv"), self.arch]
         if self.head:
             parts.append(self.head)
         parts += [f"os{self.output_stride}", self._size_label(), self.mode]
@@ -181,6 +186,20 @@ def fcdensenet_rows(device: str) -> list[Row]:
                    Row("peer", backbone="deeplabv3_resnet50", output_stride=8, **{**kw, "batch": 2})]
 
 
+def rdnet_rows(device: str) -> list[Row]:
+    """rdnet_tiny + UperNet (150 classes, ADE20K's) training steps: segdense plain and memory-efficient, timm's
+    rdnet_tiny with ``set_grad_checkpointing()`` under the same head, and torchvision's deeplabv3_resnet50 on the
+    same input. CPU: batch 2 at 256^2; CUDA: batch 8 at 512^2 in bf16, channels-last."""
+    gpu = device == "cuda"
+    kw = dict(device=device, batch=8 if gpu else 2, crop=512 if gpu else 256, num_classes=150)
+    if gpu:
+        kw.update(channels_last=True, amp="bf16")
+    rd = dict(backbone="rdnet_tiny", head="upernet", output_stride=32, **kw)
+    return [Row("segdense", **rd), Row("segdense", memory_efficient=True, **rd),
+            Row("timm", memory_efficient=True, **rd),
+            Row("peer", backbone="deeplabv3_resnet50", output_stride=8, **kw)]
+
+
 def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48), growth_rate: int = 12,
                   batch: int = 2, crop: int = 128, output_stride: int = 8) -> list[Row]:
     """Custom DenseNets with ``u`` units in each of 4 blocks: peak memory vs depth."""
@@ -199,6 +218,7 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     ``gpu``: densenet121 (+deeplabv3) at OS16 and OS8, 512^2, batch 16, bf16, channels_last, and
     deeplabv3 at OS8 with batch 8 (the memory-efficient target's configuration), and the FC-DenseNet rows.
     ``fcdensenet``: :func:`fcdensenet_rows` on the device (CPU: batch 1; CUDA: batch 3).
+    ``rdnet``: :func:`rdnet_rows` on the device (CPU: batch 2, 256^2; CUDA: batch 8, 512^2, bf16).
     Compiled rows are opt-in (``--compile`` adds a compiled twin of every row): compiling
     DenseNet-121 + ASPP took over three minutes on an H200 with torch 2.11, longer than a preset
     should."""
@@ -217,6 +237,8 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         return rows, Settings(warmup=1, reps=7, onnx=True)
     if name == "fcdensenet":
         return fcdensenet_rows(device), Settings(warmup=1, reps=3 if device == "cpu" else 10)
+    if name == "rdnet":
+        return rdnet_rows(device), Settings(warmup=1, reps=3 if device == "cpu" else 10)
     if name == "growth":
         return growth_series(device), Settings(warmup=1, reps=3)
     if name == "gpu":
@@ -240,4 +262,4 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
 
 
-PRESETS = ("quick", "cpu", "growth", "gpu", "fcdensenet")
+PRESETS = ("quick", "cpu", "growth", "gpu", "fcdensenet", "rdnet")

@@ -10,8 +10,11 @@ from torchvision.models import segmentation
 from segdense import build_model
 from segdense.backbones import build_backbone
 from segdense.backbones.registry import BACKBONES
+from segdense.heads import build_head
+from segdense.models import SegmentationModel
 
 from .config import Row
+from .timm_backbone import TimmFeatures
 
 
 def dilate_torchvision_densenet(features: nn.Module, output_stride: int, initial_stride: int = 4) -> None:
@@ -82,6 +85,13 @@ def _segdense_model(row: Row) -> nn.Module:
     return build_model(row.backbone, row.head, num_classes=row.num_classes, **backbone_kwargs(row))
 
 
+def _timm_model(row: Row) -> nn.Module:
+    """timm's backbone (grad-checkpointed for memory-efficient rows) under the row's segdense head."""
+    net = TimmFeatures(row.backbone, grad_checkpointing=row.memory_efficient)
+    head = build_head(row.head, net.feature_info, row.num_classes, net.output_stride)
+    return SegmentationModel(net, head)
+
+
 def _peer_model(row: Row) -> nn.Module:
     return getattr(segmentation, row.backbone)(weights=None, weights_backbone=None,
                                                 num_classes=row.num_classes, aux_loss=False)
@@ -91,6 +101,8 @@ def build(row: Row) -> nn.Module:
     """The row's network on its device (and memory format), in training mode."""
     if row.impl == "peer":
         model = _peer_model(row)
+    elif row.impl == "timm":
+        model = _timm_model(row)
     elif row.head is not None:
         model = _segdense_model(row)
     elif row.impl == "torchvision":

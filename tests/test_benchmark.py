@@ -227,3 +227,32 @@ def test_cuda_graphs_twins_are_segdense_cuda_rows_that_build_graphed_blocks():
     assert graphed[0].group_key() == dataclasses.replace(graphed[0], cuda_graphs=False).group_key()
     with pytest.raises(ValueError, match="cuda_graphs rows are segdense rows on device='cuda'"):
         Row(cuda_graphs=True)
+
+
+def test_rdnet_preset_builds_its_four_rows_under_one_head():
+    from benchmarks.config import preset
+    from segdense.backbones.rdnet import DenseStage
+
+    rows, settings = preset("rdnet", device="cpu")
+    assert [r.label() for r in rows] == [
+        "se rdnet_tiny upernet os32 b2x256 plain", "se rdnet_tiny upernet os32 b2x256 mem-eff",
+        "timm rdnet_tiny upernet os32 b2x256 mem-eff", "tv deeplabv3_resnet50 os8 b2x256"]
+    assert settings.reps >= 3
+    cuda_rows, _ = preset("rdnet", device="cuda")
+    assert {(r.batch, r.crop, r.amp, r.device) for r in cuda_rows} == {(8, 512, "bf16", "cuda")}
+    plain, eff, timm_ckpt, peer = (build(r) for r in rows)
+    assert [s.memory_efficient for s in plain.backbone.modules() if isinstance(s, DenseStage)] == [False] * 7
+    assert [s.memory_efficient for s in eff.backbone.modules() if isinstance(s, DenseStage)] == [True] * 7
+    assert timm_ckpt.backbone.net.grad_checkpointing and type(peer).__name__ == "DeepLabV3"
+    # The same network under the same head: timm's backbone reports segdense's feature maps, and with segdense's
+    # weights loaded (timm's module names, '_' for '.' at the top level) gives the same logits.
+    assert timm_ckpt.backbone.feature_info == plain.backbone.feature_info
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(timm_ckpt) == count(plain) == count(eff)
+    state = {k.replace("backbone.net.stem_", "backbone.stem.").replace("backbone.net.dense_stages_",
+                                                                       "backbone.dense_stages."): v
+             for k, v in timm_ckpt.state_dict().items()}
+    plain.load_state_dict(state)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(plain.eval()(x), timm_ckpt.eval()(x), rtol=1e-4, atol=1e-4)

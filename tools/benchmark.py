@@ -4,6 +4,7 @@
     python tools/benchmark.py --quick                       # < 2 min on 2 CPU cores
     python tools/benchmark.py --preset cpu --json cpu.json  # the numbers in docs/benchmarks.md
     python tools/benchmark.py --preset gpu --json gpu.json  # H100/H200: bf16, channels_last, OS16/OS8
+    python tools/benchmark.py --preset rdnet                # rdnet_tiny + UperNet: plain, memory-efficient, timm
     python tools/benchmark.py --backbone densenet121 --output-stride 32 8 --batch 2 --crop 256 \
         --device cuda --amp bf16 --channels-last --compile   # eager and compiled twins of each row
 

@@ -81,6 +81,18 @@ def bn_relu(
     return torch.batch_norm(_compact(x), weight, bias, mean, var, False, 0.0, bn.eps, True).relu_()
 
 
+def block_buffer(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """A dense block's output buffer: ``channels`` channels in ``x``'s memory format (channels-last stays
+    channels-last, so every layer's slice keeps that layout), holding ``x`` in its first channels. Each layer reads
+    a view of it and writes its new channels after those (DenseNet's and RDNet's memory-efficient blocks)."""
+    n, c, h, w = x.shape
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
+        else torch.contiguous_format
+    buf = torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
+    buf[:, :c].copy_(x)
+    return buf
+
+
 def _compact(view: torch.Tensor) -> torch.Tensor:
     """A compact copy of a channel slice of the block buffer, in the buffer's memory format.
     BatchNorm's CPU backward takes a generic kernel on a strided view, 6-8x slower than a copy
@@ -408,15 +420,7 @@ class _EfficientDenseBlock(torch.autograd.Function):
         k = stages(layers[0])[-1][1].out_channels
         if group is None and any(batch_statistics(bn) for l in layers for bn, _ in stages(l)):
             check_count(n * h * w, c0)
-        fmt = (
-            torch.channels_last
-            if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-            else torch.contiguous_format
-        )
-        buf = torch.empty(
-            (n, c0 + len(layers) * k, h, w), dtype=x.dtype, device=x.device, memory_format=fmt
-        )
-        buf[:, :c0].copy_(x)
+        buf = block_buffer(x, c0 + len(layers) * k)
         # Shared statistics, when some norm1 normalises with the batch's (frozen ones use their own running ones).
         stats = None
         if any(batch_statistics(l.norm1) for l in layers):

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing
+from .efficient_block import block_buffer
 from .rdnet_efficient import efficient_stage
 from .rdnet_weights import load_rdnet_pretrained
 from .registry import register_backbone
@@ -148,9 +149,8 @@ class DenseStage(nn.ModuleDict):
 
 def _buffered_forward(x: torch.Tensor, layers: Sequence[DenseLayer], channels: int) -> torch.Tensor:
     """The stage without gradients: each layer reads a channel slice of one output buffer and writes its own."""
-    buf = x.new_empty((x.shape[0], channels, *x.shape[2:]))
+    buf = block_buffer(x, channels)
     c = x.shape[1]
-    buf[:, :c] = x
     for layer in layers:
         buf[:, c:c + layer.growth_rate] = layer.new_features(buf[:, :c], layer.draw_mask(x))
         c += layer.growth_rate

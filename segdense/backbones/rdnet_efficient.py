@@ -13,10 +13,11 @@ layers. Here the whole stage is one autograd Function that
 
 This is not the DenseNet block's Function (``efficient_block``): that one shares BatchNorm batch statistics across
 the layers that read the same channels and recomputes only BN-ReLU, which is what a pre-activation BatchNorm layer
-allows. An RDNet layer starts with a depthwise convolution and normalises per pixel (LayerNorm), so there is
-nothing to share, and its expensive part to keep is the 4x expansion; recomputing the whole layer is the simple,
-exact choice. Both write into one buffer the same way. The random draws (drop path) are made in forward, in the
-plain graph's order, and reused, so gradients equal the plain graph's up to floating-point rounding.
+allows. An RDNet layer starts with a depthwise convolution and normalises per pixel (LayerNorm), so there is nothing
+to share, and its expensive part to keep is the 4x expansion; recomputing the whole layer is the simple, exact
+choice. The buffer itself is the one both use (``efficient_block.block_buffer``). The random draws (drop path) are
+made in forward, in the plain graph's order, and reused, so gradients equal the plain graph's up to floating-point
+rounding.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
+
+from .efficient_block import block_buffer
 
 __all__ = ["efficient_stage"]
 
@@ -35,12 +38,8 @@ def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
 class _EfficientStage(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, layers: Sequence[nn.Module], *params: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        total = c + sum(layer.growth_rate for layer in layers)
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-            else torch.contiguous_format
-        buf = torch.empty((n, total, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-        buf[:, :c].copy_(x)
+        c = x.shape[1]
+        buf = block_buffer(x, c + sum(layer.growth_rate for layer in layers))
         masks = []
         for layer in layers:
             inp = buf[:, :c]
