@@ -1,6 +1,8 @@
 """Suite-wide settings and shared fixtures."""
+import logging
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -15,3 +17,18 @@ def pytest_configure(config):
     # the two cores (a subprocess test, a parallel job) torch's thread pool spins against itself
     # and small convolutions get ten times slower.
     torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _logging_as_it_was():
+    """Undo what a tool run in this process did to logging: Hydra's job logging gives the root logger handlers on
+    the streams pytest captured for that test, which are closed afterwards; a later test's log line would then
+    print "--- Logging error ---" into the stderr it checks."""
+    loggers = [logging.getLogger()] + [l for l in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(l, logging.Logger)]
+    saved = [(l, l.handlers[:], l.level, l.disabled, l.propagate) for l in loggers]
+    yield
+    for logger, handlers, level, disabled, propagate in saved:
+        logger.handlers[:] = handlers
+        logger.setLevel(level)
+        logger.disabled, logger.propagate = disabled, propagate

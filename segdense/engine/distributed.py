@@ -23,13 +23,13 @@ PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
 def init_distributed(device_type: str) -> tuple[int, int, int]:
     """Start the process group when launched as several processes, by torchrun or by SLURM's ``srun`` alone
-    (:mod:`segdense.engine.launchers`): NCCL on CUDA, gloo on CPU. Logs the launcher found. Returns (rank,
+    (:mod:`segdense.engine.launchers`): NCCL on CUDA, gloo on CPU. Logs the launcher found when there are several processes. Returns (rank,
     local_rank, world_size); (0, 0, 1) for a single process."""
     launch = detect_launch(os.environ)
-    if launch.rank == 0:
-        logger.info(launch.describe())
     if launch.world_size <= 1:
         return 0, 0, 1
+    if launch.rank == 0:
+        logger.info(launch.describe())
     if not dist.is_initialized():
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
