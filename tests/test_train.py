@@ -266,6 +266,7 @@ def _ddp_grad_worker(rank, world, port, images, masks, out):
     torch.nn.functional.cross_entropy(logits, masks[rank * half:(rank + 1) * half]).backward()
     if rank == 0:
         torch.save({n: p.grad for n, p in model.named_parameters()}, out)
+    dist.barrier()  # neither process tears gloo down while the other still uses it (an abort, now and then)
     dist.destroy_process_group()
 
 
