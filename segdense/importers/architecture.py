@@ -105,11 +105,8 @@ def chosen_block(backbone: str | dict | None, names: tuple[str, ...], custom: st
 
 def model_shapes(build: Callable[[], torch.nn.Module]) -> dict[str, tuple[int, ...]]:
     """The state_dict shapes of ``build()``'s model, built on the meta device (no memory, no initialisation
-    cost); on the CPU for a builder that reads tensor values while it builds."""
-    try:
-        with torch.device("meta"):
-            model = build()
-    except (RuntimeError, NotImplementedError):
+    cost)."""
+    with torch.device("meta"):
         model = build()
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}
 
