@@ -157,8 +157,10 @@ def test_corrupt_file_error(tmp_path):
 def test_weights_only_refuses_pickled_objects(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": object()}, path)
-    with pytest.raises(ValueError, match="could not read weights"):
+    with pytest.raises(ValueError, match="could not read weights") as error:
         densenet121(pretrained=str(path))
+    assert "only unpickles with weights_only=False" in str(error.value)
+    assert "Re-running" not in str(error.value)  # torch's advice to turn weights_only off is not passed on
 
 
 def test_imagenet_download_fails_clearly_without_network(monkeypatch, tmp_path):

@@ -14,6 +14,8 @@ import torch.nn as nn
 
 from segdense.errors import CheckpointError, ConfigError, MissingFileError
 
+from .weights_file import read_weights_file
+
 logger = logging.getLogger(__name__)
 
 # torchvision's hosted ImageNet-1k checkpoints (DenseNet*_Weights.IMAGENET1K_V1).
@@ -62,16 +64,9 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise MissingFileError(f"pretrained weights file not found: {path}")
     try:
-        if path.suffix == ".safetensors":
-            try:
-                from safetensors.torch import load_file
-            except ImportError as e:  # pragma: no cover - safetensors ships with our deps
-                raise ImportError("reading .safetensors files needs the 'safetensors' package") from e
-            obj = load_file(str(path))
-        else:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch.load raises several kinds (unpickling, zip, weights-only refusals)
-        raise CheckpointError(f"could not read weights from {path}: {e}") from e
+        obj = read_weights_file(path)
+    except CheckpointError as e:  # never torch's advice to read with weights_only=False (it would run the file's code)
+        raise CheckpointError(f"could not read weights from {e}") from None
     return convert_old_keys(_unwrap(obj, str(path)))
 
 
