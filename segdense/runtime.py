@@ -23,8 +23,7 @@ Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
 
 class Metrics(Protocol):
-    """What :func:`evaluate_loader` needs of a metric (:class:`segdense.metrics.SegmentationMetrics` is one; not
-    imported here, so deployment code that never scores a dataset does not load torchmetrics)."""
+    """What :func:`evaluate_loader` needs of a metric (:class:`segdense.metrics.SegmentationMetrics` is one)."""
 
     def reset(self) -> None: ...
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None: ...

@@ -9,7 +9,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from segdense.config.cli import run_tool
+from segdense.config.cli import exit_without_final_collection, run_tool
 from segdense.config.eval_job import evaluate_job
 from segdense.config.overrides import exit_on_unknown_keys
 
@@ -21,4 +21,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     exit_on_unknown_keys("eval", sys.argv[1:])
+    exit_without_final_collection()
     main()

@@ -8,7 +8,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from segdense.config.cli import run_tool
+from segdense.config.cli import exit_without_final_collection, run_tool
 from segdense.config.infer_job import infer_job
 from segdense.config.overrides import exit_on_unknown_keys
 
@@ -22,4 +22,5 @@ def main(cfg: DictConfig) -> None:
 
 if __name__ == "__main__":
     exit_on_unknown_keys("infer", sys.argv[1:])
+    exit_without_final_collection()
     main()

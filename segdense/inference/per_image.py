@@ -11,6 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from segdense.metrics import confusion_matrix
+
 
 @dataclass
 class ImageScore:
@@ -41,8 +43,7 @@ class GalleryItem:
 def image_scores(prediction: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255):
     """(labelled pixels, pixel accuracy, per-class IoU list) of one (H, W) prediction against its label."""
     valid = label != ignore_index
-    counts = torch.bincount(label[valid].long() * num_classes + prediction[valid].long(),
-                            minlength=num_classes * num_classes).reshape(num_classes, num_classes).double()
+    counts = confusion_matrix(prediction, label, num_classes, ignore_index).double()
     tp = counts.diag()
     union = counts.sum(0) + counts.sum(1) - tp
     iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))

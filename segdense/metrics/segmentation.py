@@ -1,8 +1,11 @@
 """Semantic-segmentation metrics accumulated over a whole dataset (and across processes).
 
-The confusion matrix comes from torchmetrics; under ``torch.distributed`` the processes' integer matrices are summed
-with one ``all_reduce``, so the scores equal one process's on all the images exactly. The scores follow mmseg: a class absent from both the labels and the
-predictions has an undefined IoU and is left out of the means.
+The confusion matrix is one ``torch.bincount`` of ``target * C + prediction`` over the labelled pixels, as in
+torchvision's segmentation references and mmseg (the tests check it against torchmetrics' ``MulticlassConfusionMatrix``;
+importing torchmetrics costs each process about 2 s and loads torchvision, torch._dynamo and scipy, which was a third of
+a sharded evaluation's start-up). Under ``torch.distributed`` the processes' integer matrices are summed with one
+``all_reduce``, so the scores equal one process's on all the images exactly. The scores follow mmseg: a class absent
+from both the labels and the predictions has an undefined IoU and is left out of the means.
 """
 from __future__ import annotations
 
@@ -10,6 +13,16 @@ import math
 
 import torch
 import torch.distributed as dist
+
+
+def confusion_matrix(prediction: torch.Tensor, target: torch.Tensor, num_classes: int,
+                     ignore_index: int = 255) -> torch.Tensor:
+    """(num_classes, num_classes) int64 pixel counts, rows the target class and columns the predicted one, over the
+    pixels whose target is not ``ignore_index``. ``prediction`` and ``target`` hold class indices of one shape;
+    predictions must lie in ``[0, num_classes)``."""
+    labelled = target != ignore_index
+    index = target[labelled].long() * num_classes + prediction[labelled].long()
+    return torch.bincount(index, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
 
 
 def metrics_from_confusion(confusion: torch.Tensor, class_names: list[str] | None = None) -> dict:
@@ -50,18 +63,15 @@ class SegmentationMetrics:
         self.num_classes = num_classes
         self.class_names = class_names
         self.ignore_index = ignore_index
-        # Imported here: torchmetrics pulls in torchvision and scipy.signal (seconds), which every tool paid at
-        # start through segdense.engine, also when it stops at a bad argument or never scores a dataset.
-        from torchmetrics.classification import MulticlassConfusionMatrix
-
-        self.confusion = MulticlassConfusionMatrix(  # summed across processes by compute(), not by torchmetrics
-            num_classes, ignore_index=ignore_index, validate_args=False, sync_on_compute=False
-        ).to(device)
+        self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
 
     def update(self, prediction: torch.Tensor, target: torch.Tensor) -> None:
         """``prediction``: (N, C, H, W) logits or (N, H, W) class indices; ``target``: (N, H, W)."""
         if prediction.dim() == 4:
             prediction = prediction.argmax(1)
+        elif prediction.numel() and (int(prediction.min()) < 0 or int(prediction.max()) >= self.num_classes):
+            raise ValueError(f"prediction holds class indices outside [0, {self.num_classes}): "
+                             f"{int(prediction.min())}..{int(prediction.max())}")
         if prediction.shape != target.shape:
             raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
         bad = (target != self.ignore_index) & ((target < 0) | (target >= self.num_classes))
@@ -70,12 +80,13 @@ class SegmentationMetrics:
             raise ValueError(
                 f"target holds labels {values[:10]} outside [0, {self.num_classes}) and not {self.ignore_index}"
             )
-        self.confusion.update(prediction.reshape(-1), target.reshape(-1))
+        self.confusion += confusion_matrix(prediction, target.to(prediction.device), self.num_classes,
+                                           self.ignore_index).to(self.confusion.device)
 
     def compute(self) -> dict:
         """Scores and ``confusion`` over everything every process has seen. Under ``torch.distributed`` it is a
         collective: every process calls it once, also one that saw no image."""
-        confusion = self.confusion.confmat.clone()  # int64 counts (torchmetrics' state)
+        confusion = self.confusion.clone()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(confusion)
         confusion = confusion.cpu()
@@ -84,7 +95,7 @@ class SegmentationMetrics:
         return result
 
     def reset(self) -> None:
-        self.confusion.reset()
+        self.confusion.zero_()
 
 
 def format_metrics_table(result: dict) -> str:
