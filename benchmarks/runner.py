@@ -68,7 +68,7 @@ def _safe(result: Result, fn: Callable[[], None], log) -> None:
         log(f"  ! {result.row.label()}: {result.error}")
 
 
-_SPIN_PAUSE_S = 0.2
+SPIN_PAUSE_S = 0.2
 
 
 def _onnx_times(row: Row, model, x, reps: int) -> tuple[list[float], list[float]]:
@@ -87,11 +87,11 @@ def _onnx_times(row: Row, model, x, reps: int) -> tuple[list[float], list[float]
     sess.run(None, feed)
     ort_s, eager_s = [], []
     for _ in range(reps):
-        time.sleep(_SPIN_PAUSE_S)
+        time.sleep(SPIN_PAUSE_S)
         t = time.perf_counter()
         sess.run(None, feed)
         ort_s.append(time.perf_counter() - t)
-        time.sleep(_SPIN_PAUSE_S)
+        time.sleep(SPIN_PAUSE_S)
         eager_s.append(timed(lambda: infer(row, model, x), row.device))
     model.train()
     return ort_s, eager_s

@@ -256,3 +256,30 @@ def test_rdnet_preset_builds_its_four_rows_under_one_head():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(x), timm_ckpt.eval()(x), rtol=1e-4, atol=1e-4)
+
+
+def test_onnx_models_are_timed_side_by_side_and_the_heavier_one_is_slower(tmp_path, capsys):
+    pytest.importorskip("onnxruntime")
+    light = torch.nn.Conv2d(3, 4, 1)
+    heavy = torch.nn.Sequential(torch.nn.Conv2d(3, 64, 3, padding=1),
+                                *[torch.nn.Conv2d(64, 64, 3, padding=1) for _ in range(6)])
+    paths = []
+    for name, model in (("light", light), ("heavy", heavy)):
+        paths.append(tmp_path / f"{name}.onnx")
+        torch.onnx.export(model.eval(), (torch.randn(1, 3, 8, 8),), str(paths[-1]), dynamo=False,
+                          input_names=["images"], dynamic_axes={"images": {2: "h", 3: "w"}})
+    args = ["--onnx-models", *map(str, paths), "--crop", "48", "--batch", "1", "--threads", "1", "--reps", "3",
+            "--warmup", "1", "--json", str(tmp_path / "onnx.json")]
+    assert _benchmark_cli().main(args) == 0
+    result = json.loads((tmp_path / "onnx.json").read_text())
+    assert result["input"] == [1, 3, 48, 48] and result["machine"]["ort_threads"] == 1
+    first, second = result["rows"]
+    assert [len(first["times_s"]), len(second["times_s"])] == [3, 3]
+    assert first["speed_vs_first"] == 1.0 and first["precision"] == "?"  # not a segdense export
+    median = lambda xs: sorted(xs)[1]
+    assert second["speed_vs_first"] == pytest.approx(median(first["times_s"]) / median(second["times_s"]))
+    assert second["speed_vs_first"] < 1.0  # about 6,000x the work of the 1x1 conv
+    out = capsys.readouterr().out
+    assert "light.onnx" in out and "heavy.onnx" in out and "1 thread(s); input 1x3x48x48" in out
+    assert _benchmark_cli().main(["--onnx-models", str(tmp_path / "missing.onnx")]) == 2
+    assert "ONNX model(s) not found:" in capsys.readouterr().err

@@ -7,6 +7,9 @@
     python tools/benchmark.py --preset rdnet                # rdnet_tiny + UperNet: plain, memory-efficient, timm
     python tools/benchmark.py --backbone densenet121 --output-stride 32 8 --batch 2 --crop 256 \
         --device cuda --amp bf16 --channels-last --compile   # eager and compiled twins of each row
+    python tools/benchmark.py --onnx-models model.onnx model.int8.onnx --crop 512 --batch 1 --threads 2
+        # exported files with ONNX Runtime, interleaved; python tools/run_as_avx2.py python tools/benchmark.py ...
+        # gives the AVX2 kernels' figures on an AVX-512 CPU
 
 Prints a table (training step, inference, peak training memory, GFLOPs, FLOP/s as a fraction of a
 matmul peak measured in the same run, and ratios to torchvision's and to segdense's plain mode) and
@@ -16,12 +19,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 import time
 from pathlib import Path
 
+import torch
+
 from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, summarise, table, to_json
+from benchmarks.onnx_models import onnx_table, time_onnx_models
 from segdense.allocator import tune_malloc
+from segdense.errors import UserError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -56,6 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-flops", action="store_true")
     p.add_argument("--matmul-size", type=int, default=None, help="side of the peak-measuring matmul")
     p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU, segdense plain rows)")
+    p.add_argument("--onnx-models", nargs="+", type=Path, default=None, metavar="MODEL.onnx",
+                   help="time these exported ONNX files instead (ONNX Runtime, CPU; the first is the baseline), "
+                        "at --batch x 3 x --crop x --crop")
+    p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for --onnx-models "
+                   "(default: torch's thread count)")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return p.parse_args(argv)
@@ -97,9 +110,35 @@ def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
     )
 
 
+def onnx_models_main(args: argparse.Namespace, log) -> int:
+    """``--onnx-models``: the files side by side (benchmarks.onnx_models)."""
+    reps, warmup = args.reps or 9, 2 if args.warmup is None else args.warmup
+    try:
+        result = time_onnx_models(args.onnx_models, args.crop, args.batch, args.threads or torch.get_num_threads(), reps,
+                                  warmup, log=log)
+    except (ValueError, UserError) as e:
+        print(f"benchmark: {e}", file=sys.stderr)
+        return 2
+    m = result["machine"]
+    print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch's CPU capability {m['cpu_capability']}"
+          + (f" (LD_PRELOAD={m['ld_preload']})" if m["ld_preload"] else ""))
+    print(f"ONNX Runtime {m['onnxruntime']}, {m['ort_threads']} thread(s); input {'x'.join(map(str, result['input']))}"
+          f"; {reps} interleaved reps after {warmup} warm-up")
+    print(onnx_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"wrote {args.json}")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     malloc = tune_malloc()  # as the training tools do, so rows time what training would take
+    if args.onnx_models:
+        start = time.perf_counter()
+        return onnx_models_main(args, lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}",
+                                                      file=sys.stderr, flush=True))
     try:
         rows, settings = rows_and_settings(args)
         start = time.perf_counter()
