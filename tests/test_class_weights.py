@@ -110,6 +110,7 @@ def test_auto_class_weight_is_printed_used_and_stored_in_the_checkpoint(tmp_path
     assert state["config"]["loss"]["class_weight"] == expected
     line = next(r.getMessage() for r in caplog.records if "segdense training" in r.getMessage())
     assert "class weights (auto: median frequency over 8 training masks)" in line
+    assert "\n  weights   random (backbone.pretrained not set)\n" in line
     assert f"background {expected[0]:.3g}" in line and f"ring {expected[4]:.3g}" in line
 
 

@@ -1,11 +1,12 @@
 """Documented training options, each run on the tiny configuration and checked for its effect."""
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from segdense.config.train_job import train
+from segdense.config.train_job import describe_weights, train
 from segdense.engine import Trainer
 from segdense.runtime import load_checkpoint
 from segdense.losses import build_loss
@@ -185,3 +186,14 @@ def test_resume_with_worker_processes_ends_with_the_uninterrupted_weights(tmp_pa
     a = load_checkpoint(tmp_path / "a/checkpoints/last.pt")["model"]
     b = load_checkpoint(tmp_path / "b/checkpoints/last.pt")["model"]
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_summary_says_where_the_first_weights_come_from():
+    cfg = compose_config(TINY)
+    assert describe_weights(cfg, None) == "random (backbone.pretrained not set)"
+    cfg.backbone.pretrained = "/w/densenet121.pth"
+    assert describe_weights(cfg, None) == "backbone from /w/densenet121.pth, head random"
+    cfg.init_from = "run1/checkpoints/best.pt"
+    assert describe_weights(cfg, None) == "the whole model from run1/checkpoints/best.pt (init_from)"
+    assert describe_weights(cfg, Path("run2/checkpoints/last.pt")) == "resumed from run2/checkpoints/last.pt"
+

@@ -134,8 +134,21 @@ def describe_loss(terms, class_weight: list[float] | None, how: str, class_names
     return text
 
 
+def describe_weights(cfg: DictConfig, resume_path: Path | None) -> str:
+    """Where the run's first weights come from, for the summary screen: a run without ``backbone.pretrained``
+    starts from random weights, which the published ImageNet-initialised recipes do not."""
+    if resume_path is not None:
+        return f"resumed from {resume_path}"
+    if cfg.get("init_from"):
+        return f"the whole model from {cfg.init_from} (init_from)"
+    pretrained = cfg.backbone.get("pretrained")
+    if pretrained:
+        return f"backbone from {pretrained}, head random"
+    return "random (backbone.pretrained not set)"
+
+
 def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world: int, cfg: DictConfig,
-            loss: str = "") -> str:
+            loss: str = "", weights: str = "") -> str:
     params = sum(p.numel() for p in model.parameters())
     mc = model.model_config
     names = list(train_set.class_names)
@@ -154,6 +167,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"{', aux head' if mc['aux_loss'] else ''}"
         f"{', memory-efficient' if mc['backbone'].get('memory_efficient') else ''}"
         f" — {params:,} parameters",
+        *([f"  weights   {weights}"] if weights else []),
         f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
         f"{train_set.num_classes} classes ({classes})",
         f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
@@ -259,7 +273,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         loss = describe_loss(terms, class_weight, weight_source, train_set.class_names)
         logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world,
-                                     cfg, loss))
+                                     cfg, loss, describe_weights(cfg, resume_path)))
         logger.info("run directory: %s", run_dir)
     return finish(cfg, trainer, trainer.fit())
 
