@@ -170,3 +170,29 @@ def test_int8_options_are_checked_before_anything_runs(tiny_checkpoint, tmp_path
             export_job(compose_export([f"checkpoint={tiny_checkpoint}", f"output={tmp_path / 'm.onnx'}",
                                        "quantize=int8", bad]))
     assert not list(tmp_path.iterdir())
+
+
+def test_the_models_taking_turns_score_as_the_evaluation_tool_scores_each(tiny_checkpoint, tmp_path):
+    # The export scores float32 and INT8 image by image in turn (stable timings); the mIoU of each must be what
+    # tools/eval.py gives for that file alone.
+    from torch.utils.data import Subset
+
+    from segdense.export.parity import checkpoint_dataset
+    from segdense.export.quantize import score_onnx
+    from segdense.evaluation import evaluate_model
+    from segdense.runtime import whole_logits
+
+    bundle = load_bundle(tiny_checkpoint)
+    float_path, other_path = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_model(bundle, "onnx", float_path)
+    bundle.model.head.classifier.bias.data += torch.linspace(-2, 2, bundle.num_classes)  # another model
+    export_model(bundle, "onnx", other_path)
+    val = checkpoint_dataset(bundle, "val_split", "test")
+    eval_set = Subset(val, range(4))
+    eval_set.class_names = val.class_names  # what the evaluation checks against the model's classes
+    scores = score_onnx([float_path, other_path], eval_set, bundle.num_classes, bundle.class_names)
+    for path, score in zip((float_path, other_path), scores):
+        alone = evaluate_model(load_bundle(path), eval_set, whole_logits, torch.device("cpu"), batch_size=1,
+                               progress=False)
+        assert score.miou == pytest.approx(100 * alone["mIoU"], abs=1e-9) and score.ms_per_image > 0
+    assert scores[0].miou != pytest.approx(scores[1].miou)  # two models, two scores

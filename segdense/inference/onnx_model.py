@@ -74,12 +74,16 @@ def import_onnxruntime(purpose: str):
     return onnxruntime
 
 
-def onnx_session(path: str | os.PathLike, threads: int | None = None):
+def onnx_session(path: str | os.PathLike, threads: int | None = None, spinning: bool = True):
     """An ONNX Runtime CPU session for ``path``, on ``threads`` intra-op threads (default: torch's count, so
-    the tools' thread settings apply to both runtimes)."""
+    the tools' thread settings apply to both runtimes). ``spinning=False``: its threads sleep as soon as a run
+    ends instead of spin-waiting for the next one (a little slower alone, but two sessions taking turns on the
+    same cores no longer slow each other down)."""
     ort = import_onnxruntime(f"running the ONNX model {path}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(threads or torch.get_num_threads())
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3  # errors only: ORT's own notes on graph optimisation are not the user's concern
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
