@@ -16,7 +16,12 @@ from segdense.export.formats import LogitsOnly
 from segdense.inference import load_bundle
 from segdense.inference.onnx_model import onnx_session, run_session
 
+from segdense.config.train_job import train
+from segdense.export.parity import validation_images
+
+from infer_fixtures import TINY_EVAL
 from test_export import compose_export
+from train_utils import compose_config
 
 INT8 = ["quantize=int8", "calibration=4", "eval_images=3", "verify_images=0"]
 
@@ -196,3 +201,39 @@ def test_the_models_taking_turns_score_as_the_evaluation_tool_scores_each(tiny_c
                                progress=False)
         assert score.miou == pytest.approx(100 * alone["mIoU"], abs=1e-9) and score.ms_per_image > 0
     assert scores[0].miou != pytest.approx(scores[1].miou)  # two models, two scores
+
+
+def test_an_rdnet_upernet_quantizes_without_a_warning_and_keeps_its_normalisations_float(tmp_path, caplog):
+    # RDNet's LayerNorms and UperNet's BatchNorms: the BatchNorms fold; the LayerNorms keep float32 scales (no INT8
+    # kernel runs them; per-channel quantization of a 1-D scale is what the quantizer warned about).
+    import onnx
+
+    from segdense.config.export_job import export_job
+
+    overrides = [o for o in TINY_EVAL if not o.startswith(("backbone", "head"))] + [
+        "backbone=rdnet_custom", "backbone.num_init_features=16", "backbone.growth_rates=[8,12,12,16]",
+        "backbone.num_blocks_list=[2,1,2,1]", "head=upernet", "head.channels=16", "output_stride=32"]
+    train(compose_config(overrides), run_dir=tmp_path / "run")
+    torch.use_deterministic_algorithms(False)
+    checkpoint, output = tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "rdnet.int8.onnx"
+    with caplog.at_level(logging.WARNING):
+        result = export_job(compose_export([f"checkpoint={checkpoint}", f"output={output}", *INT8,
+                                            "max_miou_drop=100"]))
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    graph = onnx.load(str(output)).graph
+    assert "BatchNormalization" not in {n.op_type for n in graph.node}  # UperNet's, folded by the exporter
+    produced_by = {out: node.op_type for node in graph.node for out in node.output}
+    initializers = {t.name for t in graph.initializer}
+    norms = [n for n in graph.node if n.op_type == "LayerNormalization"]
+    assert norms and all(n.input[1] in initializers and n.input[2] in initializers for n in norms)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert all(produced_by.get(n.input[1]) == "DequantizeLinear" for n in convs)  # every conv weight is int8
+    bundle = load_bundle(checkpoint)
+    int8 = load_bundle(output)
+    images = [image for _, image in validation_images(bundle, 3)]
+    with torch.no_grad():
+        expected = [LogitsOnly(bundle.model)(image[None]) for image in images]
+        got = [int8.model(image[None]) for image in images]
+    # A model trained two steps predicts one class almost everywhere, so compare the logits themselves.
+    errors = [float((g - e).norm() / e.norm()) for g, e in zip(got, expected)]
+    assert max(errors) < 0.05, f"INT8 logits differ from float32's by {max(errors):.3f} (relative L2)"
