@@ -30,9 +30,9 @@ logger = logging.getLogger("segdense.export")
 FOLD_TOLERANCE = 1e-5  # largest logit difference the BatchNorm folding may make
 # Normalisations stay float32 (their input and output tensors are still quantized where their neighbours are):
 # ONNX Runtime runs them in float32 either way (a quantized scale is only dequantized again; measured: the same
-# speed and mIoU on an RDNet),
-# and a 1-D scale cannot be quantized per channel ("Axis 1 is out-of-range for weight ..." for RDNet's LayerNorms;
-# "Expected bias ... to be an initializer" for GroupNorm, which exports as InstanceNormalization).
+# speed and mIoU on an RDNet), and a 1-D scale cannot be quantized per channel ("Axis 1 is out-of-range for
+# weight ..." for RDNet's LayerNorms; "Expected bias ... to be an initializer" for GroupNorm, which exports as
+# InstanceNormalization).
 FLOAT_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"})
 
 
