@@ -31,7 +31,8 @@ static long set_cpuid_enabled(unsigned long enabled) { return syscall(SYS_arch_p
 static void hide(uint32_t leaf, uint32_t subleaf, uint32_t r[4]) {
     if (leaf == 7 && subleaf == 0) {
         /* EBX: AVX512F 16, DQ 17, IFMA 21, PF 26, ER 27, CD 28, BW 30, VL 31 */
-        r[1] &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30) | (1u << 31));
+        r[1] &= ~((1u << 16) | (1u << 17) | (1u << 21) | (1u << 26) | (1u << 27) | (1u << 28) | (1u << 30) |
+                  (1u << 31));
         /* ECX: VBMI 1, VBMI2 6, VNNI 11, BITALG 12, VPOPCNTDQ 14 */
         r[2] &= ~((1u << 1) | (1u << 6) | (1u << 11) | (1u << 12) | (1u << 14));
         /* EDX: 4VNNIW 2, 4FMAPS 3, VP2INTERSECT 8, FP16 23, AMX-BF16 22, AMX-TILE 24, AMX-INT8 25 */

@@ -57,4 +57,3 @@ def exit_without_final_collection() -> None:
     them) still run. Called by the evaluation and prediction tools, which close or atomically rename every file
     they write before they return."""
     atexit.register(gc.freeze)
-
