@@ -84,3 +84,14 @@ def test_a_compiler_error_is_one_error_and_leaves_no_library(tmp_path, monkeypat
     with pytest.raises(RuntimeError, match="could not build .*broken.c"):
         run_as_avx2.build_library(tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
+
+
+@needs_cpuid_faulting
+def test_an_unwritable_cache_is_one_error(tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a user's file")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    assert run_as_avx2.main(["true"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot write the library to {blocker}") and err.count("\n") == 1
+    assert blocker.read_text() == "a user's file"

@@ -82,6 +82,9 @@ def main(argv: list[str]) -> int:
     except RuntimeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # an unwritable cache folder
+        print(f"error: cannot write the library to {e.filename}: {e.strerror} (set XDG_CACHE_HOME=DIR)", file=sys.stderr)
+        return 2
     print(f"run_as_avx2: AVX-512, VNNI and AMX hidden from CPUID ({library.name})", file=sys.stderr)
     try:
         os.execvpe(argv[0], argv, avx2_environment(library))
