@@ -69,9 +69,10 @@ class SegmentationMetrics:
         """``prediction``: (N, C, H, W) logits or (N, H, W) class indices; ``target``: (N, H, W)."""
         if prediction.dim() == 4:
             prediction = prediction.argmax(1)
-        elif prediction.numel() and (int(prediction.min()) < 0 or int(prediction.max()) >= self.num_classes):
-            raise ValueError(f"prediction holds class indices outside [0, {self.num_classes}): "
-                             f"{int(prediction.min())}..{int(prediction.max())}")
+        elif prediction.numel():  # class indices from the caller: one pass for both bounds
+            low, high = (int(v) for v in torch.aminmax(prediction))
+            if low < 0 or high >= self.num_classes:
+                raise ValueError(f"prediction holds class indices outside [0, {self.num_classes}): {low}..{high}")
         if prediction.shape != target.shape:
             raise ValueError(f"prediction {tuple(prediction.shape)} and target {tuple(target.shape)} differ in shape")
         bad = (target != self.ignore_index) & ((target < 0) | (target >= self.num_classes))
