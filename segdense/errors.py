@@ -38,6 +38,11 @@ class TrainingDivergedError(UserError, FloatingPointError):
     iteration and the last good checkpoint."""
 
 
+class ProcessGroupError(UserError, RuntimeError):
+    """The processes of a multi-process run lost each other: one was not started, ended, or stopped answering;
+    the message names this process and where it waited."""
+
+
 @contextlib.contextmanager
 def config_values(what: str) -> Iterator[None]:
     """Turn a ``ValueError``/``TypeError`` raised while building ``what`` from the user's configuration (the

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from segdense.errors import CheckpointError, ConfigError, MissingFileError
+from segdense.errors import CheckpointError, ConfigError, MissingFileError, ProcessGroupError
 
 Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -49,7 +50,8 @@ def gather_to_main(obj) -> list | None:
     if world == 1:
         return [obj]
     parts = [None] * world if rank == 0 else None
-    dist.gather_object(obj, parts, dst=0)
+    with collective("gather_object"):
+        dist.gather_object(obj, parts, dst=0)
     return parts
 
 
@@ -60,8 +62,36 @@ def gather_to_all(obj) -> list:
     if world == 1:
         return [obj]
     found = [None] * world
-    dist.all_gather_object(found, obj)
+    with collective("all_gather_object"):
+        dist.all_gather_object(found, obj)
     return found
+
+
+KILL_ON_BAD_EXIT = ("under srun, --kill-on-bad-exit=1 ends every process when one fails; torchrun does so itself "
+                    "(docs/distributed.md)")
+
+
+@contextlib.contextmanager
+def collective(name: str):
+    """Around a collective of the default process group: the failure torch reports when another process ended
+    (its connection closed) or did not answer within the group's timeout becomes one
+    :class:`~segdense.errors.ProcessGroupError` that names this process, the collective and what to look at."""
+    try:
+        yield
+    except RuntimeError as e:  # gloo's and NCCL's errors alike (DistBackendError is one)
+        rank, world = process_rank()
+        if world == 1:
+            raise
+        raise ProcessGroupError(f"rank {rank} of {world}: lost the other processes in {name} ({torch_reason(e)}); "
+                                "one of them ended, or did not get there within the process group's timeout; "
+                                "its own log says why; "
+                                f"{KILL_ON_BAD_EXIT}") from e
+
+
+def torch_reason(error: Exception) -> str:
+    """The first line of a torch.distributed error, without the source location gloo puts in front of it."""
+    lines = str(error).strip().splitlines() or [type(error).__name__]
+    return re.sub(r"^\[[^\]]*\]\s*", "", lines[0]).split(". This is typically")[0]
 
 
 def resolve_device(device: str) -> torch.device:
@@ -187,4 +217,5 @@ def evaluate_loader(
         if i == 0 and on_first_batch is not None:
             on_first_batch(images, masks, prediction)
     model.train(was_training)
-    return metrics.compute()
+    with collective("the metrics' all_reduce"):  # under torch.distributed: every process's images
+        return metrics.compute()

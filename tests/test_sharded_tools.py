@@ -1,7 +1,13 @@
 """tools/eval.py and tools/infer.py split across processes (gloo on 127.0.0.1, started as torchrun starts them):
-each image handled once, metrics and files equal to one process's, uneven and empty shards."""
+each image handled once, metrics and files equal to one process's, uneven and empty shards; one list of inputs
+(rank 0's, without the output folder's files); one dataset length; a process that ends early stops the others
+within ``process_timeout``. Run as a script, this file is the worker of the torchrun test below."""
 import json
+import logging
 import os
+import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,11 +19,16 @@ import torch.multiprocessing as mp
 from segdense.config.eval_job import evaluate_job
 from segdense.config.infer_job import infer_job
 from segdense.data.loader import ShardSampler
+from segdense.errors import ConfigError, MissingFileError
+from segdense.inference.files import list_inputs
 
 from infer_fixtures import tiny_checkpoint, write_image  # noqa: F401 (a fixture)
 from test_eval import compose_eval
 from test_infer import compose_infer
+from torchrun_utils import kill_group
 from train_utils import free_port
+
+ROOT = Path(__file__).resolve().parents[1]
 
 WORLD = 2
 TIMEOUT_S = 120  # a collective that deadlocks fails the test instead of hanging it
@@ -170,3 +181,180 @@ def test_rank_0_reports_every_process_and_a_failure_on_another_rank(runs):
     empty = json.loads((runs / "two" / "own_report_one.json").read_text())
     assert empty["written"] == [] and empty["ok"]  # rank 1 had no image and waited for nothing
     assert json.loads((runs / "two" / "report_one.json").read_text())["written"] == ["only.png"]
+
+
+# One list of inputs, one dataset length, a bounded wait: single process, torchrun, and processes started alone.
+
+def write_images(folder: Path, names) -> list[str]:
+    rng = np.random.default_rng(1)
+    for name in names:
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
+        write_image(folder / name, rng.integers(0, 256, (36, 44, 3), dtype=np.uint8))
+    return sorted(Path(name).name for name in names)
+
+
+def outputs_of(names) -> list[str]:
+    return sorted(name.replace(".png", suffix) for name in names for suffix in (".png", "_overlay.png"))
+
+
+def test_a_rerun_into_output_inside_input_takes_no_output_for_an_input(tiny_checkpoint, tmp_path, caplog):  # noqa: F811
+    names = write_images(tmp_path / "images", [f"a{i}.png" for i in range(3)])
+
+    def run(spec):
+        return infer_job(compose_infer([f"checkpoint={tiny_checkpoint}", f"input={tmp_path / spec}",
+                                        f"output={tmp_path / 'images/pred'}"]))
+
+    assert [p.name for p in run("images").written] == names
+    for spec in ("images", "images/**/*.png"):  # a folder (searched recursively) and a recursive glob
+        with caplog.at_level(logging.INFO, logger="segdense.infer"):
+            rerun = run(spec)
+        assert [p.name for p in rerun.skipped] == names and not rerun.written and rerun.ok
+        assert "6 image(s) inside output" in caplog.text  # 3 labels + 3 overlays, left out and said so
+        caplog.clear()
+    assert sorted(files_under(tmp_path / "images/pred")) == outputs_of(names)
+
+
+def test_the_listing_leaves_out_only_files_inside_output(tmp_path):
+    write_images(tmp_path / "in", ["a.png", "sub/b.png"])
+    write_images(tmp_path / "in/pred", ["a.png", "a_overlay.png"])
+    assert [p.name for p in list_inputs(tmp_path / "in", tmp_path / "in/pred")] == ["a.png", "b.png"]
+    assert len(list_inputs(tmp_path / "in", tmp_path / "elsewhere")) == 4  # not inside: nothing left out
+    assert len(list_inputs(tmp_path / "in/sub", tmp_path / "in")) == 1  # output holds the input: it is the input
+    assert len(list_inputs(tmp_path / "in/pred/a.png", tmp_path / "in/pred")) == 1  # a file named: it is the input
+    with pytest.raises(MissingFileError, match=r"every image it holds \(2\) lies inside output"):
+        list_inputs(tmp_path / "in/**/pred/*.png", tmp_path / "in/pred/")
+
+
+def test_an_output_that_would_replace_its_input_is_refused(tiny_checkpoint, tmp_path):  # noqa: F811
+    write_images(tmp_path / "images", ["a.png", "b.png"])
+    before = files_under(tmp_path / "images")
+    overrides = [f"checkpoint={tiny_checkpoint}", f"input={tmp_path / 'images'}", f"output={tmp_path / 'images'}",
+                 "overwrite=true", "overlay=false"]
+    with pytest.raises(ConfigError, match=r"would replace the input .*a\.png"):
+        infer_job(compose_infer(overrides))
+    assert files_under(tmp_path / "images") == before
+
+
+def hide_from_this_process(name: str):
+    """This process's folder listings (``Path.rglob``) no longer show files called ``name``, as on a machine whose
+    view of a network filesystem lags; returns what undoes it."""
+    real = Path.rglob
+
+    def rglob(self, pattern, *args, **kwargs):
+        return (path for path in real(self, pattern, *args, **kwargs) if path.name != name)
+
+    Path.rglob = rglob
+    return lambda: setattr(Path, "rglob", real)
+
+
+def torchrun_cases(root: Path, checkpoint: str) -> None:
+    """What each torchrun worker of the test below runs (``python tests/test_sharded_tools.py ROOT CHECKPOINT``):
+    a run and a rerun into ``output`` inside ``input``; a run in which rank 1's listing lacks ``a4.png``; an
+    evaluation in which rank 1's dataset has one image less. Writes what each gave (or raised) to
+    ``result_<rank>.json``."""
+    rank, found = int(os.environ["RANK"]), {}
+
+    def attempt(name, job, describe=report_data):
+        try:
+            found[name] = describe(job())
+        except Exception as e:  # noqa: BLE001 (recorded for the test to check)
+            found[name] = f"{type(e).__name__}: {e}"
+
+    infer = [f"checkpoint={checkpoint}", "batch_size=2", "progress=false", "process_timeout=60"]
+    for run in ("first", "rerun"):
+        attempt(run, lambda: infer_job(compose_infer(infer + [f"input={root / 'rerun'}",
+                                                              f"output={root / 'rerun/pred'}"])))
+    undo = hide_from_this_process("a4.png") if rank == 1 else (lambda: None)
+    attempt("views", lambda: infer_job(compose_infer(infer + [f"input={root / 'views'}", f"output={root / 'out'}"])))
+    undo()
+    evaluation = [f"checkpoint={checkpoint}", "dataset=synthetic", f"dataset.num_samples={7 - rank}",
+                  "dataset.image_size=48", "batch_size=2", "num_workers=0", "progress=false",
+                  f"output_dir={root / 'eval'}", "process_timeout=60"]
+    attempt("eval", lambda: evaluate_job(compose_eval(evaluation)), lambda metrics: f"mIoU {metrics['mIoU']}")
+    (root / f"result_{rank}.json").write_text(json.dumps(found))
+
+
+def run_torchrun(args: list[str], cwd: Path, timeout: float = 240) -> subprocess.CompletedProcess:
+    """``torchrun --nproc-per-node=2`` on this machine (gloo), its process group killed after ``timeout``."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", f"--master-port={free_port()}", *args]
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        pytest.fail(f"torchrun still running after {timeout} s (processes waiting for each other?)")
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
+
+
+def reported(found: dict, case: str) -> dict:
+    assert isinstance(found[case], dict), f"{case}: {found[case]}"
+    return found[case]
+
+
+def test_under_torchrun_every_process_uses_rank_0s_inputs_and_one_dataset_length(tiny_checkpoint, tmp_path):  # noqa: F811
+    names = write_images(tmp_path / "rerun", [f"a{i}.png" for i in range(6)])
+    views = write_images(tmp_path / "views", [f"a{i}.png" for i in range(7)])
+    (tmp_path / "views/a2z.png").write_bytes(b"not a png")  # position 3: rank 1's batch (a2, a2z)
+    done = run_torchrun([__file__, str(tmp_path), str(tiny_checkpoint)], cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:]
+    main, other = (json.loads((tmp_path / f"result_{rank}.json").read_text()) for rank in (0, 1))
+    # output inside input: the first run writes each image once, the rerun skips each (no output taken as input)
+    first, rerun = reported(main, "first"), reported(main, "rerun")
+    assert first["written"] == names and first["ok"] and rerun["skipped"] == names and not rerun["written"], main
+    assert rerun["ok"] and sorted(files_under(tmp_path / "rerun/pred")) == outputs_of(names)
+    # rank 1 could not see a4.png: rank 0's list is every process's, so each image is written once, a4 too
+    assert reported(main, "views")["written"] == views and main["views"]["failed"] == ["a2z.png"], main["views"]
+    assert reported(other, "views")["written"] == ["a2.png", "a5.png", "a6.png"]  # rank 1's share of rank 0's list
+    assert other["views"]["failed"] == ["a2z.png"] and sorted(files_under(tmp_path / "out")) == outputs_of(views)
+    # the evaluation: one error on every process, naming what each one saw
+    for found in (main, other):
+        assert found["eval"].startswith("ConfigError: the processes see different numbers of images"), found["eval"]
+        assert "(rank 0: 7; rank 1: 6)" in found["eval"]
+    assert not (tmp_path / "eval" / "metrics.json").exists()
+
+
+def start_alone(rank: int, port: int, overrides: list[str], cwd: Path) -> subprocess.Popen:
+    """tools/infer.py as process ``rank`` of 2 meeting at 127.0.0.1:``port`` through env://, with no torchrun agent
+    to stop the others when one ends (as ``srun`` without ``--kill-on-bad-exit``)."""
+    env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen([sys.executable, str(ROOT / "tools/infer.py"), *overrides], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.parametrize("death, expected", [
+    ("nonexistent_key=1", r"did not all meet within 3 s \(.*1/2 clients joined"),  # ends before it joins
+    ("checkpoint=missing.pt", r"lost the other processes in gather_object"),  # ends after it joined
+], ids=["before-joining", "after-joining"])
+def test_a_process_that_ends_stops_the_other_within_the_bound(tiny_checkpoint, tmp_path, death, expected):  # noqa: F811
+    write_images(tmp_path / "images", ["a.png", "b.png", "c.png"])
+    port = free_port()
+    common = [f"checkpoint={tiny_checkpoint}", "input=images", "output=out", "batch_size=1", "process_timeout=3"]
+    procs = [start_alone(0, port, common, tmp_path), start_alone(1, port, common + [death], tmp_path)]
+    try:
+        _, err_1 = procs[1].communicate(timeout=120)
+        _, err_0 = procs[0].communicate(timeout=120)  # not the 30 minutes a collective waited without the bound
+    except subprocess.TimeoutExpired:
+        pytest.fail("rank 0 still waits for rank 1, which ended")
+    finally:
+        for proc in procs:
+            kill_group(proc)
+    assert procs[1].returncode == 2 and "error:" in err_1
+    assert procs[0].returncode == 2, err_0[-3000:]
+    error = [line for line in err_0.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and error[0].startswith("error: rank 0 of 2: "), err_0[-3000:]
+    assert re.search(expected, error[0]) and "--kill-on-bad-exit=1" in error[0], error[0]
+
+
+if __name__ == "__main__":  # a worker of test_under_torchrun_every_process_uses_rank_0s_inputs_and_one_dataset_length
+    from segdense.engine.distributed import cleanup_distributed
+
+    torch.set_num_threads(1)
+    try:
+        torchrun_cases(Path(sys.argv[1]), sys.argv[2])
+    finally:
+        cleanup_distributed()

@@ -13,7 +13,7 @@ from segdense.evaluation import evaluate_model
 from segdense.inference.loading import min_input_size
 from segdense.inference.tta import describe_infer
 from segdense.metrics import format_metrics_table
-from segdense.runtime import is_main_process, resolve_amp
+from segdense.runtime import gather_to_all, is_main_process, resolve_amp
 
 from .processes import main_process_directory, start_processes
 
@@ -48,16 +48,29 @@ def build_eval_dataset(cfg: DictConfig, bundle):
         dataset = build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
     except (TypeError, ValueError) as e:  # the dataset's constructor refused the block's values
         raise ConfigError(str(e)) from None
+    check_same_length(dataset, name, split)
     if len(dataset) == 0:
         raise ConfigError(f"dataset {name!r} split {split!r} holds no images")
     return dataset, name
+
+
+def check_same_length(dataset, name: str, split: str) -> None:
+    """Every process found as many images as every other (a collective; nothing in a single process). Each builds
+    the dataset itself, and machines that see different files would split different lists: images left out or
+    scored twice, metrics silently wrong."""
+    counts = gather_to_all(len(dataset))
+    if len(set(counts)) > 1:
+        seen = "; ".join(f"rank {rank}: {count}" for rank, count in enumerate(counts))
+        raise ConfigError(f"the processes see different numbers of images in dataset {name!r} split {split!r} "
+                          f"({seen}); every machine must see the same files: put dataset.root on a filesystem all "
+                          "of them share")
 
 
 def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
     """Rebuild the model from ``cfg.checkpoint`` alone, evaluate it, print the per-class table and write
     ``metrics.json`` and ``confusion.png`` to ``cfg.output_dir`` (default: Hydra's run directory). Started as
     several processes (torchrun, srun), each evaluates its share of the images and rank 0 writes the files."""
-    device, world = start_processes(cfg.device)
+    device, world = start_processes(cfg.device, cfg.process_timeout)
     bundle = load_bundle(cfg.checkpoint)
     dataset, name = build_eval_dataset(cfg, bundle)
     min_size = min_input_size(bundle.model)

@@ -9,13 +9,12 @@ from omegaconf import DictConfig
 from segdense.data.loader import ShardSampler
 from segdense.errors import config_values
 from segdense.inference import Predictor, load_bundle
-from segdense.inference.files import InferenceReport, predict_files
-from segdense.inference.images import find_images
+from segdense.inference.files import InferenceReport, list_inputs, predict_files
 from segdense.inference.writers import check_writable_dir
 from segdense.runtime import gather_to_main, process_rank
 
 from .eval_job import infer_options
-from .processes import start_processes
+from .processes import main_process_result, start_processes
 
 logger = logging.getLogger("segdense.infer")
 
@@ -24,9 +23,10 @@ def infer_job(cfg: DictConfig):
     """Predict every image named by ``cfg.input`` into ``cfg.output``; returns the
     :class:`~segdense.inference.files.InferenceReport` (the tool exits 1 when any image failed). Started as several
     processes (torchrun, srun), each predicts its share of the images and writes their outputs; rank 0 returns and
-    prints the report of all of them, the others their own."""
-    device, world = start_processes(cfg.device)
-    files = find_images(cfg.input)
+    prints the report of all of them, the others their own. Rank 0 lists the input and every process uses its list;
+    images inside ``output`` are no inputs (:func:`~segdense.inference.files.list_inputs`)."""
+    device, world = start_processes(cfg.device, cfg.process_timeout)
+    files = main_process_result(lambda: list_inputs(cfg.input, cfg.output))
     bundle = load_bundle(cfg.checkpoint)
     output = check_writable_dir(cfg.output)
     with config_values("inference options"):

@@ -8,8 +8,8 @@ import os
 import torch
 import torch.distributed as dist
 
-from segdense.errors import CheckpointError
-from segdense.runtime import gather_to_all, is_main_process, process_rank
+from segdense.errors import CheckpointError, ProcessGroupError
+from segdense.runtime import KILL_ON_BAD_EXIT, collective, gather_to_all, is_main_process, process_rank, torch_reason
 
 from .attempt_store import attempt_store
 from .launchers import Launch, detect_launch
@@ -21,10 +21,12 @@ logger = logging.getLogger("segdense.train")
 PROCESS_GROUP_TIMEOUT = datetime.timedelta(minutes=30)
 
 
-def init_distributed(device_type: str) -> tuple[int, int, int]:
+def init_distributed(device_type: str, timeout: datetime.timedelta = PROCESS_GROUP_TIMEOUT) -> tuple[int, int, int]:
     """Start the process group when launched as several processes, by torchrun or by SLURM's ``srun`` alone
-    (:mod:`segdense.engine.launchers`): NCCL on CUDA, gloo on CPU. Logs the launcher found when there are several processes. Returns (rank,
-    local_rank, world_size); (0, 0, 1) for a single process."""
+    (:mod:`segdense.engine.launchers`): NCCL on CUDA, gloo on CPU. Logs the launcher found when there are several
+    processes. Returns (rank, local_rank, world_size); (0, 0, 1) for a single process. ``timeout`` bounds the wait
+    for every process to join, and each collective's wait for the others: a process that never joins gives one
+    :class:`ProcessGroupError` after it."""
     launch = detect_launch(os.environ)
     if launch.world_size <= 1:
         return 0, 0, 1
@@ -34,11 +36,17 @@ def init_distributed(device_type: str) -> tuple[int, int, int]:
         backend = "nccl" if device_type == "cuda" else "gloo"
         if device_type == "cuda":
             torch.cuda.set_device(cuda_index(launch.local_rank))
-        dist.init_process_group(backend, timeout=PROCESS_GROUP_TIMEOUT, **rendezvous(launch))
+        try:
+            dist.init_process_group(backend, timeout=timeout, **rendezvous(launch, timeout))
+        except (dist.DistError, TimeoutError) as e:  # the store's wait for the others, the connection to rank 0
+            raise ProcessGroupError(
+                f"rank {launch.rank} of {launch.world_size}: the processes did not all meet within "
+                f"{timeout.total_seconds():g} s ({torch_reason(e)}); one was not started, or ended before it "
+                f"joined, and its own log says why; {KILL_ON_BAD_EXIT}") from e
     return launch.rank, launch.local_rank, launch.world_size
 
 
-def rendezvous(launch: Launch) -> dict:
+def rendezvous(launch: Launch, timeout: datetime.timedelta = PROCESS_GROUP_TIMEOUT) -> dict:
     """How the processes meet: SLURM's rank 0 at ``tcp://MASTER_ADDR:MASTER_PORT`` (no torchrun exports it);
     under torchrun its environment, in a part of its store that belongs to this attempt alone
     (:mod:`segdense.engine.attempt_store`): the agent's store outlives a ``--max-restarts`` restart, and
@@ -48,8 +56,8 @@ def rendezvous(launch: Launch) -> dict:
         return dict(init_method=f"tcp://{host}:{launch.master_port}", rank=launch.rank, world_size=launch.world_size)
     if not dist.is_torchelastic_launched():
         return {}  # env:// as it is
-    store, rank, world = next(dist.rendezvous("env://", timeout=PROCESS_GROUP_TIMEOUT))
-    return dict(store=attempt_store(store, rank, world, PROCESS_GROUP_TIMEOUT), rank=rank, world_size=world)
+    store, rank, world = next(dist.rendezvous("env://", timeout=timeout))
+    return dict(store=attempt_store(store, rank, world, timeout), rank=rank, world_size=world)
 
 
 def cuda_index(local_rank: int) -> int:
@@ -67,7 +75,8 @@ def broadcast_object(obj):
     if not dist.is_initialized():
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=0)
+    with collective("broadcast_object_list"):
+        dist.broadcast_object_list(box, src=0)
     return box[0]
 
 

@@ -1,6 +1,7 @@
 """Running a :class:`Predictor` over image files and writing the results."""
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import sys
@@ -12,10 +13,10 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
-from segdense.errors import ConfigError
+from segdense.errors import ConfigError, MissingFileError
 
 from .draw import overlay
-from .images import ImageReadError, load_image
+from .images import ImageReadError, find_images, load_image
 from .predictor import Predictor
 from .writers import atomic_write_files, label_png_bytes, npy_bytes, png_bytes
 
@@ -46,6 +47,42 @@ class InferenceReport:
         for path, why in self.failed:
             text += f"\n  failed: {path}: {why}"
         return text
+
+
+def list_inputs(spec: str | os.PathLike, output: str | os.PathLike) -> list[Path]:
+    """The images ``spec`` names (:func:`~segdense.inference.images.find_images`: a file, a folder searched
+    recursively, or a glob), less those inside ``output`` when ``output`` lies within the folder the listing
+    searches: a rerun into ``input/predictions`` must not take the previous run's predictions for images. How many
+    were left out is logged; one :class:`MissingFileError` when nothing else is left."""
+    files = find_images(spec)
+    root = _listing_root(spec)
+    output = Path(output).resolve()
+    if root is None or output == root or root not in output.parents:
+        return files
+    kept = [p for p in files if output not in p.resolve().parents]
+    if len(kept) < len(files):
+        logger.info("input=%s: %d image(s) inside output=%s left out (outputs of an earlier run are not inputs)",
+                    spec, len(files) - len(kept), output)
+    if not kept:
+        raise MissingFileError(f"input={spec}: every image it holds ({len(files)}) lies inside output={output}; "
+                               "nothing is left to predict")
+    return kept
+
+
+def _listing_root(spec: str | os.PathLike) -> Path | None:
+    """The folder whose tree a listing of ``spec`` searches: the folder itself, a glob's fixed leading folders
+    (``shots/**/*.png``: ``shots``); None for one file."""
+    path = Path(spec)
+    if path.is_file():
+        return None
+    if path.is_dir():
+        return path.resolve()
+    fixed = []
+    for part in path.parts:
+        if glob.has_magic(part):
+            break
+        fixed.append(part)
+    return Path(*fixed).resolve() if fixed else Path.cwd().resolve()
 
 
 def output_names(files: Sequence[Path], root: Path | None) -> list[Path]:
@@ -150,10 +187,14 @@ def _write_chunk(predictor: Predictor, chunk: list, save_overlay: bool, save_pro
 
 def _check_unique(files: Sequence[Path], all_targets: Sequence[Sequence[Path]]) -> None:
     """One error, before anything is written, when two inputs would write the same output file (an input named
-    ``a_overlay.png`` next to ``a.png``)."""
+    ``a_overlay.png`` next to ``a.png``), or an output would replace an input (``output`` the input folder)."""
+    inputs = {os.path.abspath(path) for path in files}
     owner: dict[Path, Path] = {}
     for path, targets in zip(files, all_targets):
         for target in targets:
+            if os.path.abspath(target) in inputs:
+                raise ConfigError(f"the outputs of {path} would replace the input {target}; choose an output folder "
+                                  "that is not the input's (nothing was written)")
             if target in owner:
                 raise ConfigError(f"{owner[target]} and {path} would both write {target}; rename one of them "
                                   "(nothing was written)")
