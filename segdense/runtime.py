@@ -83,7 +83,8 @@ def collective(name: str):
         if world == 1:
             raise
         raise ProcessGroupError(f"rank {rank} of {world}: lost the other processes in {name} ({torch_reason(e)}); "
-                                "one of them ended, or did not get there within the process group's timeout; "
+                                "one of them ended, or did not get there within the process group's timeout "
+                                "(tools/eval.py and tools/infer.py: process_timeout); "
                                 "its own log says why; "
                                 f"{KILL_ON_BAD_EXIT}") from e
 

@@ -294,7 +294,7 @@ def reported(found: dict, case: str) -> dict:
     return found[case]
 
 
-def test_under_torchrun_every_process_uses_rank_0s_inputs_and_one_dataset_length(tiny_checkpoint, tmp_path):  # noqa: F811
+def test_under_torchrun_every_process_uses_rank_0s_inputs_and_dataset_length(tiny_checkpoint, tmp_path):  # noqa: F811
     names = write_images(tmp_path / "rerun", [f"a{i}.png" for i in range(6)])
     views = write_images(tmp_path / "views", [f"a{i}.png" for i in range(7)])
     (tmp_path / "views/a2z.png").write_bytes(b"not a png")  # position 3: rank 1's batch (a2, a2z)
@@ -350,7 +350,7 @@ def test_a_process_that_ends_stops_the_other_within_the_bound(tiny_checkpoint, t
     assert re.search(expected, error[0]) and "--kill-on-bad-exit=1" in error[0], error[0]
 
 
-if __name__ == "__main__":  # a worker of test_under_torchrun_every_process_uses_rank_0s_inputs_and_one_dataset_length
+if __name__ == "__main__":  # a worker of test_under_torchrun_every_process_uses_rank_0s_inputs_and_dataset_length
     from segdense.engine.distributed import cleanup_distributed
 
     torch.set_num_threads(1)
