@@ -23,12 +23,8 @@ def check_job(cfg: DictConfig) -> int:
     sample = None if cfg.get("full", False) else int(cfg.get("sample", 64))
     seed = int(cfg.get("seed", 0))
     report_dir = cfg.get("report_dir", "dataset_report")
-    if report_dir:
-        try:
-            check_report_dir(report_dir)
-        except FileExistsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+    if report_dir and not report_dir_free(report_dir):
+        return 2
     diagnoses, checks, palette, ok, images = [], [], [], True, None
     for split in splits:
         try:
@@ -66,6 +62,16 @@ def check_job(cfg: DictConfig) -> int:
         path = write_dataset_report(report_dir, name, diagnoses, findings, weights, f"over {note}", checks)
         print(f"report: {path}")
     return 0 if ok else 1
+
+
+def report_dir_free(report_dir) -> bool:
+    """Whether the report can be written there; says why not on stderr."""
+    try:
+        check_report_dir(report_dir)
+    except FileExistsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def print_band_statistics(stats, split: str) -> None:
