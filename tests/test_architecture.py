@@ -15,7 +15,7 @@ PACKAGE = ROOT / "segdense"
 LAYERS = [
     ["errors", "version", "allocator"],
     ["registry"],
-    ["backbones", "metrics", "losses"],
+    ["backbones", "metrics", "losses", "readers"],
     ["heads", "data"],
     ["models"],
     ["runtime"],

@@ -58,10 +58,16 @@ def test_infer_on_a_mixed_folder_writes_every_readable_image_and_reports_the_cor
     cfg = compose_infer([f"checkpoint={tiny_checkpoint}", f"input={folder}", f"output={out}", "save_proba=true",
                          "progress=false", "batch_size=3"])
     report = infer_job(cfg)
-    assert [p.name for p, _ in report.failed] == ["broken.png"] and "cannot be decoded" in report.failed[0][1]
+    failed = dict((p.name, why) for p, why in report.failed)
+    assert sorted(failed) == ["broken.png", "gray.tif", "gray16.png"] and "cannot be decoded" in failed["broken.png"]
+    # an 8-bit RGB model refuses 16-bit data (never scaled to 8 bits) and a 1-band TIFF (its bands are kept)
+    assert "uint16 image (values " in failed["gray16.png"] and "max_pixel_value 255" in failed["gray16.png"]
+    assert "1 band(s) but the model takes in_channels=3" in failed["gray.tif"]
+    for name in ("gray16.png", "sub/gray.tif"):
+        del sizes[name]
     assert len(report.written) == len(sizes) and not report.ok
-    names = {"rgb.jpg": "rgb_jpg", "rgb.png": "rgb_png", "gray16.png": "gray16", "rgba.png": "rgba",
-             "sub/gray.tif": "sub/gray", "photo.webp": "photo", "palette.bmp": "palette"}
+    names = {"rgb.jpg": "rgb_jpg", "rgb.png": "rgb_png", "rgba.png": "rgba", "photo.webp": "photo",
+             "palette.bmp": "palette"}
     for source, (h, w) in sizes.items():
         labels = Image.open(out / f"{names[source]}.png")
         assert labels.mode == "P" and labels.size == (w, h)  # palette PNG of class indices at the image's size
@@ -113,10 +119,11 @@ def test_exif_orientation_is_applied(tmp_path):
     assert upright[:10].mean() > 200 and upright[-10:].mean() < 50  # the white left band is now on top
 
 
-def test_16_bit_and_float_images_are_scaled_not_clipped(tmp_path):
-    values = np.array([[0, 32768, 65535]], dtype=np.uint16)
+def test_16_bit_files_keep_their_values_and_float_arrays_are_scaled(tmp_path):
+    values = np.array([[0, 3000, 65535]], dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "g16.png")
-    assert load_image(tmp_path / "g16.png")[0, :, 0].tolist() == [0, 128, 255]
+    read = load_image(tmp_path / "g16.png")
+    assert read.dtype == np.uint16 and read.shape == (1, 3, 1) and read[0, :, 0].tolist() == [0, 3000, 65535]
     assert load_image(np.array([[0.0, 0.5, 1.0]]))[0, :, 1].tolist() == [0, 128, 255]
     assert load_image(np.zeros((4, 5, 4), np.uint8)).shape == (4, 5, 3)
 
@@ -297,10 +304,12 @@ def test_overlay_false_writes_only_the_label_image(tiny_checkpoint, tmp_path):
 @pytest.mark.parametrize("array, message", [
     (np.full((4, 4, 3), 2.5, np.float32), r"float image values lie in 2\.5\.\.2\.5; expected \[0, 1\]"),
     (np.full((4, 4, 3), -0.4, np.float64), r"lie in -0\.4\.\.-0\.4; expected \[0, 1\]"),
-    (np.array([[-3, 0, 200]], np.int32), r"int32 image values lie in -3\.\.200; expected 0\.\.255 \(8-bit\)"),
-    (np.array([[0, 70000]], np.int64), r"lie in 0\.\.70000; expected 0\.\.255 \(8-bit\) or 0\.\.65535"),
+    (np.array([[-3, 0, 200]], np.int32), r"int32 image values lie in -3\.\.200; this model takes 8-bit RGB"),
+    (np.array([[0, 70000]], np.int64), r"lie in 0\.\.70000; this model takes 8-bit RGB \(0\.\.255\)"),
+    (np.array([[0, 3999]], np.uint16), r"uint16 image values lie in 0\.\.3999; this model takes 8-bit RGB"),
     (np.array([[-1, 5]], np.int8), r"lie in -1\.\.5"),
-], ids=["float-above-1", "float-negative", "int-negative", "int-above-16-bit", "int8-negative"])
+], ids=["float-above-1", "float-negative", "int-negative", "int-above-16-bit", "uint16-not-scaled",
+        "int8-negative"])
 def test_out_of_range_arrays_are_refused_not_clipped(array, message):
     with pytest.raises(ImageReadError, match=message):
         load_image(array)
@@ -314,10 +323,9 @@ def test_an_imagenet_normalised_array_is_refused_with_what_to_pass_instead():
     assert np.array_equal(load_image(rgb), np.rint(rgb * 255).astype(np.uint8))  # [0, 1] floats are scaled
 
 
-def test_integer_arrays_in_range_are_read_exactly(caplog):
+def test_integer_arrays_in_range_are_read_exactly():
     assert load_image(np.array([[0, 17, 255]], np.int64))[0, :, 0].tolist() == [0, 17, 255]
-    assert load_image(np.array([[0, 65535]], np.int32))[0, :, 0].tolist() == [0, 255]
-    assert "above 255: read as 16-bit data" in caplog.text
+    assert load_image(np.array([[0, 255]], np.uint16))[0, :, 0].tolist() == [0, 255]
 
 
 def test_a_broken_exif_block_is_named_in_a_warning(tmp_path, caplog):

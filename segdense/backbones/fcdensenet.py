@@ -33,7 +33,7 @@ from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing
 from .registry import register_backbone
 from ..errors import CheckpointError
-from .weights import read_state_dict, state_dict_mismatch
+from .weights import adapt_input_conv, read_state_dict, state_dict_mismatch
 
 __all__ = ["FCDenseNet", "fcdensenet56", "fcdensenet67", "fcdensenet103", "fcdensenet_custom", "he_uniform_init"]
 
@@ -242,7 +242,10 @@ def _fcdensenet(pretrained: str | None, **kwargs) -> FCDenseNet:
     model = FCDenseNet(**kwargs)
     if pretrained:  # no ImageNet weights exist for FC-DenseNets: a file of the same architecture, strictly
         state = read_state_dict(Path(pretrained))
-        problems = state_dict_mismatch(model.state_dict(), state)
+        stem, own = "firstconv.weight", model.state_dict()
+        if stem in state and state[stem].shape[1] != own[stem].shape[1]:  # e.g. an RGB file for 4-band data
+            state[stem] = adapt_input_conv(state[stem], own[stem].shape[1])
+        problems = state_dict_mismatch(own, state)
         if problems:
             raise CheckpointError(f"pretrained weights {pretrained} do not fit this FC-DenseNet: {problems}")
         model.load_state_dict(state, strict=False)

@@ -106,14 +106,23 @@ def download_weights(url: str, arch: str, timeout: float = 30.0) -> Path:
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Adapt an RGB stem kernel (O, 3, kH, kW) to ``in_channels`` inputs: summed for one channel,
-    otherwise repeated cyclically and rescaled by 3 / in_channels to keep activations' scale."""
-    if weight.shape[1] == in_channels:
+    """Adapt a stem kernel (O, 3, kH, kW) trained on RGB to ``in_channels`` bands.
+
+    Lay ``max(3, in_channels)`` slots side by side; slot ``s`` carries RGB channel ``s % 3`` and band
+    ``s % in_channels``. Each RGB kernel is split evenly over the slots that carry it, and each band's kernel is the
+    sum over its slots. So the adapted model on an image ``x`` equals the RGB model on the image whose channel ``j``
+    is the mean of the bands that carry ``j``: a 1-band model on ``g`` is the RGB model on ``(g, g, g)`` (the
+    kernels summed), any band count on ``(g, ..., g)`` is the RGB model on ``(g, g, g)``, and for a multiple of 3
+    bands this is smp's rule (repeated, scaled by 3 / in_channels)."""
+    rgb = weight.shape[1]
+    if rgb == in_channels:
         return weight
-    if in_channels == 1:
-        return weight.sum(dim=1, keepdim=True)
-    reps = -(-in_channels // weight.shape[1])
-    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+    slots = max(rgb, in_channels)
+    carriers = torch.tensor([sum(1 for s in range(slots) if s % rgb == j) for j in range(rgb)], dtype=weight.dtype)
+    adapted = weight.new_zeros(weight.shape[0], in_channels, *weight.shape[2:])
+    for s in range(slots):
+        adapted[:, s % in_channels] += weight[:, s % rgb] / carriers[s % rgb]
+    return adapted
 
 
 def load_pretrained(model: nn.Module, pretrained: str | os.PathLike, arch: str | None = None) -> None:

@@ -31,7 +31,7 @@ _PASSED = {
     "scheduler": {"t", "total", "optimizer", "total_iterations"},
 }
 # Keys a block may hold for its builder rather than its constructor.
-_BLOCK_KEYS = {"dataset": {"train_split", "val_split"}}
+_BLOCK_KEYS = {"dataset": {"train_split", "val_split", "normalize"}}
 # Keyword arguments of the builder function itself, accepted besides the registered constructor's.
 _BUILDER_KEYS = {"optimizer": build_optimizer, "scheduler": build_scheduler}
 _REGISTRIES = {"backbone": BACKBONES, "head": HEADS, "dataset": DATASETS, "optimizer": OPTIMIZERS,

@@ -32,10 +32,31 @@ from .processes import main_process_directory, start_processes
 logger = logging.getLogger("segdense.train")
 
 
-def model_config(cfg: DictConfig, num_classes: int) -> dict:
-    """``build_model`` arguments: the backbone and head blocks as they are."""
-    return dict(backbone=OmegaConf.to_container(cfg.backbone, resolve=True),
-                head=OmegaConf.to_container(cfg.head, resolve=True), num_classes=num_classes, aux_loss=cfg.aux_loss)
+def model_config(cfg: DictConfig, num_classes: int, in_channels: int = 3) -> dict:
+    """``build_model`` arguments: the backbone and head blocks as they are, the backbone's ``in_channels`` the
+    band count of the dataset's images (an explicit ``backbone.in_channels`` must agree with it)."""
+    backbone = OmegaConf.to_container(cfg.backbone, resolve=True)
+    given = backbone.get("in_channels")
+    if given is not None and int(given) != in_channels:
+        raise ConfigError(f"backbone.in_channels={given}, but the dataset's images have {in_channels} band(s) "
+                          "(after dataset.bands); leave backbone.in_channels out, it follows from the dataset")
+    if in_channels != 3:
+        backbone["in_channels"] = in_channels
+    return dict(backbone=backbone, head=OmegaConf.to_container(cfg.head, resolve=True), num_classes=num_classes,
+                aux_loss=cfg.aux_loss)
+
+
+def dataset_bands(train_set, val_set) -> int:
+    """The band count of the training images (its first image, after ``dataset.bands``), which every image of
+    both splits must have: the pipelines refuse any other, naming the file."""
+    if len(train_set) == 0:
+        return 3
+    image = train_set.load_image(0)
+    bands = image.shape[2] if image.ndim == 3 else 1
+    for dataset in (train_set, val_set):
+        if hasattr(dataset.transform, "in_channels"):
+            dataset.transform.in_channels = bands
+    return bands
 
 
 def build_datasets(cfg: DictConfig):
@@ -46,8 +67,10 @@ def build_datasets(cfg: DictConfig):
     if missing:
         raise ConfigError(f"dataset.{missing[0]} is missing (the split to {missing[0].split('_')[0]} on)")
     train_split, val_split = block.pop("train_split"), block.pop("val_split")
-    train_set = build_dataset(split=train_split, transform=build_transforms(aug["train"], seed=cfg.seed), **block)
-    val_set = build_dataset(split=val_split, transform=build_transforms(aug["eval"]), **block)
+    normalize = block.pop("normalize", None)
+    train_set = build_dataset(split=train_split, **block,
+                              transform=build_transforms(aug["train"], seed=cfg.seed, normalize=normalize))
+    val_set = build_dataset(split=val_split, transform=build_transforms(aug["eval"], normalize=normalize), **block)
     return train_set, val_set
 
 
@@ -198,10 +221,11 @@ def checked_datasets(cfg: DictConfig):
     return train_set, val_set
 
 
-def training_model(cfg: DictConfig, num_classes: int, device: torch.device, world: int) -> torch.nn.Module:
+def training_model(cfg: DictConfig, num_classes: int, device: torch.device, world: int,
+                   in_channels: int = 3) -> torch.nn.Module:
     """The model of the backbone and head blocks, its BatchNorms synced across processes."""
     with config_values("backbone/head"):
-        model = build_model(**model_config(cfg, num_classes))
+        model = build_model(**model_config(cfg, num_classes, in_channels))
     if model.model_config["backbone"].get("cuda_graphs"):
         if device.type != "cuda":
             raise ConfigError(f"backbone.cuda_graphs=true needs device=cuda (CUDA graphs), got device={device}")
@@ -251,7 +275,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     resume_path = resolve_resume(cfg.resume, run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)
-    model = training_model(cfg, train_set.num_classes, device, world)
+    model = training_model(cfg, train_set.num_classes, device, world, dataset_bands(train_set, val_set))
     initial_weights(cfg.init_from, model, resume_path)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
     with config_values("loss"):

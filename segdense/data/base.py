@@ -11,14 +11,20 @@ from torch.utils.data import Dataset
 
 from segdense.errors import ConfigError, MissingFileError
 
-from .io import IGNORE_INDEX, read_image, read_mask
+from ..readers import ImageReadError
+from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
 from .transforms import imagenet_normalise
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """Untransformed sample as tensors: image float (3, H, W) normalised with ImageNet mean/std, mask int64."""
+    """Untransformed sample as tensors: image float (3, H, W) normalised with ImageNet mean/std, mask int64.
+    Only 8-bit RGB images have a normalisation without a transform; others need one (``dataset.normalize``)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ImageReadError("image", f"{image.shape[2] if image.ndim == 3 else 1}-band {image.dtype} image has "
+                             "no default normalisation (ImageNet's is for 8-bit RGB); give the dataset a transform "
+                             "with dataset.normalize")
     return imagenet_normalise(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
 
 
@@ -39,6 +45,10 @@ class SegmentationDataset(Dataset):
     palette: list[tuple[int, int, int]]
     # Published per-class loss weights by name (``loss.class_weight=<name>``), e.g. CamVid's ``segnet``.
     named_class_weights: Mapping[str, Sequence[float]] = MappingProxyType({})
+    # Which bands of every image, in which order (None: all), and how .npy/TIFF arrays are laid out (None: as
+    # the file says, or detected from an unambiguous shape).
+    bands: Sequence[int] | None = None
+    layout: str | None = None
 
     def __init__(self, transform: Transform | None = None):
         self.transform = transform
@@ -53,15 +63,15 @@ class SegmentationDataset(Dataset):
         return len(self.files)
 
     def load_image(self, index: int) -> np.ndarray:
-        """Raw image ``index`` as RGB uint8 (H, W, 3)."""
-        return read_image(self.files[index][0])
+        """Raw image ``index`` as (H, W, C) in the file's own dtype (8-bit PNG/JPEG: RGB uint8), ``bands`` only."""
+        return read_image(self.files[index][0], bands=self.bands, layout=self.layout)
 
     def load_mask(self, index: int) -> np.ndarray:
         """Raw mask ``index`` as int64 (H, W) with train labels and 255 = ignore."""
         return read_mask(self.files[index][1])
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Untransformed sample: (RGB uint8 (H, W, 3), int64 (H, W) mask)."""
+        """Untransformed sample: (image (H, W, C), int64 (H, W) mask)."""
         return self.load_image(index), self.load_mask(index)
 
     def describe(self, index: int) -> tuple[str, str]:
@@ -75,9 +85,12 @@ class SegmentationDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} samples")
         image, mask = self.load_raw(index)
-        if self.transform is None:
-            return to_tensors(image, mask)
-        return self.transform(image, mask)
+        try:
+            if self.transform is None:
+                return to_tensors(image, mask)
+            return self.transform(image, mask)
+        except ImageReadError as exc:  # the pipeline cannot take this image: name its file
+            raise DatasetFileError(self.describe(index)[0], exc.problem) from None
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({len(self)} samples, {self.num_classes} classes)"

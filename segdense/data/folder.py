@@ -12,7 +12,7 @@ from .voc import voc_palette
 
 LAYOUT = """\
 <root>/
-  images/<name>.{jpg,png,...}    any common image format; sub-folders allowed
+  images/<name>.{jpg,png,tif,npy,...}  PNG/JPEG/BMP/WebP, TIFF (any bands and bit depth) or .npy; sub-folders allowed
   masks/<name>.png               same relative name, single-channel or palette PNG of class indices
                                  (or RGB-coded with mask_colors given), 255 = ignore
   splits/<split>.txt             optional: one name per line (without extension); without it every pair is used
@@ -40,13 +40,20 @@ class FolderDataset(SegmentationDataset):
             ``[[0,0,0],[255,255,255]]`` also reads 0/255 binary masks as classes 0 and 1.
         reduce_zero_label: masks number the classes from 1 and use 0 for "unlabelled" (ADE20K's convention):
             0 becomes 255 (ignored) and every other value v becomes v - 1.
+        bands: which bands of every image, in which order (0-based; default all). The model's ``in_channels``
+            follows from it.
+        layout: ``HWC`` or ``CHW`` for ``.npy``/TIFF arrays whose shape leaves the band axis open (default: as
+            the file says, else detected from the shape; an ambiguous shape is an error asking for it).
     """
 
     def __init__(self, root: str | Path, class_names: Sequence[str], split: str = "all",
                  palette: Sequence[Sequence[int]] | None = None, mask_colors: Sequence[Sequence[int]] | None = None,
                  image_dir: str = "images", mask_dir: str = "masks", reduce_zero_label: bool = False,
+                 bands: Sequence[int] | None = None, layout: str | None = None,
                  transform: Transform | None = None):
         super().__init__(transform)
+        self.bands = None if bands is None else [int(b) for b in bands]
+        self.layout = layout
         self.reduce_zero_label = bool(reduce_zero_label)
         self.root, self.split = Path(root), split
         if not class_names:

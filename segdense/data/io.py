@@ -13,9 +13,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from segdense.errors import UserError
+from segdense.readers import IMAGE_EXTENSIONS, ImageReadError, select_bands
+from segdense.readers import read_image as read_any_image
 
 IGNORE_INDEX = 255
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+__all__ = ["IGNORE_INDEX", "IMAGE_EXTENSIONS", "DatasetFileError", "read_image", "read_mask"]
 _INDEX_MODES = ("P", "L", "I", "I;16", "I;16B", "I;16L", "1")
 
 
@@ -40,9 +42,13 @@ def _open(path: str | Path) -> Image.Image:
     return image
 
 
-def read_image(path: str | Path) -> np.ndarray:
-    """An image file as an RGB ``uint8`` array of shape (H, W, 3)."""
-    return np.array(_open(path).convert("RGB"), dtype=np.uint8)  # a writable copy
+def read_image(path: str | Path, bands: Sequence[int] | None = None, layout: str | None = None) -> np.ndarray:
+    """An image file as (H, W, C) in its own dtype (:func:`segdense.readers.read_image`: 8-bit PNG/JPEG as RGB
+    uint8, TIFF and ``.npy`` with all their bands), reduced to ``bands`` (in that order) when given."""
+    try:
+        return select_bands(read_any_image(path, layout=layout)[0], bands, path)
+    except ImageReadError as exc:
+        raise DatasetFileError(path, exc.problem) from None
 
 
 def read_mask(path: str | Path, colors: Sequence[Sequence[int]] | None = None) -> np.ndarray:

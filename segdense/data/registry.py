@@ -38,11 +38,12 @@ def build_dataset(name: str, split: str, transform: Transform | None = None, **k
     """The dataset registered as ``name`` for ``split``, with the constructor's keyword arguments (e.g. ``root``).
 
     ``train_split``/``val_split`` keys (from a Hydra ``dataset:`` block) are ignored, so the trainer can call
-    ``build_dataset(split=cfg.dataset.train_split, **cfg.dataset)``.
+    ``build_dataset(split=cfg.dataset.train_split, **cfg.dataset)``; so is ``normalize``, which belongs to the
+    transform (``build_transforms(..., normalize=...)``).
     """
     builder = DATASETS.get(name)
-    kwargs.pop("train_split", None)
-    kwargs.pop("val_split", None)
+    for key in ("train_split", "val_split", "normalize"):
+        kwargs.pop(key, None)
     try:
         return builder(split=split, transform=transform, **kwargs)
     except TypeError as exc:

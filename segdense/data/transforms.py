@@ -15,16 +15,22 @@ import albumentations as A
 import numpy as np
 import torch
 
+from ..readers import ImageReadError
 from ..registry import unknown_name_message
 from .mmseg_transforms import CatMaxRandomCrop, KeepRatioResize, PhotoMetricDistortion, RandomResize
+from .normalisation import NormalizeBands, normalisation_problem, with_normalisation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 SEGDENSE_TRANSFORMS: dict[str, type] = {
-    cls.__name__: cls for cls in (CatMaxRandomCrop, KeepRatioResize, PhotoMetricDistortion, RandomResize)
+    cls.__name__: cls for cls in (CatMaxRandomCrop, KeepRatioResize, NormalizeBands, PhotoMetricDistortion,
+                                  RandomResize)
 }
+# Photometric transforms written for 8-bit RGB (colour spaces, uint8 lookup tables): refused on anything else.
+RGB_ONLY = ("ColorJitter", "FancyPCA", "HueSaturationValue", "ISONoise", "PhotoMetricDistortion", "PlanckianJitter",
+            "RGBShift", "ToGray", "ToSepia")
 _NEAREST = 0  # cv2.INTER_NEAREST
 
 
@@ -66,12 +72,43 @@ def imagenet_normalise(image: np.ndarray) -> torch.Tensor:
     return tensor.sub_(mean).div_(std)
 
 
-class SegmentationTransform:
-    """Callable ``(image HWC uint8, mask HW) -> (float tensor CHW, int64 tensor HW)`` around an albumentations
-    pipeline. ``set_random_seed`` makes it reproducible (the loader calls it per worker)."""
+def _flatten(transforms) -> list:
+    out = []
+    for t in transforms:
+        out.append(t)
+        out.extend(_flatten(getattr(t, "transforms", None) or []))
+    return out
 
-    def __init__(self, transforms: Sequence[A.BasicTransform], seed: int | None = None):
+
+def input_problem(image: np.ndarray, transforms: Sequence[A.BasicTransform],
+                  in_channels: int | None = None) -> str | None:
+    """Why ``transforms`` cannot take ``image`` (H, W, C), or None: a band count other than ``in_channels``, a
+    photometric transform made for 8-bit RGB on other data, or a normalisation that does not fit the dtype or
+    band count (:func:`~segdense.data.normalisation.normalisation_problem`); all of them, in one line."""
+    bands = image.shape[2] if image.ndim == 3 else 1
+    problems = []
+    if in_channels is not None and bands != in_channels:
+        problems.append(f"image has {bands} band(s) but the model takes in_channels={in_channels}")
+    for t in _flatten(transforms):
+        name = type(t).__name__
+        if name in RGB_ONLY and (bands != 3 or image.dtype != np.uint8):
+            problems.append(f"{name} works on 8-bit RGB images only, but this image has {bands} band(s) of "
+                            f"{image.dtype}; remove it from the augmentation pipeline")
+        elif isinstance(t, (A.Normalize, NormalizeBands)):
+            problems.append(normalisation_problem(image if image.ndim == 3 else image[..., None], t))
+    return "; ".join(p for p in problems if p) or None
+
+
+class SegmentationTransform:
+    """Callable ``(image HWC, mask HW) -> (float tensor CHW, int64 tensor HW)`` around an albumentations
+    pipeline. ``set_random_seed`` makes it reproducible (the loader calls it per worker). An image the pipeline
+    cannot take (:func:`input_problem`; ``in_channels``: the band count the model takes, when known) raises
+    :class:`~segdense.readers.ImageReadError` before anything runs."""
+
+    def __init__(self, transforms: Sequence[A.BasicTransform], seed: int | None = None,
+                 in_channels: int | None = None):
         self.pipeline = A.Compose(list(transforms), mask_interpolation=_NEAREST, seed=seed)
+        self.in_channels = in_channels
 
     def set_random_seed(self, seed: int) -> None:
         self.pipeline.set_random_seed(seed)
@@ -81,6 +118,9 @@ class SegmentationTransform:
         mask = np.asarray(mask)
         if mask.dtype != np.uint8 and mask.size and (mask.min() < 0 or mask.max() > 255):
             raise ValueError(f"mask values must lie in [0, 255] (255 = ignore), got {mask.min()}..{mask.max()}")
+        problem = input_problem(np.asarray(image), self.pipeline.transforms, self.in_channels)
+        if problem:
+            raise ImageReadError("image", problem)
         out = self.pipeline(image=np.ascontiguousarray(image), mask=mask.astype(np.uint8, copy=False))
         image_out, mask_out = out["image"], out["mask"]
         if isinstance(image_out, np.ndarray):
@@ -93,8 +133,12 @@ class SegmentationTransform:
         return f"SegmentationTransform({self.pipeline.transforms})"
 
 
-def build_transforms(spec: Sequence[Mapping[str, Any]], seed: int | None = None) -> SegmentationTransform:
-    """Build a pipeline from a list of ``{"type": name, **kwargs}`` items (e.g. ``cfg.augmentation.train``)."""
+def build_transforms(spec: Sequence[Mapping[str, Any]], seed: int | None = None,
+                     normalize: Mapping[str, Any] | None = None,
+                     in_channels: int | None = None) -> SegmentationTransform:
+    """Build a pipeline from a list of ``{"type": name, **kwargs}`` items (e.g. ``cfg.augmentation.train``);
+    ``normalize`` (the dataset's ``normalize`` block) takes the place of its ``Normalize`` step."""
     if isinstance(spec, Mapping) or isinstance(spec, str):
         raise ValueError(f"an augmentation pipeline is a list of items, got {type(spec).__name__}")
-    return SegmentationTransform([_build_one(item) for item in spec], seed=seed)
+    items = with_normalisation(spec, normalize)
+    return SegmentationTransform([_build_one(item) for item in items], seed=seed, in_channels=in_channels)

@@ -77,8 +77,8 @@ def folder_images(bundle, directory: str | os.PathLike, count: int) -> list[tupl
     transform = build_transforms(bundle.eval_pipeline)
     images = []
     for path in find_images(str(directory))[:count]:
-        rgb = load_image(path)
-        images.append((str(path), transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))[0]))
+        image = load_image(path, rgb_arrays=bundle.takes_8bit_rgb, **bundle.reading)
+        images.append((str(path), transform(image, np.zeros(image.shape[:2], dtype=np.uint8))[0]))
     return images
 
 

@@ -20,6 +20,21 @@ def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index:
     return table[np.clip(np.asarray(labels), 0, 255).astype(np.intp)]
 
 
+def preview_rgb(image: np.ndarray) -> np.ndarray:
+    """An (H, W, C) image of any dtype as 8-bit RGB to look at: 8-bit RGB as it is; otherwise its first three
+    bands (one band as grey), each stretched between its 2nd and 98th percentiles. For pictures only."""
+    image = np.asarray(image)
+    if image.ndim == 2:
+        image = image[..., None]
+    if image.dtype == np.uint8 and image.shape[2] == 3:
+        return image
+    bands = image[..., :3] if image.shape[2] >= 3 else np.repeat(image[..., :1], 3, axis=2)
+    bands = np.nan_to_num(bands.astype(np.float64))
+    low, high = np.percentile(bands, 2, axis=(0, 1)), np.percentile(bands, 98, axis=(0, 1))
+    stretched = (bands - low) / np.maximum(high - low, 1e-12)
+    return (np.clip(stretched, 0, 1) * 255).round().astype(np.uint8)
+
+
 def _font(size: int = 12):
     from PIL import ImageFont
 
@@ -34,6 +49,7 @@ def overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[in
     """The image blended with its colourised prediction, with a legend of the classes present on the right."""
     from PIL import Image, ImageDraw
 
+    image = preview_rgb(image)
     color = colorize(labels, palette).astype(np.float32)
     blended = (image.astype(np.float32) * (1 - alpha) + color * alpha).round().astype(np.uint8)
     present = [int(c) for c in np.unique(labels) if 0 <= c < len(class_names)]

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from segdense.errors import ConfigError, MissingFileError
 
 from .draw import overlay
-from .images import ImageReadError, find_images, load_image
+from .images import ImageReadError, find_images
 from .predictor import Predictor
 from .writers import atomic_write_files, label_png_bytes, npy_bytes, png_bytes
 
@@ -132,7 +132,7 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
         chunk = []
         for path, targets in todo[start:start + predictor.batch_size]:
             try:
-                chunk.append((path, targets, load_image(path)))
+                chunk.append((path, targets, predictor.preprocess(path)))
             except ImageReadError as e:
                 logger.error("cannot read %s", e)
                 report.failed.append((path, str(e).split(": ", 1)[-1]))
@@ -169,8 +169,8 @@ def _to_do(files: Sequence[Path], all_targets: Sequence[list[Path]], overwrite: 
 def _write_chunk(predictor: Predictor, chunk: list, save_overlay: bool, save_proba: bool,
                  report: InferenceReport) -> None:
     """Predict a chunk of read images and write each one's outputs together (all or none)."""
-    logits = predictor.logits_batch([image for _, _, image in chunk])
-    for (path, targets, image), item in zip(chunk, logits):
+    logits = predictor.logits_prepared([prepared for _, _, prepared in chunk])
+    for (path, targets, (image, _)), item in zip(chunk, logits):
         labels = item.argmax(0).numpy()
         data = [label_png_bytes(labels, predictor.palette)]
         if save_overlay:

@@ -45,6 +45,18 @@ class ModelBundle:
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    @property
+    def reading(self) -> dict:
+        """How the training dataset read its images: ``bands`` (which, in which order) and ``layout``."""
+        config = (self.dataset or {}).get("config") or {}
+        return {"bands": config.get("bands"), "layout": config.get("layout")}
+
+    @property
+    def takes_8bit_rgb(self) -> bool:
+        """Whether the model was trained on the default normalisation (ImageNet's, for 8-bit RGB), rather than
+        on a ``dataset.normalize`` of its own."""
+        return not ((self.dataset or {}).get("config") or {}).get("normalize")
+
     def metadata(self) -> dict:
         """JSON-serialisable description written next to exported weights."""
         return {
@@ -80,6 +92,9 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
                        "are normalised with ImageNet's mean and std, which is wrong if the model was trained with "
                        "another normalisation", path)
         eval_pipeline = DEFAULT_EVAL_PIPELINE
+    from segdense.data.normalisation import with_normalisation  # albumentations: imported when a model is loaded
+
+    eval_pipeline = with_normalisation(eval_pipeline, (meta.get("dataset") or {}).get("config", {}).get("normalize"))
     return ModelBundle(
         model=model, class_names=names, palette=palette, dataset=dict(meta.get("dataset") or {}),
         eval_pipeline=list(eval_pipeline),

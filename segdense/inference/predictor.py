@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from segdense.runtime import autocast_context, resolve_amp, resolve_device
 
-from .images import load_image
+from .images import ImageReadError, load_image
 from .loading import ModelBundle, default_palette, load_bundle, min_input_size
 from .tta import build_infer, describe_infer
 
@@ -92,20 +92,38 @@ class Predictor:
         """Class indices for each image (see :meth:`predict`)."""
         return [logits.argmax(0).numpy() for logits in self.logits_batch(images)]
 
+    def read(self, source: Any) -> np.ndarray:
+        """A path, PIL image or array as (H, W, C), read as the model's training dataset read its images (the same
+        reader, ``bands`` and ``layout``; arrays in the file's own units, or 8-bit RGB for an 8-bit RGB model)."""
+        return load_image(source, rgb_arrays=self.bundle.takes_8bit_rgb, **self.bundle.reading)
+
     def preprocess(self, image: Any) -> tuple[np.ndarray, torch.Tensor]:
-        """(RGB uint8 image, normalised float tensor (3, h, w)) through the model's eval pipeline."""
-        rgb = image if _is_rgb_uint8(image) else load_image(image)
+        """(the image as read, normalised float tensor (C, h, w)) through the model's eval pipeline; one
+        :class:`ImageReadError` naming the image when the pipeline or the model cannot take it."""
+        array = self.read(image)
         if self._transform is None:
             from segdense.data import build_transforms  # albumentations: imported when first used
 
-            self._transform = build_transforms(self.bundle.eval_pipeline)
-        tensor, _ = self._transform(rgb, np.zeros(rgb.shape[:2], dtype=np.uint8))
-        return rgb, tensor
+            self._transform = build_transforms(self.bundle.eval_pipeline, in_channels=self.in_channels)
+        try:
+            tensor, _ = self._transform(array, np.zeros(array.shape[:2], dtype=np.uint8))
+        except ImageReadError as exc:
+            raise ImageReadError(image if isinstance(image, (str, os.PathLike)) else "image", exc.problem) from None
+        return array, tensor
 
-    @torch.inference_mode()
+    @property
+    def in_channels(self) -> int:
+        """The band count the model takes."""
+        backbone = (getattr(self.model, "model_config", {}) or {}).get("backbone") or {}
+        return int(backbone.get("in_channels", 3))
+
     def logits_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
         """Float32 logits (num_classes, H, W) on the CPU for each image, at the image's own size."""
-        prepared = [self.preprocess(image) for image in images]
+        return self.logits_prepared([self.preprocess(image) for image in images])
+
+    @torch.inference_mode()
+    def logits_prepared(self, prepared: Sequence[tuple[np.ndarray, torch.Tensor]]) -> list[torch.Tensor]:
+        """:meth:`logits_batch` of images already through :meth:`preprocess`."""
         by_size: dict[tuple, list[int]] = defaultdict(list)
         for i, (_, tensor) in enumerate(prepared):
             by_size[tuple(tensor.shape)].append(i)
@@ -135,6 +153,3 @@ class Predictor:
         return (f"Predictor({names[0]} + {names[1]}, {self.num_classes} classes, device={self.device}, "
                 f"infer={describe_infer(self.infer)})")
 
-
-def _is_rgb_uint8(image: Any) -> bool:
-    return isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[-1] == 3
