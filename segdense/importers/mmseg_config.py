@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ast
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Hashable, Sequence
 
 from segdense.backbones.features import FeatureSpec
 from segdense.errors import CheckpointError
@@ -70,12 +70,12 @@ def _merged(pairs: list, node: ast.AST, names: dict, text: str):
     out = {}
     for key, value_node in pairs:
         value = _value(value_node, names, text)
-        if key is None:
-            if not isinstance(value, dict):
-                return Unreadable(ast.get_source_segment(text, node) or ast.dump(node))
+        if key is None and isinstance(value, dict):
             out.update(value)
-        else:
+        elif key is not None and isinstance(key, Hashable):
             out[key] = value
+        else:  # ** of something else, or a key a dict cannot hold
+            return Unreadable(ast.get_source_segment(text, node) or ast.dump(node))
     return out
 
 
