@@ -59,6 +59,25 @@ def test_both_splits_are_built_by_name(ade):
     assert all(image.parent == root / "images" / "validation" for image, _ in val.files)
 
 
+def test_train_and_val_name_the_training_and_validation_folders_as_for_every_other_dataset(ade):
+    root, splits = ade
+    for short, folder in (("train", "training"), ("val", "validation")):
+        dataset = build_dataset("ade20k", split=short, root=root)
+        assert dataset.files == ADE20K(root, folder).files and dataset.split == folder
+        assert [image.stem for image, _ in dataset.files] == splits[folder]
+        assert all(image.parent == root / "images" / folder for image, _ in dataset.files)
+
+
+
+def test_the_check_tool_reads_both_splits_by_their_short_names(ade, capsys):
+    root, _ = ade
+    check_job(compose_config(["dataset=ade20k", f"dataset.root={root}", "dataset.train_split=train",
+                              "dataset.val_split=val", "+full=true", "+report_dir=null"]))
+    out = capsys.readouterr().out
+    assert "ade20k split 'train': ADE20K(3 samples, 150 classes)" in out
+    assert "ade20k split 'val': ADE20K(2 samples, 150 classes)" in out
+
+
 # sha256 of repr() of mmseg 1.2.2's ADE20KDataset.METAINFO classes (as a list) and palette, taken once from mmseg.
 MMSEG_CLASSES_SHA = "510d520d4e28ef22"
 MMSEG_PALETTE_SHA = "5ab25d7f9334ae47"
@@ -135,5 +154,6 @@ def test_a_wrong_root_or_split_names_the_layout(tmp_path):
     with pytest.raises(MissingFileError, match=r"(?s)missing folder annotations/training/.*Expected layout:.*"
                                                r"ADE_\{train,val\}_<8 digits>.png"):
         ADE20K(tmp_path / "ADE", "training")
-    with pytest.raises(ConfigError, match="unknown ADE20K split 'train'; valid splits: training, validation"):
-        ADE20K(tmp_path / "ADE", "train")
+    with pytest.raises(ConfigError, match="unknown ADE20K split 'test'; valid splits: training, validation, train, "
+                                          "val"):
+        ADE20K(tmp_path / "ADE", "test")

@@ -1,15 +1,21 @@
 """The UperNet head against mmsegmentation's UPerHead (golden files from tests/make_mmseg_golden.py; mmseg itself
 is not needed here), its parameter counts, feature choice, errors, training and export."""
+import copy
+import time
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 import segdense
 from segdense.backbones import FeatureSpec, densenet_custom
 from segdense.heads import build_head, pyramid_features
 from segdense.heads.common import adaptive_avg_pool
+from segdense.heads.upernet import batchnorm_batch
 
 GOLDEN = Path(__file__).parent / "data" / "golden"
 RDNET_TINY = [FeatureSpec("stage1", 256, 4), FeatureSpec("stage2", 440, 8), FeatureSpec("stage3", 744, 16),
@@ -179,6 +185,49 @@ def test_training_on_one_image_names_the_batchnorm_of_pool_scale_1():
     with pytest.raises(ValueError, match="pool scale 1 has BatchNorm on a 1x1 map.*batch size of at least 2"):
         head(features)
     head.eval()(features)  # inference on one image is fine
+
+
+def _one_image_per_process(rank: int, rendezvous: str) -> None:
+    """In a 2-process gloo group: per-process BatchNorm on one image is refused; SyncBatchNorm over both processes
+    normalises two images and passes upernet's check (on CPU, PyTorch's SyncBatchNorm then refuses to run, so what
+    follows the check is its error); SyncBatchNorm over a one-process subgroup is refused again."""
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))
+    try:
+        solo = [dist.new_group([r]) for r in range(2)]  # every process creates every group
+        features = {"stage1": torch.randn(1, 256, 8, 8), "stage2": torch.randn(1, 440, 4, 4)}
+        head = build_head("upernet", RDNET_TINY[:2], 3, 8, channels=8).train()
+        sync = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(head))
+        own = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(head), process_group=solo[rank])
+        assert batchnorm_batch(head.psp_modules[0][1].bn, 1) == 1
+        assert batchnorm_batch(sync.psp_modules[0][1].bn, 1) == 2
+        assert batchnorm_batch(own.psp_modules[0][1].bn, 1) == 1
+        for module, refused in ((head, True), (sync, False), (own, True)):
+            with pytest.raises(ValueError) as error:
+                module.psp_modules(features["stage2"])
+            assert ("pool scale 1 has BatchNorm on a 1x1 map" in str(error.value)) is refused, error.value
+            if not refused:
+                assert "SyncBatchNorm expected input tensor to be on GPU" in str(error.value)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_image_per_process_trains_when_syncbatchnorm_spans_the_processes(tmp_path):
+    context = mp.start_processes(_one_image_per_process, args=(str(tmp_path / "rendezvous"),), nprocs=2, join=False,
+                                 start_method="spawn")
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2 processes did not finish within 120 s")
+
+
+def test_a_syncbatchnorm_without_a_process_group_normalises_this_process_batch_alone():
+    head = torch.nn.SyncBatchNorm.convert_sync_batchnorm(build_head("upernet", RDNET_TINY[:2], 3, 8, channels=8))
+    assert batchnorm_batch(head.psp_modules[0][1].bn, 1) == 1
+    with pytest.raises(ValueError, match="pool scale 1 has BatchNorm on a 1x1 map"):
+        head.train().psp_modules(torch.randn(1, 440, 4, 4))
 
 
 def test_traced_adaptive_pooling_keeps_sizes_dynamic_and_exact():

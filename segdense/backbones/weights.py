@@ -1,7 +1,9 @@
 """Loading pretrained DenseNet weights: torchvision checkpoints (new or old key form), safetensors
-files, and torchvision's hosted ImageNet weights."""
+files, and torchvision's hosted ImageNet weights; ``download_weights``, the hash-checked download into the torch
+hub cache that every ``pretrained="imagenet"`` uses."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -81,28 +83,82 @@ def download_imagenet_weights(arch: str, timeout: float = 30.0) -> Path:
     return download_weights(IMAGENET_URLS[arch], arch, timeout)
 
 
-def download_weights(url: str, arch: str, timeout: float = 30.0) -> Path:
-    """Download ``url`` (the ImageNet weights of ``arch``) into the torch hub cache, or use the
-    cached copy, and return its path. Without network: one clear error, no half-written file."""
+def download_weights(url: str, arch: str, timeout: float = 30.0, filename: str | None = None) -> Path:
+    """Download ``url`` (the ImageNet weights of ``arch``) into the torch hub cache as ``filename`` (default: the
+    URL's last part), or use the cached copy, and return its path.
+
+    The download is checked against a SHA256: the prefix a torchvision file name carries (``densenet121-a639ec97.pth``,
+    as torch.hub's ``check_hash`` reads it), else the one the server publishes for the file (the HF hub's
+    ``X-Linked-Etag``, an LFS file's SHA256, as huggingface_hub reads it). A file that does not match, or comes
+    without a hash to check, is refused and nothing is kept. Without network: one clear error, no half-written file.
+    """
     cache = Path(torch.hub.get_dir()) / "checkpoints"
-    target = cache / url.rsplit("/", 1)[1]
+    target = cache / (filename or url.rsplit("/", 1)[1])
     if target.is_file():
         return target
     cache.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + f".part{os.getpid()}")
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, open(tmp, "wb") as f:
-            while chunk := response.read(1 << 20):
-                f.write(chunk)
+        digest, published = _fetch(url, tmp, timeout)
+        _check_sha256(url, digest, published, target)
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
-        tmp.unlink(missing_ok=True)
         raise RuntimeError(
             f"could not download ImageNet weights for {arch} from {url} ({e}). Without network "
             f"access, download that file elsewhere and pass pretrained='/path/to/{target.name}', "
             f"or place it at {target}."
         ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_HASH_IN_NAME = re.compile(r"-([0-9a-f]{8,64})\.\w+$")  # torchvision's hosted files: densenet121-a639ec97.pth
+
+
+def _published_sha256(headers) -> str | None:
+    """The SHA256 a response names for the file: ``X-Linked-Etag`` (the HF hub's, on the redirect to the storage),
+    else an ``ETag`` that is one."""
+    for name in ("X-Linked-Etag", "ETag"):
+        value = (headers.get(name) or "").removeprefix("W/").strip('"').lower()
+        if _SHA256.fullmatch(value):
+            return value
+    return None
+
+
+class _KeepPublishedSha256(urllib.request.HTTPRedirectHandler):
+    """urllib's redirects, keeping the first SHA256 a redirect names (the HF hub sends it with its redirect)."""
+
+    sha256: str | None = None
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        self.sha256 = self.sha256 or _published_sha256(headers)
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+def _fetch(url: str, path: Path, timeout: float) -> tuple[str, str | None]:
+    """Write ``url``'s body to ``path``; returns its SHA256 and the one the server published (or None)."""
+    redirects = _KeepPublishedSha256()
+    digest = hashlib.sha256()
+    with urllib.request.build_opener(redirects).open(url, timeout=timeout) as response, open(path, "wb") as f:
+        while chunk := response.read(1 << 20):
+            digest.update(chunk)
+            f.write(chunk)
+        return digest.hexdigest(), redirects.sha256 or _published_sha256(response.headers)
+
+
+def _check_sha256(url: str, digest: str, published: str | None, target: Path) -> None:
+    in_name = _HASH_IN_NAME.search(url.rsplit("/", 1)[1])
+    expected, source = (in_name.group(1), "its name says") if in_name else (published, "the server publishes")
+    keep_out = f"it was not kept; download it yourself and pass pretrained=PATH, or place it at {target}"
+    if expected is None:
+        raise CheckpointError(f"{url}: the server publishes no SHA256 for it (the HF hub sends it as X-Linked-Etag), "
+                              f"so the download cannot be checked: {keep_out}")
+    if not digest.startswith(expected):
+        raise CheckpointError(f"{url}: the downloaded file's SHA256 is {digest}, but {source} {expected}: a corrupt "
+                              f"or altered download, not kept; try again, or download it yourself and pass "
+                              f"pretrained=PATH")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:

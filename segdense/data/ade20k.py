@@ -52,7 +52,8 @@ PALETTE = [
     (0, 92, 255), (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255),
 ]
 NUM_CLASSES = 150
-SPLITS = ("training", "validation")
+SPLITS = ("training", "validation")  # the folder names
+SHORT_SPLITS = {"train": "training", "val": "validation"}  # the names every other dataset takes
 LAYOUT = """\
 <root>/                                    (ADEChallengeData2016/)
   images/{training,validation}/ADE_{train,val}_<8 digits>.jpg
@@ -78,6 +79,7 @@ def _stems(folder: Path, suffix: str) -> dict[str, Path]:
 class ADE20K(SegmentationDataset):
     """ADE20K as the SceneParsing challenge distributes it (20,210 training and 2,000 validation images).
 
+    ``split`` is a folder name, ``training`` or ``validation``, or ``train`` / ``val`` as for the other datasets.
     Images ``images/<split>/*.jpg`` pair with annotations ``annotations/<split>/*.png`` by file stem. An image
     without an annotation, or an annotation without an image, goes to ``unpaired``: dataset validation, the
     dataset doctor and the trainer report each one by path; none is dropped silently. Labels are
@@ -89,7 +91,8 @@ class ADE20K(SegmentationDataset):
 
     def __init__(self, root: str | Path, split: str = "training", transform: Transform | None = None):
         super().__init__(transform)
-        check_split(split, SPLITS, "ADE20K")
+        check_split(split, SPLITS + tuple(SHORT_SPLITS), "ADE20K")
+        split = SHORT_SPLITS.get(split, split)
         self.root, self.split = Path(root), split
         image_dir, annot_dir = self.root / "images" / split, self.root / "annotations" / split
         for folder in (image_dir, annot_dir):

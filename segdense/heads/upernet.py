@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 from ..backbones.features import FeatureSpec
@@ -38,9 +39,19 @@ class AdaptiveAvgPool(nn.Module):
         return adaptive_avg_pool(x, self.size)
 
 
+def batchnorm_batch(bn: nn.Module, batch: int) -> int:
+    """The number of images a BatchNorm's training statistics are taken over when each process holds ``batch``:
+    for a ``SyncBatchNorm`` under an initialised process group, ``batch`` times the processes of its group (it
+    gathers theirs; DistributedSampler gives every process a batch of the same size), else ``batch``."""
+    if isinstance(bn, nn.SyncBatchNorm) and dist.is_available() and dist.is_initialized():
+        return batch * dist.get_world_size(bn.process_group)
+    return batch
+
+
 class PyramidPooling(nn.ModuleList):
     """PSPNet's pyramid pooling module (mmseg's ``PPM``): for each scale s, average-pool to s x s, 1x1
-    ConvModule, and resize back to the input's size."""
+    ConvModule, and resize back to the input's size. Scale 1's BatchNorm sees one value per channel and image, so
+    it trains only on more than one image: one per process is enough under SyncBatchNorm across processes."""
 
     def __init__(self, pool_scales: Sequence[int], in_channels: int, channels: int):
         super().__init__(nn.Sequential(AdaptiveAvgPool(s), ConvModule(in_channels, channels, 1)) for s in pool_scales)
@@ -48,10 +59,13 @@ class PyramidPooling(nn.ModuleList):
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.training and x.shape[0] == 1 and 1 in self.pool_scales:
-            raise ValueError(
-                "upernet's pool scale 1 has BatchNorm on a 1x1 map (mmseg's layout), which cannot train on a batch "
-                "of one image: use a batch size of at least 2, or pool_scales without 1"
-            )
+            bn = self[self.pool_scales.index(1)][1].bn
+            if batchnorm_batch(bn, 1) == 1:
+                raise ValueError(
+                    "upernet's pool scale 1 has BatchNorm on a 1x1 map (mmseg's layout), which cannot train on a "
+                    "batch of one image: use a batch size of at least 2 (per process, or in all with SyncBatchNorm "
+                    "across processes), or pool_scales without 1"
+                )
         return [resize_to(branch(x), x.shape[-2:]) for branch in self]
 
 
