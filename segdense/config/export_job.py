@@ -1,6 +1,8 @@
 """``export_job(cfg)`` for tools/export.py."""
 from __future__ import annotations
 
+import logging
+import math
 from pathlib import Path
 
 from torch.utils.data import Subset
@@ -10,12 +12,16 @@ from omegaconf import DictConfig, OmegaConf
 from segdense.errors import ConfigError
 from segdense.export import DTYPES, FORMATS, export_model
 from segdense.export.parity import (
-    check_parity_on_images, checkpoint_dataset, dataset_images, folder_images, validation_images,
+    check_parity_on_images, checkpoint_dataset, choose_indices, dataset_images, file_images, folder_images,
+    validation_images,
 )
-from segdense.export.quantize import export_int8
+from segdense.export.quantize import calibration_overlap, export_int8
 from segdense.inference import load_bundle
+from segdense.inference.images import find_images
 from segdense.inference.onnx_model import OnnxModel
 from segdense.inference.writers import check_writable_dir
+
+logger = logging.getLogger("segdense.export")
 
 
 def export_job(cfg: DictConfig) -> list[dict]:
@@ -68,25 +74,50 @@ def export_int8_job(cfg: DictConfig, bundle, output: Path) -> dict:
     if cfg.calibration < 1 or (cfg.eval_images is not None and cfg.eval_images < 1):
         raise ConfigError(f"calibration={cfg.calibration} eval_images={cfg.eval_images}: expected positive counts "
                           "(eval_images=null: the whole validation split)")
+    if not isinstance(cfg.calibration_seed, int) or isinstance(cfg.calibration_seed, bool):
+        raise ConfigError(f"calibration_seed={cfg.calibration_seed}: expected an integer")
+    if not isinstance(cfg.max_miou_drop, (int, float)) or not math.isfinite(cfg.max_miou_drop):
+        raise ConfigError(f"max_miou_drop={cfg.max_miou_drop}: expected a number of mIoU points")
+    calibration, files, source = _calibration_images(cfg, bundle)
+    val = checkpoint_dataset(bundle, "val_split", "quantize=int8 scores float32 and INT8 on it, so "
+                             "it must be on this machine where the checkpoint says")
+    eval_set = val if cfg.eval_images is None else Subset(val, range(min(cfg.eval_images, len(val))))
+    _warn_if_evaluated([path for path, _ in getattr(val, "files", [])][:len(eval_set)], files)
+    print(f"calibrating on {source}; evaluating on {len(eval_set)} validation image(s)")
+    result = export_int8(bundle, output, calibration, eval_set, cfg.max_miou_drop, force=cfg.force, opset=cfg.opset,
+                         calibration_source=source, calibration_seed=cfg.calibration_seed, sizes=_sizes(cfg),
+                         report=print)
+    forced = "; forced past the accuracy guard" if result["forced"] else ""
+    print(f"wrote {output} (onnx, int8{forced})\n  to time it against float32: python tools/export.py "
+          f"checkpoint={cfg.checkpoint} format=onnx output=FLOAT.onnx, then python tools/benchmark.py --onnx-models "
+          f"FLOAT.onnx {output} --crop 512 --batch 1")
+    return result
+
+
+def _calibration_images(cfg: DictConfig, bundle) -> tuple[list, list[Path], str]:
+    """(images, their files where they have some, where they come from) of ``cfg.calibration`` images chosen with
+    ``cfg.calibration_seed`` from ``cfg.calibration_dir`` or the checkpoint's training split."""
+    seed = cfg.calibration_seed
     if cfg.calibration_dir:
-        calibration = folder_images(bundle, cfg.calibration_dir, cfg.calibration)
-        source = f"{cfg.calibration_dir} (first {len(calibration)} images)"
+        paths = find_images(str(cfg.calibration_dir))
+        files = [paths[i] for i in choose_indices(len(paths), cfg.calibration, seed)]
+        images, where = file_images(bundle, files), f"{len(paths)} images of {cfg.calibration_dir}"
     else:
         train = checkpoint_dataset(bundle, "train_split", "pass calibration_dir=DIR (a folder of images)")
-        calibration = dataset_images(train, cfg.calibration)
-        source = f"the checkpoint's training split (first {len(calibration)} images)"
-    if not calibration:
+        images, where = dataset_images(train, cfg.calibration, seed), f"{len(train)} images of the training split"
+        files = [Path(name) for name, _ in images] if getattr(train, "files", None) else []  # describe(): its path
+    if not images:
         raise ConfigError(f"no calibration image found in {cfg.calibration_dir or 'the training split'}")
-    eval_set = checkpoint_dataset(bundle, "val_split", "quantize=int8 scores float32 and INT8 on it, so "
-                                  "it must be on this machine where the checkpoint says")
-    if cfg.eval_images is not None:
-        eval_set = Subset(eval_set, range(min(cfg.eval_images, len(eval_set))))
-    print(f"calibrating on {source}; evaluating on {len(eval_set)} validation image(s)")
-    result = export_int8(bundle, output, [image for _, image in calibration], eval_set, cfg.max_miou_drop,
-                         force=cfg.force, opset=cfg.opset, calibration_source=source, sizes=_sizes(cfg),
-                         report=print)
-    print(f"wrote {output} (onnx, int8{'; forced past max_miou_drop' if result['drop'] > cfg.max_miou_drop else ''})")
-    return result
+    return [image for _, image in images], files, f"{len(images)} of the {where} (seed {seed})"
+
+
+def _warn_if_evaluated(eval_files: list[Path], calibration_files: list[Path]) -> None:
+    shared = calibration_overlap(calibration_files, eval_files)
+    if shared:
+        logger.warning("%d of the %d calibration image(s) are also among the %d validation images the INT8 guard "
+                       "scores on (same file content, e.g. %s and %s), so the guard may judge INT8 too kindly; "
+                       "calibrate on images the evaluation does not use", len({c for c, _ in shared}),
+                       len(calibration_files), len(eval_files), *shared[0])
 
 
 def _sizes(cfg: DictConfig) -> list[list[int]]:

@@ -65,18 +65,31 @@ def validation_images(bundle, count: int) -> list[tuple[str, torch.Tensor]]:
     return dataset_images(checkpoint_dataset(bundle), count)
 
 
-def dataset_images(dataset, count: int) -> list[tuple[str, torch.Tensor]]:
-    """(name, image tensor) of the first ``count`` samples of ``dataset``."""
-    names = [dataset.describe(i)[0] if hasattr(dataset, "describe") else f"sample {i}"
-             for i in range(min(count, len(dataset)))]
-    return [(n, dataset[i][0]) for i, n in enumerate(names)]
+def choose_indices(total: int, count: int, seed: int | None = None) -> list[int]:
+    """``min(count, total)`` indices of ``range(total)``, in order: the first ones, or with ``seed`` a seeded random
+    choice (the same on every call and machine for the same torch version)."""
+    if seed is None or count >= total:
+        return list(range(min(count, total)))
+    return sorted(torch.randperm(total, generator=torch.Generator().manual_seed(int(seed)))[:count].tolist())
+
+
+def dataset_images(dataset, count: int, seed: int | None = None) -> list[tuple[str, torch.Tensor]]:
+    """(name, image tensor) of ``count`` samples of ``dataset``, chosen by :func:`choose_indices`."""
+    indices = choose_indices(len(dataset), count, seed)
+    names = [dataset.describe(i)[0] if hasattr(dataset, "describe") else f"sample {i}" for i in indices]
+    return [(n, dataset[i][0]) for i, n in zip(indices, names)]
 
 
 def folder_images(bundle, directory: str | os.PathLike, count: int) -> list[tuple[str, torch.Tensor]]:
     """The first ``count`` images (sorted by path) under ``directory``, through the checkpoint's eval pipeline."""
+    return file_images(bundle, find_images(str(directory))[:count])
+
+
+def file_images(bundle, paths: Sequence[str | os.PathLike]) -> list[tuple[str, torch.Tensor]]:
+    """(path, image tensor) of each image file, through the checkpoint's eval pipeline."""
     transform = build_transforms(bundle.eval_pipeline)
     images = []
-    for path in find_images(str(directory))[:count]:
+    for path in paths:
         image = load_image(path, rgb_arrays=bundle.takes_8bit_rgb, **bundle.reading)
         images.append((str(path), transform(image, np.zeros(image.shape[:2], dtype=np.uint8))[0]))
     return images

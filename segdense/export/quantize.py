@@ -4,14 +4,17 @@ The float32 export (:func:`segdense.export.export_model`, checked against PyTorc
 (:mod:`segdense.export.batchnorm_folding`), then ONNX Runtime's static quantizer writes a QDQ graph with
 per-channel int8 weights and uint8 activations whose ranges come from calibration images run through the graph
 (min/max over every tensor). Both models are then evaluated on the validation images; the INT8 file is written
-only when its mIoU is at most ``max_miou_drop`` points below float32's (or when forced).
+only when its mIoU is at most ``max_miou_drop`` points below float32's (or when forced). A score that is not a
+number (no labelled pixel in the evaluation images) fails the guard: nothing was compared. The export does not time
+the models; ``tools/benchmark.py --onnx-models`` does.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import os
-import time
-from dataclasses import dataclass
+from collections import defaultdict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -29,19 +32,11 @@ from .formats import ExportError, export_model, onnx_metadata, temporary_path_fo
 logger = logging.getLogger("segdense.export")
 FOLD_TOLERANCE = 1e-5  # largest logit difference the BatchNorm folding may make
 # Normalisations stay float32 (their input and output tensors are still quantized where their neighbours are):
-# ONNX Runtime runs them in float32 either way (a quantized scale is only dequantized again; measured: the same
-# speed and mIoU on an RDNet), and a 1-D scale cannot be quantized per channel ("Axis 1 is out-of-range for
+# ONNX Runtime runs them in float32 either way (a quantized scale is only dequantized again; docs/inference.md,
+# "Other normalisations"), and a 1-D scale cannot be quantized per channel ("Axis 1 is out-of-range for
 # weight ..." for RDNet's LayerNorms; "Expected bias ... to be an initializer" for GroupNorm, which exports as
 # InstanceNormalization).
 FLOAT_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"})
-
-
-@dataclass
-class Score:
-    """One model's result on the evaluation images: mIoU in points and the median milliseconds per image."""
-
-    miou: float
-    ms_per_image: float
 
 
 def quantize_int8(float_path: str | os.PathLike, output: str | os.PathLike,
@@ -109,34 +104,30 @@ class _without_preprocessing_advice(logging.Filter):
 
 
 def score_onnx(paths: Sequence[str | os.PathLike], dataset, num_classes: int,
-               class_names: Sequence[str]) -> list[Score]:
-    """mIoU (points) of each ONNX file on ``dataset`` (batch 1, whole images) and its median ms per image. The
-    files take turns on every image and their threads do not spin-wait between runs, so their times see the same
-    machine state: timed in two passes instead, the ratio of two models on a 2-core VM swung between 0.81x and
-    1.99x from one run to the next; taking turns, it stays within a few per cent."""
+               class_names: Sequence[str]) -> list[float]:
+    """mIoU (points) of each ONNX file on ``dataset`` (batch 1, whole images); NaN where no pixel is labelled. The
+    files take turns on every image (one pass over the data); their threads sleep between runs instead of
+    spin-waiting, so one session's idle threads do not hold the cores the next one runs on."""
     models = [OnnxModel(onnx_session(path, spinning=False), {}, source=str(path)) for path in paths]
     metrics = [SegmentationMetrics(num_classes, list(class_names)) for _ in paths]
-    times: list[list[float]] = [[] for _ in paths]
     with torch.inference_mode():
         for images, masks, *_ in build_dataloader(dataset, 1, train=False, num_workers=0):
-            for model, metric, model_times in zip(models, metrics, times):
-                start = time.perf_counter()
-                logits = whole_logits(model, images)
-                model_times.append(1000 * (time.perf_counter() - start))
-                metric.update(logits.argmax(1), masks)
-    return [Score(miou=100.0 * float(metric.compute()["mIoU"]), ms_per_image=float(torch.tensor(t).median()))
-            for metric, t in zip(metrics, times)]
+            for model, metric in zip(models, metrics):
+                metric.update(whole_logits(model, images).argmax(1), masks)
+    return [100.0 * float(metric.compute()["mIoU"]) for metric in metrics]
 
 
 def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Sequence[torch.Tensor], eval_set,
                 max_miou_drop: float = 1.0, force: bool = False, opset: int = 17, calibration_source: str = "",
-                sizes: Sequence[Sequence[int]] = ((64, 64), (77, 93)),
+                calibration_seed: int | None = None, sizes: Sequence[Sequence[int]] = ((64, 64), (77, 93)),
                 report: Callable[[str], object] = logger.info) -> dict:
     """Export ``bundle`` as float32 ONNX (checked against PyTorch), quantize it to INT8, evaluate both on
-    ``eval_set`` and write the INT8 file to ``output`` unless it loses more than ``max_miou_drop`` mIoU points
-    (``force`` writes it anyway). ``report`` receives the lines to show (BatchNorm folding, both scores).
-    Returns ``{"fp32": Score, "int8": Score, "drop": points, ...}``; a refusal raises :class:`ExportError` naming
-    both numbers and leaves nothing behind."""
+    ``eval_set`` and write the INT8 file to ``output`` unless it loses more than ``max_miou_drop`` mIoU points or
+    either mIoU is NaN (``force`` writes it anyway, recorded as ``forced`` in its metadata). ``report`` receives the
+    lines to show (BatchNorm folding, both mIoUs); ``calibration_source`` and ``calibration_seed`` (how the
+    calibration images were chosen) go into the metadata. Returns ``{"fp32_miou", "int8_miou", "drop" (points),
+    "forced", "eval_images", "calibration_seed", ...}``; a refusal raises :class:`ExportError` naming both numbers
+    and leaves nothing behind."""
     import_onnxruntime("quantize=int8")
     output = Path(output)
     float_path, int8_path = temporary_path_for(output.with_suffix(".fp32.onnx")), temporary_path_for(output)
@@ -144,38 +135,71 @@ def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Seq
         export_model(bundle, "onnx", float_path, sizes=sizes, opset=opset)
         folding = quantize_int8(float_path, int8_path, calibration)
         fp32, int8 = score_onnx([float_path, int8_path], eval_set, bundle.num_classes, bundle.class_names)
-        drop = fp32.miou - int8.miou
         _report_scores(report, folding, fp32, int8, len(eval_set))
-        if drop > max_miou_drop and not force:
-            raise ExportError(
-                f"INT8 mIoU {int8.miou:.2f} against float32 mIoU {fp32.miou:.2f} on {len(eval_set)} validation "
-                f"image(s): a drop of {drop:.2f} points, more than max_miou_drop={max_miou_drop:g}; {output} was not "
-                "written (force=true writes it anyway; more calibration images may help)")
+        drop, failed = fp32 - int8, guard_failure(fp32, int8, max_miou_drop, len(eval_set))
+        if failed and not force:
+            raise ExportError(f"{failed}; {output} was not written (force=true writes it anyway"
+                              f"{'' if math.isnan(drop) else '; more calibration images may help'})")
         meta = onnx_metadata(bundle, "int8")
         meta["quantization"] = {
             "format": "QDQ, per-channel int8 weights, uint8 activations (min/max calibration)",
             "calibration_images": len(calibration), "calibration_source": calibration_source,
-            "eval_images": len(eval_set), "fp32_miou": fp32.miou, "int8_miou": int8.miou,
-            "forced": drop > max_miou_drop,
+            "calibration_seed": calibration_seed, "eval_images": len(eval_set),
+            "fp32_miou": _number(fp32), "int8_miou": _number(int8), "forced": bool(failed),
         }
         write_onnx_metadata(int8_path, meta)
         os.replace(int8_path, output)
-        return {"fp32": fp32, "int8": int8, "drop": drop, "eval_images": len(eval_set), **folding}
+        return {"fp32_miou": fp32, "int8_miou": int8, "drop": drop, "forced": bool(failed),
+                "eval_images": len(eval_set), "calibration_seed": calibration_seed, **folding}
     finally:
         float_path.unlink(missing_ok=True)
         int8_path.unlink(missing_ok=True)
 
 
-def _report_scores(report: Callable[[str], object], folding: dict, fp32: Score, int8: Score, images: int) -> None:
-    threads = torch.get_num_threads()
+def guard_failure(fp32: float, int8: float, max_miou_drop: float, images: int) -> str:
+    """Why the INT8 model fails the accuracy guard, in one line, or ``""`` when it passes: it passes only when
+    both mIoUs are numbers and INT8's is at most ``max_miou_drop`` points below float32's."""
+    scores = f"INT8 mIoU {int8:.2f} against float32 mIoU {fp32:.2f} on {images} validation image(s)"
+    if math.isnan(fp32) or math.isnan(int8):
+        return (f"{scores}: no mIoU to compare, since no pixel of these images carries a class label (all are "
+                "ignore_index, 255)")
+    drop = fp32 - int8
+    if drop > max_miou_drop:
+        return f"{scores}: a drop of {drop:.2f} points, more than max_miou_drop={max_miou_drop:g}"
+    return ""
+
+
+def calibration_overlap(calibration_files: Sequence[str | os.PathLike],
+                        eval_files: Sequence[str | os.PathLike]) -> list[tuple[Path, Path]]:
+    """(calibration file, evaluation file) pairs with the same content (SHA-256 of the bytes): the same file by
+    any path, link or copy. Only files of equal size are read."""
+    by_size = defaultdict(list)
+    for path in map(Path, eval_files):
+        by_size[path.stat().st_size].append(path)
+    digests: dict[Path, str] = {}
+
+    def digest(path: Path) -> str:
+        if path not in digests:
+            digests[path] = hashlib.sha256(path.read_bytes()).hexdigest()
+        return digests[path]
+
+    return [(path, other) for path in map(Path, calibration_files) for other in by_size.get(path.stat().st_size, [])
+            if digest(path) == digest(other)]
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else value  # JSON has no NaN
+
+
+def _report_scores(report: Callable[[str], object], folding: dict, fp32: float, int8: float, images: int) -> None:
     report(f"  BatchNorms: {folding['folded']} folded into the convolution before them, {folding['affine']} turned "
            f"into depthwise 1x1 convolutions (largest logit change {folding['fold_max_abs_diff']:.2g})")
-    report(f"  float32 ONNX: mIoU {fp32.miou:.2f}, {fp32.ms_per_image:.1f} ms per image")
-    report(f"  INT8 ONNX:    mIoU {int8.miou:.2f}, {int8.ms_per_image:.1f} ms per image "
-           f"({_points(fp32.miou - int8.miou)}, {fp32.ms_per_image / int8.ms_per_image:.2f}x float32's speed)")
-    report(f"  ({images} validation image(s), whole images at their own size, batch 1, {threads} thread(s), "
-           "ONNX Runtime on the CPU, the two models taking turns on each image; ms: median)")
+    report(f"  float32 ONNX: mIoU {fp32:.2f}")
+    report(f"  INT8 ONNX:    mIoU {int8:.2f} ({_points(fp32 - int8)})")
+    report(f"  ({images} validation image(s), whole images at their own size, batch 1, ONNX Runtime on the CPU)")
 
 
 def _points(drop: float) -> str:
+    if math.isnan(drop):
+        return "no labelled pixel: nothing to compare"
     return f"{abs(drop):.2f} points {'lost' if drop > 0 else 'gained'}" if round(drop, 2) else "no mIoU lost"
