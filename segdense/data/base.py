@@ -12,14 +12,14 @@ from torch.utils.data import Dataset
 from segdense.errors import ConfigError, MissingFileError
 
 from .io import IGNORE_INDEX, read_image, read_mask
-from .transforms import imagenet_normalise
+from .transforms import imagenet_normalise, mask_tensor
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
 
 def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     """Untransformed sample as tensors: image float (3, H, W) normalised with ImageNet mean/std, mask int64."""
-    return imagenet_normalise(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+    return imagenet_normalise(image), mask_tensor(mask)
 
 
 class SegmentationDataset(Dataset):
@@ -35,6 +35,7 @@ class SegmentationDataset(Dataset):
     """
 
     ignore_index: int = IGNORE_INDEX
+    mask_task: str | None = None  # the task its masks are made for (segdense.tasks), where only one fits
     class_names: list[str]
     palette: list[tuple[int, int, int]]
     # Published per-class loss weights by name (``loss.class_weight=<name>``), e.g. CamVid's ``segnet``.

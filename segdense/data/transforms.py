@@ -66,8 +66,15 @@ def imagenet_normalise(image: np.ndarray) -> torch.Tensor:
     return tensor.sub_(mean).div_(std)
 
 
+def mask_tensor(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A mask as an int64 tensor in the targets' layout: (H, W) class indices, or a multilabel (H, W, C) mask with
+    one band per class as (C, H, W)."""
+    mask = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).long()
+    return mask.permute(2, 0, 1).contiguous() if mask.dim() == 3 else mask
+
+
 class SegmentationTransform:
-    """Callable ``(image HWC uint8, mask HW) -> (float tensor CHW, int64 tensor HW)`` around an albumentations
+    """Callable ``(image HWC uint8, mask HW or HWC) -> (float tensor CHW, int64 tensor HW or CHW)`` around an albumentations
     pipeline. ``set_random_seed`` makes it reproducible (the loader calls it per worker)."""
 
     def __init__(self, transforms: Sequence[A.BasicTransform], seed: int | None = None):
@@ -87,7 +94,7 @@ class SegmentationTransform:
             image_out = torch.from_numpy(np.ascontiguousarray(image_out)).permute(2, 0, 1)
         if isinstance(mask_out, np.ndarray):
             mask_out = torch.from_numpy(np.ascontiguousarray(mask_out))
-        return image_out.float(), mask_out.long()
+        return image_out.float(), mask_tensor(mask_out)
 
     def __repr__(self) -> str:
         return f"SegmentationTransform({self.pipeline.transforms})"

@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from segdense.errors import ConfigError, TrainingDivergedError
 from segdense.metrics import SegmentationMetrics, format_metrics_table
+from segdense.tasks import MulticlassTask, Task
 from segdense.models.builder import upgrade_model_config
 from segdense.runtime import autocast_context, evaluate_loader, load_checkpoint, resolve_amp, resolve_device
 from segdense.version import __version__
@@ -103,6 +104,7 @@ class Trainer:
         config: dict | None = None,
         hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
         stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
+        task: Task | None = None,
     ) -> None:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
@@ -118,6 +120,7 @@ class Trainer:
         self.class_names = list(info.pop("class_names", None) or getattr(train_set, "class_names", []))
         self.palette = [tuple(c) for c in (info.pop("palette", None) or getattr(train_set, "palette", ()))]
         self.dataset_info, self.config = info, config or {}
+        self.task = task if task is not None else MulticlassTask(self.class_names)
         self.is_main = is_main_process()
         self.iteration, self.best_miou, self.best_iteration = 0, -1.0, 0
         self.skipped_steps = self.consecutive_skips = 0
@@ -156,6 +159,7 @@ class Trainer:
             "model_config": self.model_config,
             "dataset": {**self.dataset_info, "class_names": self.class_names,
                         "palette": [list(c) for c in self.palette]},
+            "task": self.task.to_config(),
             "iteration": self.iteration,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -312,13 +316,14 @@ class Trainer:
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
         """Metrics on the validation loader; recorded in ``history`` (and as the best, when they are)."""
-        metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device)
+        metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device, task=self.task)
 
         def keep_first(images, masks, prediction):
-            self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
+            if masks.dim() == 3:  # class maps to draw (not multilabel bands)
+                self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
 
         result = evaluate_loader(self.model, self.val_loader, metrics, self.device, self.amp_dtype,
-                                 self.channels_last, on_first_batch=keep_first)
+                                 self.channels_last, on_first_batch=keep_first, labels=self.task.labels)
         self.history.append({
             "iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
             "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
