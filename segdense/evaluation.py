@@ -157,9 +157,10 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
         recorder = PerImageRecorder(infer, dataset, bundle.num_classes, keep=report_images, indices=order,
                                     **normalisation(bundle.eval_pipeline))
         loader, infer = recorder.wrap(loader), recorder
-    metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
+    task = bundle.task
+    metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device, task=task)
     result = evaluate_loader(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                             infer=infer, progress=progress)
+                             infer=infer, progress=progress, labels=task.labels)
     parts = gather_to_main(recorder.part()) if recorder is not None else None
     if output_dir is not None and is_main_process():
         info = {"checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
@@ -173,7 +174,8 @@ def write_outputs(output_dir: Path, result: dict, info: dict, bundle: ModelBundl
     """``metrics.json`` (``info`` and ``result``) and ``confusion.png``; with a ``recorder`` (and every process's
     :meth:`~PerImageRecorder.part`), ``per_image.csv`` and the report, whose path goes into ``result``."""
     write_json(output_dir / "metrics.json", {**info, **result})
-    confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
+    if not isinstance(result["confusion"][0][0], list):  # binary and multilabel: (C, 2, 2) counts, no one matrix
+        confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
     if recorder is None:
         return
     recorder.merge(parts)

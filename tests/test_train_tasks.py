@@ -62,3 +62,22 @@ def test_a_softmax_loss_with_task_binary_is_refused_before_training(tmp_path):
     with pytest.raises(ValueError, match="'cross_entropy' does not work in task binary"):
         train(compose_config(TINY + ["dataset=synthetic_binary", "task=binary", "loss=cross_entropy"]),
               run_dir=tmp_path)
+
+
+def test_evaluating_a_binary_checkpoint_scores_as_its_validation_did(tmp_path):
+    from segdense.data import build_dataset, build_transforms
+    from segdense.evaluation import evaluate_model
+    from segdense.inference.loading import load_bundle
+    from segdense.runtime import whole_logits
+
+    result, trainer = run(tmp_path / "run", ["dataset=synthetic_binary", "task=binary", "task.threshold=0.4",
+                                             "iterations=6", "val_interval=6", "checkpoint_interval=6"])
+    bundle = load_bundle(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert bundle.task.name == "binary" and bundle.task.threshold == 0.4
+    dataset = build_dataset("synthetic_binary", "val", num_samples=16, image_size=64,
+                            transform=build_transforms(bundle.eval_pipeline))
+    evaluated = evaluate_model(bundle, dataset, whole_logits, torch.device("cpu"), output_dir=tmp_path / "eval",
+                               progress=False)
+    assert evaluated["confusion"] == result["confusion"]
+    assert evaluated["mIoU"] == pytest.approx(result["mIoU"])
+    assert (tmp_path / "eval" / "metrics.json").is_file()

@@ -22,6 +22,7 @@ from segdense.inference.loading import ModelBundle
 from segdense.inference.onnx_model import OnnxModel, import_onnxruntime, onnx_session
 from segdense.metrics import SegmentationMetrics
 from segdense.runtime import whole_logits
+from segdense.tasks import Task
 
 from .batchnorm_folding import fold_batchnorms
 from .formats import ExportError, export_model, onnx_metadata, temporary_path_for, write_onnx_metadata
@@ -109,13 +110,14 @@ class _without_preprocessing_advice(logging.Filter):
 
 
 def score_onnx(paths: Sequence[str | os.PathLike], dataset, num_classes: int,
-               class_names: Sequence[str]) -> list[Score]:
-    """mIoU (points) of each ONNX file on ``dataset`` (batch 1, whole images) and its median ms per image. The
+               class_names: Sequence[str], task: Task | None = None) -> list[Score]:
+    """mIoU (points) of each ONNX file on ``dataset`` (batch 1, whole images; scored as ``task`` scores, multiclass
+    by default) and its median ms per image. The
     files take turns on every image and their threads do not spin-wait between runs, so their times see the same
     machine state: timed in two passes instead, the ratio of two models on a 2-core VM swung between 0.81x and
     1.99x from one run to the next; taking turns, it stays within a few per cent."""
     models = [OnnxModel(onnx_session(path, spinning=False), {}, source=str(path)) for path in paths]
-    metrics = [SegmentationMetrics(num_classes, list(class_names)) for _ in paths]
+    metrics = [SegmentationMetrics(num_classes, list(class_names), task=task) for _ in paths]
     times: list[list[float]] = [[] for _ in paths]
     with torch.inference_mode():
         for images, masks, *_ in build_dataloader(dataset, 1, train=False, num_workers=0):
@@ -123,7 +125,7 @@ def score_onnx(paths: Sequence[str | os.PathLike], dataset, num_classes: int,
                 start = time.perf_counter()
                 logits = whole_logits(model, images)
                 model_times.append(1000 * (time.perf_counter() - start))
-                metric.update(logits.argmax(1), masks)
+                metric.update(logits, masks)  # float logits: the task makes the labels
     return [Score(miou=100.0 * float(metric.compute()["mIoU"]), ms_per_image=float(torch.tensor(t).median()))
             for metric, t in zip(metrics, times)]
 
@@ -143,7 +145,8 @@ def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Seq
     try:
         export_model(bundle, "onnx", float_path, sizes=sizes, opset=opset)
         folding = quantize_int8(float_path, int8_path, calibration)
-        fp32, int8 = score_onnx([float_path, int8_path], eval_set, bundle.num_classes, bundle.class_names)
+        fp32, int8 = score_onnx([float_path, int8_path], eval_set, bundle.num_classes, bundle.class_names,
+                                bundle.task)
         drop = fp32.miou - int8.miou
         _report_scores(report, folding, fp32, int8, len(eval_set))
         if drop > max_miou_drop and not force:
