@@ -64,7 +64,7 @@ def metrics_from_confusion(confusion: torch.Tensor, class_names: list[str] | Non
     scores = {"IoU": _ratio(tp, tp + fp + fn, absent), "Dice": _ratio(2 * tp, 2 * tp + fp + fn, absent),
               "Precision": _ratio(tp, tp + fp, absent), "Recall": _ratio(tp, tp + fn, absent),
               "Acc": _ratio(tp, tp + fn, tp + fn == 0)}
-    correct, total = confusion.diagonal(dim1=-2, dim2=-1).sum(), confusion.sum()
+    correct, total = confusion.diagonal(dim1=-2, dim2=-1).sum().double(), confusion.sum().double()
     names = class_names or [str(i) for i in range(tp.numel())]
     return {
         **{f"m{key}": _nanmean(values) for key, values in scores.items()},
