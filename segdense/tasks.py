@@ -31,12 +31,21 @@ class Task(abc.ABC):
 
     name: str
     default_loss = "binary_cross_entropy"  # the loss term when none is configured
+    can_choose_threshold = False  # whether ``threshold="auto"`` (chosen on validation) applies
 
-    def __init__(self, class_names: Sequence[str], threshold: float = 0.5, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, class_names: Sequence[str], threshold: float | str = 0.5, ignore_index: int = IGNORE_INDEX):
         self.class_names = [str(n) for n in class_names]
-        if not 0.0 < float(threshold) < 1.0:
-            raise ConfigError(f"task.threshold must lie in (0, 1), got {threshold}")
-        self.threshold = float(threshold)
+        self.choose_threshold = threshold == "auto"  # training picks it on validation (segdense.metrics.threshold)
+        if self.choose_threshold and not self.can_choose_threshold:
+            raise ConfigError(f"task.threshold=auto (chosen on validation) is for task=binary; task {self.name} "
+                              "takes a number in (0, 1)")
+        try:
+            value = 0.5 if self.choose_threshold else float(threshold)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0.0 < value < 1.0:
+            raise ConfigError(f"task.threshold must lie in (0, 1) or be auto, got {threshold!r}")
+        self.threshold = value
         self.ignore_index = int(ignore_index)
 
     @property
@@ -126,8 +135,9 @@ class BinaryTask(Task):
     """Foreground or not: one logit, sigmoid, probability above ``threshold``. Masks hold 0 and 1."""
 
     name = "binary"
+    can_choose_threshold = True
 
-    def __init__(self, class_names: Sequence[str], threshold: float = 0.5, ignore_index: int = IGNORE_INDEX):
+    def __init__(self, class_names: Sequence[str], threshold: float | str = 0.5, ignore_index: int = IGNORE_INDEX):
         if len(class_names) != 2:
             raise ConfigError(f"task=binary needs two class names (background, foreground), got {list(class_names)}")
         super().__init__(class_names, threshold, ignore_index)
@@ -170,9 +180,10 @@ class MultilabelTask(Task):
 TASKS = {cls.name: cls for cls in (MulticlassTask, BinaryTask, MultilabelTask)}
 
 
-def build_task(name: str = "multiclass", class_names: Sequence[str] = (), threshold: float = 0.5,
+def build_task(name: str = "multiclass", class_names: Sequence[str] = (), threshold: float | str = 0.5,
                ignore_index: int = IGNORE_INDEX) -> Task:
-    """The task called ``name`` (multiclass, binary, multilabel) over the dataset's ``class_names``."""
+    """The task called ``name`` (multiclass, binary, multilabel) over the dataset's ``class_names``; binary takes
+    ``threshold="auto"`` (0.5 until a validation chooses it)."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; valid tasks: {', '.join(TASKS)}")
     if not class_names:

@@ -2,6 +2,7 @@
 counts."""
 from .segmentation import (SegmentationMetrics, class_counts, confusion_matrix, format_metrics_table, label_confusion,
                            metrics_from_confusion)
+from .threshold import ThresholdSearch
 
 __all__ = ["SegmentationMetrics", "class_counts", "confusion_matrix", "format_metrics_table", "label_confusion",
-           "metrics_from_confusion"]
+           "metrics_from_confusion", "ThresholdSearch"]
