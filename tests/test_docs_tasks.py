@@ -21,7 +21,7 @@ SMALL = [o for o in TINY if not o.startswith(("dataset.", "crop_size"))] + [
 def documented_commands():
     text = (ROOT / "docs" / "data.md").read_text()
     blocks = re.findall(r"<!-- commands run by tests/test_docs_tasks.py[^>]*-->\n```bash\n(.*?)```", text, re.S)
-    return [[shlex.split(line) for line in block.replace("\\\n", " ").strip().splitlines()] for block in blocks]
+    return [[shlex.split(line) for line in block.strip().splitlines()] for block in blocks]
 
 
 def make_cells(root):
