@@ -26,14 +26,16 @@ from segdense.data.cityscapes import LABELS
 from segdense.errors import UserError
 from segdense.inference.draw import colorize
 from segdense.inference.files import output_names
+from segdense.inference.label_files import LabelFiles
 from segdense.inference.loading import ModelBundle, normalisation
 from segdense.inference.per_image import BatchTracker, PerImageRecorder
 from segdense.inference.tta import describe_infer
-from segdense.inference.writers import check_writable_dir, write_json, write_label_png, write_png
+from segdense.inference.writers import atomic_write_files, check_writable_dir, write_json, write_png
 from segdense.metrics import SegmentationMetrics
-from segdense.reports.evaluation import write_eval_report, write_per_image_csv
+from segdense.reports.evaluation import has_one_matrix, write_eval_report, write_per_image_csv
 from segdense.reports.plots import confusion_chart
 from segdense.runtime import evaluate_loader, gather_to_main, is_main_process
+from segdense.tasks import Task
 
 logger = logging.getLogger("segdense.eval")
 
@@ -90,14 +92,16 @@ def prediction_names(dataset) -> list[str]:
 
 class PredictionSaver:
     """Wraps a loader and an ``infer`` callable so the evaluation loop also writes every prediction (cropped to
-    the sample's own size) as ``color/<name>.png`` and ``labels/<name>.png`` under ``directory``, where ``name``
-    keeps the image's sub-folders (:func:`prediction_names`). ``indices``: the dataset index of each image in the
-    order the loader yields them (default 0, 1, 2, ...)."""
+    the sample's own size, labelled as ``task`` labels) as ``color/<name>.png`` and ``labels/<name>`` + the task's
+    label suffixes (:class:`~segdense.inference.label_files.LabelFiles`: ``.png``, multilabel ``.tif``) under
+    ``directory``, where ``name`` keeps the image's sub-folders (:func:`prediction_names`). ``indices``: the dataset
+    index of each image in the order the loader yields them (default 0, 1, 2, ...)."""
 
-    def __init__(self, infer: Callable, dataset, directory: Path, palette, label_table: np.ndarray | None = None,
-                 indices: Sequence[int] | None = None):
+    def __init__(self, infer: Callable, dataset, directory: Path, palette, task: Task,
+                 label_table: np.ndarray | None = None, indices: Sequence[int] | None = None):
         self.infer, self.dataset, self.directory = infer, dataset, Path(directory)
-        self.palette, self.label_table = palette, label_table
+        self.palette, self.label_table, self.task = palette, label_table, task
+        self.label_files = LabelFiles(task, palette)
         self.names = prediction_names(dataset)
         self.indices = range(len(dataset)) if indices is None else indices
         self._sizes: torch.Tensor | None = None
@@ -112,14 +116,16 @@ class PredictionSaver:
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         logits = self.infer(model, images)
-        predictions = logits.argmax(1).to(torch.uint8).cpu().numpy()
+        predictions = self.task.labels(logits).to(torch.uint8).cpu().numpy()
         for i, prediction in enumerate(predictions):
             h, w = (int(v) for v in self._sizes[i])
-            labels = prediction[:h, :w]
+            labels = prediction[..., :h, :w]
             name = self.name(self._next_index + i)
             write_png(self.directory / "color" / f"{name}.png", colorize(labels, self.palette))
             raw = self.label_table[labels] if self.label_table is not None else labels
-            write_label_png(self.directory / "labels" / f"{name}.png", raw)
+            stem = self.directory / "labels" / name
+            atomic_write_files({stem.with_name(stem.name + suffix): data
+                                for suffix, data in zip(self.label_files.suffixes, self.label_files.encode(raw))})
         self._next_index += len(predictions)
         return logits
 
@@ -150,16 +156,18 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
     description = describe_infer(infer)  # before the wrappers below, which describe_infer does not know
     if save_predictions is not None:
         table = cityscapes_train_to_label_ids() if dataset_name == "cityscapes" else None
-        saver = PredictionSaver(infer, dataset, Path(save_predictions), bundle.palette, table, indices=order)
+        saver = PredictionSaver(infer, dataset, Path(save_predictions), bundle.palette, bundle.task, table,
+                                indices=order)
         loader, infer = saver.wrap(loader), saver
     recorder = None
     if report:
-        recorder = PerImageRecorder(infer, dataset, bundle.num_classes, keep=report_images, indices=order,
+        recorder = PerImageRecorder(infer, dataset, bundle.task, keep=report_images, indices=order,
                                     **normalisation(bundle.eval_pipeline))
         loader, infer = recorder.wrap(loader), recorder
-    metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
+    task = bundle.task
+    metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device, task=task)
     result = evaluate_loader(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,
-                             infer=infer, progress=progress)
+                             infer=infer, progress=progress, labels=task.labels)
     parts = gather_to_main(recorder.part()) if recorder is not None else None
     if output_dir is not None and is_main_process():
         info = {"checkpoint": bundle.source, "dataset": dataset_name, "num_images": len(dataset),
@@ -173,11 +181,12 @@ def write_outputs(output_dir: Path, result: dict, info: dict, bundle: ModelBundl
     """``metrics.json`` (``info`` and ``result``) and ``confusion.png``; with a ``recorder`` (and every process's
     :meth:`~PerImageRecorder.part`), ``per_image.csv`` and the report, whose path goes into ``result``."""
     write_json(output_dir / "metrics.json", {**info, **result})
-    confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
+    if has_one_matrix(result):  # not binary and multilabel's (C, 2, 2) counts
+        confusion_chart(result["confusion"], bundle.class_names, output_dir / "confusion.png")
     if recorder is None:
         return
     recorder.merge(parts)
-    write_per_image_csv(output_dir / "per_image.csv", recorder.scores, bundle.class_names)
+    write_per_image_csv(output_dir / "per_image.csv", recorder.scores, bundle.task.scored_classes)
     about = {"checkpoint": bundle.source, "dataset": info["dataset"] or "-", "images": info["num_images"],
              "inference": info["infer"]}
     result["report"] = str(write_eval_report(output_dir / "report", result, recorder.scores, recorder.worst(),

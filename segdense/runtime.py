@@ -187,6 +187,11 @@ def whole_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
     return out.float()
 
 
+def argmax_labels(logits: torch.Tensor) -> torch.Tensor:
+    """Class indices of (N, C, H, W) logits: the multiclass task's labels."""
+    return logits.argmax(1)
+
+
 @torch.inference_mode()
 def evaluate_loader(
     model: nn.Module,
@@ -198,9 +203,11 @@ def evaluate_loader(
     infer: Infer = whole_logits,
     progress: bool = False,
     on_first_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
+    labels: Callable[[torch.Tensor], torch.Tensor] = argmax_labels,
 ) -> dict:
     """Run ``infer(model, images)`` on every batch of ``loader`` (items start with images and
-    masks; padded mask pixels are 255 and so ignored) and return ``metrics.compute()``."""
+    masks; padded mask pixels are 255 and so ignored), turn the logits into ``labels`` (the task's:
+    :meth:`segdense.tasks.Task.labels`) and return ``metrics.compute()``."""
     was_training = model.training
     model.eval()
     metrics.reset()
@@ -213,7 +220,7 @@ def evaluate_loader(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, amp_dtype):
             logits = infer(model, images)
-        prediction = logits.argmax(1)
+        prediction = labels(logits)
         metrics.update(prediction, masks)
         if i == 0 and on_first_batch is not None:
             on_first_batch(images, masks, prediction)

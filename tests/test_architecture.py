@@ -14,7 +14,7 @@ PACKAGE = ROOT / "segdense"
 # Low to high: a module may import from its own layer and the ones below, never from one above.
 LAYERS = [
     ["errors", "version", "allocator"],
-    ["registry"],
+    ["registry", "tasks"],
     ["backbones", "metrics", "losses", "readers"],
     ["heads", "data"],
     ["models"],

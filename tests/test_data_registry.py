@@ -21,8 +21,8 @@ def dataset_config(name, *overrides):
 
 
 def test_list_datasets_names_every_dataset():
-    assert list_datasets() == ["ade20k", "camvid", "cityscapes", "folder", "synthetic", "synthetic_hard", "voc",
-                               "voc_aug"]
+    assert list_datasets() == ["ade20k", "camvid", "cityscapes", "folder", "synthetic", "synthetic_binary",
+                               "synthetic_hard", "synthetic_multilabel", "voc", "voc_aug"]
 
 
 def test_unknown_dataset_lists_valid_names():

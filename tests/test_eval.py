@@ -60,7 +60,7 @@ def test_per_class_table_on_a_hand_made_case(tmp_path):
     table = format_metrics_table(result)
     assert "road" in table and " 60.00" in table and " 66.67" in table
     written = json.loads((tmp_path / "metrics.json").read_text())
-    assert written["per_class"][2] == {"name": "sky", "IoU": 0.5, "Acc": 0.5}
+    assert {k: written["per_class"][2][k] for k in ("name", "IoU", "Acc")} == {"name": "sky", "IoU": 0.5, "Acc": 0.5}
     assert written["confusion"] == [[3, 1, 0], [0, 2, 0], [1, 0, 1]]
     confusion_png = Image.open(tmp_path / "confusion.png")
     assert confusion_png.mode == "RGB" and min(confusion_png.size) > 3 * 28

@@ -58,7 +58,7 @@ def test_a_disagreeing_export_is_removed_and_the_worst_image_named(tiny_checkpoi
 
     path = tmp_path / "m.ts"
     export_model(ModelBundle(other.eval(), bundle.class_names, bundle.palette), "torchscript", path, verify=False)
-    with pytest.raises(ExportError, match=r"agrees with PyTorch on \d+\.\d+ % of the pixels of 2 real image\(s\) "
+    with pytest.raises(ExportError, match=r"agrees with PyTorch on \d+\.\d+ % of the labels of 2 real image\(s\) "
                                           r"\(< 99\.9 %; worst synthetic"):
         check_parity_on_images(bundle.model, "torchscript", path, validation_images(bundle, 2))
     assert not path.exists()

@@ -57,9 +57,11 @@ def export_job(cfg: DictConfig) -> list[dict]:
     for r in results:
         print(f"  input {r['batch']}x{r['size'][0]}x{r['size'][1]}: max |exported - PyTorch| = {r['max_abs_diff']:.3g}")
     if on_images:
-        p = check_parity_on_images(bundle.model, cfg.format, output, images, cfg.min_agreement)
-        print(f"  {p['images']} real image(s), {p['pixels']:,} pixels: argmax agreement {p['agreement']:.3f} % "
-              f"(min {cfg.min_agreement:g} %), max |exported - PyTorch| logit = {p['max_abs_diff']:.3g}")
+        p = check_parity_on_images(bundle.model, cfg.format, output, images, cfg.min_agreement, bundle.task)
+        kind = "argmax" if bundle.task.name == "multiclass" else f"{bundle.task.name} label"
+        print(f"  {p['images']} real image(s), {p['pixels']:,} pixels: {kind} agreement {p['agreement']:.3f} % "
+              f"(min {cfg.min_agreement:g} %), max |exported - PyTorch| logit = {p['max_abs_diff']:.3g}, "
+              f"probability = {p['max_proba_diff']:.3g}")
         results = [*results, {"real_images": p}]
     print(f"wrote {output} ({cfg.format}{', fp16' if cfg.dtype == 'fp16' else ''})")
     return results

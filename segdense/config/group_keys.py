@@ -44,6 +44,8 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     errors = [unknown_key_message(key, known, "conf/config.yaml") for key in cfg if key not in known + ["hydra"]]
     for group, registry in _REGISTRIES.items():
         errors += check_block(group, registry, dict(cfg[group]))
+    for key in sorted(set(cfg.get("task") or {}) - {"name", "threshold"}):
+        errors.append(unknown_key_message(f"task.{key}", ["name", "threshold"], "conf/task/"))
     loss = dict(cfg["loss"])
     for key in sorted(set(loss) - {"terms", "aux_weight", "class_weight"}):
         errors.append(unknown_key_message(f"loss.{key}", ["aux_weight", "class_weight", "terms"], "conf/loss/"))

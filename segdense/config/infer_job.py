@@ -37,7 +37,8 @@ def infer_job(cfg: DictConfig):
     root = Path(cfg.input) if Path(cfg.input).is_dir() else None
     shard = ShardSampler(len(files), *process_rank(), block=predictor.batch_size)  # whole batches, as eval's loader
     report = predict_files(predictor, files, output, root=root, overwrite=cfg.overwrite, save_overlay=cfg.overlay,
-                           save_proba=cfg.save_proba, progress=cfg.progress, indices=list(shard))
+                           save_proba=cfg.save_proba, progress=cfg.progress, indices=list(shard),
+                           multilabel_format=cfg.multilabel_format)
     parts = gather_to_main(report)
     if parts is None:
         return report

@@ -23,6 +23,7 @@ from segdense.losses import build_criterion
 from segdense.models import build_model
 from segdense.reports.training import write_training_report
 from segdense.runtime import is_main_process
+from segdense.tasks import Task, build_task
 
 from .group_keys import validate_config
 from .model_checks import check_model_inputs
@@ -192,7 +193,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f" — {params:,} parameters",
         *([f"  weights   {weights}"] if weights else []),
         f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
-        f"{train_set.num_classes} classes ({classes})",
+        f"{train_set.num_classes} classes ({classes}), task {cfg.task.name}",
         f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}"
         f"{f' (stage-wise decay {decay})' if decay is not None else ''}, {cfg.scheduler.name}",
@@ -219,6 +220,17 @@ def checked_datasets(cfg: DictConfig):
         if not report.ok:
             raise ConfigError(f"the training data has problems:\n{report.format()}")
     return train_set, val_set
+
+
+def training_task(cfg: DictConfig, train_set) -> Task:
+    """The task of ``cfg.task`` over the dataset's classes; a dataset whose masks belong to another task is one
+    error that says which task to pick."""
+    with config_values("task"):
+        task = build_task(class_names=train_set.class_names, **OmegaConf.to_container(cfg.task, resolve=True))
+    declared = getattr(train_set, "mask_task", None)
+    if declared is not None and declared != task.name:
+        raise ConfigError(f"dataset {cfg.dataset.name} has {declared} masks but task={task.name}; add task={declared}")
+    return task
 
 
 def training_model(cfg: DictConfig, num_classes: int, device: torch.device, world: int,
@@ -275,20 +287,21 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     resume_path = resolve_resume(cfg.resume, run_dir)
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)
-    model = training_model(cfg, train_set.num_classes, device, world, dataset_bands(train_set, val_set))
+    task = training_task(cfg, train_set)
+    model = training_model(cfg, task.out_channels, device, world, dataset_bands(train_set, val_set))
     initial_weights(cfg.init_from, model, resume_path)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
     with config_values("loss"):
         class_weight, weight_source = resolve_class_weight(cfg.loss.get("class_weight"), train_set)
         criterion = build_criterion(terms, aux_weight=cfg.loss.aux_weight, num_classes=train_set.num_classes,
-                                    class_weight=class_weight)
+                                    class_weight=class_weight, task=task)
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
     with config_values("val_batch_size"):
         val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
     trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader,
                       dataclasses.replace(settings, device=device), run_dir, config=config, hooks=hooks,
-                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]})
+                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, task=task)
     if resume_path is not None:
         trainer.resume_from(resume_path)
     check_same_start(trainer.iteration, resume_path)

@@ -13,7 +13,7 @@ from segdense.errors import ConfigError, MissingFileError
 
 from ..readers import ImageReadError
 from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
-from .transforms import imagenet_normalise
+from .transforms import imagenet_normalise, mask_tensor
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -25,7 +25,7 @@ def to_tensors(image: np.ndarray, mask: np.ndarray) -> tuple[torch.Tensor, torch
         raise ImageReadError("image", f"{image.shape[2] if image.ndim == 3 else 1}-band {image.dtype} image has "
                              "no default normalisation (ImageNet's is for 8-bit RGB); give the dataset a transform "
                              "with dataset.normalize")
-    return imagenet_normalise(image), torch.from_numpy(np.ascontiguousarray(mask, dtype=np.int64))
+    return imagenet_normalise(image), mask_tensor(mask)
 
 
 class SegmentationDataset(Dataset):
@@ -41,6 +41,7 @@ class SegmentationDataset(Dataset):
     """
 
     ignore_index: int = IGNORE_INDEX
+    mask_task: str | None = None  # the task its masks are made for (segdense.tasks), where only one fits
     class_names: list[str]
     palette: list[tuple[int, int, int]]
     # Published per-class loss weights by name (``loss.class_weight=<name>``), e.g. CamVid's ``segnet``.

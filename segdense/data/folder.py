@@ -8,6 +8,7 @@ import numpy as np
 
 from .base import SegmentationDataset, Transform, layout_error, read_split_list
 from .io import IGNORE_INDEX, IMAGE_EXTENSIONS, read_mask
+from .multilabel_masks import ARRAY_SUFFIXES, read_multilabel_mask
 from .voc import voc_palette
 
 LAYOUT = """\
@@ -16,6 +17,8 @@ LAYOUT = """\
   masks/<name>.png               same relative name, single-channel or palette PNG of class indices
                                  (or RGB-coded with mask_colors given), 255 = ignore
   splits/<split>.txt             optional: one name per line (without extension); without it every pair is used
+multilabel=true: masks/<name>.{tif,tiff,npy} with one 0/1 band per class, (H, W, C) or (C, H, W), 255 = ignore;
+                 or masks/<class name>/<name>.png, one 0/1 PNG per class
 """
 
 
@@ -24,6 +27,19 @@ def _index(folder: Path) -> dict[str, Path]:
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
             files[path.relative_to(folder).with_suffix("").as_posix()] = path
+    return files
+
+
+def _multilabel_index(folder: Path, class_names: Sequence[str]) -> dict[str, Path | list[Path]]:
+    """Multilabel masks by name: ``<name>.{tif,tiff,npy}`` files, or for names found in every class folder
+    ``<class>/<name>.png``, the class PNGs in class order."""
+    files: dict[str, Path | list[Path]] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
+            files[path.relative_to(folder).with_suffix("").as_posix()] = path
+    per_class = [_index(folder / name) if (folder / name).is_dir() else {} for name in class_names]
+    for name in set.intersection(*(set(index) for index in per_class)) if per_class else ():
+        files.setdefault(name, [index[name] for index in per_class])
     return files
 
 
@@ -44,16 +60,19 @@ class FolderDataset(SegmentationDataset):
             follows from it.
         layout: ``HWC`` or ``CHW`` for ``.npy``/TIFF arrays whose shape leaves the band axis open (default: as
             the file says, else detected from the shape; an ambiguous shape is an error asking for it).
+        multilabel: masks with one 0/1 band per class (``task=multilabel``): a C-band TIFF or ``.npy`` per image,
+            or one PNG per class in ``masks/<class name>/`` (see ``LAYOUT``).
     """
 
     def __init__(self, root: str | Path, class_names: Sequence[str], split: str = "all",
                  palette: Sequence[Sequence[int]] | None = None, mask_colors: Sequence[Sequence[int]] | None = None,
                  image_dir: str = "images", mask_dir: str = "masks", reduce_zero_label: bool = False,
                  bands: Sequence[int] | None = None, layout: str | None = None,
-                 transform: Transform | None = None):
+                 multilabel: bool = False, transform: Transform | None = None):
         super().__init__(transform)
         self.bands = None if bands is None else [int(b) for b in bands]
         self.layout = layout
+        self.mask_task = "multilabel" if multilabel else None
         self.reduce_zero_label = bool(reduce_zero_label)
         self.root, self.split = Path(root), split
         if not class_names:
@@ -70,7 +89,8 @@ class FolderDataset(SegmentationDataset):
         for folder in folders:
             if not folder.is_dir():
                 raise layout_error("folder dataset", root, f"missing folder {folder.name}/", LAYOUT)
-        images, masks = _index(folders[0]), _index(folders[1])
+        images = _index(folders[0])
+        masks = _multilabel_index(folders[1], self.class_names) if multilabel else _index(folders[1])
         list_file = self.root / "splits" / f"{split}.txt"
         if list_file.is_file() or (split != "all" and (self.root / "splits").is_dir()):
             names = read_split_list(list_file, "folder dataset", root, LAYOUT)
@@ -92,6 +112,8 @@ class FolderDataset(SegmentationDataset):
             raise layout_error("folder dataset", root, f"no images found in {folders[0]}", LAYOUT)
 
     def load_mask(self, index: int) -> np.ndarray:
+        if self.mask_task == "multilabel":
+            return read_multilabel_mask(self.files[index][1], self.num_classes)
         mask = read_mask(self.files[index][1], colors=self.mask_colors)
         if self.reduce_zero_label:
             mask = np.where((mask == 0) | (mask == IGNORE_INDEX), IGNORE_INDEX, mask - 1)

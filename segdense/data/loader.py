@@ -15,16 +15,18 @@ from .io import IGNORE_INDEX
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batch samples of different sizes: images padded with 0 and masks with 255 at the bottom/right.
 
-    Returns ``(images (N, C, H, W), masks (N, H, W), sizes (N, 2))`` with each sample's original (height, width).
+    Returns ``(images (N, C, H, W), masks (N, H, W), sizes (N, 2))`` with each sample's original (height, width);
+    multilabel masks (C, H, W) give masks (N, C, H, W).
     """
     heights = [image.shape[-2] for image, _ in batch]
     widths = [image.shape[-1] for image, _ in batch]
     max_h, max_w = max(heights), max(widths)
     images = batch[0][0].new_zeros((len(batch), batch[0][0].shape[0], max_h, max_w))
-    masks = torch.full((len(batch), max_h, max_w), IGNORE_INDEX, dtype=torch.long)
+    bands = tuple(batch[0][1].shape[:-2])  # () for class maps, (C,) for multilabel masks
+    masks = torch.full((len(batch), *bands, max_h, max_w), IGNORE_INDEX, dtype=torch.long)
     for i, (image, mask) in enumerate(batch):
         images[i, :, : image.shape[-2], : image.shape[-1]] = image
-        masks[i, : mask.shape[-2], : mask.shape[-1]] = mask
+        masks[i, ..., : mask.shape[-2], : mask.shape[-1]] = mask
     return images, masks, torch.tensor(list(zip(heights, widths)), dtype=torch.long)
 
 

@@ -9,7 +9,7 @@ from .base import SegmentationDataset, Transform
 from .camvid import CamVid
 from .cityscapes import Cityscapes
 from .folder import FolderDataset
-from .synthetic import SyntheticShapes
+from .synthetic import SyntheticBinary, SyntheticMultilabel, SyntheticShapes
 from .synthetic_hard import SyntheticHard
 from .voc import VOCSegmentation
 
@@ -21,6 +21,8 @@ def _voc_aug(split: str = "trainaug", **kwargs: Any) -> VOCSegmentation:
 DATASETS = Registry("dataset")
 DATASETS.register(SyntheticShapes, "synthetic")
 DATASETS.register(SyntheticHard, "synthetic_hard")
+DATASETS.register(SyntheticBinary, "synthetic_binary")
+DATASETS.register(SyntheticMultilabel, "synthetic_multilabel")
 DATASETS.register(VOCSegmentation, "voc")
 DATASETS.register(_voc_aug, "voc_aug", kwargs_to=VOCSegmentation)  # VOC 2012 trained on SBD's trainaug split
 DATASETS.register(Cityscapes, "cityscapes")

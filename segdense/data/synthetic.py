@@ -194,3 +194,31 @@ class SyntheticShapes(SeededScenes):
 
     def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return render_scene(rng, *self.image_size)
+
+
+class SyntheticBinary(SyntheticShapes):
+    """The shapes of :class:`SyntheticShapes` as a binary task: ``shape`` (any of them) on ``background``; masks of
+    0/1 with the same ignored borders."""
+
+    class_names = ["background", "shape"]
+    mask_task = "binary"
+    palette = [(0, 0, 0), (255, 255, 255)]
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = super().render(rng)
+        return image, np.where(labels == IGNORE_INDEX, IGNORE_INDEX, labels > 0).astype(np.int64)
+
+
+class SyntheticMultilabel(SyntheticShapes):
+    """The shapes of :class:`SyntheticShapes` as a multilabel task with overlapping labels: ``shape`` (any shape)
+    and ``round`` (circles and rings, which are shapes too). Masks are (H, W, 2) with one 0/1 band per label,
+    255 on the ignored borders."""
+
+    class_names = ["shape", "round"]
+    mask_task = "multilabel"
+    palette = [(60, 180, 75), (220, 20, 60)]
+
+    def render(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        image, labels = super().render(rng)
+        bands = np.stack([labels > 0, (labels == 1) | (labels == 4)], axis=-1).astype(np.int64)
+        return image, np.where((labels == IGNORE_INDEX)[..., None], IGNORE_INDEX, bands)

@@ -80,6 +80,14 @@ def _flatten(transforms) -> list:
     return out
 
 
+def mask_tensor(mask: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A mask as an int64 tensor in the targets' layout: (H, W) class indices, or a multilabel (H, W, C) mask with
+    one band per class as (C, H, W)."""
+    mask = torch.as_tensor(np.ascontiguousarray(mask) if isinstance(mask, np.ndarray) else mask).long()
+    return mask.permute(2, 0, 1).contiguous() if mask.dim() == 3 else mask
+
+
+
 def input_problem(image: np.ndarray, transforms: Sequence[A.BasicTransform],
                   in_channels: int | None = None) -> str | None:
     """Why ``transforms`` cannot take ``image`` (H, W, C), or None: a band count other than ``in_channels``, a
@@ -127,7 +135,7 @@ class SegmentationTransform:
             image_out = torch.from_numpy(np.ascontiguousarray(image_out)).permute(2, 0, 1)
         if isinstance(mask_out, np.ndarray):
             mask_out = torch.from_numpy(np.ascontiguousarray(mask_out))
-        return image_out.float(), mask_out.long()
+        return image_out.float(), mask_tensor(mask_out)
 
     def __repr__(self) -> str:
         return f"SegmentationTransform({self.pipeline.transforms})"

@@ -14,7 +14,8 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
 from segdense.errors import ConfigError, TrainingDivergedError
-from segdense.metrics import SegmentationMetrics, format_metrics_table
+from segdense.metrics import SegmentationMetrics, ThresholdSearch, format_metrics_table
+from segdense.tasks import MulticlassTask, Task
 from segdense.models.builder import upgrade_model_config
 from segdense.runtime import autocast_context, evaluate_loader, load_checkpoint, resolve_amp, resolve_device
 from segdense.version import __version__
@@ -103,6 +104,7 @@ class Trainer:
         config: dict | None = None,
         hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
         stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
+        task: Task | None = None,
     ) -> None:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
@@ -118,6 +120,7 @@ class Trainer:
         self.class_names = list(info.pop("class_names", None) or getattr(train_set, "class_names", []))
         self.palette = [tuple(c) for c in (info.pop("palette", None) or getattr(train_set, "palette", ()))]
         self.dataset_info, self.config = info, config or {}
+        self.task = task if task is not None else MulticlassTask(self.class_names)
         self.is_main = is_main_process()
         self.iteration, self.best_miou, self.best_iteration = 0, -1.0, 0
         self.skipped_steps = self.consecutive_skips = 0
@@ -156,6 +159,7 @@ class Trainer:
             "model_config": self.model_config,
             "dataset": {**self.dataset_info, "class_names": self.class_names,
                         "palette": [list(c) for c in self.palette]},
+            "task": self.task.to_config(),
             "iteration": self.iteration,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -189,6 +193,8 @@ class Trainer:
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.history = list(state.get("history", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        if self.task.choose_threshold and "task" in state:  # the threshold the last validation chose
+            self.task.threshold = float(state["task"]["threshold"])
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     # ------------------------------------------------------------------ loop
@@ -311,21 +317,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict:
-        """Metrics on the validation loader; recorded in ``history`` (and as the best, when they are)."""
-        metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device)
+        """Metrics on the validation loader; recorded in ``history`` (and as the best, when they are). A binary
+        task with ``threshold=auto`` takes the threshold that maximises this validation's IoU
+        (:class:`~segdense.metrics.ThresholdSearch`), and the metrics are those at it."""
+        choose = self.task.choose_threshold
+        if choose:  # the search takes the logits and makes the labels itself
+            metrics, labels = ThresholdSearch(self.task, device=self.device), _logits_as_they_are
+        else:
+            metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device, task=self.task)
+            labels = self.task.labels
 
         def keep_first(images, masks, prediction):
-            self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
+            if masks.dim() == 3:  # class maps to draw (not multilabel bands); a search's at the previous threshold
+                labelled = self.task.labels(prediction) if prediction.is_floating_point() else prediction
+                self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), labelled[:4].cpu())
 
         result = evaluate_loader(self.model, self.val_loader, metrics, self.device, self.amp_dtype,
-                                 self.channels_last, on_first_batch=keep_first)
+                                 self.channels_last, on_first_batch=keep_first, labels=labels)
+        if choose:
+            self.task.threshold = result["threshold"]
+            if self.is_main:
+                logger.info("threshold chosen on validation: %.3f (foreground IoU %.4f)", self.task.threshold,
+                            result["mIoU"])
         self.history.append({
             "iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
             "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
             "train_seconds": round(self.train_seconds, 3),
+            **({"threshold": result["threshold"]} if choose else {}),
         })
         if result["mIoU"] > self.best_miou:
             self.best_miou, self.best_iteration = result["mIoU"], self.iteration
         if self.is_main:
             logger.info("validation at iteration %d\n%s", self.iteration, format_metrics_table(result))
         return result
+
+
+def _logits_as_they_are(logits: torch.Tensor) -> torch.Tensor:
+    return logits

@@ -1,5 +1,6 @@
 """Export parity on real images: the exported runtime against eager PyTorch on images of the checkpoint's
-validation set (or a folder), judged by the argmax maps, not only by logits on random input.
+validation set (or a folder), judged by the label maps its task makes (multiclass argmax, binary and multilabel
+sigmoids above the threshold), not only by logits on random input.
 
 A random-input logit check misses what users of exported models report (mmdeploy #1979, #2513, #777): fp16 and
 runtime differences that flip the predicted class on real pixels. Here the share of pixels whose argmax class
@@ -18,6 +19,7 @@ import torch.nn as nn
 
 from segdense.data import build_dataset, build_transforms
 from segdense.inference.images import find_images, load_image
+from segdense.tasks import Task
 
 from .formats import ExportError, LogitsOnly, onnx_run
 
@@ -96,15 +98,19 @@ def file_images(bundle, paths: Sequence[str | os.PathLike]) -> list[tuple[str, t
 
 
 def parity_on_images(model: nn.Module, run: Callable[[torch.Tensor], torch.Tensor],
-                     images: Sequence[tuple[str, torch.Tensor]]) -> dict:
+                     images: Sequence[tuple[str, torch.Tensor]], task: Task | None = None) -> dict:
     """Run every image (batch 1, its own size) through eager ``model`` (fp32) and ``run``; returns ``images``,
-    ``pixels``, ``max_abs_diff`` (largest logit difference), ``agreement`` (% of pixels with the same argmax) and
-    ``worst`` (the image with the lowest agreement, and its agreement)."""
+    ``pixels``, ``max_abs_diff`` (largest logit difference), ``max_proba_diff`` (largest difference of the task's
+    probabilities), ``agreement`` (% of the labels that agree, as ``task`` makes them from the logits: pixels, or
+    for multilabel (pixel, class) pairs; default: argmax) and ``worst`` (the image with the lowest agreement, and
+    its agreement)."""
     if not images:
         raise ExportError("no image to check the export on (verify_images=0 or an empty verify_input folder)")
     reference = LogitsOnly(model).float().eval()
-    agree = total = 0
-    max_diff, worst = 0.0, ("", 101.0)
+    labels = task.labels if task is not None else (lambda logits: logits.argmax(1))
+    activation = task.activation if task is not None else (lambda logits: logits.softmax(1))
+    agree = compared = pixels = 0
+    max_diff, max_proba_diff, worst = 0.0, 0.0, ("", 101.0)
     for name, image in images:
         x = image.unsqueeze(0).float()
         with torch.no_grad():
@@ -113,26 +119,29 @@ def parity_on_images(model: nn.Module, run: Callable[[torch.Tensor], torch.Tenso
         if got.shape != expected.shape:
             raise ExportError(f"the export gave logits of shape {tuple(got.shape)} for {name}, PyTorch "
                               f"{tuple(expected.shape)}")
-        same = int((got.argmax(1) == expected.argmax(1)).sum())
-        pixels = expected.shape[0] * expected.shape[2] * expected.shape[3]
-        agree, total = agree + same, total + pixels
+        matches = labels(got) == labels(expected)
+        same, count = int(matches.sum()), matches.numel()
+        agree, compared = agree + same, compared + count
+        pixels += expected.shape[0] * expected.shape[2] * expected.shape[3]
         max_diff = max(max_diff, float((got - expected).abs().max()))
-        if 100.0 * same / pixels < worst[1]:
-            worst = (name, 100.0 * same / pixels)
-    return {"images": len(images), "pixels": total, "max_abs_diff": max_diff, "agreement": 100.0 * agree / total,
-            "worst": {"image": worst[0], "agreement": worst[1]}}
+        max_proba_diff = max(max_proba_diff, float((activation(got) - activation(expected)).abs().max()))
+        if 100.0 * same / count < worst[1]:
+            worst = (name, 100.0 * same / count)
+    return {"images": len(images), "pixels": pixels, "max_abs_diff": max_diff, "max_proba_diff": max_proba_diff,
+            "agreement": 100.0 * agree / compared, "worst": {"image": worst[0], "agreement": worst[1]}}
 
 
 def check_parity_on_images(model: nn.Module, format: str, path: str | os.PathLike,
                            images: Sequence[tuple[str, torch.Tensor]],
-                           min_agreement: float = DEFAULT_MIN_AGREEMENT) -> dict:
-    """:func:`parity_on_images` for the exported file at ``path``; below ``min_agreement`` percent the file is
-    removed and :class:`ExportError` says by how much it failed and on which image."""
-    result = parity_on_images(model, load_runtime(format, path), images)
+                           min_agreement: float = DEFAULT_MIN_AGREEMENT, task: Task | None = None) -> dict:
+    """:func:`parity_on_images` for the exported file at ``path`` (labels as ``task`` makes them); below
+    ``min_agreement`` percent the file is removed and :class:`ExportError` says by how much it failed and on which
+    image."""
+    result = parity_on_images(model, load_runtime(format, path), images, task)
     if result["agreement"] < min_agreement:
         Path(path).unlink(missing_ok=True)
         raise ExportError(
-            f"the exported {format} model agrees with PyTorch on {result['agreement']:.3f} % of the pixels of "
+            f"the exported {format} model agrees with PyTorch on {result['agreement']:.3f} % of the labels of "
             f"{result['images']} real image(s) (< {min_agreement:g} %; worst {result['worst']['image']}: "
             f"{result['worst']['agreement']:.2f} %; largest logit difference {result['max_abs_diff']:.3g}); "
             f"{path} was removed")

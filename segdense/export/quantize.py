@@ -25,6 +25,7 @@ from segdense.inference.loading import ModelBundle
 from segdense.inference.onnx_model import OnnxModel, import_onnxruntime, onnx_session
 from segdense.metrics import SegmentationMetrics
 from segdense.runtime import whole_logits
+from segdense.tasks import Task
 
 from .batchnorm_folding import fold_batchnorms
 from .formats import ExportError, export_model, onnx_metadata, temporary_path_for, write_onnx_metadata
@@ -104,16 +105,17 @@ class _without_preprocessing_advice(logging.Filter):
 
 
 def score_onnx(paths: Sequence[str | os.PathLike], dataset, num_classes: int,
-               class_names: Sequence[str]) -> list[float]:
-    """mIoU (points) of each ONNX file on ``dataset`` (batch 1, whole images); NaN where no pixel is labelled. The
+               class_names: Sequence[str], task: Task | None = None) -> list[float]:
+    """mIoU (points) of each ONNX file on ``dataset`` (batch 1, whole images; scored as ``task`` scores, multiclass
+    by default); NaN where no pixel is labelled. The
     files take turns on every image (one pass over the data); their threads sleep between runs instead of
     spin-waiting, so one session's idle threads do not hold the cores the next one runs on."""
     models = [OnnxModel(onnx_session(path, spinning=False), {}, source=str(path)) for path in paths]
-    metrics = [SegmentationMetrics(num_classes, list(class_names)) for _ in paths]
+    metrics = [SegmentationMetrics(num_classes, list(class_names), task=task) for _ in paths]
     with torch.inference_mode():
         for images, masks, *_ in build_dataloader(dataset, 1, train=False, num_workers=0):
             for model, metric in zip(models, metrics):
-                metric.update(whole_logits(model, images).argmax(1), masks)
+                metric.update(whole_logits(model, images), masks)  # float logits: the task makes the labels
     return [100.0 * float(metric.compute()["mIoU"]) for metric in metrics]
 
 
@@ -134,7 +136,8 @@ def export_int8(bundle: ModelBundle, output: str | os.PathLike, calibration: Seq
     try:
         export_model(bundle, "onnx", float_path, sizes=sizes, opset=opset)
         folding = quantize_int8(float_path, int8_path, calibration)
-        fp32, int8 = score_onnx([float_path, int8_path], eval_set, bundle.num_classes, bundle.class_names)
+        fp32, int8 = score_onnx([float_path, int8_path], eval_set, bundle.num_classes, bundle.class_names,
+                                bundle.task)
         _report_scores(report, folding, fp32, int8, len(eval_set))
         drop, failed = fp32 - int8, guard_failure(fp32, int8, max_miou_drop, len(eval_set))
         if failed and not force:

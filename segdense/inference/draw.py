@@ -13,7 +13,11 @@ IGNORE_COLOR = (255, 255, 255)
 
 
 def colorize(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> np.ndarray:
-    """(H, W) class indices → (H, W, 3) uint8 RGB; ``ignore_index`` white, indices beyond the palette black."""
+    """(H, W) class indices → (H, W, 3) uint8 RGB; ``ignore_index`` white, indices beyond the palette black.
+    Multilabel (C, H, W) 0/1 labels: the mean colour of the labels a pixel has, black for none, white where every
+    label is ``ignore_index``."""
+    if np.ndim(labels) == 3:
+        return _colorize_bands(np.asarray(labels), palette, ignore_index)
     table = np.zeros((256, 3), dtype=np.uint8)
     table[: len(palette)] = np.asarray([list(c) for c in palette], dtype=np.uint8).reshape(-1, 3)[:256]
     table[ignore_index] = IGNORE_COLOR
@@ -35,6 +39,23 @@ def preview_rgb(image: np.ndarray) -> np.ndarray:
     return (np.clip(stretched, 0, 1) * 255).round().astype(np.uint8)
 
 
+def _colorize_bands(labels: np.ndarray, palette: Sequence[Sequence[int]], ignore_index: int) -> np.ndarray:
+    colours = np.asarray([list(c) for c in palette[: len(labels)]], dtype=np.float64).reshape(-1, 3)
+    on = (labels == 1).astype(np.float64)
+    count = on.sum(0)
+    mean = np.einsum("chw,cd->hwd", on, colours) / np.maximum(count, 1)[..., None]
+    mean[(labels == ignore_index).all(0)] = IGNORE_COLOR
+    return mean.round().astype(np.uint8)
+
+
+def present_classes(labels: np.ndarray, num_classes: int) -> list[int]:
+    """The classes a prediction holds: (H, W) class indices, or (C, H, W) 0/1 labels."""
+    labels = np.asarray(labels)
+    if labels.ndim == 3:
+        return [c for c in range(min(num_classes, len(labels))) if (labels[c] == 1).any()]
+    return [int(c) for c in np.unique(labels) if 0 <= c < num_classes]
+
+
 def _font(size: int = 12):
     from PIL import ImageFont
 
@@ -46,13 +67,14 @@ def _font(size: int = 12):
 
 def overlay(image: np.ndarray, labels: np.ndarray, palette: Sequence[Sequence[int]], class_names: Sequence[str],
             alpha: float = 0.5) -> np.ndarray:
-    """The image blended with its colourised prediction, with a legend of the classes present on the right."""
+    """The image blended with its colourised prediction ((H, W) class indices or (C, H, W) multilabel 0/1 labels),
+    with a legend of the classes present on the right."""
     from PIL import Image, ImageDraw
 
     image = preview_rgb(image)
     color = colorize(labels, palette).astype(np.float32)
     blended = (image.astype(np.float32) * (1 - alpha) + color * alpha).round().astype(np.uint8)
-    present = [int(c) for c in np.unique(labels) if 0 <= c < len(class_names)]
+    present = present_classes(labels, len(class_names))
     font = _font(max(10, min(24, image.shape[0] // 20)))
     line = max(14, int(font.getbbox("Ag")[3]) + 6)
     box = line - 4

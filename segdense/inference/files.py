@@ -17,8 +17,9 @@ from segdense.errors import ConfigError, MissingFileError
 
 from .draw import overlay
 from .images import ImageReadError, find_images
+from .label_files import LabelFiles
 from .predictor import Predictor
-from .writers import atomic_write_files, label_png_bytes, npy_bytes, png_bytes
+from .writers import atomic_write_files, npy_bytes, png_bytes
 
 logger = logging.getLogger("segdense.infer")
 
@@ -109,9 +110,13 @@ def output_names(files: Sequence[Path], root: Path | None) -> list[Path]:
 
 def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, root: Path | None = None,
                   overwrite: bool = False, save_overlay: bool = True, save_proba: bool = False,
-                  progress: bool = True, indices: Sequence[int] | None = None) -> InferenceReport:
-    """Predict every file and write ``<name>.png`` (palette PNG of class indices), ``<name>_overlay.png`` (image,
-    prediction and legend) and, with ``save_proba``, ``<name>_proba.npy`` (float16 (C, H, W) probabilities).
+                  progress: bool = True, indices: Sequence[int] | None = None,
+                  multilabel_format: str = "tiff") -> InferenceReport:
+    """Predict every file and write its labels as the model's task makes them
+    (:mod:`~segdense.inference.label_files`: ``<name>.png``, a palette PNG of class indices, binary 0/1; multilabel
+    ``<name>.tif`` with one 0/1 band per class, or with ``multilabel_format=png`` ``<name>_<class>.png`` per class),
+    ``<name>_overlay.png`` (image, prediction and legend) and, with ``save_proba``, ``<name>_proba.npy`` (float16
+    (C, H, W) probabilities: softmax, binary (1, H, W) foreground sigmoid, multilabel C sigmoids).
 
     An image's outputs are written together (all or none). Unreadable images are reported and skipped; an image
     whose outputs all exist is skipped unless ``overwrite``; one with only some of them (another file of the same
@@ -122,7 +127,8 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
     files, so they do not depend on the process count. The report covers those images only."""
     report = InferenceReport()
     names = output_names(files, root)
-    all_targets = [_targets(output / name, save_overlay, save_proba) for name in names]
+    label_files = LabelFiles(predictor.task, predictor.palette, multilabel_format)
+    all_targets = [_targets(output / name, label_files.suffixes, save_overlay, save_proba) for name in names]
     _check_unique(files, all_targets)
     mine = range(len(files)) if indices is None else indices
     todo = _to_do([files[i] for i in mine], [all_targets[i] for i in mine], overwrite, report)
@@ -138,7 +144,7 @@ def predict_files(predictor: Predictor, files: Sequence[Path], output: Path, roo
                 report.failed.append((path, str(e).split(": ", 1)[-1]))
                 bar.update(1)
         if chunk:
-            _write_chunk(predictor, chunk, save_overlay, save_proba, report)
+            _write_chunk(predictor, chunk, label_files, save_overlay, save_proba, report)
             bar.update(len(chunk))
     bar.close()
     return report
@@ -166,17 +172,17 @@ def _to_do(files: Sequence[Path], all_targets: Sequence[list[Path]], overwrite: 
     return todo
 
 
-def _write_chunk(predictor: Predictor, chunk: list, save_overlay: bool, save_proba: bool,
+def _write_chunk(predictor: Predictor, chunk: list, label_files: LabelFiles, save_overlay: bool, save_proba: bool,
                  report: InferenceReport) -> None:
     """Predict a chunk of read images and write each one's outputs together (all or none)."""
     logits = predictor.logits_prepared([prepared for _, _, prepared in chunk])
     for (path, targets, (image, _)), item in zip(chunk, logits):
-        labels = item.argmax(0).numpy()
-        data = [label_png_bytes(labels, predictor.palette)]
+        labels = predictor.labels(item)
+        data = label_files.encode(labels)
         if save_overlay:
             data.append(png_bytes(overlay(image, labels, predictor.palette, predictor.class_names)))
         if save_proba:
-            data.append(npy_bytes(item.softmax(0).numpy().astype(np.float16)))
+            data.append(npy_bytes(predictor.probabilities(item).astype(np.float16)))
         try:
             atomic_write_files(dict(zip(targets, data)))
             report.written.append(path)
@@ -201,8 +207,8 @@ def _check_unique(files: Sequence[Path], all_targets: Sequence[Sequence[Path]]) 
             owner[target] = path
 
 
-def _targets(stem: Path, save_overlay: bool, save_proba: bool) -> list[Path]:
-    targets = [stem.with_name(stem.name + ".png")]
+def _targets(stem: Path, label_suffixes: Sequence[str], save_overlay: bool, save_proba: bool) -> list[Path]:
+    targets = [stem.with_name(stem.name + suffix) for suffix in label_suffixes]
     if save_overlay:
         targets.append(stem.with_name(stem.name + "_overlay.png"))
     if save_proba:

@@ -20,6 +20,7 @@ import torch.nn as nn
 from segdense.errors import CheckpointError, MissingFileError
 from segdense.models.builder import build_model, upgrade_model_config
 from segdense.runtime import load_checkpoint
+from segdense.tasks import Task, build_task
 
 from .onnx_model import METADATA_KEY, load_onnx_model
 
@@ -40,6 +41,7 @@ class ModelBundle:
     eval_pipeline: list = field(default_factory=lambda: list(DEFAULT_EVAL_PIPELINE))
     crop_size: list[int] | None = None  # the training crop: the default window for slide inference
     source: str = ""
+    task_config: dict = field(default_factory=lambda: {"name": "multiclass"})  # segdense.tasks.build_task's
 
     @property
     def num_classes(self) -> int:
@@ -57,6 +59,11 @@ class ModelBundle:
         on a ``dataset.normalize`` of its own."""
         return not ((self.dataset or {}).get("config") or {}).get("normalize")
 
+    @property
+    def task(self) -> Task:
+        """How the model's logits become labels and how they are scored (:mod:`segdense.tasks`)."""
+        return build_task(class_names=self.class_names, **self.task_config)
+
     def metadata(self) -> dict:
         """JSON-serialisable description written next to exported weights."""
         return {
@@ -66,6 +73,7 @@ class ModelBundle:
             "dataset": self.dataset,
             "eval_pipeline": self.eval_pipeline,
             "crop_size": self.crop_size,
+            "task": dict(self.task_config),
         }
 
 
@@ -81,11 +89,14 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
     else:
         state_dict, meta = _read_safetensors(path) if path.suffix == ".safetensors" else _read_checkpoint(path)
         model = rebuild_model(meta.get("model_config"), state_dict, path)
-    num_classes = int(model.model_config.get("num_classes", 0))
-    names = list(meta.get("class_names") or [str(i) for i in range(num_classes)])
-    if len(names) != num_classes:
-        raise CheckpointError(f"{path}: it names {len(names)} classes but its model predicts {num_classes}")
-    palette = [list(map(int, c)) for c in (meta.get("palette") or [])] or default_palette(num_classes)
+    outputs = int(model.model_config.get("num_classes", 0))
+    task_config = dict(meta.get("task") or {"name": "multiclass"})
+    names = list(meta.get("class_names") or [str(i) for i in range(outputs)])
+    task = build_task(class_names=names, **task_config)
+    if task.out_channels != outputs:
+        raise CheckpointError(f"{path}: its {task.name} task over {len(names)} classes needs {task.out_channels} "
+                              f"outputs but its model has {outputs}")
+    palette = [list(map(int, c)) for c in (meta.get("palette") or [])] or default_palette(len(names))
     eval_pipeline = meta.get("eval_pipeline")
     if not eval_pipeline:
         logger.warning("%s does not record its eval pipeline (the training config's augmentation.eval): images "
@@ -99,6 +110,7 @@ def load_bundle(path: str | os.PathLike) -> ModelBundle:
         model=model, class_names=names, palette=palette, dataset=dict(meta.get("dataset") or {}),
         eval_pipeline=list(eval_pipeline),
         crop_size=list(meta["crop_size"]) if meta.get("crop_size") else None, source=str(path),
+        task_config=task_config,
     )
 
 
@@ -177,6 +189,7 @@ def _read_checkpoint(path: Path) -> tuple[dict, dict]:
         "dataset": dataset,
         "eval_pipeline": (config.get("augmentation") or {}).get("eval"),
         "crop_size": config.get("crop_size"),
+        "task": state.get("task"),
     }
     return state["model"], meta
 

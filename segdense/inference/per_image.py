@@ -11,7 +11,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from segdense.metrics import confusion_matrix
+from segdense.metrics import SegmentationMetrics, metrics_from_confusion
+from segdense.tasks import MulticlassTask, Task
 
 
 @dataclass
@@ -32,7 +33,8 @@ class ImageScore:
 
 @dataclass
 class GalleryItem:
-    """A kept image: RGB uint8 (H, W, 3), label and prediction (H, W) at the label resolution."""
+    """A kept image: RGB uint8 (H, W, 3), label and prediction (H, W) (multilabel (C, H, W)) at the label
+    resolution."""
 
     score: ImageScore
     image: np.ndarray
@@ -40,15 +42,17 @@ class GalleryItem:
     prediction: np.ndarray
 
 
-def image_scores(prediction: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = 255):
-    """(labelled pixels, pixel accuracy, per-class IoU list) of one (H, W) prediction against its label."""
-    valid = label != ignore_index
-    counts = confusion_matrix(prediction, label, num_classes, ignore_index).double()
-    tp = counts.diag()
-    union = counts.sum(0) + counts.sum(1) - tp
-    iou = torch.where(union > 0, tp / union.clamp(min=1), torch.full_like(tp, float("nan")))
-    pixels = int(valid.sum())
-    return pixels, float(tp.sum() / pixels) if pixels else float("nan"), iou.tolist()
+def image_scores(prediction: torch.Tensor, label: torch.Tensor, task: Task | int, ignore_index: int = 255):
+    """(labelled pixels, pixel accuracy, IoU list per scored class) of one prediction against its label, counted as
+    ``task`` counts (:class:`~segdense.metrics.SegmentationMetrics`; a number of classes: multiclass). Multilabel:
+    labelled (pixel, class) entries and the share of them predicted right."""
+    if isinstance(task, int):
+        task = MulticlassTask([str(i) for i in range(task)], ignore_index=ignore_index)
+    metrics = SegmentationMetrics(task.num_classes, task=task)
+    metrics.update(prediction[None], label[None])
+    scores = metrics_from_confusion(metrics.confusion)
+    pixels = int((label != task.ignore_index).sum())
+    return pixels, scores["aAcc"] if pixels else float("nan"), [c["IoU"] for c in scores["per_class"]]
 
 
 class PerImageRecorder:
@@ -57,14 +61,13 @@ class PerImageRecorder:
     dataset index of each image in the order the loader yields them (default 0, 1, 2, ...; a process's shard
     under ``torch.distributed``); :meth:`part` and :meth:`merge` bring the processes' records together."""
 
-    def __init__(self, infer: Callable, dataset, num_classes: int, keep: int = 8,
+    def __init__(self, infer: Callable, dataset, task: Task, keep: int = 8,
                  mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
-                 ignore_index: int = 255, indices: Sequence[int] | None = None):
-        self.infer, self.dataset, self.num_classes, self.keep = infer, dataset, num_classes, keep
+                 indices: Sequence[int] | None = None):
+        self.infer, self.dataset, self.task, self.keep = infer, dataset, task, keep
         self.indices = indices
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
-        self.ignore_index = ignore_index
         self.scores: list[ImageScore] = []
         self._heap: list[tuple[float, int, GalleryItem]] = []  # (-mIoU, -index, item): the worst stay
         self._batch = None
@@ -77,13 +80,13 @@ class PerImageRecorder:
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         logits = self.infer(model, images)
-        predictions = logits.argmax(1).cpu()
+        predictions = self.task.labels(logits).cpu()
         masks, sizes = self._batch[1].cpu(), self._batch[2]
         for i, prediction in enumerate(predictions):
             h, w = (int(v) for v in sizes[i])
             index = len(self.scores) if self.indices is None else int(self.indices[len(self.scores)])
-            label, pred = masks[i, :h, :w], prediction[:h, :w]
-            pixels, acc, iou = image_scores(pred, label, self.num_classes, self.ignore_index)
+            label, pred = masks[i, ..., :h, :w], prediction[..., :h, :w]
+            pixels, acc, iou = image_scores(pred, label, self.task)
             score = ImageScore(index, self.name(index), pixels, acc, iou)
             self.scores.append(score)
             self._maybe_keep(score, images[i, :, :h, :w], label, pred)

@@ -1,4 +1,4 @@
-"""``Predictor``: a trained model as a function from images to class maps."""
+"""``Predictor``: a trained model as a function from images to labels, as its task makes them."""
 from __future__ import annotations
 
 import os
@@ -22,11 +22,15 @@ class Predictor:
     Images are preprocessed with the model's own eval pipeline (from its checkpoint), batched ``batch_size`` at a
     time (images of equal size together, so batching never changes a result), run on ``device`` (``auto``: CUDA
     when present) with AMP where safe (``amp=auto``: bf16/fp16 autocast for the forward pass on CUDA only;
-    averaging and softmax stay float32), optionally with slide inference and multi-scale/flip TTA.
+    averaging and the activation stay float32), optionally with slide inference and multi-scale/flip TTA.
+
+    Logits become labels and probabilities as the model's :attr:`task` says (:mod:`segdense.tasks`): multiclass
+    softmax and argmax; binary sigmoid and the checkpoint's threshold (labels 0/1); multilabel a sigmoid and the
+    threshold per class (labels (C, H, W) of 0/1).
 
     >>> predictor = Predictor.from_checkpoint("best.pt")
     >>> labels = predictor.predict("street.jpg")      # (H, W) int64 class indices
-    >>> probs = predictor.predict_proba(image_array)   # (C, H, W) float32, sums to 1 over C
+    >>> probs = predictor.predict_proba(image_array)   # (C, H, W) float32, sums to 1 over C (multiclass)
     """
 
     def __init__(self, bundle: ModelBundle, device: str | torch.device = "auto", amp: str | bool = "auto",
@@ -34,6 +38,7 @@ class Predictor:
                  stride: int | Sequence[int] | None = None, scales: Sequence[float] | None = None,
                  flip: bool = False, batch_size: int = 4):
         self.bundle = bundle
+        self.task = bundle.task
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
         self.amp_dtype = resolve_amp(amp, self.device)
         self.model = bundle.model.to(self.device).eval()
@@ -55,10 +60,12 @@ class Predictor:
 
     @classmethod
     def from_model(cls, model: torch.nn.Module, class_names: Sequence[str] | None = None,
-                   palette: Sequence[Sequence[int]] | None = None, **kwargs: Any) -> "Predictor":
+                   palette: Sequence[Sequence[int]] | None = None, task: dict | None = None,
+                   **kwargs: Any) -> "Predictor":
         """Wrap a model already in memory (e.g. from :func:`segdense.load_model` or a training loop); class names
-        and palette default to the model's ``class_names``/``palette`` attributes, else indices and VOC colours.
-        Images are normalised with ImageNet mean/std."""
+        and palette default to the model's ``class_names``/``palette`` attributes, else indices and VOC colours;
+        ``task`` is :func:`segdense.tasks.build_task`'s arguments (default multiclass, e.g. ``{"name": "binary",
+        "threshold": 0.4}`` with two class names). Images are normalised with ImageNet mean/std."""
         num_classes = int(getattr(model, "model_config", {}).get("num_classes", 0)) or None
         names = list(class_names or getattr(model, "class_names", None) or [])
         if not names:
@@ -66,7 +73,9 @@ class Predictor:
                 raise ValueError("pass class_names: the model has no model_config['num_classes'] to count them")
             names = [str(i) for i in range(num_classes)]
         colours = palette or getattr(model, "palette", None) or default_palette(len(names))
-        return cls(ModelBundle(model, names, [list(c) for c in colours], source=type(model).__name__), **kwargs)
+        bundle = ModelBundle(model, names, [list(c) for c in colours], source=type(model).__name__,
+                             task_config=dict(task or {"name": "multiclass"}))
+        return cls(bundle, **kwargs)
 
     @property
     def class_names(self) -> list[str]:
@@ -81,16 +90,25 @@ class Predictor:
         return self.bundle.num_classes
 
     def predict(self, image: Any) -> np.ndarray:
-        """(H, W) int64 class indices at the image's own size."""
+        """int64 labels at the image's own size: (H, W) class indices (binary: 0/1), multilabel (C, H, W) 0/1."""
         return self.predict_batch([image])[0]
 
     def predict_proba(self, image: Any) -> np.ndarray:
-        """(num_classes, H, W) float32 class probabilities at the image's own size."""
-        return self.logits_batch([image])[0].softmax(0).numpy()
+        """float32 probabilities at the image's own size: (C, H, W) softmax (multiclass), (1, H, W) foreground
+        sigmoid (binary) or (C, H, W) independent sigmoids (multilabel)."""
+        return self.probabilities(self.logits_batch([image])[0])
 
     def predict_batch(self, images: Sequence[Any]) -> list[np.ndarray]:
-        """Class indices for each image (see :meth:`predict`)."""
-        return [logits.argmax(0).numpy() for logits in self.logits_batch(images)]
+        """Labels for each image (see :meth:`predict`)."""
+        return [self.labels(logits) for logits in self.logits_batch(images)]
+
+    def labels(self, logits: torch.Tensor) -> np.ndarray:
+        """One image's (C, H, W) logits as labels (see :meth:`predict`)."""
+        return self.task.labels(logits[None])[0].numpy()
+
+    def probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """One image's (C, H, W) logits as probabilities (see :meth:`predict_proba`)."""
+        return self.task.activation(logits[None])[0].numpy()
 
     def read(self, source: Any) -> np.ndarray:
         """A path, PIL image or array as (H, W, C), read as the model's training dataset read its images (the same
@@ -150,6 +168,6 @@ class Predictor:
     def __repr__(self) -> str:
         mc = getattr(self.model, "model_config", {})
         names = [(mc.get(part) or {}).get("name") for part in ("backbone", "head")]
-        return (f"Predictor({names[0]} + {names[1]}, {self.num_classes} classes, device={self.device}, "
-                f"infer={describe_infer(self.infer)})")
+        return (f"Predictor({names[0]} + {names[1]}, {self.task.name}, {self.num_classes} classes, "
+                f"device={self.device}, infer={describe_infer(self.infer)})")
 

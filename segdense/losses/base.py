@@ -27,6 +27,11 @@ def class_weight_arg(name: str) -> str | None:
     return getattr(LOSSES.get(name), "class_weight_arg", None)
 
 
+def loss_modes(name: str) -> tuple[str, ...]:
+    """The tasks (multiclass, binary, multilabel) the loss registered as ``name`` works in."""
+    return getattr(LOSSES.get(name), "modes", ("multiclass",))
+
+
 def build_loss(name: str, ignore_index: int = 255, num_classes: int | None = None, **kwargs) -> nn.Module:
     """Build the loss registered as ``name``."""
     return LOSSES.get(name)(ignore_index=ignore_index, num_classes=num_classes, **kwargs)
@@ -68,9 +73,10 @@ class SegLoss(nn.Module, abc.ABC):
     """Base class: ``forward(logits, target)`` checks the inputs, then calls ``compute``.
 
     ``class_weight_arg`` names the constructor argument that takes per-class weights (None: the loss takes
-    none), so ``loss.class_weight`` reaches every term that supports it."""
+    none), so ``loss.class_weight`` reaches every term that supports it. ``modes`` names the tasks it works in."""
 
     class_weight_arg: str | None = None
+    modes: tuple[str, ...] = ("multiclass",)  # the tasks (segdense.tasks) whose outputs it scores
 
     def __init__(self, ignore_index: int = 255, num_classes: int | None = None):
         super().__init__()

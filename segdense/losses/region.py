@@ -42,7 +42,7 @@ class DiceLoss(SegLoss):
         return 1.0 - (w * dice).sum() / w.sum()
 
 
-def _lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
+def lovasz_grad(gt_sorted: torch.Tensor) -> torch.Tensor:
     """Gradient of the Lovasz extension of the Jaccard loss w.r.t. sorted errors (Berman et al.)."""
     gts = gt_sorted.sum()
     intersection = gts - gt_sorted.cumsum(0)
@@ -84,7 +84,7 @@ class LovaszSoftmaxLoss(SegLoss):
                 continue
             errors = (fg - prob[:, k]).abs()
             errors_sorted, perm = torch.sort(errors, descending=True)
-            losses.append(torch.dot(errors_sorted, _lovasz_grad(fg[perm])))
+            losses.append(torch.dot(errors_sorted, lovasz_grad(fg[perm])))
             kept.append(k)
         if not losses:
             return zero_loss(logits)

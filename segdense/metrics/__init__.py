@@ -1,4 +1,8 @@
-"""Segmentation metrics: mIoU, mAcc, aAcc and per-class tables from a confusion matrix."""
-from .segmentation import SegmentationMetrics, confusion_matrix, format_metrics_table, metrics_from_confusion
+"""Segmentation metrics for every task: IoU, Dice, precision, recall, accuracy and per-class tables from confusion
+counts."""
+from .segmentation import (SegmentationMetrics, class_counts, confusion_matrix, format_metrics_table, label_confusion,
+                           metrics_from_confusion)
+from .threshold import ThresholdSearch
 
-__all__ = ["SegmentationMetrics", "confusion_matrix", "format_metrics_table", "metrics_from_confusion"]
+__all__ = ["SegmentationMetrics", "class_counts", "confusion_matrix", "format_metrics_table", "label_confusion",
+           "metrics_from_confusion", "ThresholdSearch"]

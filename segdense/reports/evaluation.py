@@ -34,19 +34,32 @@ def write_per_image_csv(path: str | os.PathLike, scores: Sequence[ImageScore], c
 
 
 def error_map(label: np.ndarray, prediction: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """RGB: wrong pixels red, right ones dark grey, ignored ones white."""
-    out = np.empty((*label.shape, 3), dtype=np.uint8)
+    """RGB: wrong pixels red, right ones dark grey, ignored ones white. Multilabel (C, H, W) labels: a pixel is
+    wrong when any of its labelled classes is, ignored when all of them are."""
+    wrong = (label != prediction) & (label != ignore_index)
+    ignored = label == ignore_index
+    if label.ndim == 3:
+        wrong, ignored = wrong.any(0), ignored.all(0)
+    out = np.empty((*wrong.shape, 3), dtype=np.uint8)
     out[:] = CORRECT
-    out[(label != prediction) & (label != ignore_index)] = WRONG
-    out[label == ignore_index] = IGNORED
+    out[wrong] = WRONG
+    out[ignored] = IGNORED
     return out
+
+
+def has_one_matrix(result: dict) -> bool:
+    """Whether ``result["confusion"]`` is one (C, C) class matrix (multiclass) to chart, not (C, 2, 2) counts per
+    class (binary, multilabel), whose scores the per-class table shows."""
+    return np.ndim(result["confusion"]) == 2
 
 
 def write_eval_report(directory: str | os.PathLike, result: dict, scores: Sequence[ImageScore],
                       worst: Sequence[GalleryItem], class_names: Sequence[str], palette, title_info: dict) -> Path:
     """Write ``directory/index.html`` and its PNGs; returns the page."""
     directory = Path(directory)
-    confusion_chart(result["confusion"], class_names, directory / "confusion.png")
+    one_matrix = has_one_matrix(result)
+    if one_matrix:
+        confusion_chart(result["confusion"], class_names, directory / "confusion.png")
     summary = table(["mIoU", "mAcc", "aAcc", "images"],
                     [[percent(result["mIoU"]), percent(result["mAcc"]), percent(result["aAcc"]), len(scores)]],
                     name_columns=0, attrs='id="summary"')
@@ -72,9 +85,9 @@ def write_eval_report(directory: str | os.PathLike, result: dict, scores: Sequen
     body = "\n".join([
         f'<p class="meta">{info}</p>',
         "<h2>Metrics (%)</h2>", summary, per_class,
-        "<h2>Confusion matrix</h2>",
-        '<p class="meta">Rows: ground truth, columns: prediction; each row sums to 100 %.</p>',
-        image("confusion.png", "confusion matrix"),
+        *(["<h2>Confusion matrix</h2>",
+            '<p class="meta">Rows: ground truth, columns: prediction; each row sums to 100 %.</p>',
+            image("confusion.png", "confusion matrix")] if one_matrix else []),
         f"<h2>The {len(worst)} worst images (lowest mIoU)</h2>",
         legend(class_names, palette),
         '<p class="meta">Error map: <span class="swatch" style="background: rgb(230,30,30)"></span>wrong '
