@@ -37,7 +37,7 @@ class OneHotOracle(nn.Module):
     def __init__(self, num_classes: int, channel: int = 0):
         super().__init__()
         self.num_classes, self.channel = num_classes, channel
-        self.model_config = {"backbone": "oracle", "head": "one-hot", "num_classes": num_classes}
+        self.model_config = {"backbone": {"name": "oracle"}, "head": {"name": "one-hot"}, "num_classes": num_classes}
 
     def forward(self, images):
         labels = images[:, self.channel].round().long().clamp(0, self.num_classes - 1)

@@ -43,7 +43,7 @@ class Ramps(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.channels = channels
-        self.model_config = {"backbone": "ramps", "head": "none", "num_classes": channels}
+        self.model_config = {"backbone": {"name": "ramps"}, "head": {"name": "none"}, "num_classes": channels}
 
     def forward(self, images):
         n, _, h, w = images.shape

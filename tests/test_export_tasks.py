@@ -64,7 +64,7 @@ def test_the_int8_guard_scores_with_the_tasks_metric(task, tmp_path, request, ca
     eval_set = Subset(val, range(3))
     eval_set.class_names = val.class_names
     alone = evaluate_model(bundle, eval_set, whole_logits, torch.device("cpu"), batch_size=1, progress=False)
-    assert result["fp32"].miou == pytest.approx(100 * alone["mIoU"], abs=1e-3)
+    assert result["fp32_miou"] == pytest.approx(100 * alone["mIoU"], abs=1e-3)
     int8 = load_bundle(output)
     assert int8.task.name == task and int8.model.model_config["num_classes"] == bundle.model.model_config["num_classes"]
     assert json.loads(json.dumps(int8.metadata()))["task"]["name"] == task
