@@ -148,7 +148,8 @@ def documented_train_commands():
 
     found = {}
     for doc in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        for match in re.finditer(r"python tools/train\.py([^`\n#]*)", doc.read_text()):
+        text = doc.read_text().replace("\\\n", " ")  # a command continued with a backslash is one command
+        for match in re.finditer(r"python tools/train\.py([^`\n#]*)", text):
             args = shlex.split(match.group(1).split("&&")[0])
             if "-m" not in args:
                 found[" ".join(args)] = args
