@@ -4,6 +4,7 @@ import logging
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from segdense.backbones import build_backbone, rdnet_custom, rdnet_timm_keys, rdnet_tiny
@@ -104,20 +105,81 @@ def test_dilated_net_loads_the_same_file_and_keeps_the_maps_before_the_dilation_
             torch.testing.assert_close(ours[name], ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("output_stride", [16, 8])
-def test_dilated_maps_sampled_on_the_strided_grid_equal_output_stride_32(output_stride):
-    # Without squeeze-excitation (a global mean over every pixel), the a-trous network sampled every
-    # 32 / output_stride pixels is the strided one exactly: same taps, same zero padding.
+def stage_outputs(model, x):
+    """Every stage's raw output (``dense_stages.i``), before forward_features resamples any."""
+    outputs = []
+    hooks = [stage.register_forward_hook(lambda m, args, out: outputs.append(out)) for stage in model.dense_stages]
+    with torch.no_grad():
+        model.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+    return outputs
+
+
+def resampled(feature, size, image_size, shift=0):
+    """``feature`` bilinearly resampled (align_corners=False, as F.interpolate) at the pixel centres of a ``size``
+    grid over the image, moved ``shift`` image pixels right and down; beyond the border the edge repeats."""
+    ys, xs = ((torch.arange(n, dtype=feature.dtype) + 0.5) * 2 / n - 1 + 2 * shift / length
+              for n, length in zip(size, image_size))
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).expand(feature.shape[0], -1, -1, -1)
+    return F.grid_sample(feature, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_dilated_stage_outputs_on_their_strided_grid_equal_output_stride_32(output_stride):
+    # Without squeeze-excitation (a global mean over every pixel), the a-trous network's stage outputs, sampled
+    # every 2**skipped pixels from pixel 2**(skipped - 1) - 1, are the strided network's exactly: same taps, same
+    # zero padding (the first skipped transition pads right and bottom, the later ones both sides).
     torch.manual_seed(0)
     ref = rdnet_custom(**TINY_KW).double().eval()
     model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
     model.load_state_dict(ref.state_dict())
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    for got, want in zip(stage_outputs(model, x), stage_outputs(ref, x), strict=True):
+        step = got.shape[-1] // want.shape[-1]
+        start = max(step // 2 - 1, 0)
+        torch.testing.assert_close(got[..., start::step, start::step], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_dilated_feature_maps_are_their_stage_outputs_moved_half_a_pixel_onto_the_centres(output_stride):
+    # TINY_KW downsamples in every stage but the first, so each stage's output is a feature map.
+    torch.manual_seed(0)
+    nominal = [spec.stride for spec in rdnet_custom(**TINY_KW).feature_info]
+    model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    with torch.no_grad():
+        features = model.forward_features(x)
+    moved = 0
+    for spec, stride, raw in zip(model.feature_info, nominal, stage_outputs(model, x), strict=True):
+        want = raw
+        if spec.stride < stride:  # after the dilation point
+            want, moved = resampled(raw, raw.shape[-2:], x.shape[-2:], -spec.stride / 2), moved + 1
+        torch.testing.assert_close(features[spec.name], want, rtol=0, atol=1e-12)
+    assert moved == {16: 1, 8: 2, 4: 3}[output_stride]
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_dilated_feature_maps_resampled_to_output_stride_32_line_up_with_it_unshifted(output_stride):
+    # Resampled onto the strided network's grid, each dilated map is closest to the strided map with no shift
+    # (among shifts in 2-pixel steps): it is centred as align_corners=False upsampling assumes. The strided map's
+    # border pixels are left out: the padding there is one-sided.
+    torch.manual_seed(0)
+    ref = rdnet_custom(**TINY_KW).double().eval()
+    model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(100), dtype=torch.float64)
     with torch.no_grad():
         want, got = ref.forward_features(x), model.forward_features(x)
-    for name in want:
-        step = got[name].shape[-1] // want[name].shape[-1]
-        torch.testing.assert_close(got[name][..., ::step, ::step], want[name], rtol=0, atol=1e-12)
+    for spec, nominal in zip(model.feature_info, ref.feature_info, strict=True):
+        if spec.stride == nominal.stride:
+            continue
+        target = want[spec.name]
+        inner = target[..., 1:-1, 1:-1]
+        errors = {shift: float((resampled(got[spec.name], target.shape[-2:], x.shape[-2:], shift)[..., 1:-1, 1:-1]
+                                - inner).norm() / inner.norm()) for shift in range(-12, 13, 2)}
+        best = min(errors, key=errors.get)
+        assert best == 0, f"{spec.name} lines up best moved by {best} pixels: {errors}"
 
 
 def authors_keys(state):
