@@ -237,6 +237,9 @@ def test_rdnet_timm_keys_maps_every_spelling():
     (dict(growth_rates=[8, 8]), "one entry per stage, got 2, 4, 4 and 4"),
     (dict(block_type=["Block", "Block", "Block", "SE"]), "'Block' or 'BlockESE', got 'SE'"),
     (dict(frozen_stages=5), "frozen_stages must be an int from -1"),
+    (dict(drop_path_rate=1.0), r"drop_path_rate must be in \[0, 1\), got 1.0"),
+    (dict(drop_path_rate=-0.1), r"drop_path_rate must be in \[0, 1\), got -0.1"),
+    (dict(drop_path_rate=float("nan")), r"drop_path_rate must be in \[0, 1\), got nan"),
 ])
 def test_bad_arguments_get_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):

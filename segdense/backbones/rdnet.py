@@ -199,7 +199,7 @@ class RDNet(nn.Module):
         bottleneck_width_ratio: a layer's 1x1 expansion, ``int(in_channels * ratio / 8) * 8`` channels.
         transition_compression_ratio: a transition's output, ``int(channels * ratio / 8) * 8``.
         ls_init_value: layer-scale initial value (0: no layer scale).
-        drop_path_rate: stochastic depth, rising linearly over all layers to this rate (timm's schedule).
+        drop_path_rate: stochastic depth, rising linearly over all layers to this rate (timm's schedule), in [0, 1).
         output_stride: 32 (nominal for the published nets), 16, 8, ... down to ``patch_size``.
         num_classes: ``None`` (segmentation) or a classifier's classes (timm's ``head.norm``/``head.fc``).
         memory_efficient: train with one buffer per stage and the layers recomputed in backward.
@@ -232,6 +232,8 @@ class RDNet(nn.Module):
         valid = [patch_size * 2 ** i for i in range(sum(is_downsample_block) + 1)]
         if output_stride not in valid:
             raise ValueError(f"output_stride must be one of {valid} for this RDNet, got {output_stride!r}")
+        if not 0.0 <= drop_path_rate < 1.0:  # at 1 the kept share is 0, and the mask's 1/keep scale 0/0
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         check_freezing(False, frozen_stages, len(growth_rates))
         self.frozen_stages = frozen_stages
         self.output_stride = output_stride
