@@ -87,6 +87,58 @@ def test_tiny_feature_maps_equal_timm_float32_and_feature_info(timm_tiny):
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
+def weighted_loss(features):
+    # Channels weighted differently, so a gradient routed to the wrong channel shows.
+    return sum((f * torch.linspace(-1, 1, f.shape[1], dtype=f.dtype).view(1, -1, 1, 1)).square().mean()
+               for f in features)
+
+
+@pytest.mark.parametrize("mode", ["plain", "memory_efficient", "no_grad"])
+def test_training_with_drop_path_equals_timm_under_the_same_seed(mode):
+    # The same masks in the same order as timm's DropPath: features and every gradient equal timm's in float64.
+    torch.manual_seed(0)
+    ref = timm.create_model("rdnet_tiny", ls_init_value=0.3, drop_path_rate=0.5, **NARROW).double().train()
+    model = rdnet_tiny(num_classes=1000, drop_path_rate=0.5, memory_efficient=mode == "memory_efficient",
+                       **NARROW).double().train()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.set_grad_enabled(mode != "no_grad"):
+        torch.manual_seed(7)
+        want = ref.forward_intermediates(x, intermediates_only=True)
+        torch.manual_seed(7)
+        got = list(model.forward_features(x).values())
+    for ours, theirs in zip(got, want, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12 * theirs.abs().max().item())
+    with torch.no_grad():
+        undropped = list(model.eval().forward_features(x).values())
+    assert (undropped[-1] - got[-1]).abs().max() > 0.1 * got[-1].abs().max()  # drop path was live
+    if mode != "no_grad":
+        weighted_loss(got).backward()
+        weighted_loss(want).backward()
+        theirs = dict(ref.named_parameters())
+        for name, p in model.named_parameters():
+            if not name.startswith("head."):
+                torch.testing.assert_close(p.grad, theirs[name].grad, rtol=0,
+                                           atol=1e-10 * theirs[name].grad.abs().max().item(), msg=name)
+
+
+def test_training_with_drop_path_under_bf16_autocast_equals_timm_bit_for_bit():
+    # timm scales its mask by 1/keep in the layer output's dtype: float32 under autocast (the layer scale is
+    # float32), though the stage's input is bfloat16.
+    torch.manual_seed(0)
+    ref = timm.create_model("rdnet_tiny", ls_init_value=0.3, drop_path_rate=0.5, **NARROW).train()
+    model = rdnet_tiny(num_classes=1000, drop_path_rate=0.5, **NARROW).train()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(7)
+        want = ref.forward_intermediates(x, intermediates_only=True)
+        torch.manual_seed(7)
+        got = list(model.forward_features(x).values())
+    for ours, theirs in zip(got, want, strict=True):
+        assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_dilated_net_loads_the_same_file_and_keeps_the_maps_before_the_dilation_point(timm_narrow, tmp_path,
                                                                                      output_stride):

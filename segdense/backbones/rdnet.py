@@ -84,9 +84,10 @@ class FeatureMixer(nn.Module):
 
 
 def drop_path_mask(like: torch.Tensor, rate: float) -> torch.Tensor:
-    """A per-sample keep mask scaled by 1/keep (timm's ``drop_path``, the same random draws), shape (N, 1, 1, 1)."""
-    keep = 1.0 - rate
-    return like.new_empty((like.shape[0], 1, 1, 1)).bernoulli_(keep).div_(keep)
+    """A per-sample keep mask of ones and zeros, shape (N, 1, 1, 1): timm's ``drop_path`` draws
+    (``new_empty(...).bernoulli_(keep)``, one per layer in layer order). ``DenseLayer.new_features`` scales it by
+    1/keep in its output's dtype, as timm does (under autocast float32, where the input may be bfloat16)."""
+    return like.new_empty((like.shape[0], 1, 1, 1)).bernoulli_(1.0 - rate)
 
 
 class DenseLayer(nn.Module):
@@ -108,7 +109,7 @@ class DenseLayer(nn.Module):
         if self.gamma is not None:
             out = out * self.gamma.view(1, -1, 1, 1)
         if mask is not None:
-            out = out * mask
+            out = out * mask.to(out.dtype).div(1.0 - self.drop_path_rate)
         return out
 
     def draw_mask(self, like: torch.Tensor) -> torch.Tensor | None:
