@@ -168,6 +168,15 @@ def stage_outputs(model, x):
     return outputs
 
 
+def strided_and_dilated(output_stride):
+    """The SE-free TINY_KW network at output stride 32 and at ``output_stride``, float64, with the same weights."""
+    torch.manual_seed(0)
+    ref = rdnet_custom(**TINY_KW).double().eval()
+    model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
+    model.load_state_dict(ref.state_dict())
+    return ref, model
+
+
 def resampled(feature, size, image_size, shift=0):
     """``feature`` bilinearly resampled (align_corners=False, as F.interpolate) at the pixel centres of a ``size``
     grid over the image, moved ``shift`` image pixels right and down; beyond the border the edge repeats."""
@@ -182,10 +191,7 @@ def test_dilated_stage_outputs_on_their_strided_grid_equal_output_stride_32(outp
     # Without squeeze-excitation (a global mean over every pixel), the a-trous network's stage outputs, sampled
     # every 2**skipped pixels from pixel 2**(skipped - 1) - 1, are the strided network's exactly: same taps, same
     # zero padding (the first skipped transition pads right and bottom, the later ones both sides).
-    torch.manual_seed(0)
-    ref = rdnet_custom(**TINY_KW).double().eval()
-    model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
-    model.load_state_dict(ref.state_dict())
+    ref, model = strided_and_dilated(output_stride)
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     for got, want in zip(stage_outputs(model, x), stage_outputs(ref, x), strict=True):
         step = got.shape[-1] // want.shape[-1]
@@ -216,10 +222,7 @@ def test_dilated_feature_maps_resampled_to_output_stride_32_line_up_with_it_unsh
     # Resampled onto the strided network's grid, each dilated map is closest to the strided map with no shift
     # (among shifts in 2-pixel steps): it is centred as align_corners=False upsampling assumes. The strided map's
     # border pixels are left out: the padding there is one-sided.
-    torch.manual_seed(0)
-    ref = rdnet_custom(**TINY_KW).double().eval()
-    model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
-    model.load_state_dict(ref.state_dict())
+    ref, model = strided_and_dilated(output_stride)
     x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(100), dtype=torch.float64)
     with torch.no_grad():
         want, got = ref.forward_features(x), model.forward_features(x)
