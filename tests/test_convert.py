@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 import segdense
+from segdense.backbones.rdnet import EffectiveSE
 from segdense.errors import CheckpointError, ConfigError
 
 from train_utils import CONF, compose_config
@@ -51,6 +52,13 @@ def golden_io():
 def converted(tmp_path_factory):
     out = tmp_path_factory.mktemp("convert") / "upernet_rdnet.pt"
     convert(AUTHORS, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def os16(tmp_path_factory):
+    out = tmp_path_factory.mktemp("convert") / "upernet_rdnet_os16.pt"
+    convert(AUTHORS, out, "output_stride=16")
     return out
 
 
@@ -111,16 +119,39 @@ def test_aux_false_drops_the_aux_head_and_says_so(tmp_path, golden_io, capsys):
     assert model.aux_head is None and max_rel_error(logits, expected) <= 1e-4
 
 
-def test_output_stride_16_writes_the_same_weights_for_a_dilated_backbone(converted, tmp_path, golden_io):
-    convert(AUTHORS, tmp_path / "os16.pt", "output_stride=16")
-    os16, os32 = torch.load(tmp_path / "os16.pt", weights_only=True), torch.load(converted, weights_only=True)
-    assert os16["model_config"]["backbone"]["output_stride"] == 16
-    assert all(torch.equal(os16["model"][k], v) for k, v in os32["model"].items())
+def test_output_stride_16_writes_the_same_weights_and_keeps_mmsegs_maps_before_the_dilation_point(converted, os16,
+                                                                                                 golden_io):
+    state, os32 = torch.load(os16, weights_only=True), torch.load(converted, weights_only=True)
+    assert state["model_config"]["backbone"]["output_stride"] == 16
+    assert all(torch.equal(state["model"][k], v) for k, v in os32["model"].items())
     x = golden_io["input"]
     with torch.no_grad():
-        features = segdense.load_model(tmp_path / "os16.pt").backbone.forward_features(x)
+        features = segdense.load_model(os16).backbone.forward_features(x)
     assert [f.shape[-1] for f in features.values()] == [x.shape[-1] // s for s in (4, 8, 16, 16)]
-    assert max_rel_error(features["stage1"], golden_io["features"][0]) <= 1e-4  # before the dilation point
+    for name, theirs in zip(["stage1", "stage2", "stage3"], golden_io["features"]):  # stride 16 reached: no change
+        assert max_rel_error(features[name], theirs) <= 1e-4, name
+
+
+def test_output_stride_16_dilates_the_last_stage_into_the_strided_models_a_trous_twin(converted, os16):
+    # With every squeeze-excitation gate held at 1 (its global mean would see the pixels in between), the dilated
+    # last stage's output, sampled every other pixel, is the converted stride-32 model's (which equals mmseg's):
+    # the 2x2 transition at stride 1 and the depthwise 7x7 convs dilated by 2 read the same taps.
+    outputs = []
+    for path in (converted, os16):
+        backbone = segdense.load_model(path).backbone.double()
+        with torch.no_grad():
+            for module in backbone.modules():
+                if isinstance(module, EffectiveSE):
+                    module.fc.weight.zero_()
+                    module.fc.bias.fill_(3.0)  # hardsigmoid(3) = 1
+        hook = backbone.dense_stages[-1].register_forward_hook(lambda m, args, out: outputs.append(out))
+        with torch.no_grad():
+            backbone.forward_features(torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0),
+                                                  dtype=torch.float64))
+        hook.remove()
+    strided, dilated = outputs
+    assert dilated.shape[-2:] == (4, 6) and strided.shape[-2:] == (2, 3)
+    torch.testing.assert_close(dilated[..., ::2, ::2], strided, rtol=0, atol=1e-12 * strided.abs().max().item())
 
 
 def test_the_authors_layout_with_plain_meta_reads_with_weights_only():

@@ -4,6 +4,7 @@ import logging
 import pytest
 import timm
 import torch
+import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from segdense.backbones import build_backbone, rdnet_custom, rdnet_timm_keys, rdnet_tiny
@@ -86,6 +87,58 @@ def test_tiny_feature_maps_equal_timm_float32_and_feature_info(timm_tiny):
         assert (got - want).abs().max() <= 1e-5 * want.abs().max()
 
 
+def weighted_loss(features):
+    # Channels weighted differently, so a gradient routed to the wrong channel shows.
+    return sum((f * torch.linspace(-1, 1, f.shape[1], dtype=f.dtype).view(1, -1, 1, 1)).square().mean()
+               for f in features)
+
+
+@pytest.mark.parametrize("mode", ["plain", "memory_efficient", "no_grad"])
+def test_training_with_drop_path_equals_timm_under_the_same_seed(mode):
+    # The same masks in the same order as timm's DropPath: features and every gradient equal timm's in float64.
+    torch.manual_seed(0)
+    ref = timm.create_model("rdnet_tiny", ls_init_value=0.3, drop_path_rate=0.5, **NARROW).double().train()
+    model = rdnet_tiny(num_classes=1000, drop_path_rate=0.5, memory_efficient=mode == "memory_efficient",
+                       **NARROW).double().train()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    with torch.set_grad_enabled(mode != "no_grad"):
+        torch.manual_seed(7)
+        want = ref.forward_intermediates(x, intermediates_only=True)
+        torch.manual_seed(7)
+        got = list(model.forward_features(x).values())
+    for ours, theirs in zip(got, want, strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-12 * theirs.abs().max().item())
+    with torch.no_grad():
+        undropped = list(model.eval().forward_features(x).values())
+    assert (undropped[-1] - got[-1]).abs().max() > 0.1 * got[-1].abs().max()  # drop path was live
+    if mode != "no_grad":
+        weighted_loss(got).backward()
+        weighted_loss(want).backward()
+        theirs = dict(ref.named_parameters())
+        for name, p in model.named_parameters():
+            if not name.startswith("head."):
+                torch.testing.assert_close(p.grad, theirs[name].grad, rtol=0,
+                                           atol=1e-10 * theirs[name].grad.abs().max().item(), msg=name)
+
+
+def test_training_with_drop_path_under_bf16_autocast_equals_timm_bit_for_bit():
+    # timm scales its mask by 1/keep in the layer output's dtype: float32 under autocast (the layer scale is
+    # float32), though the stage's input is bfloat16.
+    torch.manual_seed(0)
+    ref = timm.create_model("rdnet_tiny", ls_init_value=0.3, drop_path_rate=0.5, **NARROW).train()
+    model = rdnet_tiny(num_classes=1000, drop_path_rate=0.5, **NARROW).train()
+    model.load_state_dict(ref.state_dict())
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(7)
+        want = ref.forward_intermediates(x, intermediates_only=True)
+        torch.manual_seed(7)
+        got = list(model.forward_features(x).values())
+    for ours, theirs in zip(got, want, strict=True):
+        assert torch.equal(ours, theirs)
+
+
 @pytest.mark.parametrize("output_stride", [16, 8])
 def test_dilated_net_loads_the_same_file_and_keeps_the_maps_before_the_dilation_point(timm_narrow, tmp_path,
                                                                                      output_stride):
@@ -104,20 +157,84 @@ def test_dilated_net_loads_the_same_file_and_keeps_the_maps_before_the_dilation_
             torch.testing.assert_close(ours[name], ref, rtol=0, atol=1e-5 * ref.abs().max().item())
 
 
-@pytest.mark.parametrize("output_stride", [16, 8])
-def test_dilated_maps_sampled_on_the_strided_grid_equal_output_stride_32(output_stride):
-    # Without squeeze-excitation (a global mean over every pixel), the a-trous network sampled every
-    # 32 / output_stride pixels is the strided one exactly: same taps, same zero padding.
+def stage_outputs(model, x):
+    """Every stage's raw output (``dense_stages.i``), before forward_features resamples any."""
+    outputs = []
+    hooks = [stage.register_forward_hook(lambda m, args, out: outputs.append(out)) for stage in model.dense_stages]
+    with torch.no_grad():
+        model.forward_features(x)
+    for hook in hooks:
+        hook.remove()
+    return outputs
+
+
+def strided_and_dilated(output_stride):
+    """The SE-free TINY_KW network at output stride 32 and at ``output_stride``, float64, with the same weights."""
     torch.manual_seed(0)
     ref = rdnet_custom(**TINY_KW).double().eval()
     model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
     model.load_state_dict(ref.state_dict())
+    return ref, model
+
+
+def resampled(feature, size, image_size, shift=0):
+    """``feature`` bilinearly resampled (align_corners=False, as F.interpolate) at the pixel centres of a ``size``
+    grid over the image, moved ``shift`` image pixels right and down; beyond the border the edge repeats."""
+    ys, xs = ((torch.arange(n, dtype=feature.dtype) + 0.5) * 2 / n - 1 + 2 * shift / length
+              for n, length in zip(size, image_size))
+    grid = torch.stack(torch.meshgrid(ys, xs, indexing="ij")[::-1], -1).expand(feature.shape[0], -1, -1, -1)
+    return F.grid_sample(feature, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_dilated_stage_outputs_on_their_strided_grid_equal_output_stride_32(output_stride):
+    # Without squeeze-excitation (a global mean over every pixel), the a-trous network's stage outputs, sampled
+    # every 2**skipped pixels from pixel 2**(skipped - 1) - 1, are the strided network's exactly: same taps, same
+    # zero padding (the first skipped transition pads right and bottom, the later ones both sides).
+    ref, model = strided_and_dilated(output_stride)
+    x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
+    for got, want in zip(stage_outputs(model, x), stage_outputs(ref, x), strict=True):
+        step = got.shape[-1] // want.shape[-1]
+        start = max(step // 2 - 1, 0)
+        torch.testing.assert_close(got[..., start::step, start::step], want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_dilated_feature_maps_are_their_stage_outputs_moved_half_a_pixel_onto_the_centres(output_stride):
+    # TINY_KW downsamples in every stage but the first, so each stage's output is a feature map.
+    torch.manual_seed(0)
+    nominal = [spec.stride for spec in rdnet_custom(**TINY_KW).feature_info]
+    model = rdnet_custom(output_stride=output_stride, **TINY_KW).double().eval()
     x = torch.randn(2, 3, 64, 96, dtype=torch.float64)
     with torch.no_grad():
+        features = model.forward_features(x)
+    moved = 0
+    for spec, stride, raw in zip(model.feature_info, nominal, stage_outputs(model, x), strict=True):
+        want = raw
+        if spec.stride < stride:  # after the dilation point
+            want, moved = resampled(raw, raw.shape[-2:], x.shape[-2:], -spec.stride / 2), moved + 1
+        torch.testing.assert_close(features[spec.name], want, rtol=0, atol=1e-12)
+    assert moved == {16: 1, 8: 2, 4: 3}[output_stride]
+
+
+@pytest.mark.parametrize("output_stride", [16, 8, 4])
+def test_dilated_feature_maps_resampled_to_output_stride_32_line_up_with_it_unshifted(output_stride):
+    # Resampled onto the strided network's grid, each dilated map is closest to the strided map with no shift
+    # (among shifts in 2-pixel steps): it is centred as align_corners=False upsampling assumes. The strided map's
+    # border pixels are left out: the padding there is one-sided.
+    ref, model = strided_and_dilated(output_stride)
+    x = torch.randn(2, 3, 256, 256, generator=torch.Generator().manual_seed(100), dtype=torch.float64)
+    with torch.no_grad():
         want, got = ref.forward_features(x), model.forward_features(x)
-    for name in want:
-        step = got[name].shape[-1] // want[name].shape[-1]
-        torch.testing.assert_close(got[name][..., ::step, ::step], want[name], rtol=0, atol=1e-12)
+    for spec, nominal in zip(model.feature_info, ref.feature_info, strict=True):
+        if spec.stride == nominal.stride:
+            continue
+        target = want[spec.name]
+        inner = target[..., 1:-1, 1:-1]
+        errors = {shift: float((resampled(got[spec.name], target.shape[-2:], x.shape[-2:], shift)[..., 1:-1, 1:-1]
+                                - inner).norm() / inner.norm()) for shift in range(-12, 13, 2)}
+        best = min(errors, key=errors.get)
+        assert best == 0, f"{spec.name} lines up best moved by {best} pixels: {errors}"
 
 
 def authors_keys(state):
@@ -175,6 +292,9 @@ def test_rdnet_timm_keys_maps_every_spelling():
     (dict(growth_rates=[8, 8]), "one entry per stage, got 2, 4, 4 and 4"),
     (dict(block_type=["Block", "Block", "Block", "SE"]), "'Block' or 'BlockESE', got 'SE'"),
     (dict(frozen_stages=5), "frozen_stages must be an int from -1"),
+    (dict(drop_path_rate=1.0), r"drop_path_rate must be in \[0, 1\), got 1.0"),
+    (dict(drop_path_rate=-0.1), r"drop_path_rate must be in \[0, 1\), got -0.1"),
+    (dict(drop_path_rate=float("nan")), r"drop_path_rate must be in \[0, 1\), got nan"),
 ])
 def test_bad_arguments_get_one_clear_error(kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -10,10 +10,16 @@ and every earlier layer's output, and adds ``growth_rate`` channels. Before ever
 (LayerNorm and a conv to half the channels) compresses them: 1x1, or 2x2 with stride 2 where the stage downsamples.
 
 Output strides below the nominal 32 keep every parameter: a downsampling transition past the output stride becomes
-its 2x2 conv at stride 1, dilated by the dilation reached so far and padded on the right and bottom, and the
-depthwise 7x7 convs after it are dilated twice as much per skipped downsampling. Sampled every
-``2**skipped`` pixels, those maps equal the strided network's (an a-trous network, as DeepLab's dilated ResNets);
-the maps before the dilation point are unchanged. One state_dict loads at every output stride.
+its 2x2 conv at stride 1 with the dilation reached so far, and the depthwise 7x7 convs after it are dilated twice as
+much per skipped downsampling (an a-trous network, as DeepLab's dilated ResNets). The first skipped transition
+(dilation 1) pads its conv by one pixel on the right and bottom; the later ones (even dilations) pad half their
+dilation on every side. The maps after the dilation point then hold the strided network's computation half a pixel
+right of and below their pixel centres: in stages without effective SE, sampled every ``2**skipped`` pixels from
+pixel ``2**(skipped - 1) - 1``, they equal the strided network's maps (the SE's global mean also sees the pixels in
+between, so its stages only come close). The feature maps returned for decoders are resampled by that half pixel
+(bilinearly: the mean of each pixel and its upper, left and upper-left neighbours), so every level is centred as
+``align_corners=False`` upsampling assumes. The maps before the dilation point are unchanged. One state_dict loads
+at every output stride.
 """
 from __future__ import annotations
 
@@ -78,9 +84,10 @@ class FeatureMixer(nn.Module):
 
 
 def drop_path_mask(like: torch.Tensor, rate: float) -> torch.Tensor:
-    """A per-sample keep mask scaled by 1/keep (timm's ``drop_path``, the same random draws), shape (N, 1, 1, 1)."""
-    keep = 1.0 - rate
-    return like.new_empty((like.shape[0], 1, 1, 1)).bernoulli_(keep).div_(keep)
+    """A per-sample keep mask of ones and zeros, shape (N, 1, 1, 1): timm's ``drop_path`` draws
+    (``new_empty(...).bernoulli_(keep)``, one per layer in layer order). ``DenseLayer.new_features`` scales it by
+    1/keep in its output's dtype, as timm does (under autocast float32, where the input may be bfloat16)."""
+    return like.new_empty((like.shape[0], 1, 1, 1)).bernoulli_(1.0 - rate)
 
 
 class DenseLayer(nn.Module):
@@ -102,7 +109,7 @@ class DenseLayer(nn.Module):
         if self.gamma is not None:
             out = out * self.gamma.view(1, -1, 1, 1)
         if mask is not None:
-            out = out * mask
+            out = out * mask.to(out.dtype).div(1.0 - self.drop_path_rate)
         return out
 
     def draw_mask(self, like: torch.Tensor) -> torch.Tensor | None:
@@ -159,17 +166,25 @@ def _buffered_forward(x: torch.Tensor, layers: Sequence[DenseLayer], channels: i
 
 class TransitionConv(nn.Conv2d):
     """The transition's conv: 1x1, or 2x2 with stride 2 where the stage downsamples. Past the output stride the
-    2x2 conv runs at stride 1 with dilation ``dilation``, padded by ``dilation`` on the right and bottom, so the
-    output at pixel 2p (in the previous grid) equals the strided conv's at p."""
+    2x2 conv runs at stride 1 with dilation ``dilation``: at an even dilation padded by half of it on every side,
+    so the output at q reads q - d/2 and q + d/2 (centred); at dilation 1, whose two taps have no centre pixel,
+    padded by 1 on the right and bottom (the output at q reads q and q + 1, half a pixel right and down)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, dilation: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
-        self.pad = dilation if kernel_size == 2 and stride == 1 else 0
+        before = dilation // 2  # (left, right, top, bottom) below
+        self.pad = (before, dilation - before) * 2 if kernel_size == 2 and stride == 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad:
-            x = F.pad(x, (0, self.pad, 0, self.pad))
+            x = F.pad(x, self.pad)
         return super().forward(x)
+
+
+def half_pixel_centred(x: torch.Tensor) -> torch.Tensor:
+    """``x`` resampled half a pixel up and left, bilinearly: each pixel the mean of itself and its upper, left and
+    upper-left neighbours (the first row and column repeated at the edge, as ``align_corners=False`` clamps)."""
+    return F.avg_pool2d(F.pad(x, (1, 0, 1, 0), mode="replicate"), 2, stride=1)
 
 
 class RDNet(nn.Module):
@@ -185,7 +200,7 @@ class RDNet(nn.Module):
         bottleneck_width_ratio: a layer's 1x1 expansion, ``int(in_channels * ratio / 8) * 8`` channels.
         transition_compression_ratio: a transition's output, ``int(channels * ratio / 8) * 8``.
         ls_init_value: layer-scale initial value (0: no layer scale).
-        drop_path_rate: stochastic depth, rising linearly over all layers to this rate (timm's schedule).
+        drop_path_rate: stochastic depth, rising linearly over all layers to this rate (timm's schedule), in [0, 1).
         output_stride: 32 (nominal for the published nets), 16, 8, ... down to ``patch_size``.
         num_classes: ``None`` (segmentation) or a classifier's classes (timm's ``head.norm``/``head.fc``).
         memory_efficient: train with one buffer per stage and the layers recomputed in backward.
@@ -218,6 +233,8 @@ class RDNet(nn.Module):
         valid = [patch_size * 2 ** i for i in range(sum(is_downsample_block) + 1)]
         if output_stride not in valid:
             raise ValueError(f"output_stride must be one of {valid} for this RDNet, got {output_stride!r}")
+        if not 0.0 <= drop_path_rate < 1.0:  # at 1 the kept share is 0, and the mask's 1/keep scale 0/0
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {drop_path_rate!r}")
         check_freezing(False, frozen_stages, len(growth_rates))
         self.frozen_stages = frozen_stages
         self.output_stride = output_stride
@@ -246,6 +263,7 @@ class RDNet(nn.Module):
         self.dense_stages = nn.Sequential()
         self.feature_info: list[FeatureSpec] = []
         self._feature_stages: list[int] = []
+        self._offset_stages: set[int] = set()  # after a skipped downsampling: half a pixel off the centres
         channels, stride, dilation = a["num_init_features"], a["patch_size"], 1
         for i, down in enumerate(a["is_downsample_block"]):
             mods: list[nn.Module] = []
@@ -265,6 +283,8 @@ class RDNet(nn.Module):
             if i + 1 == self.num_stages or a["is_downsample_block"][i + 1]:
                 self.feature_info.append(FeatureSpec(f"stage{len(self.feature_info) + 1}", channels, stride))
                 self._feature_stages.append(i)
+            if dilation > 1:
+                self._offset_stages.add(i)
         return channels
 
     def stages(self) -> list[list[nn.Module]]:
@@ -295,7 +315,8 @@ class RDNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Feature maps for decoders, shallow to deep, as ``feature_info`` names them: the output of the stage
-        before each downsampling stage, and of the last stage."""
+        before each downsampling stage, and of the last stage (after the dilation point resampled half a pixel,
+        onto the pixel centres)."""
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
         if not torch.jit.is_tracing() and min(x.shape[-2:]) < self.min_input_size:
@@ -307,7 +328,7 @@ class RDNet(nn.Module):
         for i, stage in enumerate(self.dense_stages):
             x = stage(x)
             if i in self._feature_stages:
-                out[next(specs).name] = x
+                out[next(specs).name] = half_pixel_centred(x) if i in self._offset_stages else x
         return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
