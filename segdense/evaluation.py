@@ -26,7 +26,7 @@ from segdense.data.cityscapes import LABELS
 from segdense.errors import UserError
 from segdense.inference.draw import colorize
 from segdense.inference.files import output_names
-from segdense.inference.loading import ModelBundle, normalisation
+from segdense.inference.loading import ModelBundle
 from segdense.inference.per_image import BatchTracker, PerImageRecorder
 from segdense.inference.tta import describe_infer
 from segdense.inference.writers import check_writable_dir, write_json, write_label_png, write_png
@@ -155,7 +155,7 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
     recorder = None
     if report:
         recorder = PerImageRecorder(infer, dataset, bundle.num_classes, keep=report_images, indices=order,
-                                    **normalisation(bundle.eval_pipeline))
+                                    scaling=getattr(dataset, "input_scaling", None))
         loader, infer = recorder.wrap(loader), recorder
     metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device)
     result = evaluate_loader(model, loader, metrics, device, amp_dtype=amp_dtype, channels_last=channels_last,

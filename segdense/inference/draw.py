@@ -35,6 +35,17 @@ def preview_rgb(image: np.ndarray) -> np.ndarray:
     return (np.clip(stretched, 0, 1) * 255).round().astype(np.uint8)
 
 
+def input_picture(image, scaling=None) -> np.ndarray:
+    """Model input (C, H, W) (tensor or array) as 8-bit RGB (H, W, 3) to look at: back in the file's units by
+    ``scaling`` (the pipeline's :class:`~segdense.data.normalisation.InputScaling`), then :func:`preview_rgb`.
+    Without ``scaling`` the input itself is stretched (per band, so the same picture as the file's values gives,
+    short of clipping)."""
+    if scaling is not None:
+        return preview_rgb(scaling.to_file_units(image))
+    array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)
+    return preview_rgb(np.moveaxis(array, 0, -1))
+
+
 def _font(size: int = 12):
     from PIL import ImageFont
 
