@@ -172,3 +172,23 @@ def test_torchscript_and_int8_exports_take_the_models_4_bands(trained):
                                "eval_images=2", "verify_images=0", "force=true"]))
     assert onnx_session(output).get_inputs()[0].shape[1] == 4
     assert load_bundle(output).model(torch.zeros(1, 4, 32, 32)).shape == (1, 2, 32, 32)
+
+
+def test_evaluating_and_calibrating_on_images_of_another_band_count_name_the_file(trained, tmp_path):
+    from segdense.config.eval_job import evaluate_job
+    from segdense.config.export_job import export_job
+    from segdense.data import DatasetFileError
+    from segdense.errors import UserError
+    from test_eval import compose_eval
+    from test_export import compose_export
+
+    _, checkpoint, _ = trained
+    other = write_folder(tmp_path / "three", count=2, bands=3)
+    with pytest.raises(DatasetFileError, match=r"s0.tif: image has 3 band\(s\) but the model takes in_channels=4"):
+        evaluate_job(compose_eval([f"checkpoint={checkpoint}", "dataset=folder", f"dataset.root={other}",
+                                   "dataset.class_names=[low,high]", "split=all", "progress=false", "device=cpu", "num_workers=0",
+                                   f"output_dir={tmp_path / 'eval'}"]))
+    with pytest.raises(UserError, match=r"s0.tif: image has 3 band\(s\) but the model takes in_channels=4"):
+        export_job(compose_export([f"checkpoint={checkpoint}", f"output={tmp_path / 'm.int8.onnx'}",
+                                   "quantize=int8", "calibration=2", f"calibration_dir={other / 'images'}",
+                                   "eval_images=2", "verify_images=0"]))
