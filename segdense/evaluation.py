@@ -27,7 +27,7 @@ from segdense.errors import UserError
 from segdense.inference.draw import colorize
 from segdense.inference.files import output_names
 from segdense.inference.label_files import LabelFiles
-from segdense.inference.loading import ModelBundle, normalisation
+from segdense.inference.loading import ModelBundle
 from segdense.inference.per_image import BatchTracker, PerImageRecorder
 from segdense.inference.tta import describe_infer
 from segdense.inference.writers import atomic_write_files, check_writable_dir, write_json, write_png
@@ -162,7 +162,7 @@ def evaluate_model(bundle: ModelBundle, dataset, infer: Callable, device: torch.
     recorder = None
     if report:
         recorder = PerImageRecorder(infer, dataset, bundle.task, keep=report_images, indices=order,
-                                    **normalisation(bundle.eval_pipeline))
+                                    scaling=getattr(dataset, "input_scaling", None))
         loader, infer = recorder.wrap(loader), recorder
     task = bundle.task
     metrics = SegmentationMetrics(bundle.num_classes, bundle.class_names, device=device, task=task)

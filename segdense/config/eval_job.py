@@ -10,7 +10,7 @@ from segdense.data import build_dataset, build_transforms
 from segdense.errors import ConfigError, config_values
 from segdense.inference import build_infer, load_bundle
 from segdense.evaluation import evaluate_model
-from segdense.inference.loading import min_input_size
+from segdense.inference.loading import input_channels, min_input_size
 from segdense.inference.tta import describe_infer
 from segdense.metrics import format_metrics_table
 from segdense.runtime import gather_to_all, is_main_process, resolve_amp
@@ -45,7 +45,8 @@ def build_eval_dataset(cfg: DictConfig, bundle):
     name = block.pop("name")
     split = cfg.split or block.get("val_split") or "val"
     try:
-        dataset = build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
+        transform = build_transforms(bundle.eval_pipeline, in_channels=input_channels(bundle.model))
+        dataset = build_dataset(name, split=split, transform=transform, **block)
     except (TypeError, ValueError) as e:  # the dataset's constructor refused the block's values
         raise ConfigError(str(e)) from None
     check_same_length(dataset, name, split)

@@ -13,7 +13,8 @@ from segdense.errors import ConfigError, MissingFileError
 
 from ..readers import ImageReadError
 from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
-from .transforms import imagenet_normalise, mask_tensor
+from .normalisation import InputScaling
+from .transforms import imagenet_normalise, imagenet_scaling, mask_tensor
 
 Transform = Callable[[np.ndarray, np.ndarray], tuple[torch.Tensor, torch.Tensor]]
 
@@ -62,6 +63,14 @@ class SegmentationDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.files)
+
+    @property
+    def input_scaling(self) -> InputScaling | None:
+        """How the samples' image tensors come from the files' values: the transform's normalisation, or
+        ImageNet's (:func:`to_tensors`) without a transform; None when unknown (a transform of another kind)."""
+        if self.transform is None:
+            return imagenet_scaling()
+        return getattr(self.transform, "input_scaling", None)
 
     def load_image(self, index: int) -> np.ndarray:
         """Raw image ``index`` as (H, W, C) in the file's own dtype (8-bit PNG/JPEG: RGB uint8), ``bands`` only."""

@@ -11,6 +11,7 @@ Without it the augmentation pipeline's own ``Normalize`` step applies (ImageNet'
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Any, Mapping, Sequence
 
@@ -84,6 +85,65 @@ class NormalizeBands(A.ImageOnlyTransform):
         if self.mean is not None:
             x = (x - self.mean) / self.std
         return x.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class InputScaling:
+    """What a pipeline's normalisation does to each band of a file's values ``x``:
+    ``input = (clip(x, low, high) * scale - mean) / std`` (no clipping where ``low``/``high`` are None). Every
+    normalisation segdense builds has this form, so one description serves the ONNX metadata and turning model
+    input back into the file's units for pictures. Each array holds one value per band, or one for all bands.
+    ``dtype``: the files' dtype when the normalisation implies one (``Normalize``: 8-bit), else None."""
+
+    mean: np.ndarray
+    std: np.ndarray
+    scale: np.ndarray
+    low: np.ndarray | None = None
+    high: np.ndarray | None = None
+    dtype: str | None = None
+
+    def to_file_units(self, image) -> np.ndarray:
+        """Model input (C, H, W) (tensor or array) back in the file's units as (H, W, C): float64, or the
+        files' ``dtype`` (rounded) when known. Values the normalisation clipped stay clipped."""
+        x = np.moveaxis(np.asarray(image.detach().cpu().float() if hasattr(image, "detach") else image,
+                                   dtype=np.float64), 0, -1)
+        x = (x * self.std + self.mean) / self.scale
+        if self.dtype is None:
+            return x
+        info = np.iinfo(self.dtype)
+        return np.clip(np.rint(x), info.min, info.max).astype(self.dtype)
+
+    def metadata(self) -> dict:
+        """JSON-ready ``mean``, ``std``, ``scale``, ``low`` and ``high`` (lists; None for no clipping)."""
+        def values(v):
+            return None if v is None else [float(x) for x in np.atleast_1d(v)]
+
+        return {"mean": values(self.mean), "std": values(self.std), "scale": values(self.scale),
+                "low": values(self.low), "high": values(self.high)}
+
+
+def input_scaling(step: A.BasicTransform | None) -> InputScaling | None:
+    """The :class:`InputScaling` of a pipeline's normalisation step: albumentations' ``Normalize`` (its
+    ``standard`` mode) or :class:`NormalizeBands`; the identity without a step (images given as they are); None
+    for a step whose result depends on each image (``Normalize``'s per-image modes)."""
+    one, zero = np.ones(1), np.zeros(1)
+    if step is None:
+        return InputScaling(mean=zero, std=one, scale=one)
+    if isinstance(step, A.Normalize):
+        if step.normalization != "standard":
+            return None
+        return InputScaling(mean=_per_band(step.mean, "mean"), std=_per_band(step.std, "std"),
+                            scale=one / float(step.max_pixel_value),
+                            dtype="uint8" if step.max_pixel_value == 255.0 else None)
+    if not isinstance(step, NormalizeBands):
+        return None
+    mean = zero if step.mean is None else step.mean
+    std = one if step.std is None else step.std
+    if step.low is None:
+        return InputScaling(mean=mean, std=std, scale=one * (step.scale or 1.0))
+    # ((c - low) / (high - low) - m) / s  =  (c * k - (low * k + m)) / s  with  k = 1 / (high - low)
+    k = 1.0 / (step.high - step.low)
+    return InputScaling(mean=step.low * k + mean, std=std, scale=k, low=step.low, high=step.high)
 
 
 def normalisation_problem(image: np.ndarray, step: A.BasicTransform | None) -> str | None:

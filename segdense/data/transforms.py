@@ -18,7 +18,7 @@ import torch
 from ..readers import ImageReadError
 from ..registry import unknown_name_message
 from .mmseg_transforms import CatMaxRandomCrop, KeepRatioResize, PhotoMetricDistortion, RandomResize
-from .normalisation import NormalizeBands, normalisation_problem, with_normalisation
+from .normalisation import InputScaling, NormalizeBands, input_scaling, normalisation_problem, with_normalisation
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -62,6 +62,11 @@ def _build_one(item: Mapping[str, Any]) -> A.BasicTransform:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"cannot build transform {name} with arguments {kwargs}: {exc}") from None
+
+
+def imagenet_scaling() -> InputScaling:
+    """The :class:`InputScaling` of :func:`imagenet_normalise` (8-bit RGB, ImageNet's mean and std)."""
+    return input_scaling(A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD))
 
 
 def imagenet_normalise(image: np.ndarray) -> torch.Tensor:
@@ -136,6 +141,13 @@ class SegmentationTransform:
         if isinstance(mask_out, np.ndarray):
             mask_out = torch.from_numpy(np.ascontiguousarray(mask_out))
         return image_out.float(), mask_tensor(mask_out)
+
+    @property
+    def input_scaling(self) -> InputScaling | None:
+        """What the pipeline's normalisation does to the file's values (:class:`InputScaling`; None when it
+        depends on each image), to describe the model's input and to turn it back into pictures."""
+        steps = [t for t in _flatten(self.pipeline.transforms) if isinstance(t, (A.Normalize, NormalizeBands))]
+        return input_scaling(steps[0] if steps else None) if len(steps) <= 1 else None
 
     def __repr__(self) -> str:
         return f"SegmentationTransform({self.pipeline.transforms})"

@@ -140,7 +140,9 @@ class TensorBoardHook(Hook):
             if not math.isnan(c["IoU"]):
                 self.writer.add_scalar(f"val_IoU/{c['name']}", c["IoU"], it)
         if trainer.val_preview is not None and trainer.palette:
-            self.writer.add_image("val/image_gt_pred", comparison_grid(*trainer.val_preview, trainer.palette), it)
+            scaling = getattr(getattr(trainer.val_loader, "dataset", None), "input_scaling", None)
+            grid = comparison_grid(*trainer.val_preview, trainer.palette, scaling=scaling)
+            self.writer.add_image("val/image_gt_pred", grid, it)
 
     def on_end(self, trainer: Trainer) -> None:
         self.writer.flush()

@@ -5,8 +5,7 @@ from typing import Sequence
 
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from segdense.inference.draw import input_picture
 
 
 def colorize(labels: torch.Tensor, palette: Sequence[Sequence[int]], ignore_index: int = 255) -> torch.Tensor:
@@ -17,22 +16,24 @@ def colorize(labels: torch.Tensor, palette: Sequence[Sequence[int]], ignore_inde
     return table[labels.long().clamp(0, 255).cpu()].permute(0, 3, 1, 2)
 
 
-def denormalize(images: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    """Undo mean/std normalisation: (N, 3, H, W) → [0, 1]."""
-    m = torch.tensor(mean).view(1, -1, 1, 1)
-    s = torch.tensor(std).view(1, -1, 1, 1)
-    return (images.float().cpu() * s + m).clamp(0, 1)
+def picture(image: torch.Tensor, scaling=None) -> torch.Tensor:
+    """Model input (C, H, W) of any band count as (1, 3, H, W) float RGB in [0, 1]: back in the file's units by
+    ``scaling`` (the dataset's :class:`~segdense.data.normalisation.InputScaling`), shown as
+    :func:`~segdense.inference.draw.input_picture` shows it (8-bit RGB as it is; else the first three bands, one
+    band as grey, stretched between their 2nd and 98th percentiles)."""
+    return torch.from_numpy(input_picture(image, scaling)).permute(2, 0, 1)[None].float().div_(255)
 
 
-def comparison_grid(images, masks, predictions, palette, max_items: int = 4) -> torch.Tensor:
-    """Rows of image | ground truth | prediction, as one (3, H', W') image for TensorBoard."""
+def comparison_grid(images, masks, predictions, palette, max_items: int = 4, scaling=None) -> torch.Tensor:
+    """Rows of image | ground truth | prediction, as one (3, H', W') image for TensorBoard; ``scaling``: how the
+    images were normalised (:func:`picture`)."""
     from torchvision.utils import make_grid
 
     n = min(max_items, images.shape[0])
     rows = []
     for i in range(n):
         rows += [
-            denormalize(images[i : i + 1]),
+            picture(images[i], scaling),
             colorize(masks[i : i + 1], palette),
             colorize(predictions[i : i + 1], palette),
         ]

@@ -18,9 +18,10 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
+from segdense.data import build_transforms
 from segdense.errors import UserError
 from segdense.version import __version__
-from segdense.inference.loading import METADATA_KEY, ModelBundle, load_bundle, min_input_size, normalisation
+from segdense.inference.loading import METADATA_KEY, ModelBundle, input_channels, load_bundle, min_input_size
 from segdense.inference.onnx_model import run_session as onnx_run
 from segdense.inference.writers import atomic_write_bytes
 
@@ -46,8 +47,7 @@ class LogitsOnly(nn.Module):
 
 def _example(model: nn.Module, size: Sequence[int], batch: int = 1, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
-    channels = int(getattr(getattr(model, "backbone", None), "in_channels", 3))
-    return torch.randn(batch, channels, *size, generator=generator)
+    return torch.randn(batch, input_channels(model), *size, generator=generator)
 
 
 def temporary_path_for(path: Path) -> Path:
@@ -58,12 +58,19 @@ def temporary_path_for(path: Path) -> Path:
 def onnx_metadata(bundle: ModelBundle, precision: str = "fp32", input_size: str | Sequence[int] = "dynamic") -> dict:
     """What prediction needs to run an ONNX export of ``bundle`` (read back by
     :func:`segdense.inference.onnx_model.read_onnx_metadata`): the bundle's description plus the number of
-    classes, the dataset's name, the normalisation, the segdense version, the precision and the input size
-    (``"dynamic"`` or a fixed ``[height, width]``)."""
-    norm = normalisation(bundle.eval_pipeline)
+    classes, the dataset's name, the input (``in_channels``, the file's ``bands`` in the order the model takes them,
+    and its normalisation: ``input = (clip(x, low, high) * scale - mean) / std`` per band in the file's units
+    ``x``, from :class:`~segdense.data.normalisation.InputScaling`), the segdense version, the precision and the
+    input size (``"dynamic"`` or a fixed ``[height, width]``)."""
+    scaling = build_transforms(bundle.eval_pipeline).input_scaling
+    if scaling is None:
+        raise ExportError(f"{bundle.source}: its eval pipeline's normalisation depends on each image (or has "
+                          "several steps), so the file's metadata cannot describe it; give it one Normalize "
+                          "(standard) or dataset.normalize")
     return {
         **bundle.metadata(), "num_classes": bundle.num_classes, "dataset_name": (bundle.dataset or {}).get("name"),
-        "mean": list(norm["mean"]), "std": list(norm["std"]), "segdense_version": __version__,
+        "in_channels": input_channels(bundle.model), "bands": bundle.reading["bands"], **scaling.metadata(),
+        "segdense_version": __version__,
         "precision": precision, "input_size": input_size if input_size == "dynamic" else list(input_size),
         "min_input_size": min_input_size(bundle.model),
     }

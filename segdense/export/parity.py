@@ -18,7 +18,8 @@ import torch
 import torch.nn as nn
 
 from segdense.data import build_dataset, build_transforms
-from segdense.inference.images import find_images, load_image
+from segdense.inference.images import ImageReadError, find_images, load_image
+from segdense.inference.loading import input_channels
 from segdense.tasks import Task
 
 from .formats import ExportError, LogitsOnly, onnx_run
@@ -57,7 +58,8 @@ def checkpoint_dataset(bundle, split_key: str = "val_split", hint: str = "pass v
     split = block.pop(split_key, None) or ("train" if split_key == "train_split" else "val")
     what = "training set" if split_key == "train_split" else "validation set"
     try:
-        return build_dataset(name, split=split, transform=build_transforms(bundle.eval_pipeline), **block)
+        transform = build_transforms(bundle.eval_pipeline, in_channels=input_channels(bundle.model))
+        return build_dataset(name, split=split, transform=transform, **block)
     except (FileNotFoundError, ValueError, TypeError) as exc:
         raise ExportError(f"cannot open the checkpoint's {what} ({name}, split {split!r}): {exc}\n{hint}") from None
 
@@ -88,12 +90,16 @@ def folder_images(bundle, directory: str | os.PathLike, count: int) -> list[tupl
 
 
 def file_images(bundle, paths: Sequence[str | os.PathLike]) -> list[tuple[str, torch.Tensor]]:
-    """(path, image tensor) of each image file, through the checkpoint's eval pipeline."""
-    transform = build_transforms(bundle.eval_pipeline)
+    """(path, image tensor) of each image file, through the checkpoint's eval pipeline; one
+    :class:`ImageReadError` naming the file the pipeline or the model cannot take."""
+    transform = build_transforms(bundle.eval_pipeline, in_channels=input_channels(bundle.model))
     images = []
     for path in paths:
         image = load_image(path, rgb_arrays=bundle.takes_8bit_rgb, **bundle.reading)
-        images.append((str(path), transform(image, np.zeros(image.shape[:2], dtype=np.uint8))[0]))
+        try:
+            images.append((str(path), transform(image, np.zeros(image.shape[:2], dtype=np.uint8))[0]))
+        except ImageReadError as exc:
+            raise ImageReadError(path, exc.problem) from None
     return images
 
 

@@ -56,6 +56,17 @@ def present_classes(labels: np.ndarray, num_classes: int) -> list[int]:
     return [int(c) for c in np.unique(labels) if 0 <= c < num_classes]
 
 
+def input_picture(image, scaling=None) -> np.ndarray:
+    """Model input (C, H, W) (tensor or array) as 8-bit RGB (H, W, 3) to look at: back in the file's units by
+    ``scaling`` (the pipeline's :class:`~segdense.data.normalisation.InputScaling`), then :func:`preview_rgb`.
+    Without ``scaling`` the input itself is stretched (per band, so the same picture as the file's values gives,
+    short of clipping)."""
+    if scaling is not None:
+        return preview_rgb(scaling.to_file_units(image))
+    array = image.detach().cpu().float().numpy() if hasattr(image, "detach") else np.asarray(image)
+    return preview_rgb(np.moveaxis(array, 0, -1))
+
+
 def _font(size: int = 12):
     from PIL import ImageFont
 

@@ -122,12 +122,10 @@ def min_input_size(model: nn.Module) -> int:
     return int(own)
 
 
-def normalisation(pipeline) -> dict:
-    """``mean`` and ``std`` of the pipeline's Normalize step (ImageNet's when it has none)."""
-    for step in pipeline or []:
-        if step.get("type") == "Normalize":
-            return {"mean": tuple(step.get("mean", IMAGENET_MEAN)), "std": tuple(step.get("std", IMAGENET_STD))}
-    return {"mean": IMAGENET_MEAN, "std": IMAGENET_STD}
+def input_channels(model: nn.Module) -> int:
+    """The band count ``model`` takes: its config's (or its backbone's) ``in_channels``; 3 when neither says."""
+    backbone = (getattr(model, "model_config", {}) or {}).get("backbone") or {}
+    return int(backbone.get("in_channels", getattr(getattr(model, "backbone", None), "in_channels", 3)))
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:

@@ -14,6 +14,8 @@ import torch.nn as nn
 from segdense.metrics import SegmentationMetrics, metrics_from_confusion
 from segdense.tasks import MulticlassTask, Task
 
+from .draw import input_picture
+
 
 @dataclass
 class ImageScore:
@@ -57,17 +59,16 @@ def image_scores(prediction: torch.Tensor, label: torch.Tensor, task: Task | int
 
 class PerImageRecorder:
     """``recorder.wrap(loader)`` and ``recorder`` (in place of ``infer``) give :attr:`scores` for every image and
-    :meth:`worst` (lowest mIoU first) for the ``keep`` worst, with their denormalised image. ``indices``: the
-    dataset index of each image in the order the loader yields them (default 0, 1, 2, ...; a process's shard
-    under ``torch.distributed``); :meth:`part` and :meth:`merge` bring the processes' records together."""
+    :meth:`worst` (lowest mIoU first) for the ``keep`` worst, with their image as a picture (:func:`input_picture`
+    with ``scaling``). ``indices``: the dataset index of each image in the order the loader yields them (default
+    0, 1, 2, ...; a process's shard under ``torch.distributed``); :meth:`part` and :meth:`merge` bring the
+    processes' records together."""
 
-    def __init__(self, infer: Callable, dataset, task: Task, keep: int = 8,
-                 mean: Sequence[float] = (0.485, 0.456, 0.406), std: Sequence[float] = (0.229, 0.224, 0.225),
+    def __init__(self, infer: Callable, dataset, task: Task, keep: int = 8, scaling=None,
                  indices: Sequence[int] | None = None):
         self.infer, self.dataset, self.task, self.keep = infer, dataset, task, keep
         self.indices = indices
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
+        self.scaling = scaling  # the eval pipeline's InputScaling: the kept images are shown in the file's units
         self.scores: list[ImageScore] = []
         self._heap: list[tuple[float, int, GalleryItem]] = []  # (-mIoU, -index, item): the worst stay
         self._batch = None
@@ -98,8 +99,8 @@ class PerImageRecorder:
         key = -score.miou if not math.isnan(score.miou) else -2.0  # an image with nothing to score sorts last
         if len(self._heap) == self.keep and key <= self._heap[0][0]:
             return
-        rgb = (image.float().cpu() * self.std + self.mean).clamp(0, 1).mul(255).round().byte().permute(1, 2, 0)
-        item = GalleryItem(score, rgb.numpy(), label.numpy().astype(np.uint8), prediction.numpy().astype(np.uint8))
+        rgb = input_picture(image, self.scaling)
+        item = GalleryItem(score, rgb, label.numpy().astype(np.uint8), prediction.numpy().astype(np.uint8))
         entry = (key, -score.index, item)
         if len(self._heap) < self.keep:
             heapq.heappush(self._heap, entry)

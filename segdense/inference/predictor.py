@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from segdense.runtime import autocast_context, resolve_amp, resolve_device
 
 from .images import ImageReadError, load_image
-from .loading import ModelBundle, default_palette, load_bundle, min_input_size
+from .loading import ModelBundle, default_palette, input_channels, load_bundle, min_input_size
 from .tta import build_infer, describe_infer
 
 
@@ -132,8 +132,7 @@ class Predictor:
     @property
     def in_channels(self) -> int:
         """The band count the model takes."""
-        backbone = (getattr(self.model, "model_config", {}) or {}).get("backbone") or {}
-        return int(backbone.get("in_channels", 3))
+        return input_channels(self.model)
 
     def logits_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
         """Float32 logits (num_classes, H, W) on the CPU for each image, at the image's own size."""
