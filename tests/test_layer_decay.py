@@ -79,6 +79,20 @@ def test_densenet_and_resnet_report_their_stages():
     assert sorted({resnet.stage_of(n) for n, _ in resnet.named_parameters()}) == [0, 1, 2, 3, 4]
 
 
+def test_rdnet_reports_its_stages_and_its_classifier_after_them():
+    rdnet = build_backbone("rdnet_custom", growth_rates=[8, 8, 16], num_blocks_list=[1, 1, 1], num_init_features=16,
+                           is_downsample_block=[False, True, True], block_type=["Block"] * 3, output_stride=16,
+                           num_classes=3)
+    by_name = {n: rdnet.stage_of(n) for n, _ in rdnet.named_parameters()}
+    # By timm's names: stem.* is the stem, dense_stages.<i>.* stage i + 1 (with its transition), head.* after them.
+    expected = {n: 0 if n.startswith("stem.") else int(n.split(".")[1]) + 1 if n.startswith("dense_stages.") else 4
+                for n in by_name}
+    assert by_name == expected and set(by_name.values()) == {0, 1, 2, 3, 4}
+    densenet = build_backbone("densenet_custom", num_units_per_block=[1, 1], growth_rate=8, num_classes=3)
+    with pytest.raises(ValueError, match="'classifier.weight' of DenseNet belongs to none of its stages"):
+        densenet.stage_of("classifier.weight")
+
+
 def test_frozen_parameters_are_left_out():
     model = tiny_densenet_model()
     model.backbone.features.conv0.weight.requires_grad_(False)

@@ -60,6 +60,15 @@ def test_parameter_counts_equal_timm(name):
     assert list(ours_cls.state_dict()) == list(ref.state_dict())  # the same names, in the same order
 
 
+def test_rdnet_custom_and_the_class_default_to_rdnet_tiny():
+    from segdense.backbones import RDNet
+
+    shapes = lambda m: {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    with torch.device("meta"):
+        ref = {k: v for k, v in shapes(timm.create_model("rdnet_tiny")).items() if not k.startswith("head.")}
+        assert shapes(build_backbone("rdnet_custom")) == shapes(RDNet()) == shapes(rdnet_tiny()) == ref
+
+
 def test_tiny_feature_maps_equal_timm_float64(timm_tiny):
     ref = timm_tiny.double()
     model = rdnet_tiny(num_classes=1000).double().eval()

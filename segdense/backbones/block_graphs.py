@@ -1,9 +1,9 @@
 """CUDA graphs for dense blocks in training (opt-in: ``DenseNet(cuda_graphs=True)``).
 
-A dense block launches a few dozen small kernels per layer in forward and again in backward. On an
-H100 the memory-efficient densenet121 + DeepLabV3 step (OS8, batch 8, 512^2, bf16) spent 47.7 ms
-in kernels of a 72 ms step: the rest was the host launching them (docs/benchmarks.md). A CUDA
-graph replays a block's whole forward as one launch, and its whole backward as another.
+A dense block launches a few dozen small kernels per layer in forward and again in backward. On a
+fast GPU the memory-efficient step is bound by the host launching them, not by the kernels (the H100
+profile is in docs/benchmarks.md). A CUDA graph replays a block's whole forward as one launch, and
+its whole backward as another.
 
 How (after ``torch.cuda.make_graphed_callables``, with two differences):
 

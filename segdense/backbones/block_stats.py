@@ -89,12 +89,11 @@ def moments(x: torch.Tensor, group=None) -> tuple[torch.Tensor, torch.Tensor, to
     per channel (a float; a float64 tensor when all-reduced over ``group``)."""
     if x.is_cuda:
         # BatchNorm's own statistics kernel (channels-last aware, float32 accumulation): the generic
-        # var_mean reduction over (N, H, W) of a channels-last tensor took 80 us per dense layer on
-        # an H100 (9 ms of a densenet121 step).
+        # var_mean reduction over (N, H, W) of a channels-last tensor is far slower (docs/benchmarks.md).
         mean, invstd = torch.batch_norm_stats(x, _STATS_EPS)
         var = invstd.pow(-2).sub_(_STATS_EPS).clamp_min_(0)
     else:
-        # BatchNorm's statistics kernel again (batch mean and biased variance): 5-20x faster on CPU
+        # BatchNorm's statistics kernel again (batch mean and biased variance): on CPU too much faster
         # than var_mean's strided reduction over (N, H, W) of a channels-last tensor.
         mean, var = torch.batch_norm_update_stats(x.to(stat_dtype(x)), None, None, 0.0)
     count = float(x.numel() // x.shape[1])

@@ -17,9 +17,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .block_graphs import BlockGraphs
-from .efficient_block import dropout_mask, efficient_dense_block, supports_efficient
+from .dense_concat import chained_concat, dense_path
+from .efficient_block import efficient_dense_block, supports_efficient
 from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .image_input import check_image_batch, use_channels_last
+from .random_masks import dropout_mask
 from .registry import register_backbone
 from .weights import load_pretrained
 
@@ -131,21 +134,15 @@ class DenseBlock(nn.ModuleDict):
     def _forward(self, init_features: torch.Tensor) -> torch.Tensor:
         layers = list(self.values())
         c0 = 0 if self.keep_input else init_features.shape[1]
-        if self.memory_efficient and self.training and torch.is_grad_enabled() and supports_efficient(layers):
+        path = dense_path(self.memory_efficient, self.training)  # the rule every dense family follows
+        if path == "export":
+            out = chained_concat(init_features, [layer.new_features for layer in layers])
+            return out if self.keep_input else out[:, c0:]
+        if path == "buffer" and supports_efficient(layers):
             # Linear-memory training path: shared buffer and statistics, BN-ReLU recomputed in
             # backward, fused Triton kernels on channels-last CUDA tensors.
             out = efficient_dense_block(init_features, layers, self.fused)
             return out if self.keep_input else out[:, c0:]
-        if torch.jit.is_tracing():
-            # Export (ONNX, TorchScript): each layer's input is the previous input plus the
-            # previous layer's channels, one two-way Concat per layer; ONNX Runtime runs this
-            # graph faster than a concatenation of the whole list per layer. Same values.
-            x = init_features
-            for layer in layers:
-                x = torch.cat([x, layer.new_features(x)], 1)
-            return x if self.keep_input else x[:, c0:]
-        # Elsewhere (inference, no gradients) the plain graph. A buffered inference variant measured
-        # no faster than torchvision's concatenation on CPU, so it was not kept.
         features = [init_features]
         for layer in layers:
             features.append(layer(features))
@@ -173,25 +170,6 @@ class _Transition(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_skip(x)[0]
-
-
-def check_image_batch(x: torch.Tensor, in_channels: int, min_size: int, because: str) -> None:
-    """One clear error for an input a backbone cannot take: not (N, in_channels, H, W), or smaller than ``min_size``."""
-    if x.dim() != 4 or x.shape[1] != in_channels:
-        raise ValueError(f"expected an input of shape (N, {in_channels}, H, W), got {tuple(x.shape)}")
-    if not torch.jit.is_tracing() and min(x.shape[-2:]) < min_size:
-        raise ValueError(
-            f"input of size {tuple(x.shape[-2:])} is too small: height and width must be at least {min_size} {because}"
-        )
-
-
-def use_channels_last(setting: bool | None, x: torch.Tensor) -> bool:
-    """Whether a backbone with ``channels_last=setting`` runs ``x`` channels-last (``None``: on CPU inputs)."""
-    if torch.jit.is_tracing() or torch.jit.is_scripting():
-        return False  # exported graphs stay format-neutral
-    if setting is None:
-        return x.device.type == "cpu"
-    return setting
 
 
 def _init_as_torchvision(net: nn.Module) -> None:
@@ -267,8 +245,7 @@ class DenseNet(nn.Module):
         in_channels: channels of the input image.
         channels_last: run the network in the channels-last memory format. ``None`` (auto): on
             CPU inputs only, where oneDNN's convolutions and the BN kernels are faster in it
-            (training step 0.85x, inference 0.77x of contiguous NCHW for densenet121 on 2 cores;
-            docs/benchmarks.md); CUDA inputs keep the format they arrive in (the trainer picks
+            (measured in docs/backbones.md); CUDA inputs keep the format they arrive in (the trainer picks
             channels-last there under AMP). Values are the same up to float rounding; the
             returned feature maps are then channels-last tensors. Tracing (ONNX/TorchScript
             export) records the plain graph.

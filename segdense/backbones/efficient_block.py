@@ -32,6 +32,8 @@ from .block_stats import (
     BlockStats, DeferredInputTerms, DenseSyncBatchNorm, check_count, moments, sync_group,
     update_running_stats_many,
 )
+from .dense_concat import block_buffer
+from .random_masks import dropout_mask
 
 _conv_backward = torch.ops.aten.convolution_backward
 _bn_backward = torch.ops.aten.native_batch_norm_backward
@@ -48,24 +50,17 @@ class DenseLayerLike(Protocol):
     drop_rate: float
 
 
-def dropout_mask(like: torch.Tensor, p: float) -> torch.Tensor:
-    """Dropout as an explicit mask (scaled keep mask), so plain and efficient paths draw the same
-    random numbers in the same order and stay comparable."""
-    return torch.empty_like(like).bernoulli_(1.0 - p).div_(1.0 - p)
-
-
 def bn_relu(
     x: torch.Tensor, bn: nn.BatchNorm2d, mean: torch.Tensor, invstd: torch.Tensor,
     var: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """ReLU(BN(x)) with given batch statistics (float32/64). ``x`` may be a channel slice of the
     block buffer; the output is a fresh compact tensor in ``x``'s memory format. Full-precision
-    inputs take a per-channel scale and shift on the slice itself (on CPU 2-3x faster than copying
-    the slice for BatchNorm): one ``addcmul`` on channels-last data, where channels are innermost,
-    but a multiply and an in-place add on NCHW planes, where ``addcmul``'s broadcast kernel is 2.4x
-    slower (2 x 800 x 32 x 32: 0.43 ms against 0.18). bf16/fp16 inputs go through BatchNorm's own
-    kernel, which computes in float32 (a low-precision scale and shift would lose digits to
-    cancellation)."""
+    inputs take a per-channel scale and shift on the slice itself (on CPU faster than copying the
+    slice for BatchNorm): one ``addcmul`` on channels-last data, where channels are innermost, but a
+    multiply and an in-place add on NCHW planes, where ``addcmul``'s broadcast kernel is slower
+    (docs/benchmarks.md has both measurements). bf16/fp16 inputs go through BatchNorm's own kernel,
+    which computes in float32 (a low-precision scale and shift would lose digits to cancellation)."""
     if x.dtype in (torch.float32, torch.float64):
         scale = invstd if bn.weight is None else invstd * bn.weight
         shift = -mean * scale if bn.bias is None else bn.bias - mean * scale
@@ -81,24 +76,12 @@ def bn_relu(
     return torch.batch_norm(_compact(x), weight, bias, mean, var, False, 0.0, bn.eps, True).relu_()
 
 
-def block_buffer(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """A dense block's output buffer: ``channels`` channels in ``x``'s memory format (channels-last stays
-    channels-last, so every layer's slice keeps that layout), holding ``x`` in its first channels. Each layer reads
-    a view of it and writes its new channels after those (DenseNet's and RDNet's memory-efficient blocks)."""
-    n, c, h, w = x.shape
-    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else torch.contiguous_format
-    buf = torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
-    buf[:, :c].copy_(x)
-    return buf
-
-
 def _compact(view: torch.Tensor) -> torch.Tensor:
     """A compact copy of a channel slice of the block buffer, in the buffer's memory format.
-    BatchNorm's CPU backward takes a generic kernel on a strided view, 6-8x slower than a copy
-    plus its contiguous kernel (NCHW, 2 x 800 x 32 x 32 slice of 1024 channels: 1.46 ms against
-    0.07 + 0.18 ms); converting an NCHW slice to channels-last instead (as this did before) cost
-    2 ms for the copy, 2.5 ms for the mixed-layout backward and a strided accumulation."""
+    BatchNorm's CPU backward takes a generic kernel on a strided view, several times slower than a
+    copy plus its contiguous kernel; converting an NCHW slice to channels-last instead (as this did
+    before) made a transposing copy, a mixed-layout backward and a strided accumulation
+    (docs/benchmarks.md)."""
     if view.is_contiguous(memory_format=torch.channels_last) or view.is_contiguous():
         return view
     if view.stride(1) == 1:  # channels innermost: a channels-last buffer
@@ -250,8 +233,7 @@ class TorchOps:
         ``into``; gamma's; beta's). With ``deferred`` (a :class:`DeferredInputTerms` over the
         statistics ``mean`` comes from) only ``s * dy`` is added to ``into`` and the rest of the
         input gradient, affine in x per channel, is summed there: BatchNorm's backward then only
-        reduces (densenet121 at OS8, batch 2, 256^2, channels-last, 2 CPU threads: 21 ms of BatchNorm
-        backward per step instead of 33, the accumulation into ``into`` costing what it did)."""
+        reduces (docs/benchmarks.md measures the saving)."""
         dy = relu_backward_(dy, a)
         if deferred is None:
             gx, gw, gb = _bn_backward_any(dy, _compact(x), bn, mean, invstd, count, group)
@@ -390,8 +372,8 @@ def _layer_backward(ctx, i: int, g_out, x, z1, into, deferred) -> list:
         del a2, ga2
     # First half: BN1-ReLU recomputed from the shared buffer (with the shared statistics when they train).
     # The ReLU output is read from the buffer slice and freed (its mask applied) before BatchNorm's backward takes
-    # its compact copy of the slice: one layer-input-sized tensor fewer at the widest layer's peak (FC-DenseNet56
-    # at 360x480, batch 1: 997 -> 965 MB peak).
+    # its compact copy of the slice: one layer-input-sized tensor fewer at the widest layer's peak
+    # (docs/fcdensenet.md).
     m1, v1, s1 = _norm1_statistics(n1, stats, x.shape[1])
     a1 = ops.bn_relu(x, n1, m1, s1, v1)
     ga1, gw1, gbias1 = _conv_grads(g_out, a1, conv1)

@@ -28,9 +28,10 @@ import torch
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from .densenet import DenseBlock, check_image_batch, use_channels_last
+from .densenet import DenseBlock
 from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing
+from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
 from ..errors import CheckpointError
 from .weights import adapt_input_conv, read_state_dict, state_dict_mismatch
@@ -43,8 +44,8 @@ class _TransitionDown(nn.Sequential):
 
     ``memory_efficient``: in training, recomputed in backward from its input, the dense block's output, which the
     block keeps anyway. Otherwise it would keep four maps of its input's size (the BN-ReLU output, the dropout
-    mask, the pooling's input and its indices) at the full-resolution skips: 30 % of what a memory-efficient
-    FC-DenseNet56 keeps for backward. The recomputation draws the same dropout mask and leaves the BatchNorm's
+    mask, the pooling's input and its indices) at every skip, most of what a memory-efficient FC-DenseNet keeps
+    for backward (docs/fcdensenet.md). The recomputation draws the same dropout mask and leaves the BatchNorm's
     running statistics as the forward left them."""
 
     def __init__(self, channels: int, drop_rate: float, memory_efficient: bool = False) -> None:

@@ -38,13 +38,16 @@ def apply_freezing(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], n
                 m.eval()
 
 
-def stage_of_parameter(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], param_name: str) -> int:
+def stage_of_parameter(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], param_name: str,
+                       outside: int | None = None) -> int:
     """The index in ``stages`` (0 = the stem, i + 1 = stage i) of the stage whose modules hold the parameter
     ``param_name`` (a name relative to ``backbone``): what a backbone's ``stage_of`` answers, for stage-wise
-    learning-rate decay."""
+    learning-rate decay. A parameter of no stage (a classifier) gets ``outside``, or an error when it is ``None``."""
     param = backbone.get_parameter(param_name)
     for index, stage in enumerate(stages):
         if any(p is param for module in stage for p in module.parameters()):
             return index
+    if outside is not None:
+        return outside
     raise ValueError(f"parameter {param_name!r} of {type(backbone).__name__} belongs to none of its stages "
                      "(the stem and the stages only; a classifier has no stage)")

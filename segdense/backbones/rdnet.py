@@ -30,14 +30,30 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dense_concat import chained_concat, dense_path
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing
-from .efficient_block import block_buffer
+from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .image_input import check_image_batch
+from .random_masks import drop_path_mask
 from .rdnet_efficient import efficient_stage
 from .rdnet_weights import load_rdnet_pretrained
 from .registry import register_backbone
 
 __all__ = ["RDNet", "rdnet_tiny", "rdnet_small", "rdnet_base", "rdnet_large", "rdnet_custom"]
+
+# The published architectures, as timm's ``rdnet_*`` define them; RDNet's defaults are RDNet-T's.
+_TINY = dict(num_init_features=64, growth_rates=(64, 104, 128, 128, 128, 128, 224), num_blocks_list=(3,) * 7,
+             is_downsample_block=(False, True, True, False, False, False, True),
+             block_type=("Block",) * 2 + ("BlockESE",) * 5)
+_DOWN_11 = (False, True, True, False, False, False, False, False, False, True, False)
+_SMALL = dict(num_init_features=72, growth_rates=(64, 128) + (128,) * 7 + (240,) * 2, num_blocks_list=(3,) * 11,
+              is_downsample_block=_DOWN_11, block_type=("Block",) * 2 + ("BlockESE",) * 9)
+_BASE = dict(num_init_features=120, growth_rates=(96, 128) + (168,) * 7 + (336,) * 2, num_blocks_list=(3,) * 11,
+             is_downsample_block=_DOWN_11, block_type=("Block",) * 2 + ("BlockESE",) * 9)
+_LARGE = dict(num_init_features=144, growth_rates=(128, 192) + (256,) * 8 + (360,) * 2, num_blocks_list=(3,) * 12,
+              is_downsample_block=(False, True, True) + (False,) * 7 + (True, False),
+              block_type=("Block",) * 2 + ("BlockESE",) * 10)
+ARCHITECTURES = {"rdnet_tiny": _TINY, "rdnet_small": _SMALL, "rdnet_base": _BASE, "rdnet_large": _LARGE}
 
 
 class LayerNorm2d(nn.LayerNorm):
@@ -83,13 +99,6 @@ class FeatureMixer(nn.Module):
         return self.layers(x)
 
 
-def drop_path_mask(like: torch.Tensor, rate: float) -> torch.Tensor:
-    """A per-sample keep mask of ones and zeros, shape (N, 1, 1, 1): timm's ``drop_path`` draws
-    (``new_empty(...).bernoulli_(keep)``, one per layer in layer order). ``DenseLayer.new_features`` scales it by
-    1/keep in its output's dtype, as timm does (under autocast float32, where the input may be bfloat16)."""
-    return like.new_empty((like.shape[0], 1, 1, 1)).bernoulli_(1.0 - rate)
-
-
 class DenseLayer(nn.Module):
     """One RDNet layer: the ``growth_rate`` channels it adds, from the concatenation of all earlier ones (timm's
     ``DenseBlock``). ``drop_path_rate``: stochastic depth, per sample, in training."""
@@ -123,8 +132,8 @@ class DenseStage(nn.ModuleDict):
     """``num_layers`` layers on a growing concatenation; returns the stage input and every layer's output.
 
     Training with ``memory_efficient`` writes every layer's output into one buffer and recomputes each layer's
-    inner activations in backward (``rdnet_efficient``); without gradients the buffer is used too (no
-    concatenation copy per layer). Both give the plain graph's values."""
+    inner activations in backward (``rdnet_efficient``), with the plain graph's values; which form runs when is
+    ``dense_concat.dense_path``'s rule, the DenseNets' too."""
 
     def __init__(self, num_layers: int, num_input_features: int, growth_rate: int, bottleneck_width_ratio: float,
                  ese: bool, drop_path_rates: Sequence[float], ls_init_value: float, dilation: int,
@@ -135,33 +144,19 @@ class DenseStage(nn.ModuleDict):
                 num_input_features + j * growth_rate, growth_rate, bottleneck_width_ratio, ese, drop_path_rates[j],
                 ls_init_value, dilation))
         self.memory_efficient = memory_efficient
-        self.num_out_features = num_input_features + num_layers * growth_rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         layers = list(self.values())
-        if torch.jit.is_tracing() or torch.jit.is_scripting():
-            for layer in layers:  # exported graphs: one two-way Concat per layer
-                x = torch.cat([x, layer.new_features(x)], 1)
-            return x
-        if not torch.is_grad_enabled():
-            return _buffered_forward(x, layers, self.num_out_features)
-        if self.memory_efficient:
+        path = dense_path(self.memory_efficient, self.training)
+        if path == "export":
+            return chained_concat(x, [layer.new_features for layer in layers])
+        if path == "buffer":
             return efficient_stage(x, layers)
         features = [x]
         for layer in layers:
             cat = torch.cat(features, 1)
             features.append(layer.new_features(cat, layer.draw_mask(cat)))
         return torch.cat(features, 1)
-
-
-def _buffered_forward(x: torch.Tensor, layers: Sequence[DenseLayer], channels: int) -> torch.Tensor:
-    """The stage without gradients: each layer reads a channel slice of one output buffer and writes its own."""
-    buf = block_buffer(x, channels)
-    c = x.shape[1]
-    for layer in layers:
-        buf[:, c:c + layer.growth_rate] = layer.new_features(buf[:, :c], layer.draw_mask(x))
-        c += layer.growth_rate
-    return buf
 
 
 class TransitionConv(nn.Conv2d):
@@ -210,11 +205,11 @@ class RDNet(nn.Module):
 
     def __init__(
         self,
-        growth_rates: Sequence[int] = (64, 104, 128, 128, 128, 128, 224),
-        num_blocks_list: Sequence[int] = (3, 3, 3, 3, 3, 3, 3),
-        is_downsample_block: Sequence[bool | None] = (None, True, True, False, False, False, True),
-        block_type: Sequence[str] = ("Block",) * 2 + ("BlockESE",) * 5,
-        num_init_features: int = 64,
+        growth_rates: Sequence[int] = _TINY["growth_rates"],
+        num_blocks_list: Sequence[int] = _TINY["num_blocks_list"],
+        is_downsample_block: Sequence[bool | None] = _TINY["is_downsample_block"],
+        block_type: Sequence[str] = _TINY["block_type"],
+        num_init_features: int = _TINY["num_init_features"],
         patch_size: int = 4,
         bottleneck_width_ratio: float = 4.0,
         transition_compression_ratio: float = 0.5,
@@ -294,12 +289,7 @@ class RDNet(nn.Module):
     def stage_of(self, name: str) -> int:
         """The stage a parameter belongs to (by its name in this module): 0 the stem, i + 1 stage i (with the
         transition before it), ``num_stages + 1`` the classifier."""
-        parts = name.split(".")
-        if parts[0] == "stem":
-            return 0
-        if parts[0] == "dense_stages":
-            return int(parts[1]) + 1
-        return self.num_stages + 1
+        return stage_of_parameter(self, self.stages(), name, outside=self.num_stages + 1)
 
     def train(self, mode: bool = True) -> "RDNet":
         """``nn.Module.train``, then ``frozen_stages`` applied again."""
@@ -317,11 +307,7 @@ class RDNet(nn.Module):
         """Feature maps for decoders, shallow to deep, as ``feature_info`` names them: the output of the stage
         before each downsampling stage, and of the last stage (after the dilation point resampled half a pixel,
         onto the pixel centres)."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if not torch.jit.is_tracing() and min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(f"input of size {tuple(x.shape[-2:])} is too small: height and width must be at least "
-                             f"{self.min_input_size} at output_stride={self.output_stride}")
+        check_image_batch(x, self.in_channels, self.min_input_size, f"at output_stride={self.output_stride}")
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         x = self.stem(x)
         specs = iter(self.feature_info)
@@ -385,20 +371,6 @@ def _rdnet(arch: str | None, pretrained: str | None, defaults: dict, **kwargs) -
     return model
 
 
-_TINY = dict(num_init_features=64, growth_rates=(64, 104, 128, 128, 128, 128, 224), num_blocks_list=(3,) * 7,
-             is_downsample_block=(False, True, True, False, False, False, True),
-             block_type=("Block",) * 2 + ("BlockESE",) * 5)
-_DOWN_11 = (False, True, True, False, False, False, False, False, False, True, False)
-_SMALL = dict(num_init_features=72, growth_rates=(64, 128) + (128,) * 7 + (240,) * 2, num_blocks_list=(3,) * 11,
-              is_downsample_block=_DOWN_11, block_type=("Block",) * 2 + ("BlockESE",) * 9)
-_BASE = dict(num_init_features=120, growth_rates=(96, 128) + (168,) * 7 + (336,) * 2, num_blocks_list=(3,) * 11,
-             is_downsample_block=_DOWN_11, block_type=("Block",) * 2 + ("BlockESE",) * 9)
-_LARGE = dict(num_init_features=144, growth_rates=(128, 192) + (256,) * 8 + (360,) * 2, num_blocks_list=(3,) * 12,
-              is_downsample_block=(False, True, True) + (False,) * 7 + (True, False),
-              block_type=("Block",) * 2 + ("BlockESE",) * 10)
-ARCHITECTURES = {"rdnet_tiny": _TINY, "rdnet_small": _SMALL, "rdnet_base": _BASE, "rdnet_large": _LARGE}
-
-
 @register_backbone(kwargs_to=RDNet)
 def rdnet_tiny(pretrained: str | None = None, **kwargs) -> RDNet:
     """RDNet-T (7 stages of 3 layers, growth 64-104-128x4-224; 22,819,928 parameters). ``pretrained``: a timm or
@@ -425,17 +397,8 @@ def rdnet_large(pretrained: str | None = None, **kwargs) -> RDNet:
 
 
 @register_backbone(kwargs_to=RDNet)
-def rdnet_custom(
-    growth_rates: Sequence[int] = (64, 104, 128, 128, 128, 128, 224),
-    num_blocks_list: Sequence[int] = (3, 3, 3, 3, 3, 3, 3),
-    is_downsample_block: Sequence[bool] = (False, True, True, False, False, False, True),
-    block_type: Sequence[str] = ("Block",) * 2 + ("BlockESE",) * 5,
-    num_init_features: int = 64,
-    pretrained: str | None = None,
-    **kwargs,
-) -> RDNet:
-    """Any RDNet: growth rates, layers per stage, which stages downsample, ESE per stage and the stem width
-    (defaults: RDNet-T's). ``pretrained`` takes a checkpoint of the same architecture."""
-    arch = dict(growth_rates=growth_rates, num_blocks_list=num_blocks_list, is_downsample_block=is_downsample_block,
-                block_type=block_type, num_init_features=num_init_features)
-    return _rdnet(None, pretrained, arch, **kwargs)
+def rdnet_custom(pretrained: str | None = None, **kwargs) -> RDNet:
+    """Any RDNet: :class:`RDNet`'s keyword arguments, among them ``growth_rates``, ``num_blocks_list``,
+    ``is_downsample_block`` (which stages downsample), ``block_type`` (ESE per stage) and ``num_init_features`` (the
+    stem width), each defaulting to RDNet-T's. ``pretrained`` takes a checkpoint of the same architecture."""
+    return _rdnet(None, pretrained, {}, **kwargs)

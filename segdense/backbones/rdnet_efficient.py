@@ -15,7 +15,7 @@ This is not the DenseNet block's Function (``efficient_block``): that one shares
 the layers that read the same channels and recomputes only BN-ReLU, which is what a pre-activation BatchNorm layer
 allows. An RDNet layer starts with a depthwise convolution and normalises per pixel (LayerNorm), so there is nothing
 to share, and its expensive part to keep is the 4x expansion; recomputing the whole layer is the simple, exact
-choice. The buffer itself is the one both use (``efficient_block.block_buffer``). The random draws (drop path) are
+choice. The buffer itself is the one both use (``dense_concat.block_buffer``). The random draws (drop path) are
 made in forward, in the plain graph's order, and reused, so gradients equal the plain graph's up to floating-point
 rounding.
 """
@@ -26,7 +26,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .efficient_block import block_buffer
+from .dense_concat import block_buffer
 
 __all__ = ["efficient_stage"]
 

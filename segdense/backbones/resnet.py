@@ -18,6 +18,7 @@ import torch.nn as nn
 
 from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
 from .weights import adapt_input_conv, download_weights, read_state_dict, state_dict_mismatch
 
@@ -116,15 +117,8 @@ class ResNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Feature maps for decoders, shallow to deep, named and sized as ``feature_info`` says."""
-        if x.dim() != 4 or x.shape[1] != self.in_channels:
-            raise ValueError(f"expected an input of shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        if not torch.jit.is_tracing() and min(x.shape[-2:]) < self.min_input_size:
-            raise ValueError(
-                f"input of size {tuple(x.shape[-2:])} is too small: height and width must be at "
-                f"least {self.min_input_size} at output_stride={self.output_stride}"
-            )
-        auto = x.device.type == "cpu" and not (torch.jit.is_tracing() or torch.jit.is_scripting())
-        if self.channels_last or (self.channels_last is None and auto):
+        check_image_batch(x, self.in_channels, self.min_input_size, f"at output_stride={self.output_stride}")
+        if use_channels_last(self.channels_last, x):
             x = x.contiguous(memory_format=torch.channels_last)
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         x = self.relu(self.bn1(self.conv1(x)))

@@ -10,16 +10,32 @@ import torch.nn.functional as F
 from ..backbones.features import FeatureSpec, feature_at_stride
 
 
+def conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3,
+                 dilation: int = 1) -> tuple[nn.Conv2d, nn.BatchNorm2d, nn.ReLU]:
+    """kxk convolution (no bias, 'same' padding for any dilation), BatchNorm, ReLU: the one conv-BN-ReLU unit of the
+    heads. :class:`ConvBNReLU` and :class:`ConvModule` hold it under their checkpoints' two spellings."""
+    padding = dilation * (kernel_size - 1) // 2
+    return (nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True))
+
+
 class ConvBNReLU(nn.Sequential):
-    """kxk convolution (no bias), BatchNorm, ReLU; 'same' padding for any dilation."""
+    """:func:`conv_bn_relu` with its modules numbered ``0``, ``1``, ``2`` (segdense's DeepLab and FCN heads)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1):
-        padding = dilation * (kernel_size - 1) // 2
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, kernel_size, padding=padding, dilation=dilation, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
+        super().__init__(*conv_bn_relu(in_channels, out_channels, kernel_size, dilation))
+
+
+class ConvModule(nn.Module):
+    """:func:`conv_bn_relu` as mmcv's ``ConvModule`` that mmseg's heads build: the modules named ``conv``, ``bn``
+    and ``activate``, as mmseg's checkpoints have them (UperNet)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3, dilation: int = 1):
+        super().__init__()
+        self.conv, self.bn, self.activate = conv_bn_relu(in_channels, out_channels, kernel_size, dilation)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.activate(self.bn(self.conv(x)))
 
 
 def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

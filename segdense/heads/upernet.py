@@ -10,22 +10,8 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from ..backbones.features import FeatureSpec
-from .common import adaptive_avg_pool, describe, find_feature, resize_to
+from .common import ConvModule, adaptive_avg_pool, describe, find_feature, resize_to
 from .registry import register_head
-
-
-class ConvModule(nn.Module):
-    """mmcv's ``ConvModule`` as mmseg's heads build it: kxk conv without bias, BatchNorm, ReLU, under the
-    names ``conv`` and ``bn`` that mmseg's checkpoints use (``ConvBNReLU`` numbers them instead)."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_channels)
-        self.activate = nn.ReLU(inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activate(self.bn(self.conv(x)))
 
 
 class AdaptiveAvgPool(nn.Module):
