@@ -98,6 +98,9 @@ def test_check_tool_exits_nonzero_and_names_faults(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path)
     assert result.returncode == 1, result.stderr
     assert f"{splits['train'][0]}.jpg: cannot be decoded" in result.stdout and "label values [21, 99]" in result.stdout
+    # the per-band statistics leave the undecodable image out, and say so
+    assert "1 file(s) could not be read and are left out of the statistics: " in result.stdout
+    assert "Traceback" not in result.stderr
     # no Hydra output folder left behind: only the report
     assert sorted(p.name for p in tmp_path.iterdir()) == ["VOCdevkit", "dataset_report"]
 

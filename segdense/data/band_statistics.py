@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..readers import read_image, select_bands
+from ..readers import ImageReadError, read_image, select_bands
 
 PERCENTILES = (2.0, 98.0)
 SAMPLE_PER_IMAGE = 4096  # pixels kept per image for the percentiles (mean and std use every pixel)
@@ -30,6 +30,7 @@ class BandStatistics:
     under_256: list = field(default_factory=list)  # 16-bit files whose values all sit under 256
     with_nan: list = field(default_factory=list)  # (file, NaN pixels)
     with_nodata: list = field(default_factory=list)  # (file, nodata value, pixels holding it)
+    unreadable: list = field(default_factory=list)  # files that could not be read, left out of the statistics
     images: int = 0
 
     def add(self, image: np.ndarray, source: str, nodata: float | None = None, seed: int = 0) -> None:
@@ -94,6 +95,10 @@ class BandStatistics:
     def findings(self) -> list[tuple[str, str, str]]:
         """(kind, what was seen, the fix) for everything worth a word."""
         out = []
+        if self.unreadable:
+            out.append(("unreadable", f"{len(self.unreadable)} file(s) could not be read and are left out of the "
+                        f"statistics: {', '.join(self.unreadable[:5])}{' ...' if len(self.unreadable) > 5 else ''}",
+                        "replace or remove them (the checks above say why each one failed)"))
         if self.other_band_count:
             files = ", ".join(f"{f} ({b})" for f, b in self.other_band_count[:3])
             out.append(("band_count", f"{len(self.other_band_count)} image(s) have another band count than the "
@@ -124,11 +129,15 @@ def band_statistics(dataset, indices, seed: int = 0) -> BandStatistics:
     stats = BandStatistics()
     for index in indices:
         files = getattr(dataset, "files", None)
-        if files:
-            path = files[int(index)][0]
-            image, meta = read_image(path, layout=getattr(dataset, "layout", None))
-            image, nodata = select_bands(image, getattr(dataset, "bands", None), path), meta.nodata
-        else:
-            path, image, nodata = dataset.describe(int(index))[0], dataset.load_image(int(index)), None
+        path = files[int(index)][0] if files else dataset.describe(int(index))[0]
+        try:
+            if files:
+                image, meta = read_image(path, layout=getattr(dataset, "layout", None))
+                image, nodata = select_bands(image, getattr(dataset, "bands", None), path), meta.nodata
+            else:
+                image, nodata = dataset.load_image(int(index)), None
+        except ImageReadError:
+            stats.unreadable.append(str(path))
+            continue
         stats.add(image, str(path), nodata, seed=seed + int(index))
     return stats
