@@ -40,7 +40,7 @@ class TrainConfig:
     num_workers: int = 4
     val_batch_size: int = 4
     validate_data: str = "quick"
-    tensorboard: bool = True
+    logger: List[str] = field(default_factory=lambda: ["tensorboard"])
     report: bool = True
 
 
