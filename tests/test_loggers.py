@@ -114,9 +114,15 @@ def test_a_failing_logger_warns_once_and_training_goes_on(registered, tmp_path, 
 def test_an_unknown_logger_is_one_line_listing_the_valid_ones(tmp_path):
     with pytest.raises(ConfigError) as error:
         train(compose_config(TINY + ["logger=[tensorboard,mlfow]"]), run_dir=tmp_path / "run")
-    line = "unknown logger 'mlfow'; valid loggers: tensorboard (e.g. logger=[tensorboard,mlflow])"
+    line = "unknown logger 'mlfow'; valid loggers: mlflow, tensorboard, wandb (e.g. logger=[tensorboard,mlflow])"
     assert str(error.value).splitlines()[-1] == f"  - {line}"
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_a_wrong_backend_option_names_the_valid_keys(tmp_path):
+    with pytest.raises(ConfigError, match=r"mlflow.tracking_url is not an option of logger mlflow; valid keys: "
+                                          r"experiment_name, tracking_uri"):
+        train(compose_config(TINY + ["+mlflow.tracking_url=http://x"]), run_dir=tmp_path)
 
 
 def test_a_backend_asked_for_but_not_installed_is_one_clear_line(registered, tmp_path):

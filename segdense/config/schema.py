@@ -41,6 +41,8 @@ class TrainConfig:
     val_batch_size: int = 4
     validate_data: str = "quick"
     logger: List[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow: Dict[str, Any] = field(default_factory=dict)
+    wandb: Dict[str, Any] = field(default_factory=dict)
     report: bool = True
 
 
