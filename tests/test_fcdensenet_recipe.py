@@ -185,7 +185,7 @@ def test_the_recipe_trains_on_a_camvid_tree_with_segnet_weights(tmp_path):
     root = tmp_path / "CamVid"
     make_camvid(root, size=(24, 32))
     cfg = recipe(extra=[f"dataset.root={root}", "crop_size=[16,16]", "iterations=2", "val_interval=2",
-                        "checkpoint_interval=2", "val_batch_size=1", "num_workers=0", "tensorboard=false",
+                        "checkpoint_interval=2", "val_batch_size=1", "num_workers=0", "logger=[]",
                         "report=false", "loss.class_weight=segnet"])
     result = train(cfg, run_dir=tmp_path / "run")
     state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")

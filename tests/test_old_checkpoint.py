@@ -20,7 +20,7 @@ RECIPE = [
     "backbone=custom", "backbone.num_units_per_block=[1,1]", "backbone.growth_rate=4", "head=fcn", "head.channels=8",
     "head.num_convs=1", "dataset.num_samples=4", "dataset.image_size=32", "crop_size=[32,32]", "batch_size=2",
     "val_batch_size=2", "val_interval=2", "checkpoint_interval=2", "log_interval=1", "num_workers=0",
-    "validate_data=off", "tensorboard=false", "report=false", "output_stride=8",
+    "validate_data=off", "logger=[]", "report=false", "output_stride=8",
 ]
 
 

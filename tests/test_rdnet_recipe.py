@@ -155,7 +155,7 @@ def ade_root(tmp_path):
 
 
 SMALL_RUN = ["crop_size=[32,32]", "batch_size=2", "iterations=3", "val_interval=3", "checkpoint_interval=3",
-             "log_interval=1", "num_workers=0", "tensorboard=false", "report=false", "amp=off",
+             "log_interval=1", "num_workers=0", "logger=[]", "report=false", "amp=off",
              "augmentation.train.0.scale=[128,32]", "augmentation.eval.0.scale=[128,32]", "scheduler.warmup_iters=2"]
 
 

@@ -46,7 +46,7 @@ def crash_at(n):
 
 def test_short_run_lowers_loss_and_writes_every_artefact(tmp_path):
     seen = {}
-    cfg = compose_config(TINY + ["iterations=12", "val_interval=6", "checkpoint_interval=6", "tensorboard=true", "lr=0.05"])
+    cfg = compose_config(TINY + ["iterations=12", "val_interval=6", "checkpoint_interval=6", "logger=[tensorboard]", "lr=0.05"])
     result = train(cfg, run_dir=tmp_path, hooks=[capture(seen)])
     losses = seen["trainer"].loss_history
     assert len(losses) == 12
@@ -96,7 +96,7 @@ def test_checkpoint_rebuilds_the_model_from_the_file_alone(tmp_path):
 def test_tensorboard_logs_losses_lr_and_val_metrics(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    train(compose_config(TINY + ["tensorboard=true"]), run_dir=tmp_path)
+    train(compose_config(TINY + ["logger=[tensorboard]"]), run_dir=tmp_path)
     events = EventAccumulator(str(tmp_path / "tensorboard"))
     events.Reload()
     tags = set(events.Tags()["scalars"])
@@ -319,7 +319,7 @@ def test_torchrun_two_cpu_processes_complete_a_run_and_only_rank_0_writes(tmp_pa
     cmd = [
         sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={free_port()}",
         str(tmp_path / "record_writes.py"), str(tmp_path), str(ROOT / "tools" / "train.py"), *TINY,
-        "tensorboard=true", f"hydra.run.dir={run}",
+        "logger=[tensorboard]", f"hydra.run.dir={run}",
         "backbone.memory_efficient=true",
     ]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)

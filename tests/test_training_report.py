@@ -15,8 +15,8 @@ from html_check import check_page
 from train_utils import TINY, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = [o for o in TINY if not o.startswith(("tensorboard", "report"))] + [
-    "tensorboard=true", "report=true", "iterations=6", "val_interval=2", "checkpoint_interval=6", "lr=0.05"]
+RUN = [o for o in TINY if not o.startswith(("logger", "report"))] + [
+    "logger=[tensorboard]", "report=true", "iterations=6", "val_interval=2", "checkpoint_interval=6", "lr=0.05"]
 
 
 def test_training_writes_a_report_of_its_curves_classes_and_predictions(tmp_path):
@@ -40,7 +40,7 @@ def test_training_writes_a_report_of_its_curves_classes_and_predictions(tmp_path
 
 def test_report_tool_remakes_it_and_refuses_a_folder_without_metrics(tmp_path, capsys):
     run = tmp_path / "run"
-    train(compose_config(TINY + ["iterations=2", "val_interval=2"]), run_dir=run)  # tensorboard off, no report
+    train(compose_config(TINY + ["iterations=2", "val_interval=2"]), run_dir=run)  # no logger, no report
     assert not (run / "report.html").exists()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, str(ROOT / "tools" / "report.py"), str(run)], capture_output=True,
@@ -49,7 +49,7 @@ def test_report_tool_remakes_it_and_refuses_a_folder_without_metrics(tmp_path, c
     assert out.stdout.strip() == f"report: {run / 'report.html'}"
     page = check_page(run / "report.html")
     assert set(page.images) == {"report/loss.png", "report/val.png", "report/per_class_iou.png"}
-    assert "tensorboard=false" in (run / "report.html").read_text()
+    assert "logger without tensorboard" in (run / "report.html").read_text()
     # the refusal through the tool's main (in this process: one start of the tool above is enough)
     spec = importlib.util.spec_from_file_location("report_tool", ROOT / "tools" / "report.py")
     tool = importlib.util.module_from_spec(spec)

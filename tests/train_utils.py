@@ -32,7 +32,7 @@ TINY = [
     "log_interval=1",
     "num_workers=0",
     "validate_data=off",
-    "tensorboard=false",
+    "logger=[]",
     "report=false",
 ]
 
@@ -50,7 +50,7 @@ def tiny_trainer(run_dir, iterations, trainer_options=None, **settings):
                         num_units_per_block=[1, 1, 1, 1], growth_rate=8)
     train_set = SyntheticShapes(split="train", num_samples=8, image_size=32)
     optimizer = build_optimizer("sgd", model, 0.01, momentum=0.9)
-    settings = TrainSettings(iterations=iterations, batch_size=4, device="cpu", tensorboard=False, log_interval=1,
+    settings = TrainSettings(iterations=iterations, batch_size=4, device="cpu", log_interval=1,
                              **settings)
     return Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
                    build_scheduler("poly", optimizer, iterations), train_set, None, settings, run_dir,

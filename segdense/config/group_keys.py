@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from segdense.backbones.registry import BACKBONES
 from segdense.data.registry import DATASETS
+from segdense.engine.loggers import LOGGERS, check_loggers
 from segdense.engine.optimizers import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from segdense.errors import ConfigError
 from segdense.heads.registry import HEADS
@@ -54,6 +55,7 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
     for i, term in enumerate(loss.get("terms") or []):
         block = {k: v for k, v in dict(term).items() if k != "weight"} if isinstance(term, Mapping) else {}
         errors += [f"loss.terms[{i}]: {e}" for e in check_block("loss", LOSSES, block)]
+    errors += check_loggers(list(cfg.get("logger") or []), {name: dict(cfg[name]) for name in LOGGERS.names() if name in cfg})
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
 

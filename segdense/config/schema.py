@@ -41,7 +41,9 @@ class TrainConfig:
     num_workers: int = 4
     val_batch_size: int = 4
     validate_data: str = "quick"
-    tensorboard: bool = True
+    logger: List[str] = field(default_factory=lambda: ["tensorboard"])
+    mlflow: Dict[str, Any] = field(default_factory=dict)
+    wandb: Dict[str, Any] = field(default_factory=dict)
     report: bool = True
 
 

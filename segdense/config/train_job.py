@@ -17,6 +17,7 @@ from segdense.data import build_dataloader, build_dataset, build_transforms, val
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
+from segdense.engine.loggers import LOGGERS, flatten_config, git_commit, open_loggers, tracked_run
 from segdense.engine.distributed import check_same_start
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
@@ -278,17 +279,35 @@ def optimization(cfg: DictConfig, model: torch.nn.Module):
 
 def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequence[Any] = ()) -> dict:
     """Validate ``cfg``, build data, model, loss and optimizer, and train; returns the last
-    validation metrics. ``run_dir`` defaults to Hydra's output directory."""
+    validation metrics. ``run_dir`` defaults to Hydra's output directory. Rank 0 logs to the loggers of
+    ``cfg.logger``, which record the run's end (finished, failed, killed) whatever it is."""
     validate_config(cfg)
     check_model_inputs(cfg, command_line_keys())
     settings = train_settings(cfg)
     device, world = start_processes(cfg.device)
     run_dir = main_process_directory(run_dir)  # every rank uses rank 0's directory
     resume_path = resolve_resume(cfg.resume, run_dir)
+    loggers = open_loggers(list(cfg.logger), run_dir, logger_options(cfg), resume=resume_path is not None,
+                           main_process=is_main_process())
+    with tracked_run(loggers, run_dir):
+        trainer = build_trainer(cfg, dataclasses.replace(settings, device=device), world, run_dir, resume_path,
+                                hooks, loggers)
+        return finish(cfg, trainer, trainer.fit())
+
+
+def logger_options(cfg: DictConfig) -> dict[str, dict]:
+    """Each backend's option block (``mlflow:``, ``wandb:``), as its constructor's keyword arguments."""
+    return {name: OmegaConf.to_container(cfg[name], resolve=True) for name in LOGGERS.names() if name in cfg}
+
+
+def build_trainer(cfg: DictConfig, settings: TrainSettings, world: int, run_dir: Path, resume_path: Path | None,
+                  hooks: Sequence[Any], loggers: Sequence[Any]) -> Trainer:
+    """Data, model, loss and optimizer built and the trainer resumed when asked; rank 0 writes ``config.yaml``,
+    logs the parameters (the resolved configuration flattened, and the git commit) and the summary."""
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)
     task = training_task(cfg, train_set)
-    model = training_model(cfg, task.out_channels, device, world, dataset_bands(train_set, val_set))
+    model = training_model(cfg, task.out_channels, settings.device, world, dataset_bands(train_set, val_set))
     initial_weights(cfg.init_from, model, resume_path)
     terms = OmegaConf.to_container(cfg.loss.terms, resolve=True)
     with config_values("loss"):
@@ -299,8 +318,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
     with config_values("val_batch_size"):
         val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
-    trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader,
-                      dataclasses.replace(settings, device=device), run_dir, config=config, hooks=hooks,
+    trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader, settings, run_dir,
+                      config=config, hooks=hooks, loggers=loggers,
                       dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, task=task)
     if resume_path is not None:
         trainer.resume_from(resume_path)
@@ -308,11 +327,14 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        params = {**flatten_config(config), "git_commit": git_commit(Path(__file__).parent) or "unknown"}
+        for lg in loggers:
+            lg.log_params(params)
         loss = describe_loss(terms, class_weight, weight_source, train_set.class_names)
         logger.info("\n%s", summary(model, train_set, val_set, trainer.device, trainer.amp_dtype, cfg.batch_size, world,
                                      cfg, loss, describe_weights(cfg, resume_path)))
         logger.info("run directory: %s", run_dir)
-    return finish(cfg, trainer, trainer.fit())
+    return trainer
 
 
 def finish(cfg: DictConfig, trainer: Trainer, result: dict) -> dict:

@@ -1,4 +1,4 @@
-"""What hangs off the training loop: progress and ETA, TensorBoard, ``metrics.json`` and checkpoints.
+"""What hangs off the training loop: progress and ETA, the loggers, ``metrics.json`` and checkpoints.
 
 A hook has any of ``on_step(trainer, logged, images)`` (after each step; ``logged`` is None for a skipped fp16
 step), ``on_validation(trainer, result)``, ``after_iteration(trainer)`` and ``on_end(trainer)``. A plain function
@@ -12,7 +12,7 @@ import math
 import os
 import sys
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -109,43 +109,48 @@ class ProgressHook(Hook):
         self.bar.close()
 
 
-class TensorBoardHook(Hook):
-    """Training losses, lr, speed (and CUDA memory) every ``log_interval``; validation metrics, per-class IoU and
-    an image / ground truth / prediction grid at every validation. Under ``<run_dir>/tensorboard``."""
+class LoggerHook(Hook):
+    """To every logger of the list (:mod:`segdense.engine.loggers`): training losses, lr, speed (and CUDA memory)
+    every ``log_interval``; every validation metric, per class as well (``val_IoU/<class>``, ``val_Acc/<class>``;
+    a class absent from the validation set has none), and an image / ground truth / prediction grid."""
 
-    def __init__(self, run_dir: str | os.PathLike) -> None:
-        from torch.utils.tensorboard import SummaryWriter  # optional: only runs that log to TensorBoard
-
-        self.writer = SummaryWriter(str(os.path.join(run_dir, "tensorboard")))
+    def __init__(self, loggers: Sequence[Any]) -> None:
+        self.loggers = list(loggers)
         self.window = Throughput()
 
     def on_step(self, trainer: Trainer, logged: dict[str, float] | None, images: int) -> None:
         self.window.add(images)
         if not logging_due(trainer, logged):
             return
-        it, add = trainer.iteration, self.writer.add_scalar
-        for key, value in logged.items():
-            add(f"train/{key}", value, it)
-        add("train/lr", trainer.optimizer.param_groups[0]["lr"], it)
-        add("train/images_per_second", self.window.speed, it)
+        metrics = {f"train/{key}": value for key, value in logged.items()}
+        metrics["train/lr"] = trainer.optimizer.param_groups[0]["lr"]
+        metrics["train/images_per_second"] = self.window.speed
         if trainer.device.type == "cuda":
-            add("train/max_memory_allocated_MiB", torch.cuda.max_memory_allocated(trainer.device) / 2**20, it)
+            metrics["train/max_memory_allocated_MiB"] = torch.cuda.max_memory_allocated(trainer.device) / 2**20
+        for lg in self.loggers:
+            lg.log_metrics(metrics, trainer.iteration)
         self.window.reset()
 
     def on_validation(self, trainer: Trainer, result: dict) -> None:
-        it = trainer.iteration
-        for key in ("mIoU", "mAcc", "aAcc"):
-            self.writer.add_scalar(f"val/{key}", result[key], it)
-        for c in result["per_class"]:
-            if not math.isnan(c["IoU"]):
-                self.writer.add_scalar(f"val_IoU/{c['name']}", c["IoU"], it)
+        metrics = validation_metrics(result)
+        grid = None
         if trainer.val_preview is not None and trainer.palette:
             scaling = getattr(getattr(trainer.val_loader, "dataset", None), "input_scaling", None)
             grid = comparison_grid(*trainer.val_preview, trainer.palette, scaling=scaling)
-            self.writer.add_image("val/image_gt_pred", grid, it)
+        for lg in self.loggers:
+            lg.log_metrics(metrics, trainer.iteration)
+            if grid is not None:
+                lg.log_image("val/image_gt_pred", grid, trainer.iteration)
 
-    def on_end(self, trainer: Trainer) -> None:
-        self.writer.flush()
+
+def validation_metrics(result: dict) -> dict[str, float]:
+    """Every number of a validation result as ``val/<name>``, and each class's as ``val_<metric>/<class>``
+    (NaN, a class that never occurs, left out)."""
+    metrics = {f"val/{key}": float(value) for key, value in result.items() if isinstance(value, (int, float))}
+    for c in result.get("per_class", []):
+        metrics.update({f"val_{key}/{c['name']}": float(value) for key, value in c.items()
+                        if key != "name" and isinstance(value, (int, float))})
+    return {key: value for key, value in metrics.items() if not math.isnan(value)}
 
 
 class CheckpointHook(Hook):

@@ -1,4 +1,4 @@
-"""The iteration-based training loop: AMP, exact resume, validation; progress, TensorBoard, ``metrics.json`` and
+"""The iteration-based training loop: AMP, exact resume, validation; progress, the loggers, ``metrics.json`` and
 checkpoints hang off it as hooks (:mod:`segdense.engine.hooks`)."""
 from __future__ import annotations
 
@@ -22,7 +22,8 @@ from segdense.version import __version__
 
 from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
-from .hooks import CheckpointHook, Hook, MetricsFileHook, ProgressHook, TensorBoardHook, as_hook
+from .hooks import CheckpointHook, Hook, LoggerHook, MetricsFileHook, ProgressHook, as_hook
+from .loggers import Logger
 from .loss_log import LossLogHook
 from .preemption import DEFAULT_STOP_SIGNALS, Preempted, StopSignals
 from .sampler import ResumableSampler, SeededDataset
@@ -52,7 +53,6 @@ class TrainSettings:
     grad_clip: float | None = None
     compile: bool = False
     seed: int = 0
-    tensorboard: bool = True
     max_skipped_steps: int = 50
 
     def __post_init__(self) -> None:
@@ -80,7 +80,8 @@ class Trainer:
 
     Everything is passed in built: the model (from :func:`segdense.build_model`, with its ``model_config``), the
     criterion, the optimizer over the model's parameters and its scheduler. ``run_dir`` receives
-    ``checkpoints/{last,best}.pt``, ``metrics.json`` and TensorBoard events (rank 0 only). ``dataset_info`` (name,
+    ``checkpoints/{last,best}.pt`` and ``metrics.json`` (rank 0 only); rank 0 logs metrics to ``loggers``
+    (:mod:`segdense.engine.loggers`; opened and closed by the caller). ``dataset_info`` (name,
     config, class names, palette) is stored in the checkpoints; class names and palette default to the training
     set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`). ``stop_signals`` (SIGTERM and
     SIGUSR1; ``()``: none) stop :meth:`fit` cleanly after the step in progress (:mod:`segdense.engine.preemption`).
@@ -105,6 +106,7 @@ class Trainer:
         hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
         stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
         task: Task | None = None,
+        loggers: Sequence[Logger] = (),
     ) -> None:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
@@ -129,8 +131,8 @@ class Trainer:
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
         self.hooks = [ProgressHook(self), LossLogHook(), CheckpointHook(), MetricsFileHook()]
-        if s.tensorboard and self.is_main:
-            self.hooks.append(TensorBoardHook(self.run_dir))
+        if loggers and self.is_main:
+            self.hooks.append(LoggerHook(loggers))
         self.hooks += [as_hook(h) for h in hooks]
         self.stop_signals = tuple(stop_signals)
 

@@ -24,7 +24,7 @@ NOT_LOSSES = {"lr", "images_per_second", "max_memory_allocated_MiB"}
 
 def read_events(run_dir: Path) -> tuple[dict[str, tuple[list[int], list[float]]], dict[int, np.ndarray]]:
     """(scalars by tag as (steps, values), validation grids by iteration) from ``run_dir/tensorboard``; empty when
-    the run wrote no events (tensorboard=false)."""
+    the run wrote no events (logger without tensorboard)."""
     folder = run_dir / "tensorboard"
     if not folder.is_dir() or not any(folder.glob("events.out.tfevents.*")):
         return {}, {}
@@ -89,7 +89,7 @@ def _loss_section(scalars: dict, per_iteration, history: list[dict], out: Path) 
     losses = {("total (weighted)" if tag == "train/loss" else tag.split("/", 1)[1]): v for tag, v in scalars.items()
               if tag.startswith("train/") and tag.split("/", 1)[1] not in NOT_LOSSES | {"total"}}
     if not losses:
-        return parts + ["<p>No TensorBoard events in this run (tensorboard=false): no loss-term or lr curves.</p>"]
+        return parts + ["<p>No TensorBoard events in this run (logger without tensorboard): no loss-term or lr curves.</p>"]
     terms_file = "loss_terms.png" if len(per_iteration) else "loss.png"
     terms = [name for name in losses if name != "total (weighted)"]
     if len(terms) > 1 or not len(per_iteration):  # one term is the total the per-iteration chart already draws
@@ -117,7 +117,7 @@ def _validation_section(history: list[dict], out: Path) -> list[str]:
 def _predictions_section(grids: dict, best_it: int, out: Path) -> list[str]:
     parts = ["<h2>Validation predictions</h2>"]
     if not grids:
-        return parts + ["<p>No validation images in the TensorBoard events (tensorboard=false).</p>"]
+        return parts + ["<p>No validation images in the TensorBoard events (logger without tensorboard).</p>"]
     step = max((s for s in grids if s <= best_it), default=max(grids))
     write_png(out / "val_predictions.png", grids[step])
     return parts + [f'<p class="meta">Iteration {step}: each row is image | ground truth | prediction '
