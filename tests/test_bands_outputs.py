@@ -78,7 +78,7 @@ def trained(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("bands_outputs")
     root = write_folder(tmp / "data")
-    train(compose_config(folder_overrides(root) + ["tensorboard=true"]), run_dir=tmp / "run")
+    train(compose_config(folder_overrides(root) + ["logger=[tensorboard]"]), run_dir=tmp / "run")
     torch.use_deterministic_algorithms(False)
     return root, tmp / "run" / "checkpoints" / "last.pt", tmp
 
