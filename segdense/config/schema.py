@@ -22,6 +22,7 @@ class TrainConfig:
     output_stride: int = 16
     iterations: int = 20000
     batch_size: int = 16
+    accumulate: int = 1
     crop_size: List[int] = field(default_factory=lambda: [512, 512])
     lr: float = 0.01
     aux_loss: bool = False

@@ -193,7 +193,8 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         *([f"  weights   {weights}"] if weights else []),
         f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
         f"{train_set.num_classes} classes ({classes})",
-        f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
+        f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es)"
+        f"{f' x {cfg.accumulate} accumulated' if cfg.accumulate > 1 else ''} = {batch_size * world * cfg.accumulate}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}"
         f"{f' (stage-wise decay {decay})' if decay is not None else ''}, {cfg.scheduler.name}",
         *([f"  loss      {loss}"] if loss else []),

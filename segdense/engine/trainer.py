@@ -2,6 +2,7 @@
 checkpoints hang off it as hooks (:mod:`segdense.engine.hooks`)."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
@@ -34,6 +35,7 @@ class TrainSettings:
     """How to train: the run's numbers, checked together when made (one :class:`ConfigError` lists them all).
 
     ``val_interval``/``checkpoint_interval`` 0: validate only at the end / save with each validation.
+    ``accumulate``: micro-batches of ``batch_size`` per optimizer step (an iteration is one optimizer step).
     ``channels_last``: ``auto`` runs the whole model channels-last on CUDA (on CPU the backbone converts its input
     itself), True everywhere, False nowhere. With fp16, after ``max_skipped_steps`` consecutive steps skipped for
     non-finite losses or gradients the run stops.
@@ -41,6 +43,7 @@ class TrainSettings:
 
     iterations: int
     batch_size: int
+    accumulate: int = 1
     val_interval: int = 0
     checkpoint_interval: int = 0
     log_interval: int = 20
@@ -56,7 +59,8 @@ class TrainSettings:
 
     def __post_init__(self) -> None:
         problems = [f"{key} must be positive, got {getattr(self, key)}" for key in
-                    ("iterations", "batch_size", "log_interval", "max_skipped_steps") if getattr(self, key) < 1]
+                    ("iterations", "batch_size", "accumulate", "log_interval",
+                                                                 "max_skipped_steps") if getattr(self, key) < 1]
         problems += [f"{key} must be >= 0, got {getattr(self, key)}" for key in
                      ("val_interval", "checkpoint_interval", "num_workers") if getattr(self, key) < 0]
         if self.amp not in ("auto", "off", "bf16", "fp16", True, False):
@@ -107,7 +111,7 @@ class Trainer:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
         self.amp_dtype = resolve_amp(s.amp, self.device)
-        self.model, self.train_model, self.channels_last = self._place(model)
+        self.model, self.train_model, self.ddp, self.channels_last = self._place(model)
         self.model_config = dict(getattr(model, "model_config", {}))
         self.criterion = criterion.to(self.device)
         self.optimizer, self.scheduler = optimizer, scheduler
@@ -124,6 +128,7 @@ class Trainer:
         self.history: list[dict] = []
         self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
+        self.crop: tuple = ()  # the training crop last seen, for the out-of-memory message
         self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
         self.hooks = [ProgressHook(self), LossLogHook(), CheckpointHook(), MetricsFileHook()]
         if s.tensorboard and self.is_main:
@@ -131,8 +136,9 @@ class Trainer:
         self.hooks += [as_hook(h) for h in hooks]
         self.stop_signals = tuple(stop_signals)
 
-    def _place(self, model: nn.Module) -> tuple[nn.Module, nn.Module, bool]:
-        """(the model on the device, the module to train: DDP- and compile-wrapped as asked, channels-last on)."""
+    def _place(self, model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module | None, bool]:
+        """(the model on the device, the module to train: DDP- and compile-wrapped as asked, the DDP module or None,
+        channels-last on)."""
         backbone = getattr(model, "backbone", None)
         if self.settings.channels_last is False and hasattr(backbone, "channels_last"):
             backbone.channels_last = False  # also off where the backbone would switch it on itself (CPU auto)
@@ -141,13 +147,14 @@ class Trainer:
         model = model.to(self.device)
         if channels_last:
             model.to(memory_format=torch.channels_last)
-        train_model = model
+        train_model = ddp = None
         if world_size() > 1:
             ddp_device = [self.device.index or 0] if self.device.type == "cuda" else None
-            train_model = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
+            train_model = ddp = nn.parallel.DistributedDataParallel(model, device_ids=ddp_device)
+        train_model = train_model or model
         if self.settings.compile:
             train_model = torch.compile(train_model)
-        return model, train_model, channels_last
+        return model, train_model, ddp, channels_last
 
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
@@ -217,14 +224,13 @@ class Trainer:
     def _iteration(self, loader) -> dict | None:
         """One step and its hooks; the validation metrics when validation was due."""
         step_start = time.perf_counter()
-        images, masks = next(loader)[:2]
-        logged = self._step(images, masks)
+        logged = self._step(loader)
         self.scheduler.step()
         self.iteration += 1
         self.train_seconds += time.perf_counter() - step_start
         if logged is not None:
             self.loss_history.append(logged["loss"])
-        self._call("on_step", logged, images.shape[0] * world_size())
+        self._call("on_step", logged, self.settings.batch_size * self.settings.accumulate * world_size())
         result = None
         if self.val_loader is not None and self.due(self.settings.val_interval):
             result = self.validate()
@@ -250,7 +256,9 @@ class Trainer:
     def _train_loader(self) -> DataLoader:
         s = self.settings
         rank = torch.distributed.get_rank() if world_size() > 1 else 0
-        sampler = ResumableSampler(len(self.train_set), s.batch_size, seed=s.seed, start_iteration=self.iteration,
+        # The sampler's batch is the optimizer step's (every micro-batch of it), so a position in the stream, and a
+        # resumed run, depend on the iteration alone.
+        sampler = ResumableSampler(len(self.train_set), s.batch_size * s.accumulate, seed=s.seed, start_iteration=self.iteration,
                                    rank=rank, world_size=world_size())
         return DataLoader(
             SeededDataset(self.train_set), batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
@@ -260,33 +268,44 @@ class Trainer:
             generator=torch.Generator().manual_seed(s.seed),
         )
 
-    def _step(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float] | None:
-        """One optimizer step; the loss and its terms, or None for a skipped fp16 step."""
+    def _step(self, loader) -> dict[str, float] | None:
+        """One optimizer step over ``accumulate`` micro-batches; the loss and its terms (their mean over the
+        micro-batches), or None for a skipped fp16 step."""
         try:
-            return self._update(images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True))
+            return self._update(loader)
         except torch.cuda.OutOfMemoryError as e:
             raise RuntimeError(
                 f"CUDA out of memory at iteration {self.iteration + 1} with batch_size={self.settings.batch_size} "
-                f"and crops of {tuple(images.shape[-2:])}: lower batch_size or crop_size, or set "
-                "backbone.memory_efficient=true"
+                f"and crops of {self.crop}: lower batch_size (accumulate keeps the batch an "
+                "optimizer step sees) or crop_size, or set backbone.memory_efficient=true"
             ) from e
 
-    def _update(self, images: torch.Tensor, masks: torch.Tensor) -> dict[str, float] | None:
+    def _micro_batch(self, loader) -> tuple[torch.Tensor, torch.Tensor]:
+        images, masks = next(loader)[:2]
+        self.crop = tuple(images.shape[-2:])
+        images, masks = images.to(self.device, non_blocking=True), masks.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks
+
+    def _update(self, loader) -> dict[str, float] | None:
+        k = self.settings.accumulate
         self.optimizer.zero_grad(set_to_none=True)
-        with autocast_context(self.device, self.amp_dtype):
-            loss, terms = self.criterion(self.train_model(images), masks)
-        if not torch.isfinite(loss):
-            if self.scaler.is_enabled():  # fp16: skip the step, as the scaler does for inf grads
-                self._skipped()
-                return None
-            raise TrainingDivergedError(
-                f"the loss became {loss.item()} at iteration {self.iteration + 1}; training stopped "
-                f"(last good checkpoint: {self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}). "
-                "Try a lower lr, grad_clip, or amp=off."
-            )
-        self.scaler.scale(loss).backward()
+        totals: dict[str, float] = {}
+        for micro in range(k):
+            images, masks = self._micro_batch(loader)
+            # DDP all-reduces the gradients in the last micro-batch's backward only: the others just add up.
+            with self.ddp.no_sync() if self.ddp is not None and micro < k - 1 else contextlib.nullcontext():
+                with autocast_context(self.device, self.amp_dtype):
+                    loss, terms = self.criterion(self.train_model(images), masks)
+                if not torch.isfinite(loss):
+                    self._non_finite(loss)  # fp16: the step is skipped
+                    for _ in range(micro + 1, k):  # the stream stays in step: this iteration's batches are used up
+                        next(loader)
+                    return None
+                self.scaler.scale(loss / k).backward()  # the mean over the optimizer step's batch
+            for key, value in {"loss": loss, **terms}.items():
+                totals[key] = totals.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value) / k
         if self.settings.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), self.settings.grad_clip)
@@ -297,7 +316,17 @@ class Trainer:
             self._skipped()
         else:
             self.consecutive_skips = 0
-        return {"loss": float(loss.detach()), **{k: float(v) for k, v in terms.items()}}
+        return totals
+
+    def _non_finite(self, loss: torch.Tensor) -> None:
+        """A skipped step under fp16 (as the scaler skips one for inf gradients); otherwise the run stops."""
+        if not self.scaler.is_enabled():
+            raise TrainingDivergedError(
+                f"the loss became {loss.item()} at iteration {self.iteration + 1}; training stopped "
+                f"(last good checkpoint: {self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST}). "
+                "Try a lower lr, grad_clip, or amp=off."
+            )
+        self._skipped()
 
     def _skipped(self) -> None:
         self.skipped_steps += 1
