@@ -42,6 +42,7 @@ class TrainConfig:
     val_batch_size: int = 4
     validate_data: str = "quick"
     tensorboard: bool = True
+    early_stop: Dict[str, Any] = field(default_factory=dict)
     report: bool = True
 
 

@@ -17,6 +17,7 @@ from segdense.data import build_dataloader, build_dataset, build_transforms, val
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
+from segdense.engine.early_stopping import EarlyStopping
 from segdense.engine.distributed import check_same_start
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
@@ -271,6 +272,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     validate_config(cfg)
     check_model_inputs(cfg, command_line_keys())
     settings = train_settings(cfg)
+    early_stop = EarlyStopping(**OmegaConf.to_container(cfg.early_stop, resolve=True))
     device, world = start_processes(cfg.device)
     run_dir = main_process_directory(run_dir)  # every rank uses rank 0's directory
     resume_path = resolve_resume(cfg.resume, run_dir)
@@ -289,7 +291,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
     trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader,
                       dataclasses.replace(settings, device=device), run_dir, config=config, hooks=hooks,
-                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]})
+                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, early_stop=early_stop)
     if resume_path is not None:
         trainer.resume_from(resume_path)
     check_same_start(trainer.iteration, resume_path)
@@ -312,6 +314,9 @@ def finish(cfg: DictConfig, trainer: Trainer, result: dict) -> dict:
         except Exception as exc:  # the run itself succeeded: say so, and how to retry the report
             logger.warning("could not write the training report (%s: %s); retry with python tools/report.py %s",
                            type(exc).__name__, exc, run_dir)
+    if is_main_process():
+        logger.info("ended at iteration %d of %d: %s", trainer.iteration, cfg.iterations,
+                    trainer.stop_reason or "all iterations done")
     if is_main_process() and result:
         logger.info(
             "done: mIoU %.2f (best %.2f at iteration %d); checkpoints in %s",

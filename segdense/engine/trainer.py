@@ -22,6 +22,7 @@ from segdense.version import __version__
 
 from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
+from .early_stopping import EarlyStopping
 from .hooks import CheckpointHook, Hook, MetricsFileHook, ProgressHook, TensorBoardHook, as_hook
 from .loss_log import LossLogHook
 from .preemption import DEFAULT_STOP_SIGNALS, Preempted, StopSignals
@@ -85,7 +86,8 @@ class Trainer:
     criterion, the optimizer over the model's parameters and its scheduler. ``run_dir`` receives
     ``checkpoints/{last,best}.pt``, ``metrics.json`` and TensorBoard events (rank 0 only). ``dataset_info`` (name,
     config, class names, palette) is stored in the checkpoints; class names and palette default to the training
-    set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`). ``stop_signals`` (SIGTERM and
+    set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`). ``early_stop`` ends the run when a
+    validation metric stops improving (:mod:`segdense.engine.early_stopping`). ``stop_signals`` (SIGTERM and
     SIGUSR1; ``()``: none) stop :meth:`fit` cleanly after the step in progress (:mod:`segdense.engine.preemption`).
 
     With fp16 a step whose loss or gradients are not finite is skipped, as the gradient scaler does; after
@@ -107,6 +109,7 @@ class Trainer:
         config: dict | None = None,
         hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
         stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
+        early_stop: EarlyStopping | None = None,
     ) -> None:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
@@ -130,7 +133,10 @@ class Trainer:
         self.loss_history: list[float] = []  # this process's loss at every iteration run here
         self.crop: tuple = ()  # the training crop last seen, for the out-of-memory message
         self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
-        self.hooks = [ProgressHook(self), LossLogHook(), CheckpointHook(), MetricsFileHook()]
+        self.early_stop = early_stop or EarlyStopping()
+        self.stop_reason: str | None = None  # why the run ends before settings.iterations (set by early_stop)
+        # early stopping decides before the checkpoint and metrics.json are written for the same validation
+        self.hooks = [ProgressHook(self), LossLogHook(), self.early_stop, CheckpointHook(), MetricsFileHook()]
         if s.tensorboard and self.is_main:
             self.hooks.append(TensorBoardHook(self.run_dir))
         self.hooks += [as_hook(h) for h in hooks]
@@ -170,6 +176,7 @@ class Trainer:
             "rng": ckpt.rng_state(),
             "best_miou": self.best_miou,
             "best_iteration": self.best_iteration,
+            "early_stop": self.early_stop.state_dict(),
             "skipped_steps": self.skipped_steps,
             "history": self.history,
             "train_seconds": self.train_seconds,
@@ -194,24 +201,27 @@ class Trainer:
         self.best_miou = float(state["best_miou"])
         self.best_iteration = int(state.get("best_iteration", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.early_stop.load_state_dict(state.get("early_stop", {}))
+        if self.early_stop.exhausted:
+            self.stop_reason = self.early_stop.reason()
         self.history = list(state.get("history", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
         logger.info("resumed from %s at iteration %d", path, self.iteration)
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
-        """Train to ``settings.iterations`` (from the resumed iteration, if any) and return the last validation
-        metrics. A stop signal (``stop_signals``) ends the run after the step in progress: ``last.pt`` is saved
+        """Train to ``settings.iterations`` (from the resumed iteration, if any), or until ``early_stop`` ends the
+        run (``stop_reason`` says why), and return the last validation metrics. A stop signal (``stop_signals``) ends the run after the step in progress: ``last.pt`` is saved
         at that iteration and :class:`Preempted` raised; the previous signal handlers are back by then."""
         result: dict = {}
         start_iteration = self.iteration
         try:
             with StopSignals(self.stop_signals, self.device) as stop:
                 loader = iter(self._train_loader())  # after the handlers: forked loader workers keep them too
-                while self.iteration < self.settings.iterations:
+                while self.iteration < self.settings.iterations and self.stop_reason is None:
                     result = self._iteration(loader) or result
                     signum = stop.received()  # every rank, every step: they stop after the same iteration
-                    if signum and self.iteration < self.settings.iterations:
+                    if signum and self.iteration < self.settings.iterations and self.stop_reason is None:
                         raise self._preempted(signum)
         finally:
             self._call("on_end")
@@ -246,8 +256,10 @@ class Trainer:
         return Preempted(signum, self.iteration, self.run_dir / ckpt.CHECKPOINT_DIR / ckpt.LAST)
 
     def due(self, interval: int) -> bool:
-        """Whether the iteration just finished is a multiple of ``interval`` (0: never) or the last one."""
-        return (interval > 0 and self.iteration % interval == 0) or self.iteration == self.settings.iterations
+        """Whether the iteration just finished is a multiple of ``interval`` (0: never) or the last one (the
+        run's end, or an early stop)."""
+        return ((interval > 0 and self.iteration % interval == 0) or self.iteration == self.settings.iterations
+                or self.stop_reason is not None)
 
     def _call(self, point: str, *args) -> None:
         for hook in self.hooks:
@@ -347,14 +359,17 @@ class Trainer:
             self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
 
         result = evaluate_loader(self.model, self.val_loader, metrics, self.device, self.amp_dtype,
-                                 self.channels_last, on_first_batch=keep_first)
+                                 self.channels_last, on_first_batch=keep_first,
+                                 loss=lambda logits, masks: self.criterion(logits, masks)[0])
         self.history.append({
             "iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
+            "loss": result["loss"],
             "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
             "train_seconds": round(self.train_seconds, 3),
         })
         if result["mIoU"] > self.best_miou:
             self.best_miou, self.best_iteration = result["mIoU"], self.iteration
         if self.is_main:
-            logger.info("validation at iteration %d\n%s", self.iteration, format_metrics_table(result))
+            logger.info("validation at iteration %d\n%s\nvalidation loss %.4f", self.iteration,
+                        format_metrics_table(result), result["loss"])
         return result
