@@ -14,6 +14,7 @@ from typing import Any, Callable, Iterable, Mapping
 from segdense.backbones.registry import BACKBONES
 from segdense.data.registry import DATASETS
 from segdense.engine.early_stopping import EarlyStopping
+from segdense.engine.ema import WeightEMA
 from segdense.engine.optimizers import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from segdense.errors import ConfigError
 from segdense.heads.registry import HEADS
@@ -36,7 +37,7 @@ _BLOCK_KEYS = {"dataset": {"train_split", "val_split", "normalize"}}
 # Keyword arguments of the builder function itself, accepted besides the registered constructor's.
 _BUILDER_KEYS = {"optimizer": build_optimizer, "scheduler": build_scheduler}
 # Blocks that are one class's keyword arguments.
-_SETTINGS_BLOCKS = {"early_stop": EarlyStopping}
+_SETTINGS_BLOCKS = {"early_stop": EarlyStopping, "ema": WeightEMA}
 _REGISTRIES = {"backbone": BACKBONES, "head": HEADS, "dataset": DATASETS, "optimizer": OPTIMIZERS,
                "scheduler": SCHEDULERS}
 

@@ -43,6 +43,7 @@ class TrainConfig:
     validate_data: str = "quick"
     tensorboard: bool = True
     early_stop: Dict[str, Any] = field(default_factory=dict)
+    ema: Dict[str, Any] = field(default_factory=dict)
     report: bool = True
 
 

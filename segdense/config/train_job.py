@@ -18,6 +18,7 @@ from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
 from segdense.engine.early_stopping import EarlyStopping
+from segdense.engine.ema import WeightEMA
 from segdense.engine.distributed import check_same_start
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
@@ -273,6 +274,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     check_model_inputs(cfg, command_line_keys())
     settings = train_settings(cfg)
     early_stop = EarlyStopping(**OmegaConf.to_container(cfg.early_stop, resolve=True))
+    ema = WeightEMA(**OmegaConf.to_container(cfg.ema, resolve=True))
     device, world = start_processes(cfg.device)
     run_dir = main_process_directory(run_dir)  # every rank uses rank 0's directory
     resume_path = resolve_resume(cfg.resume, run_dir)
@@ -291,7 +293,8 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
         val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
     trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader,
                       dataclasses.replace(settings, device=device), run_dir, config=config, hooks=hooks,
-                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, early_stop=early_stop)
+                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, early_stop=early_stop,
+                      ema=ema)
     if resume_path is not None:
         trainer.resume_from(resume_path)
     check_same_start(trainer.iteration, resume_path)

@@ -93,6 +93,6 @@ class EarlyStopping(Hook):
 
     def load_state_dict(self, state: dict) -> None:
         """The count of a checkpoint that watched the same metric (another metric starts the count afresh)."""
-        if state.get("monitor") == self.monitor:
+        if state and state.get("monitor") == self.monitor:
             self.best, self.best_iteration = state["best"], int(state["best_iteration"])
             self.bad_validations = int(state["bad_validations"])

@@ -23,6 +23,7 @@ from segdense.version import __version__
 from . import checkpoint as ckpt
 from .distributed import is_main_process, world_size
 from .early_stopping import EarlyStopping
+from .ema import WeightEMA
 from .hooks import CheckpointHook, Hook, MetricsFileHook, ProgressHook, TensorBoardHook, as_hook
 from .loss_log import LossLogHook
 from .preemption import DEFAULT_STOP_SIGNALS, Preempted, StopSignals
@@ -87,7 +88,9 @@ class Trainer:
     ``checkpoints/{last,best}.pt``, ``metrics.json`` and TensorBoard events (rank 0 only). ``dataset_info`` (name,
     config, class names, palette) is stored in the checkpoints; class names and palette default to the training
     set's. ``hooks`` run after the built-in ones (:mod:`segdense.engine.hooks`). ``early_stop`` ends the run when a
-    validation metric stops improving (:mod:`segdense.engine.early_stopping`). ``stop_signals`` (SIGTERM and
+    validation metric stops improving (:mod:`segdense.engine.early_stopping`). ``ema`` keeps an average of the
+    weights (:mod:`segdense.engine.ema`): validation, ``best.pt`` and a checkpoint's ``model`` are then the
+    average's, and ``raw_model`` holds the trained weights a resumed run continues from. ``stop_signals`` (SIGTERM and
     SIGUSR1; ``()``: none) stop :meth:`fit` cleanly after the step in progress (:mod:`segdense.engine.preemption`).
 
     With fp16 a step whose loss or gradients are not finite is skipped, as the gradient scaler does; after
@@ -110,12 +113,15 @@ class Trainer:
         hooks: Sequence[Hook | Callable[["Trainer", int], None]] = (),
         stop_signals: Sequence[int] = DEFAULT_STOP_SIGNALS,
         early_stop: EarlyStopping | None = None,
+        ema: WeightEMA | None = None,
     ) -> None:
         self.settings = s = settings
         self.device = resolve_device(s.device) if not isinstance(s.device, torch.device) else s.device
         self.amp_dtype = resolve_amp(s.amp, self.device)
         self.model, self.train_model, self.ddp, self.channels_last = self._place(model)
         self.model_config = dict(getattr(model, "model_config", {}))
+        self.ema = ema or WeightEMA()
+        self.ema.bind(self.model)
         self.criterion = criterion.to(self.device)
         self.optimizer, self.scheduler = optimizer, scheduler
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -136,7 +142,8 @@ class Trainer:
         self.early_stop = early_stop or EarlyStopping()
         self.stop_reason: str | None = None  # why the run ends before settings.iterations (set by early_stop)
         # early stopping decides before the checkpoint and metrics.json are written for the same validation
-        self.hooks = [ProgressHook(self), LossLogHook(), self.early_stop, CheckpointHook(), MetricsFileHook()]
+        self.hooks = [self.ema, ProgressHook(self), LossLogHook(), self.early_stop, CheckpointHook(),
+                      MetricsFileHook()]
         if s.tensorboard and self.is_main:
             self.hooks.append(TensorBoardHook(self.run_dir))
         self.hooks += [as_hook(h) for h in hooks]
@@ -165,7 +172,8 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
     def state_dict(self) -> dict:
         return {
-            "model": self.model.state_dict(),
+            "model": self.evaluated_model.state_dict(),
+            **({"raw_model": self.model.state_dict()} if self.ema.enabled else {}),
             "model_config": self.model_config,
             "dataset": {**self.dataset_info, "class_names": self.class_names,
                         "palette": [list(c) for c in self.palette]},
@@ -192,7 +200,11 @@ class Trainer:
                 f"checkpoint {path} was trained with model {state['model_config']}, but this run "
                 f"builds {self.model_config}; resume with the same model settings"
             )
-        self.model.load_state_dict(state["model"])
+        self.model.load_state_dict(state.get("raw_model", state["model"]))
+        if self.ema.enabled and "raw_model" in state:
+            self.ema.module.load_state_dict(state["model"])
+        else:  # a checkpoint without an average: it starts at the weights resumed
+            self.ema.bind(self.model)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -351,25 +363,38 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ validation
-    def validate(self) -> dict:
-        """Metrics on the validation loader; recorded in ``history`` (and as the best, when they are)."""
+    @property
+    def evaluated_model(self) -> nn.Module:
+        """The weights validation scores and checkpoints hold as ``model``: the EMA's when there is one."""
+        return self.ema.module if self.ema.enabled else self.model
+
+    def _evaluate(self, model: nn.Module, on_first_batch=None) -> dict:
         metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device)
+        return evaluate_loader(model, self.val_loader, metrics, self.device, self.amp_dtype, self.channels_last,
+                               on_first_batch=on_first_batch, loss=lambda logits, masks: self.criterion(logits, masks)[0])
+
+    def validate(self) -> dict:
+        """Metrics of :attr:`evaluated_model` on the validation loader (with EMA, the trained weights' under
+        ``raw``); recorded in ``history`` (and as the best, when they are)."""
 
         def keep_first(images, masks, prediction):
             self.val_preview = (images[:4].float().cpu(), masks[:4].cpu(), prediction[:4].cpu())
 
-        result = evaluate_loader(self.model, self.val_loader, metrics, self.device, self.amp_dtype,
-                                 self.channels_last, on_first_batch=keep_first,
-                                 loss=lambda logits, masks: self.criterion(logits, masks)[0])
+        result = self._evaluate(self.evaluated_model, keep_first)
+        if self.ema.enabled:
+            raw = self._evaluate(self.model)
+            result["raw"] = {key: raw[key] for key in ("mIoU", "mAcc", "aAcc", "loss")}
         self.history.append({
             "iteration": self.iteration, "mIoU": result["mIoU"], "mAcc": result["mAcc"], "aAcc": result["aAcc"],
-            "loss": result["loss"],
+            "loss": result["loss"], **({"raw": result["raw"]} if "raw" in result else {}),
             "IoU": [c["IoU"] for c in result["per_class"]],  # per class, for the training report
             "train_seconds": round(self.train_seconds, 3),
         })
         if result["mIoU"] > self.best_miou:
             self.best_miou, self.best_iteration = result["mIoU"], self.iteration
         if self.is_main:
-            logger.info("validation at iteration %d\n%s\nvalidation loss %.4f", self.iteration,
-                        format_metrics_table(result), result["loss"])
+            logger.info("validation at iteration %d%s\n%s\nvalidation loss %.4f%s", self.iteration,
+                        " (EMA weights)" if self.ema.enabled else "", format_metrics_table(result), result["loss"],
+                        "; trained weights: mIoU {mIoU:.4f}, loss {loss:.4f}".format(**result["raw"])
+                        if "raw" in result else "")
         return result
