@@ -38,7 +38,7 @@ class TrainConfig:
     val_interval: int = 2000
     checkpoint_interval: int = 1000
     log_interval: int = 50
-    num_workers: int = 4
+    num_workers: Any = "auto"
     val_batch_size: int = 4
     validate_data: str = "quick"
     tensorboard: bool = True

@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.backbones.efficient_block import sync_dense_layer_norms
-from segdense.data import build_dataloader, build_dataset, build_transforms, validate_dataset
+from segdense.data import build_dataloader, build_dataset, build_transforms, resolve_num_workers, validate_dataset
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
@@ -172,6 +172,25 @@ def describe_weights(cfg: DictConfig, resume_path: Path | None) -> str:
     return "random (backbone.pretrained not set)"
 
 
+# Backbone families trained by their authors with another optimizer than the default SGD: (name prefix, optimizer,
+# what the recipe carries, the experiment per backbone name, and the one for the others of the family).
+BACKBONE_RECIPES = [
+    ("rdnet_", "adamw", "AdamW with layer decay", {"rdnet_small": "upernet_rdnet_small_ade20k",
+                                                   "rdnet_base": "upernet_rdnet_base_ade20k"},
+     "upernet_rdnet_tiny_ade20k"),
+    ("fcdensenet", "rmsprop", "RMSprop", {}, "fcdensenet103_camvid"),
+]
+
+
+def recipe_note(backbone: str, optimizer: str) -> str:
+    """One line when ``backbone`` has a recipe of its own that uses another optimizer than ``optimizer``."""
+    for prefix, own, carries, experiments, default in BACKBONE_RECIPES:
+        if backbone.startswith(prefix) and optimizer != own:
+            return (f"{backbone} is trained with {carries} by its authors, this run with {optimizer}: "
+                    f"experiment={experiments.get(backbone, default)} carries that recipe")
+    return ""
+
+
 def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world: int, cfg: DictConfig,
             loss: str = "", weights: str = "") -> str:
     params = sum(p.numel() for p in model.parameters())
@@ -199,6 +218,7 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         f"{f' x {cfg.accumulate} accumulated' if cfg.accumulate > 1 else ''} = {batch_size * world * cfg.accumulate}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}"
         f"{f' (stage-wise decay {decay})' if decay is not None else ''}, {cfg.scheduler.name}",
+        *([f"  recipe    {note}"] if (note := recipe_note(mc["backbone"]["name"], cfg.optimizer.name)) else []),
         *([f"  loss      {loss}"] if loss else []),
         f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
         f"  determinism {determinism_note(cfg.deterministic, device)}",
@@ -208,7 +228,12 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """The trainer's settings from the top-level keys (checked together: one error lists every bad value)."""
     keys = [f.name for f in dataclasses.fields(TrainSettings) if f.name != "max_skipped_steps"]
-    return TrainSettings(**{key: cfg[key] for key in keys})
+    values = {key: cfg[key] for key in keys}
+    try:
+        values["num_workers"] = resolve_num_workers(values["num_workers"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return TrainSettings(**values)
 
 
 def checked_datasets(cfg: DictConfig):
@@ -290,7 +315,7 @@ def train(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hooks: Sequ
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
     with config_values("val_batch_size"):
-        val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
+        val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(settings.num_workers, 2))
     trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader,
                       dataclasses.replace(settings, device=device), run_dir, config=config, hooks=hooks,
                       dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, early_stop=early_stop,
