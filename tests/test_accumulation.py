@@ -2,7 +2,6 @@
 B*k gives (float64, frozen BatchNorm, labels without ignored pixels: equal up to summation order), in one process
 and under DDP, where the gradients are all-reduced once per optimizer step."""
 import os
-import time
 from datetime import timedelta
 
 import pytest
@@ -16,7 +15,7 @@ from segdense.engine import Trainer, TrainSettings, build_optimizer, build_sched
 from segdense.errors import ConfigError
 from segdense.losses import build_criterion
 
-from train_utils import free_port
+from train_utils import free_port, spawn_within
 
 STEPS = 3
 
@@ -117,16 +116,8 @@ def _ddp_worker(rank, port, out, no_sync_calls):
 
 
 def test_ddp_accumulation_syncs_only_the_last_micro_batch_and_equals_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
     calls = tmp_path / "no_sync_calls.pt"
-    context = mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path), str(calls)), nprocs=2, join=False)
-    deadline = time.monotonic() + 240
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two DDP processes did not finish within 240 s")
+    spawn_within(_ddp_worker, (free_port(), str(tmp_path), str(calls)), nprocs=2, seconds=240)
     ddp = torch.load(tmp_path / "ddp.pt", weights_only=True)
     single, _ = run(tmp_path / "single", batch_size=4, accumulate=1)
     assert torch.load(calls, weights_only=True) == STEPS  # one micro-batch of two per step without the all-reduce

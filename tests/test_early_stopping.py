@@ -11,7 +11,7 @@ from segdense.engine.early_stopping import EarlyStopping
 from segdense.errors import ConfigError
 from segdense.runtime import load_checkpoint
 
-from train_utils import TINY, compose_config
+from train_utils import TINY, compose_config, free_port, spawn_within
 
 
 class Crash(Exception):
@@ -142,19 +142,7 @@ def _ddp_worker(rank, port, out):
 
 
 def test_every_process_stops_at_rank_0s_decision(tmp_path):
-    import time
-
-    import torch.multiprocessing as mp
-
-    from train_utils import free_port
-
-    context = mp.spawn(_ddp_worker, args=(free_port(), str(tmp_path)), nprocs=2, join=False)
-    deadline = time.monotonic() + 180
-    while not context.join(timeout=5):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail("the two processes did not finish within 180 s")
+    spawn_within(_ddp_worker, (free_port(), str(tmp_path)), nprocs=2, seconds=180)
     ends = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]
     assert [end["iteration"] for end in ends] == [3, 3]
     assert ends[0]["loss"] == ends[1]["loss"]  # the validation loss is reduced over both processes

@@ -223,7 +223,8 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> dict:
         """Train to ``settings.iterations`` (from the resumed iteration, if any), or until ``early_stop`` ends the
-        run (``stop_reason`` says why), and return the last validation metrics. A stop signal (``stop_signals``) ends the run after the step in progress: ``last.pt`` is saved
+        run (``stop_reason`` says why), and return the last validation metrics. A stop signal (``stop_signals``)
+        ends the run after the step in progress: ``last.pt`` is saved
         at that iteration and :class:`Preempted` raised; the previous signal handlers are back by then."""
         result: dict = {}
         start_iteration = self.iteration
@@ -282,7 +283,8 @@ class Trainer:
         rank = torch.distributed.get_rank() if world_size() > 1 else 0
         # The sampler's batch is the optimizer step's (every micro-batch of it), so a position in the stream, and a
         # resumed run, depend on the iteration alone.
-        sampler = ResumableSampler(len(self.train_set), s.batch_size * s.accumulate, seed=s.seed, start_iteration=self.iteration,
+        sampler = ResumableSampler(len(self.train_set), s.batch_size * s.accumulate, seed=s.seed,
+                                   start_iteration=self.iteration,
                                    rank=rank, world_size=world_size())
         return DataLoader(
             SeededDataset(self.train_set), batch_size=s.batch_size, sampler=sampler, num_workers=s.num_workers,
@@ -371,7 +373,8 @@ class Trainer:
     def _evaluate(self, model: nn.Module, on_first_batch=None) -> dict:
         metrics = SegmentationMetrics(len(self.class_names), self.class_names, device=self.device)
         return evaluate_loader(model, self.val_loader, metrics, self.device, self.amp_dtype, self.channels_last,
-                               on_first_batch=on_first_batch, loss=lambda logits, masks: self.criterion(logits, masks)[0])
+                               on_first_batch=on_first_batch,
+                               loss=lambda logits, masks: self.criterion(logits, masks)[0])
 
     def validate(self) -> dict:
         """Metrics of :attr:`evaluated_model` on the validation loader (with EMA, the trained weights' under
