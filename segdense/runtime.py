@@ -204,13 +204,17 @@ def evaluate_loader(
     progress: bool = False,
     on_first_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None,
     labels: Callable[[torch.Tensor], torch.Tensor] = argmax_labels,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict:
     """Run ``infer(model, images)`` on every batch of ``loader`` (items start with images and
     masks; padded mask pixels are 255 and so ignored), turn the logits into ``labels`` (the task's:
-    :meth:`segdense.tasks.Task.labels`) and return ``metrics.compute()``."""
+    :meth:`segdense.tasks.Task.labels`) and return ``metrics.compute()``. With ``loss(logits, masks)``, also
+    ``"loss"``: its mean over the images (each batch's value weighted by its image count; under
+    torch.distributed over every process's images)."""
     was_training = model.training
     model.eval()
     metrics.reset()
+    loss_sum, image_count = torch.zeros((), dtype=torch.float64, device=device), 0
     # A bar on terminals only: in logs and pipes it would be noise.
     batches = tqdm(loader, desc="val", leave=False, dynamic_ncols=True,
                    disable=not (progress and sys.stderr.isatty()))
@@ -220,10 +224,24 @@ def evaluate_loader(
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast_context(device, amp_dtype):
             logits = infer(model, images)
+        if loss is not None:
+            loss_sum += loss(logits, masks).double() * images.shape[0]
+            image_count += images.shape[0]
         prediction = labels(logits)
         metrics.update(prediction, masks)
         if i == 0 and on_first_batch is not None:
             on_first_batch(images, masks, prediction)
     model.train(was_training)
     with collective("the metrics' all_reduce"):  # under torch.distributed: every process's images
-        return metrics.compute()
+        result = metrics.compute()
+        if loss is not None:
+            result["loss"] = _mean_over_processes(loss_sum, image_count)
+    return result
+
+
+def _mean_over_processes(total: torch.Tensor, count: int) -> float:
+    """``total / count`` summed over the processes of torch.distributed (this process's alone without it)."""
+    both = torch.stack([total, torch.tensor(float(count), dtype=torch.float64, device=total.device)])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(both)
+    return float(both[0] / both[1]) if both[1] > 0 else float("nan")

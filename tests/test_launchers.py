@@ -73,10 +73,10 @@ SIGNAL_ONE_RANK = """
 import os, runpy, signal, sys
 from segdense.engine.trainer import Trainer
 real_step = Trainer._step
-def step(self, images, masks):
+def step(self, loader):
     if os.environ["SLURM_PROCID"] == "1" and self.iteration == 2:
         os.kill(os.getpid(), signal.SIGUSR1)
-    return real_step(self, images, masks)
+    return real_step(self, loader)
 Trainer._step = step
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")

@@ -197,7 +197,7 @@ def test_best_checkpoint_follows_the_best_miou(tmp_path, monkeypatch):
 
     def fake_evaluate(*args, **kwargs):
         m = next(scores)
-        return {"mIoU": m, "mAcc": m, "aAcc": m, "per_class": [{"name": "x", "IoU": m, "Acc": m}]}
+        return {"mIoU": m, "mAcc": m, "aAcc": m, "loss": 1 - m, "per_class": [{"name": "x", "IoU": m, "Acc": m}]}
 
     monkeypatch.setattr(trainer_mod, "evaluate_loader", fake_evaluate)
     train(compose_config(TINY + ["iterations=6"]), run_dir=tmp_path)
@@ -209,15 +209,18 @@ def test_best_checkpoint_follows_the_best_miou(tmp_path, monkeypatch):
 
 
 def _non_finite_loss(monkeypatch, value, when):
-    """Multiply the loss by ``value`` (NaN or inf) at the 1-based calls for which ``when(call)`` holds."""
+    """Multiply the training loss by ``value`` (NaN or inf) at the 1-based training calls for which ``when(call)``
+    holds (validation, which computes its loss without gradients, is not counted)."""
     from segdense.losses import criterion as criterion_mod
 
     real_forward = criterion_mod.Criterion.forward
     calls = {"n": 0}
 
     def forward(self, outputs, target):
-        calls["n"] += 1
         total, terms = real_forward(self, outputs, target)
+        if not torch.is_grad_enabled():
+            return total, terms
+        calls["n"] += 1
         return (total * value if when(calls["n"]) else total), terms
 
     monkeypatch.setattr(criterion_mod.Criterion, "forward", forward)

@@ -25,9 +25,9 @@ def learning_rates_used(monkeypatch) -> list:
     used = []
     real_step = Trainer._step
 
-    def step(self, images, masks):
+    def step(self, loader):
         used.append({group["lr"] for group in self.optimizer.param_groups})
-        return real_step(self, images, masks)
+        return real_step(self, loader)
 
     monkeypatch.setattr(Trainer, "_step", step)
     return used

@@ -1,6 +1,10 @@
 """Composing small training configurations for tests."""
 import socket
+import time
 from pathlib import Path
+
+import pytest
+import torch.multiprocessing as mp
 
 import torch
 from hydra import compose, initialize_config_dir
@@ -62,3 +66,14 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_within(fn, args, nprocs: int, seconds: float) -> None:
+    """``fn(rank, *args)`` in ``nprocs`` spawned processes; they are killed and the test fails after ``seconds``."""
+    context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, start_method="spawn")
+    deadline = time.monotonic() + seconds
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the {nprocs} processes did not finish within {seconds} s")

@@ -14,6 +14,8 @@ from typing import Any, Callable, Iterable, Mapping
 from segdense.backbones.registry import BACKBONES
 from segdense.data.registry import DATASETS
 from segdense.engine.loggers import LOGGERS, check_loggers
+from segdense.engine.early_stopping import EarlyStopping
+from segdense.engine.ema import WeightEMA
 from segdense.engine.optimizers import OPTIMIZERS, SCHEDULERS, build_optimizer, build_scheduler
 from segdense.errors import ConfigError
 from segdense.heads.registry import HEADS
@@ -35,6 +37,8 @@ _PASSED = {
 _BLOCK_KEYS = {"dataset": {"train_split", "val_split", "normalize"}}
 # Keyword arguments of the builder function itself, accepted besides the registered constructor's.
 _BUILDER_KEYS = {"optimizer": build_optimizer, "scheduler": build_scheduler}
+# Blocks that are one class's keyword arguments.
+_SETTINGS_BLOCKS = {"early_stop": EarlyStopping, "ema": WeightEMA}
 _REGISTRIES = {"backbone": BACKBONES, "head": HEADS, "dataset": DATASETS, "optimizer": OPTIMIZERS,
                "scheduler": SCHEDULERS}
 
@@ -47,6 +51,10 @@ def validate_config(cfg: Mapping[str, Any]) -> None:
         errors += check_block(group, registry, dict(cfg[group]))
     for key in sorted(set(cfg.get("task") or {}) - {"name", "threshold"}):
         errors.append(unknown_key_message(f"task.{key}", ["name", "threshold"], "conf/task/"))
+    for group, cls in _SETTINGS_BLOCKS.items():
+        accepted = _keywords(cls)
+        errors += [f"{group}.{key} is not a setting of {group}; valid keys: {', '.join(sorted(accepted))}"
+                   for key in dict(cfg.get(group) or {}) if key not in accepted]
     loss = dict(cfg["loss"])
     for key in sorted(set(loss) - {"terms", "aux_weight", "class_weight"}):
         errors.append(unknown_key_message(f"loss.{key}", ["aux_weight", "class_weight", "terms"], "conf/loss/"))

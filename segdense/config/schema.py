@@ -23,6 +23,7 @@ class TrainConfig:
     output_stride: int = 16
     iterations: int = 20000
     batch_size: int = 16
+    accumulate: int = 1
     crop_size: List[int] = field(default_factory=lambda: [512, 512])
     lr: float = 0.01
     aux_loss: bool = False
@@ -38,12 +39,14 @@ class TrainConfig:
     val_interval: int = 2000
     checkpoint_interval: int = 1000
     log_interval: int = 50
-    num_workers: int = 4
+    num_workers: Any = "auto"
     val_batch_size: int = 4
     validate_data: str = "quick"
     logger: List[str] = field(default_factory=lambda: ["tensorboard"])
     mlflow: Dict[str, Any] = field(default_factory=dict)
     wandb: Dict[str, Any] = field(default_factory=dict)
+    early_stop: Dict[str, Any] = field(default_factory=dict)
+    ema: Dict[str, Any] = field(default_factory=dict)
     report: bool = True
 
 

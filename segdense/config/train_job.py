@@ -13,11 +13,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from segdense.backbones.efficient_block import sync_dense_layer_norms
-from segdense.data import build_dataloader, build_dataset, build_transforms, validate_dataset
+from segdense.data import build_dataloader, build_dataset, build_transforms, resolve_num_workers, validate_dataset
 from segdense.data.statistics import class_statistics
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler, find_last_checkpoint
 from segdense.engine.checkpoint import init_model_weights
 from segdense.engine.loggers import LOGGERS, flatten_config, git_commit, open_loggers, tracked_run
+from segdense.engine.early_stopping import EarlyStopping
+from segdense.engine.ema import WeightEMA
 from segdense.engine.distributed import check_same_start
 from segdense.errors import ConfigError, config_values
 from segdense.losses import build_criterion
@@ -172,6 +174,25 @@ def describe_weights(cfg: DictConfig, resume_path: Path | None) -> str:
     return "random (backbone.pretrained not set)"
 
 
+# Backbone families trained by their authors with another optimizer than the default SGD: (name prefix, optimizer,
+# what the recipe carries, the experiment per backbone name, and the one for the others of the family).
+BACKBONE_RECIPES = [
+    ("rdnet_", "adamw", "AdamW with layer decay", {"rdnet_small": "upernet_rdnet_small_ade20k",
+                                                   "rdnet_base": "upernet_rdnet_base_ade20k"},
+     "upernet_rdnet_tiny_ade20k"),
+    ("fcdensenet", "rmsprop", "RMSprop", {}, "fcdensenet103_camvid"),
+]
+
+
+def recipe_note(backbone: str, optimizer: str) -> str:
+    """One line when ``backbone`` has a recipe of its own that uses another optimizer than ``optimizer``."""
+    for prefix, own, carries, experiments, default in BACKBONE_RECIPES:
+        if backbone.startswith(prefix) and optimizer != own:
+            return (f"{backbone} is trained with {carries} by its authors, this run with {optimizer}: "
+                    f"experiment={experiments.get(backbone, default)} carries that recipe")
+    return ""
+
+
 def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world: int, cfg: DictConfig,
             loss: str = "", weights: str = "") -> str:
     params = sum(p.numel() for p in model.parameters())
@@ -195,9 +216,11 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
         *([f"  weights   {weights}"] if weights else []),
         f"  data      {cfg.dataset.name}: {len(train_set)} train / {len(val_set)} val images, "
         f"{train_set.num_classes} classes ({classes}), task {cfg.task.name}",
-        f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es) = {batch_size * world}, "
+        f"  schedule  {cfg.iterations} iterations, batch {batch_size} x {world} process(es)"
+        f"{f' x {cfg.accumulate} accumulated' if cfg.accumulate > 1 else ''} = {batch_size * world * cfg.accumulate}, "
         f"crop {list(cfg.crop_size)}, {cfg.optimizer.name} lr {cfg.lr}"
         f"{f' (stage-wise decay {decay})' if decay is not None else ''}, {cfg.scheduler.name}",
+        *([f"  recipe    {note}"] if (note := recipe_note(mc["backbone"]["name"], cfg.optimizer.name)) else []),
         *([f"  loss      {loss}"] if loss else []),
         f"  device    {device}{' (' + torch.cuda.get_device_name(device) + ')' if device.type == 'cuda' else ''}, AMP {amp}, {layout}",
         f"  determinism {determinism_note(cfg.deterministic, device)}",
@@ -207,7 +230,12 @@ def summary(model, train_set, val_set, device, amp_dtype, batch_size: int, world
 def train_settings(cfg: DictConfig) -> TrainSettings:
     """The trainer's settings from the top-level keys (checked together: one error lists every bad value)."""
     keys = [f.name for f in dataclasses.fields(TrainSettings) if f.name != "max_skipped_steps"]
-    return TrainSettings(**{key: cfg[key] for key in keys})
+    values = {key: cfg[key] for key in keys}
+    try:
+        values["num_workers"] = resolve_num_workers(values["num_workers"])
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return TrainSettings(**values)
 
 
 def checked_datasets(cfg: DictConfig):
@@ -304,6 +332,8 @@ def build_trainer(cfg: DictConfig, settings: TrainSettings, world: int, run_dir:
                   hooks: Sequence[Any], loggers: Sequence[Any]) -> Trainer:
     """Data, model, loss and optimizer built and the trainer resumed when asked; rank 0 writes ``config.yaml``,
     logs the parameters (the resolved configuration flattened, and the git commit) and the summary."""
+    early_stop = EarlyStopping(**OmegaConf.to_container(cfg.early_stop, resolve=True))
+    ema = WeightEMA(**OmegaConf.to_container(cfg.ema, resolve=True))
     seed_everything(cfg.seed, cfg.deterministic)
     train_set, val_set = checked_datasets(cfg)
     task = training_task(cfg, train_set)
@@ -317,10 +347,11 @@ def build_trainer(cfg: DictConfig, settings: TrainSettings, world: int, run_dir:
     config = OmegaConf.to_container(cfg, resolve=True)
     config["loss"]["class_weight"] = class_weight  # the numbers used, also when they were chosen by `auto`
     with config_values("val_batch_size"):
-        val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(cfg.num_workers, 2))
+        val_loader = build_dataloader(val_set, cfg.val_batch_size, train=False, num_workers=min(settings.num_workers, 2))
     trainer = Trainer(model, criterion, *optimization(cfg, model), train_set, val_loader, settings, run_dir,
                       config=config, hooks=hooks, loggers=loggers,
-                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, task=task)
+                      dataset_info={"name": cfg.dataset.name, "config": config["dataset"]}, task=task,
+                      early_stop=early_stop, ema=ema)
     if resume_path is not None:
         trainer.resume_from(resume_path)
     check_same_start(trainer.iteration, resume_path)
@@ -346,6 +377,9 @@ def finish(cfg: DictConfig, trainer: Trainer, result: dict) -> dict:
         except Exception as exc:  # the run itself succeeded: say so, and how to retry the report
             logger.warning("could not write the training report (%s: %s); retry with python tools/report.py %s",
                            type(exc).__name__, exc, run_dir)
+    if is_main_process():
+        logger.info("ended at iteration %d of %d: %s", trainer.iteration, cfg.iterations,
+                    trainer.stop_reason or "all iterations done")
     if is_main_process() and result:
         logger.info(
             "done: mIoU %.2f (best %.2f at iteration %d); checkpoints in %s",

@@ -13,7 +13,7 @@ from .camvid import CamVid
 from .cityscapes import Cityscapes, label_ids_to_train_ids
 from .folder import FolderDataset
 from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
-from .loader import build_dataloader, infinite_batches, pad_collate
+from .loader import build_dataloader, infinite_batches, pad_collate, resolve_num_workers
 from .registry import build_dataset, list_datasets
 from .synthetic import SyntheticShapes
 from .synthetic_hard import SyntheticHard
@@ -24,6 +24,7 @@ from .voc import VOCSegmentation
 __all__ = [
     "ADE20K", "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport",
     "FolderDataset", "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
+    "resolve_num_workers",
     "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
     "read_mask", "validate_dataset",
 ]

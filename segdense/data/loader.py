@@ -1,6 +1,7 @@
 """DataLoader builder: seeded workers, distributed sampling, and an eval collate for images of any size."""
 from __future__ import annotations
 
+import os
 import random
 from typing import Iterator
 
@@ -10,6 +11,20 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
 from .io import IGNORE_INDEX
+
+
+MAX_AUTO_WORKERS = 8
+
+
+def resolve_num_workers(num_workers: int | str) -> int:
+    """``num_workers`` as a count: ``auto`` is the cores this process may run on (``os.sched_getaffinity``; the
+    CPU count where that is missing), at most :data:`MAX_AUTO_WORKERS`."""
+    if num_workers == "auto":
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return min(cores, MAX_AUTO_WORKERS)
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"num_workers must be auto or a count >= 0, got {num_workers!r}")
+    return num_workers
 
 
 def pad_collate(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -3,7 +3,9 @@
 A checkpoint is a plain dict (tensors, numbers, strings, lists, dicts) with:
 ``model`` (state_dict), ``model_config`` (keyword arguments of :func:`segdense.build_model`),
 ``dataset`` (name, class names, palette), ``iteration``, ``optimizer``, ``scheduler``, ``scaler``,
-``rng``, ``best_miou``, ``config`` (the resolved run configuration) and ``segdense_version``.
+``rng``, ``best_miou``, ``early_stop`` (its count), ``config`` (the resolved run configuration) and
+``segdense_version``. With weight EMA, ``model`` holds the average (what validation scored) and ``raw_model`` the
+trained weights.
 :func:`segdense.runtime.load_checkpoint` reads them; :func:`init_model_weights` starts a new run from one's
 weights (``init_from``).
 """

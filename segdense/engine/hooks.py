@@ -182,6 +182,7 @@ class MetricsFileHook(Hook):
             "iteration": trainer.iteration,
             "best_mIoU": trainer.best_miou,
             "best_iteration": trainer.best_iteration,
+            "stop_reason": trainer.stop_reason,  # null unless the run stopped early
             "last": {k: v for k, v in result.items() if k != "confusion"},
             "history": trainer.history,
         }
