@@ -64,7 +64,7 @@ def run(run_dir, batch_size, accumulate, steps=STEPS):
     model = FrozenFloat64()
     optimizer = build_optimizer("sgd", model.inner, 0.05, momentum=0.9, weight_decay=1e-3)
     settings = TrainSettings(iterations=steps, batch_size=batch_size, accumulate=accumulate, device="cpu",
-                             tensorboard=False, log_interval=1)
+                             log_interval=1)
     trainer = Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
                       build_scheduler("poly", optimizer, steps), EveryPixelLabelled(), None, settings, run_dir,
                       stop_signals=())

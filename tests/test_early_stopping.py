@@ -128,7 +128,7 @@ def _ddp_worker(rank, port, out):
         val = DataLoader(SyntheticShapes(split="val", num_samples=4, image_size=32), batch_size=2)
         # Rank 1 alone would go on for 100 validations: rank 0's decision is the one every process follows.
         stopper = EarlyStopping(monitor="loss", patience=[2, 100][rank], min_delta=10)
-        settings = TrainSettings(iterations=10, batch_size=2, val_interval=1, device="cpu", tensorboard=False)
+        settings = TrainSettings(iterations=10, batch_size=2, val_interval=1, device="cpu")
         trainer = Trainer(model, build_criterion([{"name": "cross_entropy"}], num_classes=5), optimizer,
                           build_scheduler("poly", optimizer, 10), SyntheticShapes(split="train", num_samples=8,
                                                                                   image_size=32),

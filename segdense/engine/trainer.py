@@ -137,15 +137,8 @@ class Trainer:
         self.dataset_info, self.config = info, config or {}
         self.task = task if task is not None else MulticlassTask(self.class_names)
         self.is_main = is_main_process()
-        self.iteration, self.best_miou, self.best_iteration = 0, -1.0, 0
-        self.skipped_steps = self.consecutive_skips = 0
-        self.history: list[dict] = []
-        self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
-        self.loss_history: list[float] = []  # this process's loss at every iteration run here
-        self.crop: tuple = ()  # the training crop last seen, for the out-of-memory message
-        self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
+        self._start_run_state()
         self.early_stop = early_stop or EarlyStopping()
-        self.stop_reason: str | None = None  # why the run ends before settings.iterations (set by early_stop)
         # early stopping decides before the checkpoint and metrics.json are written for the same validation
         self.hooks = [self.ema, ProgressHook(self), LossLogHook(), self.early_stop, CheckpointHook(),
                       MetricsFileHook()]
@@ -153,6 +146,17 @@ class Trainer:
             self.hooks.append(LoggerHook(loggers))
         self.hooks += [as_hook(h) for h in hooks]
         self.stop_signals = tuple(stop_signals)
+
+    def _start_run_state(self) -> None:
+        """The counters and records of a run that has not trained yet (a resume then loads its own)."""
+        self.iteration, self.best_miou, self.best_iteration = 0, -1.0, 0
+        self.skipped_steps = self.consecutive_skips = 0
+        self.history: list[dict] = []
+        self.train_seconds = 0.0  # wall time in training steps (data included), not in validation or saving
+        self.loss_history: list[float] = []  # this process's loss at every iteration run here
+        self.crop: tuple = ()  # the training crop last seen, for the out-of-memory message
+        self.val_preview: tuple | None = None  # the first validation batch's images, masks and predictions
+        self.stop_reason: str | None = None  # why the run ends before settings.iterations (set by early_stop)
 
     def _place(self, model: nn.Module) -> tuple[nn.Module, nn.Module, nn.Module | None, bool]:
         """(the model on the device, the module to train: DDP- and compile-wrapped as asked, the DDP module or None,
