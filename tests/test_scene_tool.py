@@ -20,7 +20,8 @@ from segdense.inference import Predictor, load_bundle
 
 from infer_fixtures import tiny_checkpoint  # noqa: F401 (a fixture)
 from test_infer import compose_infer
-from test_sharded_tools import varied_checkpoint
+from test_sharded_tools import WORLD, spawn, varied_checkpoint
+from train_utils import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ["mode=scene", "crop_size=[48,48]", "stride=[32,32]", "batch_size=3", "progress=false", "device=cpu"]
@@ -128,6 +129,45 @@ def test_a_run_killed_with_kill_9_resumes_byte_identical(checkpoint, tmp_path):
     for name in ("scene.tif", "scene_proba.tif"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
     assert sorted(p.name for p in (tmp_path / "killed").iterdir()) == ["scene.tif", "scene_proba.tif"]
+
+
+def sharded_worker(rank: int, port: int, overrides: list[str]) -> None:
+    os.environ.update(WORLD_SIZE=str(WORLD), RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    from segdense.engine.distributed import cleanup_distributed
+
+    try:
+        infer_job(compose_infer(overrides))
+    finally:
+        cleanup_distributed()
+
+
+def test_two_processes_share_the_bands_and_write_one_processs_files(checkpoint, tmp_path, caplog):
+    write_scene(tmp_path / "scene.tif", 250, 90)  # 8 bands: 4 per rank (rank 1 adds a row of windows before its own)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the workers' setting: the same kernels, bit for bit
+    try:
+        infer_job(compose_infer(scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "one",
+                                                "save_proba=true")))
+    finally:
+        torch.set_num_threads(threads)
+    spawn(sharded_worker, (free_port(), scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "two",
+                                                        "save_proba=true")))
+    for name in ("scene.tif", "scene_proba.tif"):
+        assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["scene.tif", "scene_proba.tif"]
+
+
+def test_each_process_gets_one_contiguous_run_of_bands():
+    from segdense.inference.scene import scene_grid
+    from segdense.inference.scene_run import SceneJob
+
+    job = SceneJob(None, scene_grid(250, 90, (48, 48), (32, 32), "gaussian"), None)
+    assert job.grid.num_bands == 8
+    assert [job.share(rank, 2) for rank in range(2)] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert [job.share(rank, 3) for rank in range(3)] == [[0, 1, 2], [3, 4, 5], [6, 7]]
+    assert [job.share(rank, 10) for rank in range(10)] == [[k] for k in range(8)] + [[], []]
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
+from segdense.data.loader import ShardSampler
 from segdense.data.tiff_windows import TiffWindows
 from segdense.errors import ConfigError
 
@@ -37,8 +38,7 @@ class SceneJob:
 
     def share(self, rank: int, world: int) -> list[int]:
         """Rank ``rank``'s bands: one contiguous run of them, so that each process adds few rows of windows twice."""
-        per_rank = math.ceil(self.grid.num_bands / world)
-        return list(range(rank * per_rank, min(self.grid.num_bands, (rank + 1) * per_rank)))
+        return list(ShardSampler(self.grid.num_bands, rank, world, block=math.ceil(self.grid.num_bands / world)))
 
     def predict(self, predictor: Predictor, bands: Sequence[int], progress: bool = False) -> None:
         stream = StreamedSlide(predictor, self.grid, save_proba=self.output.save_proba, progress=progress)
