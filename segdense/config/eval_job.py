@@ -28,6 +28,7 @@ def infer_options(cfg: DictConfig, bundle) -> dict:
     return dict(
         mode=cfg.mode, crop_size=plain(cfg.crop_size) if cfg.crop_size is not None else bundle.crop_size,
         stride=plain(cfg.stride), scales=plain(cfg.scales), flip=bool(cfg.flip),
+        **({"blend": cfg.blend} if cfg.get("blend") else {}),
     )
 
 

@@ -15,6 +15,7 @@ from segdense.runtime import gather_to_main, process_rank
 
 from .eval_job import infer_options
 from .processes import main_process_result, start_processes
+from .scene_job import scene_job
 
 logger = logging.getLogger("segdense.infer")
 
@@ -24,11 +25,14 @@ def infer_job(cfg: DictConfig):
     :class:`~segdense.inference.files.InferenceReport` (the tool exits 1 when any image failed). Started as several
     processes (torchrun, srun), each predicts its share of the images and writes their outputs; rank 0 returns and
     prints the report of all of them, the others their own. Rank 0 lists the input and every process uses its list;
-    images inside ``output`` are no inputs (:func:`~segdense.inference.files.list_inputs`)."""
+    images inside ``output`` are no inputs (:func:`~segdense.inference.files.list_inputs`). ``mode=scene``: TIFFs
+    of any size, streamed (:func:`~segdense.config.scene_job.scene_job`)."""
     device, world = start_processes(cfg.device, cfg.process_timeout)
     files = main_process_result(lambda: list_inputs(cfg.input, cfg.output))
     bundle = load_bundle(cfg.checkpoint)
     output = check_writable_dir(cfg.output)
+    if cfg.mode == "scene":
+        return scene_job(cfg, files, bundle, device, output)
     with config_values("inference options"):
         predictor = Predictor(bundle, device=str(device), amp=cfg.amp, batch_size=cfg.batch_size,
                               **infer_options(cfg, bundle))

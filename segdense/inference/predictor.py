@@ -36,7 +36,7 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, device: str | torch.device = "auto", amp: str | bool = "auto",
                  mode: str = "whole", crop_size: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, scales: Sequence[float] | None = None,
-                 flip: bool = False, batch_size: int = 4):
+                 flip: bool = False, batch_size: int = 4, blend: str = "mean"):
         self.bundle = bundle
         self.task = bundle.task
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -47,7 +47,8 @@ class Predictor:
         self.batch_size = int(batch_size)
         self.min_size = min_input_size(self.model)
         crop = crop_size if crop_size is not None else bundle.crop_size
-        self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size)
+        self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size,
+                                 blend=blend)
         self._transform = None
 
     @classmethod
@@ -55,7 +56,8 @@ class Predictor:
                         **kwargs: Any) -> "Predictor":
         """Rebuild the model from a segdense ``.pt`` checkpoint or ``.safetensors`` file, or run an ``.onnx`` export of
         one with ONNX Runtime (same pre- and post-processing, from its metadata); ``kwargs`` as for
-        :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``)."""
+        :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``,
+        ``blend``)."""
         return cls(load_bundle(path), device=device, **kwargs)
 
     @classmethod

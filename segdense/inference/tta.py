@@ -3,7 +3,8 @@
 
 - :func:`whole_logits`: one forward pass on the whole image.
 - :class:`SlideInference`: overlapping ``crop_size`` windows every ``stride`` pixels; the logits of pixels
-  covered by several windows are averaged (mmseg's "slide" mode). All windows of a batch are stacked and run
+  covered by several windows are averaged (mmseg's "slide" mode) or weighted by a Gaussian (``blend``,
+  :mod:`~segdense.inference.blending`). All windows of a batch are stacked and run
   ``max_batch`` at a time.
 - :class:`MultiScaleFlip`: the base strategy at each scale (and mirrored), logits resized back to the input
   size and averaged.
@@ -22,6 +23,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from segdense.runtime import Infer, whole_logits
+
+from .blending import check_blend, describe_blend, weight_sums, window_weight
 
 
 
@@ -42,10 +45,12 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
 
 
 class SlideInference:
-    """Sliding-window inference with ``crop_size`` windows every ``stride`` pixels, overlaps averaged."""
+    """Sliding-window inference with ``crop_size`` windows every ``stride`` pixels, overlaps blended by ``blend``
+    (:mod:`~segdense.inference.blending`: ``mean`` averages, ``gaussian`` weights by distance to the window's
+    centre)."""
 
     def __init__(self, crop_size: int | Sequence[int], stride: int | Sequence[int] | None = None,
-                 base: Infer = whole_logits, max_batch: int = 8):
+                 base: Infer = whole_logits, max_batch: int = 8, blend: str = "mean"):
         self.crop = _pair(crop_size, "crop_size")
         # default: two thirds of the crop (mmseg's 512 crop / 341 stride)
         self.stride = _pair(stride, "stride") if stride is not None else tuple(max(1, c * 2 // 3) for c in self.crop)
@@ -53,6 +58,7 @@ class SlideInference:
             raise ValueError(f"stride {list(self.stride)} larger than crop_size {list(self.crop)} would leave gaps")
         self.base = base
         self.max_batch = max(1, int(max_batch))
+        self.blend = check_blend(blend)
 
     def __call__(self, model: nn.Module, images: torch.Tensor) -> torch.Tensor:
         n, _, h, w = images.shape
@@ -62,14 +68,16 @@ class SlideInference:
         outputs = [self.base(model, chunk) for chunk in crops.split(self.max_batch * n)]
         logits = torch.cat(outputs)
         total = logits.new_zeros((n, logits.shape[1], h, w))
-        count = logits.new_zeros((1, 1, h, w))
+        weight = window_weight(ch, cw, self.blend).to(logits.device)
         for i, (y, x) in enumerate(boxes):
-            total[:, :, y:y + ch, x:x + cw] += logits[i * n:(i + 1) * n]
-            count[:, :, y:y + ch, x:x + cw] += 1
-        return total / count
+            total[:, :, y:y + ch, x:x + cw] += logits[i * n:(i + 1) * n] * weight
+        rows = weight_sums(h, ch, window_starts(h, ch, self.stride[0]), self.blend).to(logits.device)
+        cols = weight_sums(w, cw, window_starts(w, cw, self.stride[1]), self.blend).to(logits.device)
+        return total / (rows[:, None] * cols[None, :])
 
     def __repr__(self) -> str:
-        return f"SlideInference(crop_size={list(self.crop)}, stride={list(self.stride)})"
+        blend = "" if self.blend == "mean" else f", blend={describe_blend(self.blend)}"
+        return f"SlideInference(crop_size={list(self.crop)}, stride={list(self.stride)}{blend})"
 
 
 class MultiScaleFlip:
@@ -120,15 +128,15 @@ MODES = ("whole", "slide")
 
 def build_infer(mode: str = "whole", crop_size: int | Sequence[int] | None = None,
                 stride: int | Sequence[int] | None = None, scales: Sequence[float] | None = None,
-                flip: bool = False, min_size: int = 1, max_batch: int = 8) -> Infer:
-    """The inference strategy for ``mode`` (``whole`` or ``slide``), wrapped in multi-scale/flip TTA when
-    ``scales`` is more than ``[1.0]`` or ``flip`` is set."""
+                flip: bool = False, min_size: int = 1, max_batch: int = 8, blend: str = "mean") -> Infer:
+    """The inference strategy for ``mode`` (``whole`` or ``slide``, its windows blended by ``blend``), wrapped in
+    multi-scale/flip TTA when ``scales`` is more than ``[1.0]`` or ``flip`` is set."""
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}; got {mode!r}")
     if mode == "slide":
         if crop_size is None:
             raise ValueError("mode=slide needs crop_size (e.g. crop_size=[512,512])")
-        base: Infer = SlideInference(crop_size, stride, max_batch=max_batch)
+        base: Infer = SlideInference(crop_size, stride, max_batch=max_batch, blend=blend)
     else:
         base = whole_logits
     scales = [1.0] if scales is None else list(scales)
