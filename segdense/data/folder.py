@@ -22,12 +22,41 @@ multilabel=true: masks/<name>.{tif,tiff,npy} with one 0/1 band per class, (H, W,
 """
 
 
-def _index(folder: Path) -> dict[str, Path]:
+def index_files(folder: Path, suffixes: Sequence[str] = IMAGE_EXTENSIONS) -> dict[str, Path]:
+    """Files of ``folder`` (and its sub-folders) with one of ``suffixes``, by relative path without extension."""
     files = {}
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
+        if path.is_file() and path.suffix.lower() in suffixes:
             files[path.relative_to(folder).with_suffix("").as_posix()] = path
     return files
+
+
+def split_names(root: Path, split: str, available: set[str], dataset: str, layout: str) -> tuple[list[str], Path]:
+    """The names of ``split``: the lines of ``<root>/splits/<split>.txt``, or every name in ``available`` for split
+    ``all`` without a list file (or without a ``splits/`` folder); and the list file's path."""
+    list_file = root / "splits" / f"{split}.txt"
+    if list_file.is_file() or (split != "all" and (root / "splits").is_dir()):
+        return read_split_list(list_file, dataset, root, layout), list_file
+    if split == "all":
+        return sorted(available), list_file
+    raise layout_error(dataset, root, f"split {split!r} needs the list file {list_file}", layout)
+
+
+def pair_files(names: Sequence[str], images: dict, masks: dict, image_folder: Path, list_file: Path,
+               ) -> tuple[list[tuple], list[tuple[Path, str]]]:
+    """(pairs, unpaired): the (image, mask) of every name found in both, and each other name with what is
+    missing."""
+    pairs, unpaired = [], []
+    for name in names:
+        if name in images and name in masks:
+            pairs.append((images[name], masks[name]))
+        elif name in images:
+            unpaired.append((images[name], "image has no mask"))
+        elif name in masks:
+            unpaired.append((masks[name], "mask has no image"))
+        else:
+            unpaired.append((image_folder / name, f"listed in {list_file.name} but neither image nor mask exists"))
+    return pairs, unpaired
 
 
 def _multilabel_index(folder: Path, class_names: Sequence[str]) -> dict[str, Path | list[Path]]:
@@ -37,10 +66,22 @@ def _multilabel_index(folder: Path, class_names: Sequence[str]) -> dict[str, Pat
     for path in sorted(folder.rglob("*")):
         if path.is_file() and path.suffix.lower() in ARRAY_SUFFIXES:
             files[path.relative_to(folder).with_suffix("").as_posix()] = path
-    per_class = [_index(folder / name) if (folder / name).is_dir() else {} for name in class_names]
+    per_class = [index_files(folder / name) if (folder / name).is_dir() else {} for name in class_names]
     for name in set.intersection(*(set(index) for index in per_class)) if per_class else ():
         files.setdefault(name, [index[name] for index in per_class])
     return files
+
+
+def named_classes(class_names: Sequence[str], palette: Sequence[Sequence[int]] | None, dataset: str,
+                  ) -> tuple[list[str], list[tuple[int, ...]]]:
+    """The class names as strings and a colour per class (default: the VOC colour map), checked."""
+    if not class_names:
+        raise ValueError(f"{dataset} needs class_names (the name of every class, in index order)")
+    names = [str(name) for name in class_names]
+    colours = [tuple(int(c) for c in color) for color in (palette or voc_palette(len(names)))]
+    if len(colours) < len(names):
+        raise ValueError(f"palette has {len(colours)} colours for {len(names)} classes")
+    return names, colours
 
 
 class FolderDataset(SegmentationDataset):
@@ -75,12 +116,7 @@ class FolderDataset(SegmentationDataset):
         self.mask_task = "multilabel" if multilabel else None
         self.reduce_zero_label = bool(reduce_zero_label)
         self.root, self.split = Path(root), split
-        if not class_names:
-            raise ValueError("FolderDataset needs class_names (the name of every class, in index order)")
-        self.class_names = [str(name) for name in class_names]
-        self.palette = [tuple(int(c) for c in color) for color in (palette or voc_palette(len(self.class_names)))]
-        if len(self.palette) < self.num_classes:
-            raise ValueError(f"palette has {len(self.palette)} colours for {self.num_classes} classes")
+        self.class_names, self.palette = named_classes(class_names, palette, "FolderDataset")
         if mask_colors is not None and len(mask_colors) != self.num_classes:
             raise ValueError(f"mask_colors must give one RGB colour per class ({self.num_classes}), "
                              f"got {len(mask_colors)}")
@@ -89,25 +125,10 @@ class FolderDataset(SegmentationDataset):
         for folder in folders:
             if not folder.is_dir():
                 raise layout_error("folder dataset", root, f"missing folder {folder.name}/", LAYOUT)
-        images = _index(folders[0])
-        masks = _multilabel_index(folders[1], self.class_names) if multilabel else _index(folders[1])
-        list_file = self.root / "splits" / f"{split}.txt"
-        if list_file.is_file() or (split != "all" and (self.root / "splits").is_dir()):
-            names = read_split_list(list_file, "folder dataset", root, LAYOUT)
-        elif split == "all":
-            names = sorted(set(images) | set(masks))
-        else:
-            raise layout_error("folder dataset", root, f"split {split!r} needs the list file {list_file}", LAYOUT)
-        for name in names:
-            if name in images and name in masks:
-                self.files.append((images[name], masks[name]))
-            elif name in images:
-                self.unpaired.append((images[name], "image has no mask"))
-            elif name in masks:
-                self.unpaired.append((masks[name], "mask has no image"))
-            else:
-                problem = f"listed in {list_file.name} but neither image nor mask exists"
-                self.unpaired.append((folders[0] / name, problem))
+        images = index_files(folders[0])
+        masks = _multilabel_index(folders[1], self.class_names) if multilabel else index_files(folders[1])
+        names, list_file = split_names(self.root, split, set(images) | set(masks), "folder dataset", LAYOUT)
+        self.files, self.unpaired = pair_files(names, images, masks, folders[0], list_file)
         if not self.files and not self.unpaired:
             raise layout_error("folder dataset", root, f"no images found in {folders[0]}", LAYOUT)
 

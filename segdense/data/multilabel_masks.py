@@ -33,10 +33,15 @@ def read_multilabel_mask(source: str | Path | Sequence[str | Path], num_classes:
         if len({p.shape for p in planes}) > 1:
             raise DatasetFileError(paths[0], f"the class PNGs differ in size: {[p.shape for p in planes]}")
         bands, path = np.stack(planes, axis=-1), paths[0]
+    return check_multilabel_values(bands, path)
+
+
+def check_multilabel_values(bands: np.ndarray, source: str | Path) -> np.ndarray:
+    """``bands`` as ``int64``, after checking every value is 0, 1 or 255 (one error naming ``source`` if not)."""
     values = np.unique(bands)
     bad = values[~np.isin(values, (0, 1, IGNORE_INDEX))]
     if bad.size:
-        raise DatasetFileError(path, f"multilabel mask holds values {bad[:10].tolist()}; expected 0, 1 and "
+        raise DatasetFileError(source, f"multilabel mask holds values {bad[:10].tolist()}; expected 0, 1 and "
                                f"{IGNORE_INDEX} (ignore)")
     return bands.astype(np.int64)
 
