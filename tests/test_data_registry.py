@@ -11,7 +11,7 @@ from tests.data_fixtures import make_cityscapes, make_folder, make_voc
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 RECIPES = {"synthetic": ([128, 128], 8), "voc": ([512, 512], 16), "voc_aug": ([512, 512], 16),
-           "cityscapes": ([512, 1024], 8), "folder": ([512, 512], 8)}
+           "cityscapes": ([512, 1024], 8), "folder": ([512, 512], 8), "scenes": ([512, 512], 8)}
 
 
 def dataset_config(name, *overrides):
@@ -21,12 +21,12 @@ def dataset_config(name, *overrides):
 
 
 def test_list_datasets_names_every_dataset():
-    assert list_datasets() == ["ade20k", "camvid", "cityscapes", "folder", "synthetic", "synthetic_binary",
+    assert list_datasets() == ["ade20k", "camvid", "cityscapes", "folder", "scenes", "synthetic", "synthetic_binary",
                                "synthetic_hard", "synthetic_multilabel", "voc", "voc_aug"]
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(ValueError, match="(?s)unknown dataset 'vocc'.*'voc'.*camvid, cityscapes, folder, synthetic"):
+    with pytest.raises(ValueError, match="(?s)unknown dataset 'vocc'.*'voc'.*camvid, cityscapes, folder, scenes, synthetic"):
         build_dataset("vocc", "train")
 
 

@@ -15,6 +15,7 @@ from .folder import FolderDataset
 from .io import IGNORE_INDEX, DatasetFileError, read_image, read_mask
 from .loader import build_dataloader, infinite_batches, pad_collate, resolve_num_workers
 from .registry import build_dataset, list_datasets
+from .scenes import ScenesDataset
 from .synthetic import SyntheticShapes
 from .synthetic_hard import SyntheticHard
 from .transforms import CatMaxRandomCrop, build_transforms
@@ -23,7 +24,7 @@ from .voc import VOCSegmentation
 
 __all__ = [
     "ADE20K", "IGNORE_INDEX", "CamVid", "CatMaxRandomCrop", "Cityscapes", "DatasetFileError", "DatasetReport",
-    "FolderDataset", "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
+    "FolderDataset", "ScenesDataset", "SegmentationDataset", "SyntheticHard", "SyntheticShapes", "VOCSegmentation", "build_dataloader", "build_dataset",
     "resolve_num_workers",
     "build_transforms", "infinite_batches", "label_ids_to_train_ids", "list_datasets", "pad_collate", "read_image",
     "read_mask", "validate_dataset",

@@ -9,6 +9,7 @@ from .base import SegmentationDataset, Transform
 from .camvid import CamVid
 from .cityscapes import Cityscapes
 from .folder import FolderDataset
+from .scenes import ScenesDataset
 from .synthetic import SyntheticBinary, SyntheticMultilabel, SyntheticShapes
 from .synthetic_hard import SyntheticHard
 from .voc import VOCSegmentation
@@ -27,6 +28,7 @@ DATASETS.register(VOCSegmentation, "voc")
 DATASETS.register(_voc_aug, "voc_aug", kwargs_to=VOCSegmentation)  # VOC 2012 trained on SBD's trainaug split
 DATASETS.register(Cityscapes, "cityscapes")
 DATASETS.register(FolderDataset, "folder")
+DATASETS.register(ScenesDataset, "scenes")
 DATASETS.register(CamVid, "camvid")
 DATASETS.register(ADE20K, "ade20k")
 

@@ -59,7 +59,8 @@ class ResumableSampler(Sampler):
 
 class SeededDataset(Dataset):
     """Wraps a dataset so that item ``(index, seed)`` is loaded with its augmentations seeded
-    by ``seed`` (the transform's ``set_random_seed`` when it has one, plus the global RNGs)."""
+    by ``seed`` (the transform's and the dataset's ``set_random_seed`` where they have one, plus the global
+    RNGs)."""
 
     def __init__(self, dataset: Dataset) -> None:
         self.dataset = dataset
@@ -80,9 +81,10 @@ class SeededDataset(Dataset):
             random.seed(seed)
             np.random.seed(seed)
             torch.manual_seed(seed)
-            transform = getattr(self.dataset, "transform", None)
-            if transform is not None and hasattr(transform, "set_random_seed"):
-                transform.set_random_seed(seed)
+            # the transform's augmentations, and the dataset's own draws (random windows of large scenes)
+            for seeded in (getattr(self.dataset, "transform", None), self.dataset):
+                if hasattr(seeded, "set_random_seed"):
+                    seeded.set_random_seed(seed)
             return self.dataset[index]
         finally:
             random.setstate(saved[0])
