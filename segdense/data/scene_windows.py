@@ -1,6 +1,7 @@
 """Where training and validation windows lie in large scenes: random windows (TorchGeo's ``RandomGeoSampler``),
 windows centred on a pixel of a class drawn uniformly (from a low-resolution class index built once from the
-masks), and a grid that covers every pixel (TorchGeo's ``GridGeoSampler``). A window is ``(y0, y1, x0, x1)``."""
+masks), and a grid of whole windows whose owned parts cover every pixel exactly once (TorchGeo's
+``GridGeoSampler``, without the double count). A window is ``(y0, y1, x0, x1)``."""
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -11,19 +12,26 @@ Window = tuple[int, int, int, int]
 MaskReader = Callable[[int, int, int, int, int], np.ndarray]  # (scene, y0, y1, x0, x1) -> (h, w, bands) mask
 
 
-def grid_starts(length: int, patch: int, stride: int) -> list[int]:
-    """Starts 0, stride, 2 * stride, ... up to the first window that reaches ``length``."""
+def grid_starts(length: int, patch: int, stride: int) -> list[tuple[int, int, int]]:
+    """Per window along one axis (start, first owned, end owned): starts every ``stride`` pixels, the last moved
+    back to end at ``length``; a window owns the pixels no earlier window holds."""
+    if not 1 <= stride <= patch:
+        raise ValueError(f"grid stride must be between 1 and the patch size {patch} (no gaps), got {stride}")
     starts = [0]
     while starts[-1] + patch < length:
-        starts.append(starts[-1] + stride)
-    return starts
+        starts.append(min(starts[-1] + stride, length - patch))
+    ends = [min(start + patch, length) for start in starts]
+    return [(start, start if i == 0 else ends[i - 1], ends[i]) for i, start in enumerate(starts)]
 
 
-def grid_windows(height: int, width: int, patch: tuple[int, int], stride: tuple[int, int]) -> list[Window]:
-    """Row-major windows of ``patch`` every ``stride`` pixels; the last row and column of windows are cut at the
-    scene's edge (smaller, not shifted), so with ``stride == patch`` every pixel lies in exactly one window."""
-    return [(y, min(y + patch[0], height), x, min(x + patch[1], width))
-            for y in grid_starts(height, patch[0], stride[0]) for x in grid_starts(width, patch[1], stride[1])]
+def grid_windows(height: int, width: int, patch: tuple[int, int], stride: tuple[int, int],
+                 ) -> list[tuple[Window, Window]]:
+    """Row-major (window, owned part) pairs: windows of ``patch`` (the whole side where the scene is smaller)
+    every ``stride`` pixels, the last row and column moved back inside the scene; the owned parts (pixels no
+    earlier window holds) cover every pixel exactly once, so validation counts each pixel once."""
+    return [((y, y_end, x, x_end), (y_own, y_end, x_own, x_end))
+            for y, y_own, y_end in grid_starts(height, patch[0], stride[0])
+            for x, x_own, x_end in grid_starts(width, patch[1], stride[1])]
 
 
 def window_around(y: int, x: int, height: int, width: int, patch: tuple[int, int]) -> Window:

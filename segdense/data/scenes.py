@@ -49,8 +49,9 @@ class ScenesDataset(SegmentationDataset):
             not named get ``grid``.
         patch_size: window size, one number or [height, width].
         patches_per_epoch: how many windows a random or balanced split holds (its length).
-        stride: grid step, one number or [height, width] (default ``patch_size``: no overlap; smaller overlaps).
-            The last window of a row or column is cut at the scene's edge, so every pixel is covered.
+        stride: grid step, one number or [height, width], at most ``patch_size`` (default: no overlap; smaller
+            overlaps). The last window of a row or column is moved back inside the scene; a grid window's mask is
+            ``ignore_index`` where an earlier window holds the pixel, so validation counts every pixel once.
         class_index_cell: block side of the class index that balanced sampling draws from (one count per class
             and block, built once from the masks in one streaming pass).
         palette, bands, multilabel: as the folder dataset.
@@ -84,8 +85,8 @@ class ScenesDataset(SegmentationDataset):
         self._draw_seed = 0
         self.class_index = None
         if self.sampling == "grid":
-            self.windows = [(s, w) for s, (h, wd) in enumerate(self.sizes)
-                            for w in grid_windows(h, wd, self.patch, self.stride)]
+            self.windows = [(s, *pair) for s, (h, wd) in enumerate(self.sizes)
+                            for pair in grid_windows(h, wd, self.patch, self.stride)]
         elif self.sampling == "balanced" and self.files:
             strip = max(self._source(path).segment_shape[0] for _, path in self.files)
             self.class_index = ClassIndex(self._read_mask, self.sizes, self.num_classes, int(class_index_cell),
@@ -143,7 +144,7 @@ class ScenesDataset(SegmentationDataset):
     def window(self, index: int) -> tuple[int, Window]:
         """(scene, (y0, y1, x0, x1)) of sample ``index``."""
         if self.sampling == "grid":
-            return self.windows[index]
+            return self.windows[index][:2]
         rng = np.random.default_rng([self._draw_seed, index])
         if self.class_index is None:
             return random_window(rng, self.sizes, self.patch)
@@ -170,11 +171,20 @@ class ScenesDataset(SegmentationDataset):
         return self._image(*self.window(index))
 
     def load_mask(self, index: int) -> np.ndarray:
-        return self._mask(*self.window(index))
+        return self._owned(index, self._mask(*self.window(index)))
 
     def load_raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         scene, window = self.window(index)
-        return self._image(scene, window), self._mask(scene, window)
+        return self._image(scene, window), self._owned(index, self._mask(scene, window))
+
+    def _owned(self, index: int, mask: np.ndarray) -> np.ndarray:
+        """A grid window's mask with ``ignore_index`` where an earlier window holds the pixel (counted there)."""
+        if self.sampling != "grid":
+            return mask
+        _, (y0, _, x0, _), (oy0, oy1, ox0, ox1) = self.windows[index]
+        owned = np.full_like(mask, self.ignore_index)
+        owned[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0] = mask[oy0 - y0:oy1 - y0, ox0 - x0:ox1 - x0]
+        return owned
 
     def describe(self, index: int) -> tuple[str, str]:
         scene, (y0, y1, x0, x1) = self.window(index)
