@@ -11,6 +11,7 @@ import torch
 from segdense.config.train_job import train
 from segdense.runtime import load_checkpoint
 from test_data_scenes import write_scenes
+from test_train import Crash, crash_at
 from train_utils import TINY, compose_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,18 +50,6 @@ def test_the_documented_scenes_command_trains_on_two_tiled_scenes(tmp_path):
     # 200x330 validation scene, 64x64 grid: 4 rows x 6 columns of windows
     assert "scenes: 1000 train / 24 val images" in run.stdout + run.stderr
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["iteration"] == 4
-
-
-class Crash(Exception):
-    pass
-
-
-def crash_at(n):
-    def hook(trainer, iteration):
-        if iteration == n:
-            raise Crash(f"killed after iteration {n}")
-
-    return hook
 
 
 @pytest.mark.parametrize("sampling", ["random", "balanced"])
