@@ -20,8 +20,8 @@ def write_scenes(root, sizes=SIZES, bands=4, num_classes=3, tile=(32, 32), compr
         image = rng.integers(0, 4000, (h, w, bands), dtype=np.uint16)
         mask = rng.integers(0, num_classes, (h, w), dtype=np.uint8)
         mask[:, 5] = 255
-        tifffile.imwrite(root / "images" / f"{name}.tif", image, tile=tile, photometric="minisblack", planarconfig="contig",
-                         compression=compression)
+        tifffile.imwrite(root / "images" / f"{name}.tif", image, tile=tile, photometric="minisblack",
+                         planarconfig="contig", compression=compression)
         tifffile.imwrite(root / "masks" / f"{name}.tif", mask, tile=tile, compression=compression)
         scenes[name] = image, mask.astype(np.int64)
     return scenes
@@ -63,7 +63,8 @@ def test_only_the_tiles_a_window_touches_are_read(tmp_path, monkeypatch):
         reads.clear()
         _, (y0, y1, x0, x1) = dataset.window(index)
         dataset.load_image(index)
-        touched = [ty * 8 + tx for ty in range(y0 // 32, (y1 - 1) // 32 + 1) for tx in range(x0 // 32, (x1 - 1) // 32 + 1)]
+        touched = [ty * 8 + tx for ty in range(y0 // 32, (y1 - 1) // 32 + 1)
+                   for tx in range(x0 // 32, (x1 - 1) // 32 + 1)]
         assert sorted(reads) == sorted(int(source.page.databytecounts[t]) for t in touched)
         assert len(touched) <= 9  # a 40x40 window touches at most 3x3 of the scene's 8x8 tiles
 
