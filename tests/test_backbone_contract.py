@@ -21,6 +21,9 @@ FAMILIES = [
     ("densenet_custom", dict(num_units_per_block=(1, 2, 2, 1), growth_rate=8), (4, 8, 16, 32)),
     ("densenet121", {}, (4, 8, 16, 32)),
     ("resnet50", {}, (8, 16, 32)),
+    ("hardnet39ds", {}, (4, 8, 16, 32)),
+    ("hardnet68", dict(transition_channels=(16, 24, 32, 40, 48), growth_rates=(4, 6, 8, 8, 8),
+                       num_layers=(2, 3, 2, 2, 1), stem_channels=(8, 12)), (4, 8, 16, 32)),
 ]
 IDS = [f[0] for f in FAMILIES]
 
@@ -89,6 +92,17 @@ def test_every_head_trains_on_resnet50(head, output_stride):
     assert out["out"].shape == (2, 3, SIZE, SIZE) and out["aux"].shape == (2, 3, SIZE, SIZE)
     (out["out"].square().mean() + out["aux"].square().mean()).backward()
     assert model.backbone.conv1.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("head", sorted(set(list_heads()) - {"aux"}))
+def test_every_head_trains_on_hardnet39ds_at_output_stride_16(head):
+    torch.manual_seed(0)
+    model = build_model("hardnet39ds", head, num_classes=3, output_stride=16, aux_loss=True)
+    model.train()
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    assert out["out"].shape == (2, 3, SIZE, SIZE) and out["aux"].shape == (2, 3, SIZE, SIZE)
+    (out["out"].square().mean() + out["aux"].square().mean()).backward()
+    assert model.backbone.base[0].conv.weight.grad.abs().sum() > 0
 
 
 def test_aux_head_reads_layer3_as_torchvision_does():

@@ -1,4 +1,4 @@
-"""DenseNet and RDNet backbones for segmentation (and torchvision's ResNet-50/101 for reference). Needs only torch.
+"""DenseNet, RDNet and HarDNet backbones for segmentation (and torchvision's ResNet-50/101 for reference). Needs only torch.
 
 >>> from segdense.backbones import build_backbone
 >>> net = build_backbone("densenet121", output_stride=16)
@@ -13,6 +13,7 @@ from .densenet import (
     densenet_custom,
     valid_output_strides,
 )
+from .hardnet import HarDNet, hardnet39ds, hardnet68, hardnet68ds, hardnet85
 from .rdnet import RDNet, rdnet_base, rdnet_custom, rdnet_large, rdnet_small, rdnet_tiny
 from .rdnet_weights import load_rdnet_pretrained, rdnet_timm_keys
 from .fcdensenet import FCDenseNet, fcdensenet56, fcdensenet67, fcdensenet103, fcdensenet_custom
@@ -25,6 +26,7 @@ __all__ = [
     "DenseNet",
     "RDNet",
     "FCDenseNet",
+    "HarDNet",
     "FeatureSpec",
     "ResNet",
     "adapt_input_conv",
@@ -39,6 +41,10 @@ __all__ = [
     "fcdensenet67",
     "fcdensenet103",
     "fcdensenet_custom",
+    "hardnet39ds",
+    "hardnet68ds",
+    "hardnet68",
+    "hardnet85",
     "feature_at_stride",
     "list_backbones",
     "load_pretrained",

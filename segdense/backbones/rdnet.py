@@ -30,6 +30,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .atrous import half_pixel_centred, two_tap_padding
 from .dense_concat import chained_concat, dense_path
 from .features import FeatureSpec
 from .freezing import apply_freezing, check_freezing, stage_of_parameter
@@ -161,25 +162,17 @@ class DenseStage(nn.ModuleDict):
 
 class TransitionConv(nn.Conv2d):
     """The transition's conv: 1x1, or 2x2 with stride 2 where the stage downsamples. Past the output stride the
-    2x2 conv runs at stride 1 with dilation ``dilation``: at an even dilation padded by half of it on every side,
-    so the output at q reads q - d/2 and q + d/2 (centred); at dilation 1, whose two taps have no centre pixel,
-    padded by 1 on the right and bottom (the output at q reads q and q + 1, half a pixel right and down)."""
+    2x2 conv runs at stride 1 with dilation ``dilation``, padded as ``atrous.two_tap_padding`` says (centred at an
+    even dilation; at dilation 1 half a pixel right and down)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int, dilation: int = 1):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, dilation=dilation)
-        before = dilation // 2  # (left, right, top, bottom) below
-        self.pad = (before, dilation - before) * 2 if kernel_size == 2 and stride == 1 else None
+        self.pad = two_tap_padding(dilation) if kernel_size == 2 and stride == 1 else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pad:
             x = F.pad(x, self.pad)
         return super().forward(x)
-
-
-def half_pixel_centred(x: torch.Tensor) -> torch.Tensor:
-    """``x`` resampled half a pixel up and left, bilinearly: each pixel the mean of itself and its upper, left and
-    upper-left neighbours (the first row and column repeated at the edge, as ``align_corners=False`` clamps)."""
-    return F.avg_pool2d(F.pad(x, (1, 0, 1, 0), mode="replicate"), 2, stride=1)
 
 
 class RDNet(nn.Module):
