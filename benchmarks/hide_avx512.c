@@ -1,6 +1,8 @@
-/* Hide AVX-512 and VNNI from every CPUID read of a process, so that the libraries in it (torch's cpuinfo, oneDNN,
- * ONNX Runtime's MLAS, numpy) pick their AVX2 kernels on an AVX-512 CPU. Loaded with LD_PRELOAD by
- * tools/run_as_avx2.py, which builds it; see docs/benchmarks.md.
+/* Hide AVX-512, VNNI and AMX from the CPUID reads a process makes once this library's constructor has run, so
+ * that the libraries it loads or initialises later (torch's cpuinfo, oneDNN, ONNX Runtime's MLAS, numpy) pick their
+ * AVX2 kernels on an AVX-512 CPU. Detection that ran earlier is not changed: the dynamic loader's (glibc's IFUNCs,
+ * such as memcpy's AVX-512 version, and <sys/platform/x86.h>) and the constructors of the libraries the program is
+ * linked against. Loaded with LD_PRELOAD by benchmarks/run_as_avx2.py, which builds it; see docs/benchmarks.md.
  *
  * How: Linux's arch_prctl(ARCH_SET_CPUID, 0) makes the CPUID instruction fault in this thread and in every thread
  * and fork made from it (CPUs with CPUID faulting: "cpuid_fault" in /proc/cpuinfo). The SIGSEGV handler below runs

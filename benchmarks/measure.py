@@ -1,4 +1,4 @@
-"""Measurements: training-step and inference time, peak training memory, FLOPs, matmul peak."""
+"""Measurements: training-step and inference time, peak training memory, FLOPs (the FLOP/s peak: peak.py)."""
 from __future__ import annotations
 
 import json
@@ -61,18 +61,6 @@ def count_flops(row: Row, model: nn.Module, x: torch.Tensor, y: torch.Tensor) ->
     with FlopCounterMode(display=False) as fc:
         train_step(row, model, x, y)
     return inference, float(fc.get_total_flops())
-
-
-def matmul_peak(device: str, dtype: torch.dtype = torch.float32, n: int | None = None, reps: int = 4) -> float:
-    """Best achieved FLOP/s of a square matmul on this device: the yardstick for FLOP/s fractions.
-    Large (4096^2 on CPU) because smaller products stay well below the cores' matmul rate."""
-    if n is None:
-        n = 8192 if torch.device(device).type == "cuda" else 4096
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = min(timed(lambda: a @ b, device) for _ in range(reps))
-    return 2.0 * n**3 / best
 
 
 # --- peak memory -----------------------------------------------------------------------------

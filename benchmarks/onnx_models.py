@@ -52,8 +52,7 @@ def time_onnx_models(paths: list[Path], size: int, batch: int, threads: int, rep
         rows.append({"model": str(path), "precision": _precision(session, Path(path)),
                      "megabytes": os.path.getsize(path) / 1e6, "median_ms": 1e3 * median, "spread": spread,
                      "min_ms": 1e3 * min(t), "times_s": t, "speed_vs_first": times_ratio(times[0], t)})
-    machine = dict(machine_info("cpu"), onnxruntime=ort.__version__, ort_threads=threads,
-                   ld_preload=os.environ.get("LD_PRELOAD") or None)
+    machine = dict(machine_info("cpu"), onnxruntime=ort.__version__, ort_threads=threads)
     return {"machine": machine, "input": [batch, 3, size, size], "reps": reps, "warmup": warmup, "rows": rows}
 
 

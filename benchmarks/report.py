@@ -17,7 +17,7 @@ def summarise(run: dict) -> list[dict]:
     ``*_vs_peer`` against torchvision's deeplabv3_resnet50 row on the same batch, crop, dtype and
     layout."""
     results: list[Result] = run["results"]
-    peak = run["matmul_peak_flops"]
+    peak = run["peak_flops"]
     out = []
     for res in results:
         r = res.row
@@ -102,6 +102,22 @@ def table(rows: list[dict], markdown: bool = False) -> str:
             cells = [str(c[2](d)) for c in COLUMNS]
             lines.append("  ".join(v.rjust(c[1]) if i else v.ljust(c[1]) for i, (v, c) in enumerate(zip(cells, COLUMNS))))
     lines += [f"error in {d['label']}: {d['error']}" for d in rows if d["error"]]
+    return "\n".join(lines)
+
+
+def describe_peak(peak: dict) -> str:
+    """The peak of the "% of peak" columns, the two figures it was chosen from, and the theoretical one's inputs."""
+    measured, theory = peak["measured"], peak["theoretical"]
+    shape = max(measured, key=measured.get)
+    lines = [f"peak ({peak['dtype']}): {peak['flops'] / 1e9:.1f} GFLOP/s, the higher of:",
+             f"  measured: {measured[shape] / 1e9:.1f} GFLOP/s, the best of {len(measured)} GEMM shapes ({shape})"]
+    if theory is None:
+        lines.append("  theoretical: not known for this device and dtype (CPU float32 at AVX2 or AVX512 only)")
+    else:
+        lines.append(f"  theoretical: {theory['flops'] / 1e9:.1f} GFLOP/s = {theory['frequency_hz'] / 1e9:.2f} GHz "
+                     f"({theory['frequency_source']}) x {theory['fma_units']} FMA units per core (assumed) x "
+                     f"{theory['lanes']} float32 lanes ({theory['capability']}) x 2 FLOPs per FMA x "
+                     f"{theory['cores']} core(s)")
     return "\n".join(lines)
 
 

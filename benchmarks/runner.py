@@ -16,9 +16,9 @@ import torch.nn as nn
 from segdense.engine import comparison
 
 from .config import Row, Settings
-from .measure import (count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, matmul_peak, sync, timed,
-                      train_step)
+from .measure import count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, sync, timed, train_step
 from .models import build, make_input
+from .peak import choose_peak, measured_peak, this_cpu_fma_peak
 
 
 @dataclass
@@ -50,6 +50,7 @@ def machine_info(device: str) -> dict:
     """What the timings depend on (:func:`segdense.engine.comparison.machine_info`), with the platform, the
     oneDNN primitive cache and glibc's malloc thresholds the run used (``segdense.allocator``)."""
     info = dict(comparison.machine_info(), platform=platform.platform(),
+                ld_preload=os.environ.get("LD_PRELOAD") or None,
                 onednn_primitive_cache_capacity=os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
                 malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
                 malloc_trim_threshold=os.environ.get("MALLOC_TRIM_THRESHOLD_", "glibc default"))
@@ -220,8 +221,8 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
     device = check_device(rows)
     amp = next((r.amp for r in rows if r.amp), None)
     peak_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(amp, torch.float32)
-    peak = matmul_peak(device, peak_dtype, settings.matmul_size)
-    log(f"matmul peak ({peak_dtype}): {peak / 1e9:.1f} GFLOP/s")
+    measured = measured_peak(device, peak_dtype, settings.matmul_size)
+    log(f"GEMM peak ({peak_dtype}): {max(measured.values()) / 1e9:.1f} GFLOP/s")
     session = Session(rows, settings, log)
     session.warm_up()
     session.time_steps()
@@ -231,10 +232,13 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
         session.count_flops()
     if settings.measure_memory:
         session.measure_memory()
-    # The peak is the best of a measurement before and after the rows, so a busy moment at the
-    # start cannot understate it (and inflate every FLOP/s fraction).
-    peak = max(peak, matmul_peak(device, peak_dtype, settings.matmul_size))
-    log(f"matmul peak, best of start and end: {peak / 1e9:.1f} GFLOP/s")
+    # Each product's best of a measurement before and after the rows, so a busy moment at the start cannot
+    # understate the peak (and inflate every FLOP/s fraction).
+    again = measured_peak(device, peak_dtype, settings.matmul_size)
+    measured = {name: max(flops, again[name]) for name, flops in measured.items()}
+    cpu_fp32 = torch.device(device).type == "cpu" and peak_dtype == torch.float32
+    peak = choose_peak(measured, this_cpu_fma_peak() if cpu_fp32 else None)
+    log(f"peak, best of start and end: {peak['flops'] / 1e9:.1f} GFLOP/s ({peak['source']})")
     return {"machine": machine_info(device), "settings": dataclasses.asdict(settings),
-            "matmul_peak_flops": peak, "matmul_peak_dtype": str(peak_dtype),
+            "peak_flops": peak["flops"], "peak": {**peak, "dtype": str(peak_dtype)},
             "wall_s": time.perf_counter() - t0, "results": session.results}

@@ -36,9 +36,14 @@ def test_run_reports_times_ratios_and_flops_for_each_row():
     measured = run(rows, Settings(warmup=1, reps=2, measure_memory=False, matmul_size=256), log=lambda s: None)
     summary = summarise(measured)
     assert [d["error"] for d in summary] == [None, None, None]
+    theoretical = measured["peak"]["theoretical"]
+    assert measured["peak_flops"] == max([*measured["peak"]["measured"].values(),
+                                          theoretical["flops"] if theoretical else 0])
     for d in summary:
         assert len(d["train_s_raw"]) == 2 and d["train_step_s"] > 0 and d["infer_img_s"] > 0
-        assert 0 < d["infer_peak_frac"] and d["gflops_per_img"] > 0
+        assert 0 < d["infer_peak_frac"] and 0 < d["train_peak_frac"] and d["gflops_per_img"] > 0
+        if theoretical:  # x86 at AVX2/AVX512: no network beats the cores' FMA rate
+            assert d["infer_peak_frac"] <= 1 and d["train_peak_frac"] <= 1
     assert summary[0]["train_vs_tv"] is None  # the baseline itself
     # Inference FLOPs equal an independent count: every convolution's 2*Cin/groups*k*k*Cout*Hout*Wout.
     for row, d in zip(rows, summary):
@@ -69,7 +74,7 @@ def test_ratios_are_against_the_baselines_of_the_same_configuration():
     rows = [Row("torchvision", **kw), Row("segdense", **kw), Row("segdense", memory_efficient=True, **kw),
             Row("segdense", **dict(kw, output_stride=32))]
     fake = [Result(r, train_s=[t], infer_s=[t / 2]) for r, t in zip(rows, (0.4, 0.2, 0.3, 0.1))]
-    summary = summarise({"results": fake, "matmul_peak_flops": 1.0})
+    summary = summarise({"results": fake, "peak_flops": 1.0})
     assert summary[1]["train_vs_tv"] == pytest.approx(0.5) and summary[1]["infer_vs_tv"] == pytest.approx(0.5)
     assert summary[2]["train_vs_tv"] == pytest.approx(0.75) and summary[2]["train_vs_plain"] == pytest.approx(1.5)
     # The OS32 row has no torchvision or plain twin at its own configuration: no ratio at all.
@@ -111,7 +116,7 @@ def test_peer_rows_train_torchvision_segmentation_models_with_the_same_loss_and_
     rows[0] = dataclasses.replace(rows[0], backbone="deeplabv3_resnet50")
     backbone_row = Row("segdense", output_stride=8, num_classes=3, **dict(TINY, batch=1, crop=64))
     fake = [Result(rows[0], train_s=[0.4]), Result(rows[1], train_s=[0.1]), Result(backbone_row, train_s=[0.05])]
-    summary = summarise({"results": fake, "matmul_peak_flops": 1.0})
+    summary = summarise({"results": fake, "peak_flops": 1.0})
     assert summary[0]["train_vs_peer"] is None and summary[1]["train_vs_peer"] == pytest.approx(0.25)
     assert summary[2]["train_vs_peer"] is None  # a bare backbone is not compared with a segmenter
 
@@ -136,7 +141,8 @@ def test_cli_writes_table_and_json(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "tv custom2-2-2-2k8 os32 b1x64 plain" in proc.stdout
     data = json.loads(out.read_text())
-    assert data["matmul_peak_flops"] > 0
+    assert data["peak_flops"] == data["peak"]["flops"] >= max(data["peak"]["measured"].values()) > 0
+    assert "peak (torch.float32): " in proc.stdout and "  measured: " in proc.stdout
     assert {d["config"]["impl"] for d in data["rows"]} == {"torchvision", "segdense"}
     assert len(data["rows"]) == 2
 
@@ -166,7 +172,7 @@ def test_compile_adds_a_compiled_twin_of_each_row_and_reports_its_speedup():
     rows, _ = cli.rows_and_settings(cli.parse_args(["--output-stride", "16", "--mode", "plain", "--no-baseline", "--compile"]))
     assert [r.label() for r in rows] == ["se densenet121 os16 b2x256 plain", "se densenet121 os16 b2x256 plain compile"]
     eager, compiled = Result(rows[0], train_s=[0.3, 0.2, 0.2], infer_s=[0.1]), Result(rows[1], train_s=[0.1, 0.1, 0.2], infer_s=[0.04])
-    summary = summarise({"results": [eager, compiled], "matmul_peak_flops": 1.0})
+    summary = summarise({"results": [eager, compiled], "peak_flops": 1.0})
     assert summary[0]["train_compile_speedup"] is None
     assert summary[1]["train_compile_speedup"] == pytest.approx(2.0)
     assert summary[1]["infer_compile_speedup"] == pytest.approx(2.5)
@@ -283,3 +289,115 @@ def test_onnx_models_are_timed_side_by_side_and_the_heavier_one_is_slower(tmp_pa
     assert "light.onnx" in out and "heavy.onnx" in out and "1 thread(s); input 1x3x48x48" in out
     assert _benchmark_cli().main(["--onnx-models", str(tmp_path / "missing.onnx")]) == 2
     assert "ONNX model(s) not found:" in capsys.readouterr().err
+
+
+CPUINFO = """processor\t: 0
+physical id\t: 0
+core id\t\t: 0
+cpu MHz\t\t: 2100.000
+
+processor\t: 1
+physical id\t: 0
+core id\t\t: 0
+cpu MHz\t\t: 3400.500
+
+processor\t: 2
+physical id\t: 0
+core id\t\t: 1
+cpu MHz\t\t: 2000.000
+"""
+
+
+def test_theoretical_peak_is_clock_times_fma_units_lanes_two_flops_and_cores(tmp_path):
+    from benchmarks.peak import cpu_fma_peak, fma_peak
+
+    assert fma_peak(2.5e9, cores=2, lanes=16) == 2.5e9 * 2 * 16 * 2 * 2  # two FMA units per core by default
+    assert fma_peak(3e9, cores=4, lanes=8, fma_units=1) == 3e9 * 1 * 8 * 2 * 4
+    # No cpufreq: the highest 'cpu MHz'; CPUs 0 and 1 are SMT siblings of one core, so three threads get two cores.
+    peak = cpu_fma_peak(3, "AVX512", CPUINFO, {0, 1, 2}, sys_cpu=tmp_path)
+    assert peak == {"flops": 3400.5e6 * 2 * 16 * 2 * 2, "frequency_hz": 3400.5e6, "cores": 2, "lanes": 16,
+                    "fma_units": 2, "capability": "AVX512", "frequency_source": "/proc/cpuinfo cpu MHz"}
+    assert cpu_fma_peak(1, "AVX2", CPUINFO, {0, 1, 2}, sys_cpu=tmp_path)["flops"] == 3400.5e6 * 2 * 8 * 2 * 1
+    assert cpu_fma_peak(2, "AVX512", CPUINFO, {0, 1}, sys_cpu=tmp_path)["cores"] == 1  # the affinity's cores only
+    # cpufreq's cpuinfo_max_freq (kHz, the boost clock) wins over the current clock.
+    for cpu, khz in ((0, 3_700_000), (2, 3_500_000)):
+        (tmp_path / f"cpu{cpu}" / "cpufreq").mkdir(parents=True)
+        (tmp_path / f"cpu{cpu}" / "cpufreq" / "cpuinfo_max_freq").write_text(f"{khz}\n")
+    peak = cpu_fma_peak(3, "AVX512", CPUINFO, {0, 1, 2}, sys_cpu=tmp_path)
+    assert (peak["frequency_hz"], peak["frequency_source"]) == (3.7e9, "cpufreq cpuinfo_max_freq")
+    assert cpu_fma_peak(2, "DEFAULT", CPUINFO, {0, 1, 2}, sys_cpu=tmp_path) is None  # vector width unknown
+
+
+def test_the_peak_is_the_higher_of_the_best_measured_shape_and_the_theoretical_peak():
+    from benchmarks.peak import choose_peak
+
+    measured = {"mm 64x64x64": 100e9, "conv1x1 8ch 1^2": 200e9}
+    assert choose_peak(measured, {"flops": 300e9})["flops"] == 300e9
+    assert choose_peak(measured, {"flops": 300e9})["source"] == "theoretical FMA peak"
+    assert choose_peak(measured, {"flops": 150e9})["source"] == "measured (conv1x1 8ch 1^2)"
+    assert choose_peak(measured, None)["flops"] == 200e9
+    # A row faster than every measured product: above 100 % of the measured best, below 100 % of the chosen peak.
+    row = Row("segdense", output_stride=8, **TINY)
+    fake = [Result(row, train_s=[1.0], infer_s=[1.0], flops_infer=250e9, flops_train=250e9)]
+    for theoretical, fraction in ((None, 1.25), ({"flops": 500e9}, 0.5)):
+        [d] = summarise({"results": fake, "peak_flops": choose_peak(measured, theoretical)["flops"]})
+        assert d["infer_peak_frac"] == pytest.approx(fraction) and d["train_peak_frac"] == pytest.approx(fraction)
+
+
+def test_every_gemm_probe_counts_the_flops_torch_counts_for_it():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.peak import gemm_probes
+
+    probes = gemm_probes("cpu", torch.float32, 256)
+    assert len({p.name for p in probes}) == len(probes) == 7
+    for probe in probes:
+        with FlopCounterMode(display=False) as counter:
+            probe.run()
+        assert probe.flops == counter.get_total_flops(), probe.name
+
+
+def test_describe_peak_names_the_best_shape_and_the_assumptions():
+    from benchmarks.peak import choose_peak
+    from benchmarks.report import describe_peak
+
+    theory = {"flops": 332.8e9, "frequency_hz": 2.6e9, "frequency_source": "/proc/cpuinfo cpu MHz", "fma_units": 2,
+              "lanes": 16, "capability": "AVX512", "cores": 2}
+    text = describe_peak({**choose_peak({"mm 8x8x8": 1e9, "mm 4x4x4": 2e9}, theory), "dtype": "torch.float32"})
+    assert text.splitlines() == [
+        "peak (torch.float32): 332.8 GFLOP/s, the higher of:",
+        "  measured: 2.0 GFLOP/s, the best of 2 GEMM shapes (mm 4x4x4)",
+        "  theoretical: 332.8 GFLOP/s = 2.60 GHz (/proc/cpuinfo cpu MHz) x 2 FMA units per core (assumed) x "
+        "16 float32 lanes (AVX512) x 2 FLOPs per FMA x 2 core(s)"]
+
+
+def test_as_avx2_runs_the_benchmark_once_more_with_avx512_hidden(tmp_path):
+    from benchmarks import run_as_avx2
+
+    if run_as_avx2.unsupported_reason():
+        pytest.skip(f"CPUID cannot be masked here: {run_as_avx2.unsupported_reason()}")
+    out = tmp_path / "b.json"
+    cmd = [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--as-avx2", "--backbone", "densenet_custom",
+           "--units", "1", "1", "1", "1", "--growth-rate", "4", "--output-stride", "32", "--batch", "1", "--crop", "64",
+           "--reps", "1", "--warmup", "0", "--mode", "plain", "--no-baseline", "--no-memory", "--no-flops",
+           "--matmul-size", "64", "--json", str(out)]
+    env = {k: v for k, v in TOOL_ENV.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("hidden from CPUID") == 1  # re-executed under the library once, not again
+    data = json.loads(out.read_text())
+    assert Path(data["machine"]["ld_preload"].split()[0]).name.startswith("hide_avx512-")
+    avx2 = "avx2" in run_as_avx2.cpu_flags()
+    assert data["machine"]["cpu_capability"] == ("AVX2" if avx2 else "DEFAULT")
+    if avx2:  # the theoretical peak follows the kernels' vector width
+        assert data["peak"]["theoretical"]["lanes"] == 8
+
+
+def test_as_avx2_where_cpuid_cannot_be_masked_is_one_error(monkeypatch, capsys):
+    from benchmarks import run_as_avx2
+
+    monkeypatch.delenv("LD_PRELOAD", raising=False)
+    monkeypatch.setattr(run_as_avx2, "unsupported_reason", lambda: "needs Linux on x86-64, this is Darwin on arm64")
+    assert _benchmark_cli().main(["--as-avx2", "--quick"]) == 2
+    assert capsys.readouterr().err == ("error: cannot hide AVX-512 here: needs Linux on x86-64, this is Darwin on "
+                                       "arm64\n")

@@ -1,6 +1,7 @@
-"""tools/run_as_avx2.py: CPUID reads in the command report no AVX-512 (the libraries then pick their AVX2 kernels),
-every other feature stays as the CPU reports it, and a real crash still crashes."""
-import importlib.util
+"""benchmarks/run_as_avx2.py: CPUID reads in the command report no AVX-512 (the libraries then pick their AVX2
+kernels), every other feature stays as the CPU reports it, and a real crash still crashes. What was detected before
+the preloaded library's constructor ran (glibc's view, a linked library's constructor) keeps the real CPU."""
+import ctypes
 import json
 import os
 import signal
@@ -10,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks import run_as_avx2
+
 ROOT = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("run_as_avx2", ROOT / "tools" / "run_as_avx2.py")
-run_as_avx2 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(run_as_avx2)
+# python -m benchmarks.run_as_avx2 finds this checkout's benchmarks/, also before a reinstall has registered it.
+ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 REASON = run_as_avx2.unsupported_reason()
 needs_cpuid_faulting = pytest.mark.skipif(REASON is not None, reason=f"CPUID cannot be masked here: {REASON}")
@@ -21,9 +23,10 @@ NUMPY_FEATURES = ("import json; from numpy._core._multiarray_umath import __cpu_
                   "print(json.dumps(f))")
 
 
-def run(*command, avx2=True, **kwargs):
-    prefix = [sys.executable, str(ROOT / "tools" / "run_as_avx2.py")] if avx2 else []
-    return subprocess.run(prefix + list(command), capture_output=True, text=True, timeout=120, **kwargs)
+def run(*command, avx2=True, env=None, **kwargs):
+    prefix = [sys.executable, "-m", "benchmarks.run_as_avx2"] if avx2 else []
+    return subprocess.run(prefix + list(command), capture_output=True, text=True, timeout=120,
+                          env={**ENV, **(env or {})}, **kwargs)
 
 
 @needs_cpuid_faulting
@@ -41,12 +44,63 @@ def test_avx512_is_hidden_and_every_other_feature_kept():
 
 
 @needs_cpuid_faulting
-def test_torch_picks_its_avx2_kernels():
-    code = "import torch; print(torch.backends.cpu.get_cpu_capability())"
-    env = {k: v for k, v in os.environ.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
-    masked = run(sys.executable, "-c", code, env=env)  # without the suite's own AVX2 emulation
+def test_torch_and_onednn_pick_their_avx2_kernels():
+    code = ("import torch; print(torch.backends.cpu.get_cpu_capability(), flush=True); "
+            "x = torch.randn(2, 64, 32, 32).to(memory_format=torch.channels_last); "
+            "torch.nn.functional.conv2d(x, torch.randn(64, 64, 3, 3), padding=1)")
+    env = {k: v for k, v in ENV.items() if k not in ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")}
+    masked = subprocess.run([sys.executable, "-m", "benchmarks.run_as_avx2", sys.executable, "-c", code],
+                            capture_output=True, text=True, timeout=120, env={**env, "ONEDNN_VERBOSE": "1"})
+    assert masked.returncode == 0, masked.stderr  # without any AVX2 emulation but the tool's
+    lines = masked.stdout.splitlines()
+    avx2 = "avx2" in run_as_avx2.cpu_flags()
+    assert lines[0] == ("AVX2" if avx2 else "DEFAULT")
+    onednn_isa = next(line.split(",isa:", 1)[1] for line in lines if ",isa:" in line)
+    assert onednn_isa == "Intel AVX2" if avx2 else "AVX-512" not in onednn_isa
+
+
+GLIBC_AND_NUMPY = ("import ctypes, json; leaf = ctypes.CDLL(None).__x86_get_cpuid_feature_leaf; "
+                   "leaf.restype = ctypes.POINTER(ctypes.c_uint * 8); leaf7 = leaf(1).contents; "
+                   "from numpy._core._multiarray_umath import __cpu_features__ as f; "
+                   "print(json.dumps([bool(leaf7[5] >> 16 & 1), f['AVX512F']]))")
+
+
+@needs_cpuid_faulting
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "__x86_get_cpuid_feature_leaf"),
+                    reason="glibc before 2.33 has no <sys/platform/x86.h>")
+def test_glibc_keeps_what_the_loader_detected_before_the_preload():
+    # The dynamic loader reads CPUID before any preloaded code runs; glibc's IFUNCs (memcpy, strlen, ...) are chosen
+    # from what it read. numpy, imported later in the same process, sees the hidden flags.
+    avx512f = "avx512f" in run_as_avx2.cpu_flags()
+    masked = run(sys.executable, "-c", GLIBC_AND_NUMPY)
     assert masked.returncode == 0, masked.stderr
-    assert masked.stdout.strip() == ("AVX2" if "avx2" in run_as_avx2.cpu_flags() else "DEFAULT")
+    assert json.loads(masked.stdout) == [avx512f, False]
+
+
+LINKED_LIBRARY = r"""
+#include <cpuid.h>
+#include <stdio.h>
+int avx512f(void) { unsigned a, b, c, d; __cpuid_count(7, 0, a, b, c, d); return (b >> 16) & 1; }
+__attribute__((constructor)) static void init(void) { printf("constructor %d\n", avx512f()); fflush(stdout); }
+"""
+
+
+@needs_cpuid_faulting
+def test_a_linked_librarys_constructor_runs_before_the_preload_and_sees_the_real_cpu(tmp_path):
+    (tmp_path / "early.c").write_text(LINKED_LIBRARY)
+    (tmp_path / "main.c").write_text('#include <stdio.h>\nint avx512f(void);\n'
+                                     'int main(void) { printf("main %d\\n", avx512f()); return 0; }\n')
+    cc = os.environ.get("CC", "cc")
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(tmp_path / "libearly.so"), str(tmp_path / "early.c")], check=True)
+    subprocess.run([cc, "-o", str(tmp_path / "main"), str(tmp_path / "main.c"), f"-L{tmp_path}", "-learly",
+                    f"-Wl,-rpath,{tmp_path}"], check=True)
+    avx512f = int("avx512f" in run_as_avx2.cpu_flags())
+    assert run(str(tmp_path / "main")).stdout.split("\n")[:2] == [f"constructor {avx512f}", "main 0"]
+
+
+def test_is_active_only_with_the_library_preloaded():
+    assert run_as_avx2.is_active({"LD_PRELOAD": "/x/libjemalloc.so /c/segdense/hide_avx512-0123456789abcdef.so"})
+    assert not run_as_avx2.is_active({"LD_PRELOAD": "/x/libjemalloc.so"}) and not run_as_avx2.is_active({})
 
 
 @needs_cpuid_faulting
@@ -73,7 +127,7 @@ def test_a_machine_that_cannot_mask_is_one_error(monkeypatch, capsys):
 
 def test_no_command_prints_the_usage(capsys):
     assert run_as_avx2.main([]) == 2
-    assert capsys.readouterr().err.startswith("usage: python tools/run_as_avx2.py COMMAND [ARGS ...]")
+    assert capsys.readouterr().err.startswith("usage: python -m benchmarks.run_as_avx2 COMMAND [ARGS ...]")
 
 
 def test_a_compiler_error_is_one_error_and_leaves_no_library(tmp_path, monkeypatch):

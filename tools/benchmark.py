@@ -8,12 +8,13 @@
     python tools/benchmark.py --backbone densenet121 --output-stride 32 8 --batch 2 --crop 256 \
         --device cuda --amp bf16 --channels-last --compile   # eager and compiled twins of each row
     python tools/benchmark.py --onnx-models model.onnx model.int8.onnx --crop 512 --batch 1 --threads 2
-        # exported files with ONNX Runtime, interleaved; python tools/run_as_avx2.py python tools/benchmark.py ...
-        # gives the AVX2 kernels' figures on an AVX-512 CPU
+        # exported files with ONNX Runtime, interleaved
+    python tools/benchmark.py --as-avx2 --onnx-models ...   # the same with the AVX2 kernels on an AVX-512 CPU
 
 Prints a table (training step, inference, peak training memory, GFLOPs, FLOP/s as a fraction of a
-matmul peak measured in the same run, and ratios to torchvision's and to segdense's plain mode) and
-writes every number to ``--json``. Needs only torch/torchvision (segdense.build_model for heads).
+peak: the higher of the best of several GEMM shapes measured in the same run and, on CPU, the cores'
+theoretical FMA peak; and ratios to torchvision's and to segdense's plain mode) and writes every
+number to ``--json``. Needs only torch/torchvision (segdense.build_model for heads).
 """
 from __future__ import annotations
 
@@ -26,8 +27,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, summarise, table, to_json
+from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, run_as_avx2, summarise, table, to_json
 from benchmarks.onnx_models import onnx_table, time_onnx_models
+from benchmarks.report import describe_peak
 from segdense.allocator import tune_malloc
 from segdense.errors import UserError
 
@@ -62,7 +64,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=None)
     p.add_argument("--no-memory", action="store_true")
     p.add_argument("--no-flops", action="store_true")
-    p.add_argument("--matmul-size", type=int, default=None, help="side of the peak-measuring matmul")
+    p.add_argument("--matmul-size", type=int, default=None,
+                   help="largest side of the peak-measuring GEMM shapes (default: 4096 CPU, 8192 CUDA)")
+    p.add_argument("--as-avx2", action="store_true",
+                   help="run the benchmark again with AVX-512, VNNI and AMX hidden from CPUID (python -m "
+                        "benchmarks.run_as_avx2): the AVX2 kernels' figures on an AVX-512 CPU")
     p.add_argument("--onnx", action="store_true", help="also time ONNX Runtime (CPU, segdense plain rows)")
     p.add_argument("--onnx-models", nargs="+", type=Path, default=None, metavar="MODEL.onnx",
                    help="time these exported ONNX files instead (ONNX Runtime, CPU; the first is the baseline), "
@@ -133,7 +139,10 @@ def onnx_models_main(args: argparse.Namespace, log) -> int:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    if args.as_avx2 and not run_as_avx2.is_active():  # replaces this process with itself under the library
+        return run_as_avx2.main([sys.executable, str(Path(__file__).resolve()), *argv])
     malloc = tune_malloc()  # as the training tools do, so rows time what training would take
     if args.onnx_models:
         start = time.perf_counter()
@@ -150,9 +159,14 @@ def main(argv=None) -> int:
     summary = summarise(measured)
     print(f"machine: {measured['machine']}")
     print(malloc)
-    print(f"matmul peak: {measured['matmul_peak_flops'] / 1e9:.1f} GFLOP/s ({measured['matmul_peak_dtype']}); "
-          f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s")
+    print(describe_peak(measured["peak"]))
+    print(f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s")
     print(table(summary, markdown=args.markdown))
+    over = [d["label"] for d in summary if max(d["infer_peak_frac"] or 0, d["train_peak_frac"] or 0) > 1]
+    if over:
+        print(f"note: {len(over)} row(s) above 100 % of the peak ({', '.join(over)}): their counted FLOPs include "
+              "work the kernels skip (a dilated convolution's taps in its zero padding), or the peak is understated "
+              "(see docs/benchmarks.md).")
     if any(r.device == "cpu" and r.impl == "segdense" and not r.channels_last for r in rows):
         print("note: segdense rows run channels-last on CPU by default (DenseNet(channels_last=None)); "
               "'cl' rows give both implementations channels-last weights and input.")
