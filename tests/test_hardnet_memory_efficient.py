@@ -6,26 +6,18 @@ as accurate as plain in bf16 autocast, the same checkpoint, and at most half the
 backward."""
 import pytest
 import torch
-import torch.nn as nn
 
 from segdense.backbones import build_backbone
 from segdense.backbones.hardnet import ConvLayer
 from segdense.backbones.hardnet_block import HarDBlock
-from tests.test_memory_efficient import _saved_bytes
-from tests.test_memory_efficient_states import _assert_same_step, _norms, _randomise_norms, _step
+from tests.test_memory_efficient import _BlockNet, _saved_bytes
+from tests.test_memory_efficient_states import (
+    _assert_same_step, _norms, _randomise_norms, assert_as_accurate_as_plain_in_bf16,
+)
 
 # Blocks of 4 to 8 layers (links up to 2^3 back), both layer kinds, downsampling between blocks.
 SMALL = dict(stem_channels=(8, 12), transition_channels=(16, 24, 32), grmul=1.6, growth_rates=(4, 6, 8),
              num_layers=(4, 8, 4), downsample=(1, 1, 0))
-
-
-class _BlockNet(nn.Module):
-    def __init__(self, block):
-        super().__init__()
-        self.block = block
-
-    def forward_features(self, x):
-        return {"out": self.block(x)}
 
 
 def _blocks(net):
@@ -126,20 +118,7 @@ def test_without_gradients_or_in_eval_the_plain_block_runs(training, grad):
 def test_bf16_autocast_is_as_accurate_as_plain_bf16(state):
     plain, eff = _pair(state, True, 16, True, dtype=torch.float32)
     ref, _ = _pair(state, True, 16, True)
-    x = _input(True)
-    exact, exact_gx = _step(ref, x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        fp, gp = _step(plain, x.float())
-        fe, ge = _step(eff, x.float())
-
-    def err(a, b):
-        return ((a.double() - b).norm() / b.norm()).item()
-
-    for name in exact:
-        assert err(fe[name], exact[name]) <= 2 * err(fp[name], exact[name]) + 1e-3, name
-    assert err(ge, exact_gx) <= 2 * err(gp, exact_gx) + 1e-3
-    grads = lambda net: torch.cat([p.grad.flatten().double() for p in net.parameters()])
-    assert err(grads(eff), grads(ref)) <= 2 * err(grads(plain), grads(ref)) + 1e-3
+    assert_as_accurate_as_plain_in_bf16(plain, eff, ref, _input(True))
 
 
 def test_same_module_tree_and_checkpoint():
