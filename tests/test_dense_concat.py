@@ -1,6 +1,6 @@
-"""One rule for every dense family (DenseNet, FC-DenseNet, RDNet): a block writes into the shared buffer only in
-memory-efficient training; a forward without gradients, and one in eval mode, runs the plain concatenation; traced
-export the chained two-way Concat (docs/architecture.md)."""
+"""One rule for every dense family (DenseNet, FC-DenseNet, RDNet, HarDNet): a block writes into the shared buffer
+(the HarDBlock: runs its recomputing Function) only in memory-efficient training; a forward without gradients, and
+one in eval mode, runs the plain concatenation; traced export the chained two-way Concat (docs/architecture.md)."""
 import sys
 
 import pytest
@@ -9,12 +9,15 @@ import torch
 import segdense.backbones  # noqa: F401  (imports every backbone module)
 from segdense.backbones import build_backbone
 from segdense.backbones.dense_concat import block_buffer, chained_concat, dense_path
+from segdense.backbones.hardnet_efficient import efficient_hardblock
 
 FAMILIES = {
     "densenet_custom": dict(num_units_per_block=(2, 2), growth_rate=4),
     "fcdensenet_custom": dict(down_blocks=(2, 2), bottleneck_layers=2, growth_rate=4),
     "rdnet_custom": dict(growth_rates=(8, 8), num_blocks_list=(2, 2), is_downsample_block=(False, True),
                          block_type=("Block", "BlockESE"), num_init_features=16, output_stride=8),
+    "hardnet39ds": dict(stem_channels=(8, 12), transition_channels=(16, 24), grmul=1.6, growth_rates=(4, 6),
+                        num_layers=(4, 4), downsample=(1, 0), output_stride=8),
 }
 
 
@@ -43,16 +46,20 @@ def test_tracing_takes_the_export_form():
 
 
 def _buffer_calls(monkeypatch) -> list:
-    """Counts every block_buffer call, wherever a backbone module has bound the name."""
+    """Counts every block_buffer call (and every HarDBlock Function's, which keeps no buffer), wherever a backbone
+    module has bound the name."""
     calls = []
 
-    def counted(x, channels):
-        calls.append(channels)
-        return block_buffer(x, channels)
+    def counting(function):
+        def counted(*args):
+            calls.append(function.__name__)
+            return function(*args)
+        return counted
 
-    for name, module in list(sys.modules.items()):
-        if name.startswith("segdense.backbones.") and hasattr(module, "block_buffer"):
-            monkeypatch.setattr(module, "block_buffer", counted)
+    for function in (block_buffer, efficient_hardblock):
+        for name, module in list(sys.modules.items()):
+            if name.startswith("segdense.backbones.") and hasattr(module, function.__name__):
+                monkeypatch.setattr(module, function.__name__, counting(function))
     return calls
 
 

@@ -130,11 +130,11 @@ class StridedDWConv(DWConvLayer):
 
 
 def hardnet_block(in_channels: int, growth_rate: int, grmul: float, num_layers: int, depthwise: bool,
-                  dilation: int) -> HarDBlock:
+                  dilation: int, memory_efficient: bool = False) -> HarDBlock:
     """A HarDBlock of ``ConvLayer`` (or, ``depthwise``, ``CombConvLayer``) layers, their 3x3 convs at ``dilation``."""
     def make(cin: int, cout: int) -> nn.Module:
         return CombConvLayer(cin, cout, dilation) if depthwise else ConvLayer(cin, cout, 3, dilation=dilation)
-    return HarDBlock(in_channels, growth_rate, grmul, num_layers, make)
+    return HarDBlock(in_channels, growth_rate, grmul, num_layers, make, memory_efficient=memory_efficient)
 
 
 class HarDNet(nn.Module):
@@ -152,6 +152,8 @@ class HarDNet(nn.Module):
         in_channels: input channels (the authors' files' stem is adapted on loading).
         channels_last: as :class:`~segdense.backbones.DenseNet` (``None``: channels-last on CPU inputs).
         norm_eval, frozen_stages: ``backbones.freezing`` (a stage is a block with its 1x1 conv and downsampling).
+        memory_efficient: train the HarDBlocks keeping only each layer's output for backward, recomputing the
+            layers in backward (``hardnet_efficient``); the same values, the same parameters and checkpoints.
     """
 
     def __init__(
@@ -171,6 +173,7 @@ class HarDNet(nn.Module):
         channels_last: bool | None = None,
         norm_eval: bool = False,
         frozen_stages: int = -1,
+        memory_efficient: bool = False,
     ) -> None:
         super().__init__()
         spec = _checked_spec(transition_channels, growth_rates, num_layers, downsample)
@@ -191,6 +194,7 @@ class HarDNet(nn.Module):
             ConvLayer(stem_channels[0], stem_channels[1], 1 if depthwise else 3),
             StridedDWConv(stem_channels[1], True) if depthwise else nn.MaxPool2d(3, stride=2, padding=1),
         ])
+        self.memory_efficient = memory_efficient
         self._build_blocks(stem_channels[1], spec, grmul, depthwise, last_block_dropout)
         channels = spec[0][-1]
         self.num_features = channels
@@ -208,7 +212,8 @@ class HarDNet(nn.Module):
         self._feature_after: dict[int, tuple[str, float]] = {1: ("stem", 0.0)}  # base index -> (name, lag)
         stride, dilation, lag = 4, 1, 0.0
         for i, width in enumerate(widths):
-            unit = [hardnet_block(channels, growth_rates[i], grmul, num_layers[i], depthwise, dilation)]
+            unit = [hardnet_block(channels, growth_rates[i], grmul, num_layers[i], depthwise, dilation,
+                                  self.memory_efficient)]
             if i == len(widths) - 1 and last_block_dropout is not None:
                 unit.append(nn.Dropout(last_block_dropout))
             unit.append(ConvLayer(unit[0].out_channels, width, 1))

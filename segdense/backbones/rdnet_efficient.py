@@ -28,10 +28,12 @@ import torch.nn as nn
 
 from .dense_concat import block_buffer
 
-__all__ = ["efficient_stage"]
+__all__ = ["autocast_state", "efficient_stage"]
 
 
-def _autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+def autocast_state(device_type: str) -> tuple[bool, torch.dtype]:
+    """Whether autocast is on for ``device_type`` and its dtype: recorded in a recomputing Function's forward and
+    restored in its backward, so the recomputed layers run in the same precision."""
     return torch.is_autocast_enabled(device_type), torch.get_autocast_dtype(device_type)
 
 
@@ -50,7 +52,7 @@ class _EfficientStage(torch.autograd.Function):
             c += layer.growth_rate
         ctx.save_for_backward(buf)
         ctx.layers, ctx.masks, ctx.c0 = layers, masks, x.shape[1]
-        ctx.autocast = _autocast_state(x.device.type)
+        ctx.autocast = autocast_state(x.device.type)
         return buf
 
     @staticmethod
