@@ -146,3 +146,36 @@ def test_a_pretrained_file_of_another_shape_names_the_key(tmp_path):
     torch.save({"state_dict": state}, tmp_path / "bad.pt")
     with pytest.raises(CheckpointError, match="base.4.layers.0.conv.weight"):
         build_backbone("fchardnet70", pretrained=str(tmp_path / "bad.pt"))
+
+
+# --- experiment=fchardnet70_cityscapes ----------------------------------------------------------------------------
+
+def test_the_cityscapes_recipe_is_the_authors_configuration():
+    from omegaconf import OmegaConf
+
+    from segdense.config.group_keys import validate_config
+    from segdense.config.train_job import model_config
+    from segdense.engine import build_optimizer, build_scheduler
+    from segdense.losses import build_criterion
+    from train_utils import compose_config
+
+    cfg = compose_config(["experiment=fchardnet70_cityscapes"])
+    validate_config(cfg)
+    assert cfg.dataset.name == "cityscapes" and list(cfg.crop_size) == [1024, 1024]
+    assert (cfg.batch_size, cfg.iterations, cfg.lr) == (16, 90000, 0.02)
+    assert [s["type"] for s in cfg.augmentation.train] == ["RandomScale", "PadIfNeeded", "RandomCrop",
+                                                           "HorizontalFlip", "Normalize"]
+    criterion = build_criterion(OmegaConf.to_container(cfg.loss.terms), aux_weight=cfg.loss.aux_weight, num_classes=19)
+    assert [(t.name, t.min_K, t.loss_th) for t in cfg.loss.terms] == [("bootstrapped_cross_entropy", 4096, 0.3)]
+    model = build_model(**model_config(cfg, num_classes=19))
+    assert sum(p.numel() for p in model.parameters()) == 4_119_257 and model.head.align_corners
+    optimizer = build_optimizer(model=model, lr=cfg.lr, **OmegaConf.to_container(cfg.optimizer))
+    assert type(optimizer) is torch.optim.SGD
+    assert all((g["momentum"], g["weight_decay"]) == (0.9, 5e-4) for g in optimizer.param_groups)
+    scheduler = build_scheduler(optimizer=optimizer, total_iterations=cfg.iterations,
+                                **OmegaConf.to_container(cfg.scheduler))
+    optimizer.step()
+    for _ in range(45000):
+        scheduler.step()
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.02 * 0.5 ** 0.9, rel=1e-6)
+    assert criterion.ignore_index == 255  # Cityscapes' void, their 250

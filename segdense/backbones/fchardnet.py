@@ -92,6 +92,9 @@ class FCHarDNet(nn.Module):
         for i, (c_in, c_out) in enumerate(zip((in_channels,) + STEM_CHANNELS[:-1], STEM_CHANNELS)):
             self.base.append(ConvLayer(c_in, c_out, 3, stride=2 if i in (0, 2) else 1))
         self.feature_info = self._build_down() + self._build_up()
+        for m in self.modules():  # the authors' train.py initialisation (weights_init)
+            if isinstance(m, nn.Conv2d):
+                nn.init.xavier_normal_(m.weight)
         self.train()
 
     def _build_down(self) -> list[FeatureSpec]:
