@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from make_hardnet_golden import seeded_state
+from make_hardnet_golden import authors_module, seeded_state
 
 NUM_CLASSES = 19
 INPUT_SHAPE = (1, 3, 66, 70)
@@ -56,23 +56,13 @@ def _install_catconv_stand_in() -> None:
     sys.modules.update({"CatConv2d": package, "CatConv2d.catconv2d": module})
 
 
-def _authors_module(folder: Path):
-    path = folder / "hardnet.py"
-    if not path.is_file():
-        raise SystemExit(f"the authors' hardnet.py is not in {folder}: place it there or pass --authors-dir")
-    _install_catconv_stand_in()
-    spec = importlib.util.spec_from_file_location("authors_fchardnet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--authors-dir", type=Path, default=Path(__file__).parent)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "golden" / "fchardnet.pt")
     args = parser.parse_args(argv)
-    model = _authors_module(args.authors_dir).hardnet(n_classes=NUM_CLASSES).double().eval()
+    _install_catconv_stand_in()
+    model = authors_module(args.authors_dir).hardnet(n_classes=NUM_CLASSES).double().eval()
     model.load_state_dict(seeded_state(model.state_dict()))
     x = golden_input()
     with torch.no_grad():
