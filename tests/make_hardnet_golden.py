@@ -56,7 +56,8 @@ def golden_input() -> torch.Tensor:
     return torch.randn(INPUT_SHAPE, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
 
 
-def _authors_module(folder: Path):
+def authors_module(folder: Path):
+    """The authors' ``hardnet.py`` in ``folder``, loaded as a module (both golden scripts read a file of that name)."""
     path = folder / "hardnet.py"
     if not path.is_file():
         raise SystemExit(f"the authors' hardnet.py is not in {folder}: place it there or pass --authors-dir")
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--authors-dir", type=Path, default=Path(__file__).parent)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "data" / "golden" / "hardnet.pt")
     args = parser.parse_args(argv)
-    authors = _authors_module(args.authors_dir)
+    authors = authors_module(args.authors_dir)
     x = golden_input()
     golden = {"input": x}
     for name, (depthwise, arch) in NETS.items():

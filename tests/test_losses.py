@@ -7,7 +7,7 @@ import torch
 
 from segdense.losses import build_criterion, build_loss, list_losses
 
-LOSSES = ["cross_entropy", "ohem_cross_entropy", "dice", "lovasz_softmax", "focal"]
+LOSSES = ["cross_entropy", "ohem_cross_entropy", "bootstrapped_cross_entropy", "dice", "lovasz_softmax", "focal"]
 
 # One image, 3 classes, 2x3 pixels; the pixel (1, 2) is ignored.
 LOGITS = np.array(
@@ -80,6 +80,32 @@ def test_ohem_min_kept_raises_the_threshold_to_keep_the_hardest_pixels():
     expected = np.mean([-math.log(q) for q, _ in probs[:2]])
     loss = build_loss("ohem_cross_entropy", thresh=0.01, min_kept=2)(logits_t(), target_t())
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def pixel_losses():
+    return sorted((-math.log(softmax_at(*p)[TARGET[p]]) for p in valid_pixels()), reverse=True)
+
+
+def test_bootstrapped_keeps_every_loss_above_loss_th_when_more_than_min_k_exceed_it():
+    losses = pixel_losses()
+    loss_th = (losses[2] + losses[3]) / 2  # three pixels above it, min_K=2: the third exceeds loss_th
+    loss = build_loss("bootstrapped_cross_entropy", min_K=2, loss_th=loss_th)(logits_t(), target_t())
+    assert loss.item() == pytest.approx(np.mean(losses[:3]), rel=1e-9)
+
+
+def test_bootstrapped_keeps_the_min_k_largest_losses_when_fewer_exceed_loss_th():
+    losses = pixel_losses()
+    loss = build_loss("bootstrapped_cross_entropy", min_K=2, loss_th=losses[0] + 1)(logits_t(), target_t())
+    assert loss.item() == pytest.approx(np.mean(losses[:2]), rel=1e-9)
+
+
+def test_bootstrapped_selects_per_image_and_averages_the_images():
+    logits = torch.cat([logits_t(), 3 * logits_t()]).detach()
+    target = torch.cat([target_t(), target_t()])
+    criterion = build_loss("bootstrapped_cross_entropy", min_K=2, loss_th=0.5)
+    per_image = [criterion(logits[i:i + 1], target[i:i + 1]).item() for i in range(2)]
+    assert per_image[0] != pytest.approx(per_image[1])
+    assert criterion(logits, target).item() == pytest.approx(np.mean(per_image), rel=1e-12)
 
 
 def test_ohem_with_class_weights_is_the_weighted_mean_over_the_kept_pixels():

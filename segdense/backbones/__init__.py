@@ -17,6 +17,7 @@ from .hardnet import HarDNet, hardnet39ds, hardnet68, hardnet68ds, hardnet85
 from .rdnet import RDNet, rdnet_base, rdnet_custom, rdnet_large, rdnet_small, rdnet_tiny
 from .rdnet_weights import load_rdnet_pretrained, rdnet_timm_keys
 from .fcdensenet import FCDenseNet, fcdensenet56, fcdensenet67, fcdensenet103, fcdensenet_custom
+from .fchardnet import FCHarDNet, fchardnet70
 from .features import FeatureSpec, feature_at_stride
 from .resnet import ResNet, resnet50, resnet101
 from .registry import build_backbone, list_backbones, register_backbone
@@ -26,6 +27,7 @@ __all__ = [
     "DenseNet",
     "RDNet",
     "FCDenseNet",
+    "FCHarDNet",
     "HarDNet",
     "FeatureSpec",
     "ResNet",
@@ -41,6 +43,7 @@ __all__ = [
     "fcdensenet67",
     "fcdensenet103",
     "fcdensenet_custom",
+    "fchardnet70",
     "hardnet39ds",
     "hardnet68ds",
     "hardnet68",

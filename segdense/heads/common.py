@@ -38,12 +38,12 @@ class ConvModule(nn.Module):
         return self.activate(self.bn(self.conv(x)))
 
 
-def resize_to(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bilinear resize (align_corners=False); a no-op when the size already matches, except while
+def resize_to(x: torch.Tensor, size: Sequence[int], align_corners: bool = False) -> torch.Tensor:
+    """Bilinear resize (``align_corners=False`` unless asked); a no-op when the size already matches, except while
     tracing (ONNX export), where the sizes seen at export need not be the ones seen at run time."""
     if tuple(x.shape[-2:]) == tuple(size) and not torch.jit.is_tracing():
         return x
-    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=False)
+    return F.interpolate(x, size=tuple(size), mode="bilinear", align_corners=align_corners)
 
 
 def adaptive_avg_pool(x: torch.Tensor, size: int) -> torch.Tensor:

@@ -19,14 +19,17 @@ class TiramisuHead(nn.Module):
     Args:
         in_feature: the feature to classify; default the backbone's last one (an FC-DenseNet's ``upN``, at the
             input's resolution).
+        align_corners: how the model upsamples these logits to the input (bilinear); FC-HarDNet's authors use
+            ``True``.
     """
 
     def __init__(self, feature_info: Sequence[FeatureSpec], num_classes: int, output_stride: int,
-                 in_feature: str | None = None) -> None:
+                 in_feature: str | None = None, align_corners: bool = False) -> None:
         super().__init__()
         spec = find_feature(feature_info, in_feature, "tiramisu") if in_feature else deepest(feature_info)
         self.in_feature = spec.name
         self.output_stride = spec.stride
+        self.align_corners = bool(align_corners)
         self.classifier = nn.Conv2d(spec.channels, num_classes, 1)
         nn.init.kaiming_uniform_(self.classifier.weight, nonlinearity="relu")
         nn.init.zeros_(self.classifier.bias)

@@ -15,28 +15,28 @@ from segdense.inference.writers import check_writable_dir
 from segdense.models.builder import build_model
 from segdense.version import __version__
 
-from . import rdnet_imagenet, rdnet_mmseg, torchvision_densenet
+from . import fchardnet_ptsemseg, hardnet_petite, rdnet_imagenet, rdnet_mmseg, torchvision_densenet
 from .architecture import model_shapes
 from .reading import check_fits, read_weights_file
 from .result import Imported
 
-LAYOUTS = (rdnet_mmseg, rdnet_imagenet, torchvision_densenet)
+LAYOUTS = (rdnet_mmseg, rdnet_imagenet, torchvision_densenet, fchardnet_ptsemseg, hardnet_petite)
 
 
 def _state_and_meta(obj: object, path: Path) -> dict:
-    """``{"state_dict", "meta"}`` of a file: a bare state_dict, or one under ``state_dict``/``model``, with a
-    DataParallel ``module.`` prefix removed."""
+    """``{"state_dict", "meta"}`` of a file: a bare state_dict, or one under ``state_dict``/``model``/``model_state``
+    (the FC-HarDNet authors'), with a DataParallel ``module.`` prefix removed."""
     if isinstance(obj, dict) and "model" in obj and "model_config" in obj:
         raise CheckpointError(f"{path} is a segdense checkpoint already: use it as it is")
     meta = obj.get("meta") if isinstance(obj, dict) else None
     if isinstance(obj, dict):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "model_state"):
             if isinstance(obj.get(key), dict):
                 obj = obj[key]
                 break
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{path} holds no state_dict (a dict of tensors, bare or under 'state_dict'); "
-                              f"{known_layouts()}")
+        raise CheckpointError(f"{path} holds no state_dict (a dict of tensors, bare or under 'state_dict', 'model' "
+                              f"or 'model_state'); {known_layouts()}")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
     return {"state_dict": obj, "meta": meta if isinstance(meta, dict) else {}}
@@ -67,7 +67,7 @@ def import_file(path: str | os.PathLike, backbone: str | Mapping | None = None, 
         block = dict(imported.backbone)
         build = partial(BACKBONES.get(block.pop("name")), **block)
     with config_values(f"the model {path} describes"):
-        expected = model_shapes(build)
+        expected = {k: v for k, v in model_shapes(build).items() if k.startswith(imported.part)}
     check_fits(expected, imported.weights, path, describe(imported))
     return imported
 

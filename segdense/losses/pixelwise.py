@@ -1,4 +1,4 @@
-"""Per-pixel losses: cross-entropy, OHEM cross-entropy, focal."""
+"""Per-pixel losses: cross-entropy, OHEM cross-entropy, bootstrapped cross-entropy, focal."""
 from __future__ import annotations
 
 import torch
@@ -77,6 +77,36 @@ class OhemCrossEntropyLoss(_Weighted):
             logits, torch.where(hard, target, self.ignore_index), weight=self._weight_for(logits),
             ignore_index=self.ignore_index,
         )
+
+
+@register_loss("bootstrapped_cross_entropy")
+class BootstrappedCrossEntropyLoss(_Weighted):
+    """Cross-entropy over each image's hardest pixels, as FC-HarDNet's authors train (ptsemseg's
+    ``bootstrapped_cross_entropy2d``): per image, the per-pixel losses (ignored pixels count as 0) sorted in
+    descending order; if the (``min_K`` + 1)-th exceeds ``loss_th``, the mean of every loss above ``loss_th``, else
+    the mean of the ``min_K`` largest. The images' means are averaged. Unlike ``ohem_cross_entropy`` the threshold
+    is on the loss, not the probability, and the selection is per image."""
+
+    def __init__(self, ignore_index: int = 255, num_classes: int | None = None, min_K: int = 4096,
+                 loss_th: float = 0.3, weight=None):
+        super().__init__(ignore_index, num_classes, weight)
+        if min_K < 1:
+            raise ValueError(f"min_K must be >= 1, got {min_K}")
+        if loss_th < 0:
+            raise ValueError(f"loss_th must be >= 0, got {loss_th}")
+        self.min_K, self.loss_th = int(min_K), float(loss_th)
+
+    def compute(self, logits, target):
+        losses = F.cross_entropy(logits, target, weight=self._weight_for(logits), ignore_index=self.ignore_index,
+                                 reduction="none").flatten(1)
+        means = []
+        for loss in losses:
+            ranked = loss.sort(descending=True).values
+            if self.min_K < ranked.numel() and ranked[self.min_K] > self.loss_th:
+                means.append(ranked[ranked > self.loss_th].mean())
+            else:
+                means.append(ranked[: self.min_K].mean())
+        return torch.stack(means).mean()
 
 
 @register_loss("focal")

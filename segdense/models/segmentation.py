@@ -8,8 +8,8 @@ from ..heads.common import resize_to
 
 
 class SegmentationModel(nn.Module):
-    """Backbone features -> head logits, upsampled (bilinear, ``align_corners=False``) to exactly
-    the input's height and width.
+    """Backbone features -> head logits, upsampled (bilinear, ``align_corners=False`` unless the head has
+    ``align_corners`` true) to exactly the input's height and width.
 
     ``forward`` returns a tensor (N, num_classes, H, W), except in training mode with an aux head,
     where it returns ``{"out": logits, "aux": aux_logits}`` as torchvision's segmentation models do.
@@ -33,7 +33,7 @@ class SegmentationModel(nn.Module):
             raise ValueError(f"expected an image batch of shape (N, C, H, W), got {tuple(x.shape)}")
         size = x.shape[-2:]
         features = self.backbone.forward_features(x)
-        out = resize_to(self.head(features), size)
+        out = resize_to(self.head(features), size, getattr(self.head, "align_corners", False))
         if self.training and self.aux_head is not None:
             return {"out": out, "aux": resize_to(self.aux_head(features), size)}
         return out
