@@ -151,3 +151,29 @@ def test_tool_never_overwrites_a_report_md_it_did_not_write(tmp_path, monkeypatc
                monkeypatch=monkeypatch, capsys=capsys)
     assert run.returncode == 2 and "is not a dataset report" in run.stderr
     assert (tmp_path / "rep" / "report.md").read_text() == "my notes\n"
+
+
+def test_multilabel_masks_count_each_class_band(tmp_path, monkeypatch, capsys):
+    import tifffile
+
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir()
+    for i in range(2):  # 4x6, labels overlap; (0, 0) ignored in every band; class c never labelled 1
+        Image.fromarray(np.full((4, 6, 3), 40 * i, np.uint8)).save(root / "images" / f"{i}.png")
+        mask = np.zeros((4, 6, 3), np.uint8)
+        mask[:, :3, 0] = 1
+        mask[:2, :, 1] = i
+        mask[0, 0] = 255
+        tifffile.imwrite(root / "masks" / f"{i}.tif", mask)
+    run = tool("dataset=folder", f"dataset.root={root}", "dataset.class_names=[a,b,c]", "dataset.multilabel=true",
+               "task=multilabel", "dataset.train_split=all", "dataset.val_split=all", "+splits=[all]",
+               "+report_dir=rep", cwd=tmp_path, monkeypatch=monkeypatch, capsys=capsys)
+    assert run.returncode == 0, run.stdout + run.stderr
+    report = (tmp_path / "rep" / "report.md").read_text()
+    # a: 11 of the 23 labelled pixels per image; b: 11 of 23 in image 1 only; of 46 labelled pixels of each band
+    assert "| 0 | a | 47.83% | 2/2 (100%) |" in report
+    assert "| 1 | b | 23.91% | 1/2 (50%) |" in report
+    assert "| 2 | c | 0.00% | 0/2 (0%) |" in report
+    assert "binary_0_255" not in report and "outside" not in run.stdout
+    assert "never occur in the 2 mask(s) read: c" in run.stdout

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from segdense.config.train_job import train
+from segdense.engine import TrainSettings
 from segdense.engine.early_stopping import EarlyStopping
 from segdense.errors import ConfigError
 from segdense.runtime import load_checkpoint
@@ -62,6 +63,15 @@ def test_a_run_without_early_stopping_says_it_ran_every_iteration(tmp_path, capl
     assert "ended at iteration 4 of 4: all iterations done" in caplog.text
 
 
+def test_a_patience_used_up_at_the_last_iteration_ends_the_run_normally(tmp_path, caplog):
+    with caplog.at_level(logging.INFO, logger="segdense.train"):
+        train(compose_config(STOPPING + ["iterations=4"]), run_dir=tmp_path)
+    assert "ended at iteration 4 of 4: all iterations done" in caplog.text and "stopped early" not in caplog.text
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert metrics["iteration"] == 4 and metrics["stop_reason"] is None
+    assert load_checkpoint(tmp_path / "checkpoints/last.pt")["early_stop"]["bad_validations"] == 3
+
+
 def test_a_resumed_run_continues_the_patience_count(tmp_path):
     train(compose_config(STOPPING), run_dir=tmp_path / "a")
     with pytest.raises(Crash):
@@ -96,6 +106,7 @@ def test_a_monitor_that_validation_does_not_report_is_refused_naming_the_ones_it
 def test_patience_counts_validations_in_a_row_without_improvement(mode, values, stops_after):
     class Run:
         iteration, stop_reason, device = 0, None, torch.device("cpu")
+        settings = TrainSettings(iterations=10, batch_size=1)
 
     stopper, run = EarlyStopping(monitor="mIoU", mode=mode, patience=2), Run()
     for i, value in enumerate(values, 1):

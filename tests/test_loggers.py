@@ -142,3 +142,16 @@ def test_plain_training_does_not_import_the_tracking_packages():
 
 def test_flatten_config_joins_nested_keys_and_keeps_lists_whole():
     assert flatten_config({"a": {"b": 1, "c": {"d": None}}, "e": [1, 2]}) == {"a.b": 1, "a.c.d": None, "e": [1, 2]}
+
+
+def test_tensorboard_holds_the_validation_loss_of_every_validation(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    train(compose_config(TINY + ["logger=[tensorboard]"]), run_dir=tmp_path)
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    logged = [(e.step, e.value) for e in events.Scalars("val/loss")]
+    history = json.loads((tmp_path / "metrics.json").read_text())["history"]
+    assert [step for step, _ in logged] == [h["iteration"] for h in history] == [2, 4]
+    assert [value for _, value in logged] == pytest.approx([h["loss"] for h in history], rel=1e-6)
+    assert all(value > 0 for _, value in logged)

@@ -8,7 +8,7 @@ from segdense.config.train_job import recipe_note, train_settings
 from segdense.data import resolve_num_workers
 from segdense.errors import ConfigError
 
-from train_utils import compose_config
+from train_utils import CONF, compose_config
 
 
 @pytest.mark.parametrize("cores, workers", [(2, 2), (5, 5), (64, 8)])
@@ -43,3 +43,27 @@ def test_a_bad_worker_count_is_refused_in_one_line():
 def test_a_backbone_with_a_recipe_of_its_own_is_named_with_its_experiment(backbone, optimizer, expected):
     note = recipe_note(backbone, optimizer)
     assert (expected in note) if expected else note == ""
+
+
+def test_evaluation_loads_with_as_many_workers_as_training(monkeypatch, tiny_checkpoint, tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    import segdense.config.eval_job as eval_job
+
+    class Loaded(Exception):
+        pass
+
+    def fake_evaluate(*args, num_workers, **kwargs):
+        raise Loaded(num_workers)
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    monkeypatch.setattr(eval_job, "evaluate_model", fake_evaluate)
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose(config_name="eval", overrides=[f"checkpoint={tiny_checkpoint}", f"output_dir={tmp_path}"])
+    assert cfg.num_workers == compose_config(["dataset=voc"]).num_workers == "auto"
+    with pytest.raises(Loaded) as loaded:
+        eval_job.evaluate_job(cfg)
+    assert loaded.value.args == (3,)
+    cfg.num_workers = "many"
+    with pytest.raises(ConfigError, match="num_workers must be auto or a count >= 0, got 'many'"):
+        eval_job.evaluate_job(cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from segdense.data import build_dataset, build_transforms
+from segdense.data import build_dataset, build_transforms, resolve_num_workers
 from segdense.errors import ConfigError, config_values
 from segdense.inference import build_infer, load_bundle
 from segdense.evaluation import evaluate_model
@@ -83,7 +83,7 @@ def evaluate_job(cfg: DictConfig, output_dir: str | Path | None = None) -> dict:
                 f" across {world} processes" if world > 1 else "", describe_infer(infer))
     result = evaluate_model(
         bundle, dataset, infer, device, amp_dtype=resolve_amp(cfg.amp, device), batch_size=cfg.batch_size,
-        num_workers=cfg.num_workers, output_dir=output_dir, save_predictions=cfg.save_predictions,
+        num_workers=resolve_num_workers(cfg.num_workers), output_dir=output_dir, save_predictions=cfg.save_predictions,
         dataset_name=name, progress=cfg.progress, channels_last=device.type == "cuda",
         report=bool(cfg.get("report", False)), report_images=int(cfg.get("report_images", 8)),
     )

@@ -231,10 +231,7 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
     """The trainer's settings from the top-level keys (checked together: one error lists every bad value)."""
     keys = [f.name for f in dataclasses.fields(TrainSettings) if f.name != "max_skipped_steps"]
     values = {key: cfg[key] for key in keys}
-    try:
-        values["num_workers"] = resolve_num_workers(values["num_workers"])
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    values["num_workers"] = resolve_num_workers(values["num_workers"])
     return TrainSettings(**values)
 
 

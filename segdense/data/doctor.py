@@ -63,6 +63,8 @@ def inspect_split(dataset, split: str, indices: Sequence[int]) -> SplitDiagnosis
             (result.rgb_masks if "colour mode" in exc.problem else result.unreadable).append(exc.path)
             continue
         result.statistics.add(mask)
+        if mask.ndim == 3:  # multilabel: the reader has checked every value is 0, 1 or ignore
+            continue
         values = np.unique(mask)
         if set(values.tolist()) <= {0, IGNORE_INDEX}:
             result.binary_masks += 1

@@ -10,6 +10,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, SequentialSampler
 
+from segdense.errors import ConfigError
+
 from .io import IGNORE_INDEX
 
 
@@ -23,7 +25,7 @@ def resolve_num_workers(num_workers: int | str) -> int:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         return min(cores, MAX_AUTO_WORKERS)
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"num_workers must be auto or a count >= 0, got {num_workers!r}")
+        raise ConfigError(f"num_workers must be auto or a count >= 0, got {num_workers!r}")
     return num_workers
 
 

@@ -14,7 +14,9 @@ from .io import IGNORE_INDEX, DatasetFileError
 @dataclass
 class ClassStatistics:
     """Counts over the masks added with :meth:`add`. Values outside ``[0, C)`` and ``ignore_index`` are counted in
-    ``other_pixels`` only."""
+    ``other_pixels`` only. Multilabel masks ((H, W, C) of 0/1 and ``ignore_index``) count, per class, the pixels
+    labelled 1 in ``pixels`` and the pixels not ignored in ``band_pixels``; ignored and other values count per
+    pixel and class."""
 
     class_names: list[str]
     num_images: int
@@ -23,6 +25,7 @@ class ClassStatistics:
     context_pixels: np.ndarray  # labelled pixels of the images in which each class occurs
     ignored_pixels: int = 0
     other_pixels: int = 0
+    band_pixels: np.ndarray | None = None  # multilabel masks: the labelled (not ignored) pixels of each class
 
     @classmethod
     def empty(cls, class_names: Sequence[str]) -> "ClassStatistics":
@@ -31,8 +34,11 @@ class ClassStatistics:
         return cls(list(class_names), 0, zeros(), zeros(), zeros())
 
     def add(self, mask: np.ndarray, ignore_index: int = IGNORE_INDEX) -> None:
-        """Count one mask (class indices, ``ignore_index`` for unlabelled pixels)."""
+        """Count one mask (class indices, ``ignore_index`` for unlabelled pixels; or multilabel (H, W, C))."""
         n = len(self.class_names)
+        if np.ndim(mask) == 3:
+            self._add_multilabel(np.asarray(mask), ignore_index)
+            return
         values, counts = np.unique(np.asarray(mask), return_counts=True)
         inside = (values >= 0) & (values < n)
         labelled = int(counts[inside].sum())
@@ -43,9 +49,28 @@ class ClassStatistics:
         self.other_pixels += int(counts[~inside & (values != ignore_index)].sum())
         self.num_images += 1
 
+    def _add_multilabel(self, mask: np.ndarray, ignore_index: int) -> None:
+        if mask.shape[-1] != len(self.class_names):
+            raise ValueError(f"a multilabel mask of {mask.shape[-1]} bands for {len(self.class_names)} classes")
+        if self.band_pixels is None:
+            self.band_pixels = np.zeros(len(self.class_names), dtype=np.int64)
+        bands = mask.reshape(-1, mask.shape[-1])
+        positive = (bands == 1).sum(axis=0)
+        labelled = (bands != ignore_index).sum(axis=0)
+        self.pixels += positive
+        self.band_pixels += labelled
+        self.images += positive > 0
+        self.context_pixels += np.where(positive > 0, labelled, 0)
+        self.ignored_pixels += int((bands == ignore_index).sum())
+        self.other_pixels += int((~np.isin(bands, (0, 1, ignore_index))).sum())
+        self.num_images += 1
+
     @property
     def pixel_frequency(self) -> np.ndarray:
-        """Share of the labelled pixels per class."""
+        """Share of the labelled pixels per class (multilabel: of the pixels labelled in the class's band, the share
+        labelled 1)."""
+        if self.band_pixels is not None:
+            return self.pixels / np.maximum(self.band_pixels, 1)
         return self.pixels / max(int(self.pixels.sum()), 1)
 
     @property

@@ -86,7 +86,8 @@ def validate_dataset(dataset: SegmentationDataset, num_classes: int | None = Non
             report.errors.append(f"{image_ref} is {image.shape[0]}x{image.shape[1]} but its mask {mask_ref} is "
                                  f"{mask.shape[0]}x{mask.shape[1]} (height x width)")
         values = np.unique(mask)
-        bad = [int(v) for v in values if not (0 <= v < num_classes or v == IGNORE_INDEX)]
+        top = 2 if mask.ndim == 3 else num_classes  # multilabel masks: 0/1 per class band
+        bad = [int(v) for v in values if not (0 <= v < top or v == IGNORE_INDEX)]
         if bad:
             report.errors.append(f"{mask_ref}: label values {bad} outside [0, {num_classes}) and {IGNORE_INDEX}")
         stats.add(mask)

@@ -70,7 +70,8 @@ class EarlyStopping(Hook):
             self.best, self.best_iteration, self.bad_validations = value, trainer.iteration, 0
         else:
             self.bad_validations += 1
-        if self._agreed(self.exhausted, trainer.device):
+        # every process takes part in the decision; at the last iteration the run ends normally all the same
+        if self._agreed(self.exhausted, trainer.device) and trainer.iteration < trainer.settings.iterations:
             trainer.stop_reason = self.reason()
 
     @staticmethod

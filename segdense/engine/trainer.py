@@ -224,7 +224,7 @@ class Trainer:
         self.best_iteration = int(state.get("best_iteration", 0))
         self.skipped_steps = int(state.get("skipped_steps", 0))
         self.early_stop.load_state_dict(state.get("early_stop", {}))
-        if self.early_stop.exhausted:
+        if self.early_stop.exhausted and self.iteration < self.settings.iterations:
             self.stop_reason = self.early_stop.reason()
         self.history = list(state.get("history", []))
         self.train_seconds = float(state.get("train_seconds", 0.0))
