@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import segdense
+from segdense.backbones.registry import build_backbone
 from segdense.errors import CheckpointError
 from segdense.importers.convert import convert_checkpoint
 from segdense.importers.denseaspp_authors import AUTHORS_NORMALIZE
@@ -79,3 +80,13 @@ def test_an_unknown_head_key_is_named(golden, tmp_path):
     state["ASPP_9.conv.1.weight"] = torch.zeros(1)
     with pytest.raises(CheckpointError, match="ASPP_9.conv.1.weight"):
         convert_checkpoint(_write_authors_file(tmp_path / "x.pkl", state), tmp_path / "out.pt")
+
+
+def test_final_transition_belongs_to_the_last_stage_and_keeps_the_stride():
+    net = build_backbone("densenet_custom", num_units_per_block=(2, 2, 2, 2), growth_rate=8, output_stride=8,
+                         final_transition=True, frozen_stages=4)
+    assert net.stage_of("features.transition4.conv.weight") == net.stage_of("features.norm5.weight") == 4
+    assert not any(p.requires_grad for p in net.features.transition4.parameters())
+    assert net.feature_info[-1].channels == net.features.norm5.num_features == net.features.transition4.conv.out_channels
+    out = net.forward_features(torch.randn(1, 3, 32, 32))["block4"]
+    assert out.shape[-2:] == (4, 4) and out.shape[1] == net.feature_info[-1].channels and out.min() >= 0
