@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import segdense
 from segdense.backbones.registry import build_backbone
+from segdense.config.convert_job import convert_job
 from segdense.errors import CheckpointError
 from segdense.importers.convert import convert_checkpoint
 from segdense.importers.denseaspp_authors import AUTHORS_NORMALIZE
@@ -30,6 +32,16 @@ def golden():
 def _write_authors_file(path: Path, state: dict[str, torch.Tensor]) -> Path:
     torch.save({f"module.{k}": v for k, v in state.items()}, path, _use_new_zipfile_serialization=False)
     return path
+
+
+def test_the_tool_points_to_a_cityscapes_evaluation(golden, tmp_path, capsys):
+    keys = golden["keys"]
+    source = _write_authors_file(tmp_path / "a.pkl", {k: v.float() for k, v in seeded_checkpoint(keys).items()})
+    cfg = OmegaConf.create({"input": str(source), "output": str(tmp_path / "c.pt"), "backbone": None, "aux": True,
+                            "output_stride": 32, "overwrite": False})
+    convert_job(cfg)
+    out = capsys.readouterr().out
+    assert "denseaspp-authors" in out and "dataset=cityscapes dataset.root=DIR;" in out and "ade20k" not in out
 
 
 def test_parameter_count_equals_the_authors_model(golden):
