@@ -1,6 +1,7 @@
 """Convert a published checkpoint: ``python tools/convert.py input=FILE output=OUT.pt [backbone=NAME]``.
 
-The RDNet authors' mmseg ADE20K checkpoints become segdense checkpoints (tools/eval.py, infer.py, export.py,
+The RDNet authors' mmseg ADE20K checkpoints and the DenseASPP authors' Cityscapes DenseASPP-161 become segdense
+checkpoints (tools/eval.py, infer.py, export.py,
 segdense.load_model); RDNet ImageNet files and torchvision DenseNets become backbone weights for
 ``backbone.pretrained=``. See conf/convert.yaml and docs/convert.md.
 """

@@ -263,6 +263,10 @@ class DenseNet(nn.Module):
             memory-efficient blocks honour each BatchNorm's mode, so they stay memory-efficient.
         frozen_stages: -1 trains everything; 0 freezes the stem (conv0, norm0); n freezes the stem and dense
             blocks 1..n with their transitions (norm5 with the last block): no gradients, BatchNorms in eval mode.
+        final_transition: after the last block, one more transition (BN-ReLU-1x1 conv to ``theta`` of the
+            channels, never pooling) before ``norm5`` (then ReLU): the backbone of the DenseASPP authors'
+            network (with ``head=denseaspp original=true``). It is ``features.transition{n}`` for ``n`` blocks, as
+            in their checkpoints.
     """
 
     def __init__(
@@ -285,6 +289,7 @@ class DenseNet(nn.Module):
         cuda_graphs: bool = False,
         norm_eval: bool = False,
         frozen_stages: int = -1,
+        final_transition: bool = False,
     ) -> None:
         super().__init__()
         units = [int(u) for u in num_units_per_block]
@@ -308,6 +313,7 @@ class DenseNet(nn.Module):
         self.channels_last = channels_last
         self.fused = fused
         self.cuda_graphs = cuda_graphs
+        self.final_transition = bool(final_transition)
         channels = self._build_features(num_init_features, bn_size, drop_rate, memory_efficient)
         self.classifier = nn.Linear(channels, num_classes) if num_classes is not None else None
 
@@ -320,8 +326,9 @@ class DenseNet(nn.Module):
         f = self.features
         out = [[f.conv0, f.norm0]]
         for i in range(len(self.num_units_per_block)):
-            after = getattr(f, f"transition{i + 1}", None) or f.norm5
-            out.append([getattr(f, f"denseblock{i + 1}"), after])
+            last = i == len(self.num_units_per_block) - 1
+            after = [getattr(f, f"transition{i + 1}")] if not last or self.final_transition else []
+            out.append([getattr(f, f"denseblock{i + 1}"), *after, *([f.norm5] if last else [])])
         return out
 
     @property
@@ -366,7 +373,12 @@ class DenseNet(nn.Module):
             self.features.add_module(f"denseblock{i + 1}", block)
             channels += num_layers * self.growth_rate
             feature_info.append(FeatureSpec(f"block{i + 1}", channels, stride))
-            if i != len(units) - 1:
+            if i == len(units) - 1 and self.final_transition:
+                out_channels = int(channels * self.theta)
+                self.features.add_module(f"transition{i + 1}", _Transition(channels, out_channels, False))
+                channels = out_channels
+                feature_info[-1] = FeatureSpec(f"block{i + 1}", channels, stride)
+            elif i != len(units) - 1:
                 downsample = stride < self.output_stride
                 out_channels = int(channels * self.theta)
                 self.features.add_module(
@@ -408,6 +420,8 @@ class DenseNet(nn.Module):
             if i != num_blocks - 1:
                 x, skip = getattr(f, f"transition{i + 1}").forward_with_skip(x)
                 out[f"block{i + 1}"] = skip
+            elif self.final_transition:
+                out[f"block{i + 1}"] = F.relu(f.norm5(getattr(f, f"transition{i + 1}")(x)))
             else:
                 out[f"block{i + 1}"] = F.relu(f.norm5(x))
         return out

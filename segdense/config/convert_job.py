@@ -24,7 +24,10 @@ def convert_job(cfg: DictConfig) -> Imported:
         config = imported.model_config
         print(f"wrote {cfg.output}: {config['backbone']['name']} + {config['head']['name']}, "
               f"{config['num_classes']} classes, aux head {'kept' if config['aux_loss'] else 'dropped'}")
-        print(f"  use it: python tools/eval.py checkpoint={cfg.output} dataset=ade20k dataset.root=DIR mode=slide; "
+        dataset = imported.dataset.get("name", "unknown")
+        evaluate = (f"dataset={dataset if dataset != 'unknown' else 'NAME'} dataset.root=DIR"
+                    f"{' mode=slide' if imported.config.get('crop_size') else ''}")
+        print(f"  use it: python tools/eval.py checkpoint={cfg.output} {evaluate}; "
               f"python tools/infer.py checkpoint={cfg.output} input=IMAGES output=DIR")
     else:
         block = dict(imported.backbone)

@@ -15,12 +15,13 @@ from segdense.inference.writers import check_writable_dir
 from segdense.models.builder import build_model
 from segdense.version import __version__
 
-from . import fchardnet_ptsemseg, hardnet_petite, rdnet_imagenet, rdnet_mmseg, torchvision_densenet
+from . import denseaspp_authors, fchardnet_ptsemseg, hardnet_petite, rdnet_imagenet, rdnet_mmseg, torchvision_densenet
 from .architecture import model_shapes
 from .reading import check_fits, read_weights_file
 from .result import Imported
 
-LAYOUTS = (rdnet_mmseg, rdnet_imagenet, torchvision_densenet, fchardnet_ptsemseg, hardnet_petite)
+# denseaspp_authors before torchvision_densenet: its files hold a torchvision-named DenseNet too.
+LAYOUTS = (rdnet_mmseg, rdnet_imagenet, denseaspp_authors, torchvision_densenet, fchardnet_ptsemseg, hardnet_petite)
 
 
 def _state_and_meta(obj: object, path: Path) -> dict:

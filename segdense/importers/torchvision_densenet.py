@@ -24,10 +24,16 @@ def rename(state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], lis
     out and how many counters were added."""
     weights = {k: v for k, v in convert_old_keys(state).items() if not k.startswith("classifier.")}
     dropped = [k for k in state if k.startswith("classifier.")]
+    return weights, dropped, add_batch_counters(weights)
+
+
+def add_batch_counters(weights: dict[str, torch.Tensor]) -> int:
+    """Add, as 0, the BatchNorm batch counters (``num_batches_tracked``) that files from before PyTorch 0.4 lack;
+    returns how many were added."""
     norms = {k[: -len(".running_mean")] for k in weights if k.endswith(".running_mean")}
     added = [f"{n}.num_batches_tracked" for n in sorted(norms) if f"{n}.num_batches_tracked" not in weights]
     weights.update({k: torch.tensor(0, dtype=torch.long) for k in added})
-    return weights, dropped, len(added)
+    return len(added)
 
 
 def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bool, output_stride: int) -> Imported:
