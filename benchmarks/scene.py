@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import time
@@ -129,12 +130,13 @@ def measure(case: SceneCase, folder: Path, timeout: float = 3600.0) -> dict:
     if not scene.exists():
         write_scene(scene, case.side)
     output = folder / f"labels_{case.impl}_{case.side}.tif"
+    load = os.getloadavg()[0]  # other jobs on the machine: the 1-minute load average before and after
     proc = subprocess.run([sys.executable, "-m", "benchmarks.scene", json.dumps(asdict(case)), str(scene),
                            str(output)], capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or [f"exit status {proc.returncode}"]
         return {"error": tail[0]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return {**json.loads(proc.stdout.strip().splitlines()[-1]), "load": [load, os.getloadavg()[0]]}
 
 
 def run_scene(cases: Sequence[SceneCase], folder: Path, log: Callable[[str], None] = print) -> list[dict]:
@@ -170,16 +172,17 @@ def summarise_scene(results: Sequence[dict]) -> list[dict]:
 def scene_table(summary: Sequence[dict], markdown: bool = False) -> str:
     """The cases as a table: side, time, megapixels per second, peak RSS and the ratios to MONAI."""
     head = ["row", "side", "s", "Mpx/s", "peak RSS MB", "RSS before MB", "vs MONAI at", "speed/MONAI",
-            "memory/MONAI"]
+            "memory/MONAI", "load"]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     lines = []
     for d in summary:
         if d["error"]:
-            lines.append([d["label"], str(d["case"]["side"]), f"failed: {d['error']}"] + [""] * 6)
+            lines.append([d["label"], str(d["case"]["side"]), f"failed: {d['error']}"] + [""] * 7)
             continue
         lines.append([d["label"], f"{d['case']['side']:,}", fmt(d["seconds"], ".0f"), fmt(d["megapixels_per_s"], ".2f"),
                       fmt(d["peak_rss_mb"], ",.0f"), fmt(d["rss_before_mb"], ",.0f"),
-                      fmt(d["vs_side"], ","), fmt(d["speed_vs_monai"], ".2f"), fmt(d["memory_vs_monai"], ".2f")])
+                      fmt(d["vs_side"], ","), fmt(d["speed_vs_monai"], ".2f"), fmt(d["memory_vs_monai"], ".2f"),
+                      "-" if "load" not in d else "{:.1f}-{:.1f}".format(*d["load"])])
     if markdown:
         return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head)] + lines)
     widths = [max(len(str(c[i])) for c in [head] + lines) for i in range(len(head))]

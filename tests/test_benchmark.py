@@ -327,6 +327,7 @@ def test_scene_preset_measures_both_tools_in_fresh_processes_and_their_labels_ag
     assert [r["label"] for r in rows] == ["monai 600^2", "segdense 600^2"]
     for r in rows:
         assert r["error"] is None and r["seconds"] > 0 and r["peak_rss_mb"] > r["rss_before_mb"] > 0
+        assert len(r["load"]) == 2
     assert rows[1]["speed_vs_monai"] > 0 and rows[1]["vs_side"] == 600
     monai, segdense = (tifffile.imread(tmp_path / f"labels_{impl}_600.tif") for impl in ("monai", "segdense"))
     assert monai.shape == segdense.shape == (600, 600) and len(np.unique(segdense)) == 2
