@@ -76,25 +76,26 @@ def _status_mb(field: str) -> float:
     return int(status[field].split()[0]) / 1024
 
 
-def predict_segdense(case: SceneCase, scene: Path, output: Path) -> float:
-    """Seconds to stream ``scene`` into ``output``."""
+def predict_segdense(case: SceneCase, scene: Path, output: Path) -> tuple[float, float]:
+    """(resident MB once the model is ready, seconds to stream ``scene`` into ``output``)."""
     from segdense.inference import Predictor
     from segdense.inference.scene_run import predict_scene
 
     predictor = Predictor.from_model(small_model(), device="cpu", batch_size=case.batch)
-    start = time.perf_counter()
+    ready, start = _status_mb("VmRSS"), time.perf_counter()
     predict_scene(predictor, scene, output, (case.window,) * 2, (case.stride,) * 2, "gaussian", "benchmark",
                   overwrite=True)
-    return time.perf_counter() - start
+    return ready, time.perf_counter() - start
 
 
-def predict_monai(case: SceneCase, scene: Path, output: Path) -> float:
-    """Seconds to read ``scene`` whole, normalise it in place, run ``sliding_window_inference``, take the labels a
-    few rows at a time (no int64 copy of the scene) and write them as segdense does (tiled 256^2, zlib)."""
+def predict_monai(case: SceneCase, scene: Path, output: Path) -> tuple[float, float]:
+    """(resident MB once the model is ready, seconds to read ``scene`` whole, normalise it in place, run
+    ``sliding_window_inference``, take the labels a few rows at a time (no int64 copy of the scene) and write them as
+    segdense does (tiled 256^2, zlib))."""
     from monai.inferers import sliding_window_inference
 
     model = small_model().eval()
-    start = time.perf_counter()
+    ready, start = _status_mb("VmRSS"), time.perf_counter()
     image = tifffile.imread(scene)
     inputs = torch.empty((1, 3, *image.shape[:2]))
     inputs[0].copy_(torch.from_numpy(image).permute(2, 0, 1))
@@ -111,17 +112,18 @@ def predict_monai(case: SceneCase, scene: Path, output: Path) -> float:
             labels[y:y + 1024] = logits[0, :, y:y + 1024].argmax(0).numpy()
     del logits
     tifffile.imwrite(output, labels, tile=(256, 256), compression="zlib", bigtiff=True)
-    return time.perf_counter() - start
+    return ready, time.perf_counter() - start
 
 
 def measure_here(case: SceneCase, scene: Path, output: Path) -> dict:
-    """This process's time and peak resident memory for ``case`` (run in a fresh process: :func:`measure`)."""
+    """This process's time, peak resident memory and resident memory once imports and model were ready (the
+    imports differ: MONAI's pulls in the optional packages it finds installed) for ``case`` (run in a fresh
+    process: :func:`measure`)."""
     from segdense.allocator import tune_malloc
 
     tune_malloc()  # as tools/infer.py does, for both implementations
-    before = _status_mb("VmRSS")
-    seconds = (predict_segdense if case.impl == "segdense" else predict_monai)(case, scene, output)
-    return {"seconds": seconds, "peak_rss_mb": _status_mb("VmHWM"), "rss_before_mb": before}
+    ready, seconds = (predict_segdense if case.impl == "segdense" else predict_monai)(case, scene, output)
+    return {"seconds": seconds, "peak_rss_mb": _status_mb("VmHWM"), "ready_rss_mb": ready}
 
 
 def measure(case: SceneCase, folder: Path, timeout: float = 3600.0) -> dict:
@@ -153,10 +155,12 @@ def run_scene(cases: Sequence[SceneCase], folder: Path, log: Callable[[str], Non
 
 
 def summarise_scene(results: Sequence[dict]) -> list[dict]:
-    """Megapixels per second of each case and, for segdense, its speed and peak memory against MONAI's: on the same
-    side where MONAI ran there, else peak memory against MONAI's largest measured side (``vs_side``)."""
+    """Megapixels per second and memory growth while predicting (peak over ready) of each case and, for segdense,
+    its speed, peak memory and growth against MONAI's: on the same side where MONAI ran there, else memory against
+    MONAI's largest measured side (``vs_side``)."""
     out = [{**r, "megapixels_per_s": None if r["error"] else r["case"]["side"] ** 2 / 1e6 / r["seconds"],
-            "vs_side": None, "speed_vs_monai": None, "memory_vs_monai": None} for r in results]
+            "growth_mb": None if r["error"] else r["peak_rss_mb"] - r["ready_rss_mb"],
+            "vs_side": None, "speed_vs_monai": None, "memory_vs_monai": None, "growth_vs_monai": None} for r in results]
     monai = {d["case"]["side"]: d for d in out if d["case"]["impl"] == "monai" and not d["error"]}
     for d in out:
         if d["case"]["impl"] != "segdense" or d["error"] or not monai:
@@ -164,6 +168,7 @@ def summarise_scene(results: Sequence[dict]) -> list[dict]:
         side = d["case"]["side"]
         peer = monai.get(side) or monai[max(monai)]
         d["vs_side"], d["memory_vs_monai"] = peer["case"]["side"], d["peak_rss_mb"] / peer["peak_rss_mb"]
+        d["growth_vs_monai"] = d["growth_mb"] / peer["growth_mb"]
         if peer["case"]["side"] == side:  # throughput compares on the same scene only
             d["speed_vs_monai"] = d["megapixels_per_s"] / peer["megapixels_per_s"]
     return out
@@ -171,17 +176,18 @@ def summarise_scene(results: Sequence[dict]) -> list[dict]:
 
 def scene_table(summary: Sequence[dict], markdown: bool = False) -> str:
     """The cases as a table: side, time, megapixels per second, peak RSS and the ratios to MONAI."""
-    head = ["row", "side", "s", "Mpx/s", "peak RSS MB", "RSS before MB", "vs MONAI at", "speed/MONAI",
-            "memory/MONAI", "load"]
+    head = ["row", "side", "s", "Mpx/s", "peak RSS MB", "ready MB", "growth MB", "vs MONAI at", "speed/MONAI",
+            "peak/MONAI", "growth/MONAI", "load"]
     fmt = lambda v, f: "-" if v is None else format(v, f)  # noqa: E731
     lines = []
     for d in summary:
         if d["error"]:
-            lines.append([d["label"], str(d["case"]["side"]), f"failed: {d['error']}"] + [""] * 7)
+            lines.append([d["label"], str(d["case"]["side"]), f"failed: {d['error']}"] + [""] * 9)
             continue
         lines.append([d["label"], f"{d['case']['side']:,}", fmt(d["seconds"], ".0f"), fmt(d["megapixels_per_s"], ".2f"),
-                      fmt(d["peak_rss_mb"], ",.0f"), fmt(d["rss_before_mb"], ",.0f"),
+                      fmt(d["peak_rss_mb"], ",.0f"), fmt(d["ready_rss_mb"], ",.0f"), fmt(d["growth_mb"], ",.0f"),
                       fmt(d["vs_side"], ","), fmt(d["speed_vs_monai"], ".2f"), fmt(d["memory_vs_monai"], ".2f"),
+                      fmt(d["growth_vs_monai"], ".2f"),
                       "-" if "load" not in d else "{:.1f}-{:.1f}".format(*d["load"])])
     if markdown:
         return "\n".join("| " + " | ".join(cells) + " |" for cells in [head, ["---"] * len(head)] + lines)

@@ -302,7 +302,7 @@ def test_scene_preset_pairs_monai_and_segdense_on_each_monai_side_then_segdense_
 def test_scene_summary_compares_speed_on_the_same_side_and_memory_with_monai_s_largest_side():
     measured = {("monai", 5000): (25.0, 1000.0), ("segdense", 5000): (20.0, 400.0), ("monai", 10000): (80.0, 3000.0),
                 ("segdense", 10000): (100.0, 450.0), ("segdense", 20000): (400.0, 600.0)}
-    results = [{"case": dataclasses.asdict(c), "label": c.label(), "error": None, "rss_before_mb": 100.0,
+    results = [{"case": dataclasses.asdict(c), "label": c.label(), "error": None, "ready_rss_mb": 100.0,
                 "seconds": measured[c.impl, c.side][0], "peak_rss_mb": measured[c.impl, c.side][1]}
                for c in scene_cases(20000, [5000, 10000])]
     summary = {d["label"]: d for d in summarise_scene(results)}
@@ -310,6 +310,7 @@ def test_scene_summary_compares_speed_on_the_same_side_and_memory_with_monai_s_l
     assert summary["segdense 5000^2"]["speed_vs_monai"] == pytest.approx(1.25)
     assert summary["segdense 10000^2"]["speed_vs_monai"] == pytest.approx(0.8)
     assert summary["segdense 10000^2"]["memory_vs_monai"] == pytest.approx(0.15)
+    assert summary["segdense 10000^2"]["growth_vs_monai"] == pytest.approx(350 / 2900)
     big = summary["segdense 20000^2"]  # no MONAI run there: memory against its largest scene, no speed ratio
     assert big["vs_side"] == 10000 and big["memory_vs_monai"] == pytest.approx(0.2) and big["speed_vs_monai"] is None
     assert summary["monai 5000^2"]["speed_vs_monai"] is None
@@ -326,7 +327,7 @@ def test_scene_preset_measures_both_tools_in_fresh_processes_and_their_labels_ag
     rows = json.loads((tmp_path / "scene.json").read_text())["rows"]
     assert [r["label"] for r in rows] == ["monai 600^2", "segdense 600^2"]
     for r in rows:
-        assert r["error"] is None and r["seconds"] > 0 and r["peak_rss_mb"] > r["rss_before_mb"] > 0
+        assert r["error"] is None and r["seconds"] > 0 and r["peak_rss_mb"] > r["ready_rss_mb"] > 0
         assert len(r["load"]) == 2
     assert rows[1]["speed_vs_monai"] > 0 and rows[1]["vs_side"] == 600
     monai, segdense = (tifffile.imread(tmp_path / f"labels_{impl}_600.tif") for impl in ("monai", "segdense"))
