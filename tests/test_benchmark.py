@@ -6,13 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+import tifffile
 import torch
 
 from benchmarks import Row, Settings, run, summarise, table
 from benchmarks.runner import Result
 from benchmarks.measure import cpu_peak_bytes
 from benchmarks.models import build
+from benchmarks.scene import SceneCase, scene_cases, scene_table, summarise_scene
 
 ROOT = Path(__file__).resolve().parent.parent
 # The tool imports the installed benchmarks/ and segdense/ (pip install -e .); this checkout's, also before a
@@ -401,3 +404,51 @@ def test_as_avx2_where_cpuid_cannot_be_masked_is_one_error(monkeypatch, capsys):
     assert _benchmark_cli().main(["--as-avx2", "--quick"]) == 2
     assert capsys.readouterr().err == ("error: cannot hide AVX-512 here: needs Linux on x86-64, this is Darwin on "
                                        "arm64\n")
+
+
+def test_scene_preset_pairs_monai_and_segdense_on_each_monai_side_then_segdense_alone():
+    assert [c.label() for c in scene_cases(20000, [10000, 5000])] == [
+        "monai 5000^2", "segdense 5000^2", "monai 10000^2", "segdense 10000^2", "segdense 20000^2"]
+    assert [c.label() for c in scene_cases(8000, [8000])] == ["monai 8000^2", "segdense 8000^2"]
+    assert {(c.window, c.stride, c.batch) for c in scene_cases()} == {(512, 341, 4)}  # segdense's default stride
+    with pytest.raises(ValueError, match="stride <= window <= side"):
+        SceneCase("segdense", 300)
+    with pytest.raises(ValueError, match="scene impl must be one of"):
+        SceneCase("mmseg", 1000)
+
+
+def test_scene_summary_compares_speed_on_the_same_side_and_memory_with_monai_s_largest_side():
+    measured = {("monai", 5000): (25.0, 1000.0), ("segdense", 5000): (20.0, 400.0), ("monai", 10000): (80.0, 3000.0),
+                ("segdense", 10000): (100.0, 450.0), ("segdense", 20000): (400.0, 600.0)}
+    results = [{"case": dataclasses.asdict(c), "label": c.label(), "error": None, "ready_rss_mb": 100.0,
+                "seconds": measured[c.impl, c.side][0], "peak_rss_mb": measured[c.impl, c.side][1]}
+               for c in scene_cases(20000, [5000, 10000])]
+    summary = {d["label"]: d for d in summarise_scene(results)}
+    assert summary["monai 10000^2"]["megapixels_per_s"] == pytest.approx(1.25)
+    assert summary["segdense 5000^2"]["speed_vs_monai"] == pytest.approx(1.25)
+    assert summary["segdense 10000^2"]["speed_vs_monai"] == pytest.approx(0.8)
+    assert summary["segdense 10000^2"]["memory_vs_monai"] == pytest.approx(0.15)
+    assert summary["segdense 10000^2"]["growth_vs_monai"] == pytest.approx(350 / 2900)
+    big = summary["segdense 20000^2"]  # no MONAI run there: memory against its largest scene, no speed ratio
+    assert big["vs_side"] == 10000 and big["memory_vs_monai"] == pytest.approx(0.2) and big["speed_vs_monai"] is None
+    assert summary["monai 5000^2"]["speed_vs_monai"] is None
+    results[1] = {**results[1], "error": "killed"}
+    failed = summarise_scene(results)[1]
+    assert failed["megapixels_per_s"] is None and "failed: killed" in scene_table(summarise_scene(results))
+
+
+def test_scene_preset_measures_both_tools_in_fresh_processes_and_their_labels_agree(tmp_path, capsys):
+    pytest.importorskip("monai", reason="MONAI is the scene preset's peer (pip install -e '.[bench]')")
+    args = ["--preset", "scene", "--scene-side", "600", "--monai-side", "600", "--scene-folder", str(tmp_path),
+            "--json", str(tmp_path / "scene.json")]
+    assert _benchmark_cli().main(args) == 0
+    rows = json.loads((tmp_path / "scene.json").read_text())["rows"]
+    assert [r["label"] for r in rows] == ["monai 600^2", "segdense 600^2"]
+    for r in rows:
+        assert r["error"] is None and r["seconds"] > 0 and r["peak_rss_mb"] > r["ready_rss_mb"] > 0
+        assert len(r["load"]) == 2
+    assert rows[1]["speed_vs_monai"] > 0 and rows[1]["vs_side"] == 600
+    monai, segdense = (tifffile.imread(tmp_path / f"labels_{impl}_600.tif") for impl in ("monai", "segdense"))
+    assert monai.shape == segdense.shape == (600, 600) and len(np.unique(segdense)) == 2
+    assert (monai == segdense).mean() > 0.99  # the same model and windows; MONAI floors its weights (test_scene_monai)
+    assert "segdense 600^2" in capsys.readouterr().out

@@ -10,6 +10,7 @@
     python tools/benchmark.py --onnx-models model.onnx model.int8.onnx --crop 512 --batch 1 --threads 2
         # exported files with ONNX Runtime, interleaved
     python tools/benchmark.py --as-avx2 --onnx-models ...   # the same with the AVX2 kernels on an AVX-512 CPU
+    python tools/benchmark.py --preset scene --scene-side 20000 --monai-side 10000   # streamed scene vs MONAI
 
 Prints a table (training step, inference, peak training memory, GFLOPs, FLOP/s as a fraction of a
 peak: the higher of the best of several GEMM shapes measured in the same run and, on CPU, the cores'
@@ -30,6 +31,8 @@ import torch
 from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, run_as_avx2, summarise, table, to_json
 from benchmarks.onnx_models import onnx_table, time_onnx_models
 from benchmarks.report import describe_peak
+from benchmarks.runner import machine_info
+from benchmarks.scene import MONAI_SIDE, SCENE_SIDE, run_scene, scene_cases, scene_table, summarise_scene
 from segdense.allocator import tune_malloc
 from segdense.errors import UserError
 
@@ -37,7 +40,9 @@ from segdense.errors import UserError
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="same as --preset quick")
-    p.add_argument("--preset", choices=PRESETS, help="a named grid (see benchmarks.preset)")
+    p.add_argument("--preset", choices=PRESETS + ("scene",),
+                   help="a named grid (see benchmarks.preset); scene: streamed scene prediction beside MONAI's "
+                        "sliding_window_inference (benchmarks.scene)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cpu; gpu preset: cuda)")
     p.add_argument("--backbone", nargs="+", default=["densenet121"])
     p.add_argument("--units", nargs="+", type=int, default=None,
@@ -75,6 +80,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at --batch x 3 x --crop x --crop")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for --onnx-models "
                    "(default: torch's thread count)")
+    p.add_argument("--scene-side", type=int, default=SCENE_SIDE, help="--preset scene: segdense's scene side")
+    p.add_argument("--monai-side", type=int, nargs="+", default=[MONAI_SIDE],
+                   help="--preset scene: sides at which MONAI (whole scene in memory) and segdense both run")
+    p.add_argument("--scene-folder", type=Path, default=Path("/tmp/segdense_scenes"),
+                   help="--preset scene: where the scenes (kept for later runs) and predictions are written")
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return p.parse_args(argv)
@@ -138,21 +148,44 @@ def onnx_models_main(args: argparse.Namespace, log) -> int:
     return 0
 
 
+def scene_main(args: argparse.Namespace, log) -> int:
+    """``--preset scene``: streamed prediction beside MONAI's sliding_window_inference (benchmarks.scene)."""
+    try:
+        cases = scene_cases(args.scene_side, args.monai_side)
+        summary = summarise_scene(run_scene(cases, args.scene_folder, log=log))
+    except (ValueError, RuntimeError) as e:
+        print(f"benchmark: {e}", file=sys.stderr)
+        return 2
+    m = machine_info("cpu")
+    print(f"machine: {m['cpu']}, {m['cpu_count']} CPUs, torch {m['torch']}, CPU capability {m['cpu_capability']}, "
+          f"{m['torch_threads']} threads; window {cases[0].window}, stride {cases[0].stride}, batch {cases[0].batch}, "
+          "Gaussian blend (sigma = window / 8)")
+    print(scene_table(summary, markdown=args.markdown))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"machine": m, "rows": summary}, indent=2))
+        print(f"wrote {args.json}")
+    failed = [d["label"] for d in summary if d["error"]]
+    if failed:
+        print(f"benchmark: {len(failed)} case(s) failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
     if args.as_avx2 and not run_as_avx2.is_active():  # replaces this process with itself under the library
         return run_as_avx2.main([sys.executable, str(Path(__file__).resolve()), *argv])
     malloc = tune_malloc()  # as the training tools do, so rows time what training would take
+    start = time.perf_counter()
+    log = lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}", file=sys.stderr, flush=True)  # noqa: E731
     if args.onnx_models:
-        start = time.perf_counter()
-        return onnx_models_main(args, lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}",
-                                                      file=sys.stderr, flush=True))
+        return onnx_models_main(args, log)
+    if args.preset == "scene":
+        return scene_main(args, log)
     try:
         rows, settings = rows_and_settings(args)
-        start = time.perf_counter()
-        measured = run(rows, settings, log=lambda s: print(f"[{time.perf_counter() - start:6.1f}s] {s}",
-                                                           file=sys.stderr, flush=True))
+        measured = run(rows, settings, log=log)
     except (ValueError, RuntimeError) as e:
         print(f"benchmark: {e}", file=sys.stderr)
         return 2
