@@ -135,7 +135,7 @@ class Settings:
     measure_memory: bool = True
     memory_output_strides: tuple[int, ...] | None = None  # peak memory only for these rows (None: all)
     measure_flops: bool = True
-    matmul_size: int | None = None  # side of the peak-measuring matmul (None: 4096 CPU, 8192 CUDA)
+    matmul_size: int | None = None  # largest side of the peak-measuring GEMM shapes (None: 4096 CPU, 8192 CUDA)
     onnx: bool = False  # also time ONNX Runtime inference of segdense plain backbone rows (CPU)
 
 
