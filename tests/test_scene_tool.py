@@ -173,3 +173,43 @@ def test_each_process_gets_one_contiguous_run_of_bands():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     slowed_run(json.loads(sys.argv[1]))
+
+
+def export_onnx(checkpoint: Path, output: Path, *int8: str) -> Path:
+    """The checkpoint exported as ONNX: float32, or INT8 with the INT8 options (calibrated, guard left open)."""
+    from segdense.config.export_job import export_job
+
+    from test_export import compose_export
+
+    export_job(compose_export([f"checkpoint={checkpoint}", f"output={output}", "format=onnx", "verify_images=0",
+                               *int8]))
+    return output
+
+
+def scene_result(checkpoint, scene: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    infer_job(compose_infer(scene_overrides(checkpoint, scene, out, "save_proba=true")))
+    return tifffile.imread(out / "scene.tif"), tifffile.imread(out / "scene_proba.tif")
+
+
+def test_float_onnx_export_predicts_the_scene_as_its_checkpoint(checkpoint, tmp_path):
+    write_scene(tmp_path / "scene.tif")
+    labels, proba = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "pt")
+    exported = export_onnx(checkpoint, tmp_path / "float.onnx")
+    onnx_labels, onnx_proba = scene_result(exported, tmp_path / "scene.tif", tmp_path / "onnx")
+    assert np.array_equal(onnx_labels, labels) and len(np.unique(labels)) > 1
+    np.testing.assert_allclose(onnx_proba, proba, rtol=0, atol=1e-5)
+
+
+def test_int8_onnx_scene_equals_in_memory_slide_inference_of_the_same_file(checkpoint, tmp_path):
+    image = write_scene(tmp_path / "scene.tif")
+    exported = export_onnx(checkpoint, tmp_path / "int8.onnx", "quantize=int8", "calibration=2", "eval_images=2",
+                           "max_miou_drop=100")
+    labels, proba = scene_result(exported, tmp_path / "scene.tif", tmp_path / "int8")
+    predictor = Predictor(load_bundle(exported), device="cpu", mode="slide", crop_size=[48, 48],
+                          stride=[32, 32], blend="gaussian", batch_size=3)
+    assert predictor.model.precision == "int8"
+    expected = predictor.logits_batch([image])[0]
+    assert np.array_equal(labels, expected.argmax(0).numpy()) and len(np.unique(labels)) > 1
+    np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
+    torch_labels, _ = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "pt")
+    assert np.mean(labels == torch_labels) > 0.5  # mostly the float model's classes (5 classes, noise input)
