@@ -213,3 +213,26 @@ def test_int8_onnx_scene_equals_in_memory_slide_inference_of_the_same_file(check
     np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
     torch_labels, _ = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "pt")
     assert np.mean(labels == torch_labels) > 0.5  # mostly the float model's classes (5 classes, noise input)
+
+
+def test_a_4_band_16_bit_scene_equals_in_memory_slide_inference_with_the_datasets_normalisation(tmp_path):
+    from segdense.config.train_job import train
+
+    from test_bands_end_to_end import folder_overrides, write_folder
+    from train_utils import compose_config
+
+    train(compose_config(folder_overrides(write_folder(tmp_path / "data"))), run_dir=tmp_path / "run")
+    torch.use_deterministic_algorithms(False)
+    model = varied_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "varied.pt")
+    image = np.random.default_rng(4).integers(0, 4000, (150, 110, 4), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "scene.tif", image, photometric="minisblack", planarconfig="contig", tile=(32, 32),
+                     compression="zlib")
+    labels, proba = scene_result(model, tmp_path / "scene.tif", tmp_path / "out")
+    bundle = load_bundle(model)
+    assert bundle.dataset["config"]["normalize"]["mean"] == [2000.0, 1500.0, 1000.0, 500.0]
+    predictor = Predictor(bundle, device="cpu", mode="slide", crop_size=[48, 48], stride=[32, 32],
+                          blend="gaussian", batch_size=3)
+    expected = predictor.logits_batch([tifffile.imread(tmp_path / "scene.tif")])[0]
+    assert labels.shape == (150, 110) and len(np.unique(labels)) > 1
+    assert np.array_equal(labels, expected.argmax(0).numpy())
+    np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
