@@ -236,3 +236,29 @@ def test_a_4_band_16_bit_scene_equals_in_memory_slide_inference_with_the_dataset
     assert labels.shape == (150, 110) and len(np.unique(labels)) > 1
     assert np.array_equal(labels, expected.argmax(0).numpy())
     np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_georeferenced_scene_gives_cloud_optimized_geotiffs_with_its_crs_and_transform(checkpoint, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    image = np.random.default_rng(0).integers(0, 256, (170, 130, 3), dtype=np.uint8)
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4100000.0)
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=170, width=130, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=transform, tiled=True, blockxsize=32, blockysize=32,
+                       compress="deflate", interleave="pixel") as dst:
+        dst.write(np.moveaxis(image, -1, 0))
+    overrides = scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "out", "save_proba=true")
+    labels, proba = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "out")
+    for name in ("scene.tif", "scene_proba.tif"):
+        with rasterio.open(tmp_path / "out" / name) as src:
+            assert src.crs == rasterio.crs.CRS.from_epsg(32633) and src.transform == transform
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.block_shapes[0] == (256, 256)
+            assert src.count == (1 if name == "scene.tif" else 5)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene.tif", "scene_proba.tif"]
+    predictor = Predictor(load_bundle(checkpoint), device="cpu", mode="slide", crop_size=[48, 48],
+                          stride=[32, 32], blend="gaussian", batch_size=3)
+    expected = predictor.logits_batch([image])[0]
+    assert np.array_equal(labels, expected.argmax(0).numpy()) and len(np.unique(labels)) > 1
+    np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
+    assert infer_job(compose_infer(overrides)).skipped == [tmp_path / "scene.tif"]  # the run is recognised
