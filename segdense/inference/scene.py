@@ -57,6 +57,11 @@ class SceneGrid:
         """Rows [top, bottom) of band ``k``."""
         return self.ys[k], self.ys[k + 1] if k + 1 < len(self.ys) else self.height
 
+    @property
+    def overlap_rows(self) -> int:
+        """The most rows a row of windows reaches below its band (into the next row of windows)."""
+        return max(y + self.crop[0] - self.band(j)[1] for j, y in enumerate(self.ys))
+
     def first_row_reaching(self, k: int) -> int:
         """The first row of windows that covers band ``k``'s top row."""
         return next(j for j, y in enumerate(self.ys) if y + self.crop[0] > self.ys[k])
@@ -79,6 +84,16 @@ class _Strip:
             kept = self.data[:, x0 - self.start:] if self.data is not None and x0 < self.end else new[:, :0]
             self.data, self.start, self.end = np.concatenate([kept, new], axis=1), x0, end
         return self.data[:, x0 - self.start:x1 - self.start]
+
+
+class _Carry:
+    """The float32 sums rows of windows left on the rows below their band, across the width: ``data[:, :rows]``.
+    One buffer for the whole scene, updated in place as a row of windows moves right (a column is read before it
+    is overwritten), so neither its size nor the heap changes from row to row."""
+
+    def __init__(self, num_classes: int, max_rows: int, width: int):
+        self.data = torch.zeros((num_classes, max_rows, width))
+        self.rows = 0
 
 
 class _Band:
@@ -110,28 +125,27 @@ class StreamedSlide:
         indices = sorted(indices)
         bar = tqdm(total=len(indices) * len(self.grid.xs), unit="tile", desc="scene", dynamic_ncols=True,
                    disable=not (self.progress and sys.stderr.isatty()))
-        carry, next_row = None, None
+        carry, next_row = _Carry(self.predictor.num_classes, self.grid.overlap_rows, self.grid.width), None
         with bar:
             for k in indices:
                 if next_row != k:  # the first band, or one after a gap: start from the rows of windows reaching in
-                    carry = None
+                    carry.rows = 0
                     for j in range(self.grid.first_row_reaching(k), k):
-                        carry = self._add_row(read, j, carry)
+                        self._add_row(read, j, carry)
                 top, bottom = self.grid.band(k)
                 band = _Band(k, self.predictor.num_classes, bottom - top, self.grid.width, self.label_dtype,
                              self.save_proba)
-                carry = self._add_row(read, k, carry, band, bar)
+                self._add_row(read, k, carry, band, bar)
                 next_row = k + 1
                 yield k, band.labels, band.proba
 
     @torch.inference_mode()
-    def _add_row(self, read: ReadWindow, j: int, carry: torch.Tensor | None, band: _Band | None = None,
-                 bar: tqdm | None = None) -> torch.Tensor:
+    def _add_row(self, read: ReadWindow, j: int, carry: _Carry, band: _Band | None = None,
+                 bar: tqdm | None = None) -> None:
         """Add row of windows ``j`` on top of ``carry`` (the sums earlier rows left on its rows), fill ``band``
-        and return the sums this row leaves on the rows below band ``j``."""
+        and leave in ``carry`` the sums this row leaves on the rows below band ``j``."""
         (ch, cw), (y, xs) = self.grid.crop, (self.grid.ys[j], self.grid.xs)
-        bottom = self.grid.band(j)[1]
-        below = torch.zeros((self.predictor.num_classes, y + ch - bottom, self.grid.width))
+        below = y + ch - self.grid.band(j)[1]
         strip = _Strip(read, y, y + ch, self.grid.width)
         sums, left = torch.zeros((self.predictor.num_classes, ch, 0)), 0  # columns [left, left + width) of the row
         batch = self.predictor.batch_size
@@ -146,23 +160,22 @@ class StreamedSlide:
                 sums[:, :, x - left:x - left + cw] += item * self.grid.weight
             final = xs[start + batch] if start + batch < len(xs) else self.grid.width
             done, sums = sums[:, :, :final - left], sums[:, :, final - left:]
-            below[:, :, left:final] = done[:, ch - below.shape[1]:]
+            carry.data[:, :below, left:final] = done[:, ch - below:]
             if band is not None:
-                self._finalise(band, done[:, :ch - below.shape[1]], left, final)
+                self._finalise(band, done[:, :ch - below], left, final)
             left = final
             if bar is not None:
                 bar.update(len(chunk))
-        return below
+        carry.rows = below
 
     @staticmethod
-    def _widen(sums: torch.Tensor, left: int, right: int, carry: torch.Tensor | None) -> torch.Tensor:
+    def _widen(sums: torch.Tensor, left: int, right: int, carry: _Carry) -> torch.Tensor:
         """``sums`` (columns from ``left``) extended to column ``right``: what ``carry`` holds there, zeros below."""
         have = left + sums.shape[2]
         if right <= have:
             return sums
         more = sums.new_zeros((sums.shape[0], sums.shape[1], right - have))
-        if carry is not None:
-            more[:, :carry.shape[1]] = carry[:, :, have:right]
+        more[:, :carry.rows] = carry.data[:, :carry.rows, have:right]
         return torch.cat([sums, more], 2)
 
     def _finalise(self, band: _Band, sums: torch.Tensor, x0: int, x1: int) -> None:
