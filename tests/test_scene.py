@@ -104,3 +104,21 @@ def test_tiff_stored_as_band_planes_is_read_whole_and_says_so(tmp_path, caplog):
         assert windows.shape == (60, 70, 4)
         assert np.array_equal(windows.read(5, 50, 3, 61), np.moveaxis(planes, 0, -1)[5:50, 3:61])
     assert "4 separate planes; the whole image (0 MB) is read" in caplog.text
+
+
+def test_tiff_in_large_compressed_segments_is_read_and_says_how_much_each_window_reads(tmp_path, caplog,
+                                                                                         monkeypatch):
+    import segdense.data.tiff_windows as tiff_windows
+
+    monkeypatch.setattr(tiff_windows, "LARGE_SEGMENT_BYTES", 100 * 130 * 3 - 1)  # one strip of the image is "huge"
+    image = scene(100, 130, seed=2)
+    tifffile.imwrite(tmp_path / "one_strip.tif", image, photometric="rgb", rowsperstrip=100, compression="zlib")
+    tifffile.imwrite(tmp_path / "two_strips.tif", image, photometric="rgb", rowsperstrip=50, compression="zlib")
+    with TiffWindows(tmp_path / "one_strip.tif") as windows:
+        assert np.array_equal(windows.read(40, 60, 10, 20), image[40:60, 10:20])
+        assert windows.read_note == (f"{tmp_path / 'one_strip.tif'}: stored in compressed segments of 100x130 "
+                                     "pixels; every window reads and decodes whole segments (0.04 MB each); rewrite "
+                                     "it tiled (e.g. tifffile tile=(512, 512)) to read less")
+    assert windows.read_note in caplog.text
+    with TiffWindows(tmp_path / "two_strips.tif") as windows:  # segments under the threshold: no warning
+        assert windows.read_note is None

@@ -173,3 +173,92 @@ def test_each_process_gets_one_contiguous_run_of_bands():
 if __name__ == "__main__":
     torch.set_num_threads(1)
     slowed_run(json.loads(sys.argv[1]))
+
+
+def export_onnx(checkpoint: Path, output: Path, *int8: str) -> Path:
+    """The checkpoint exported as ONNX: float32, or INT8 with the INT8 options (calibrated, guard left open)."""
+    from segdense.config.export_job import export_job
+
+    from test_export import compose_export
+
+    export_job(compose_export([f"checkpoint={checkpoint}", f"output={output}", "format=onnx", "verify_images=0",
+                               *int8]))
+    return output
+
+
+def scene_result(checkpoint, scene: Path, out: Path) -> tuple[np.ndarray, np.ndarray]:
+    infer_job(compose_infer(scene_overrides(checkpoint, scene, out, "save_proba=true")))
+    return tifffile.imread(out / "scene.tif"), tifffile.imread(out / "scene_proba.tif")
+
+
+def test_float_onnx_export_predicts_the_scene_as_its_checkpoint(checkpoint, tmp_path):
+    write_scene(tmp_path / "scene.tif")
+    labels, proba = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "pt")
+    exported = export_onnx(checkpoint, tmp_path / "float.onnx")
+    onnx_labels, onnx_proba = scene_result(exported, tmp_path / "scene.tif", tmp_path / "onnx")
+    assert np.array_equal(onnx_labels, labels) and len(np.unique(labels)) > 1
+    np.testing.assert_allclose(onnx_proba, proba, rtol=0, atol=1e-5)
+
+
+def test_int8_onnx_scene_equals_in_memory_slide_inference_of_the_same_file(checkpoint, tmp_path):
+    image = write_scene(tmp_path / "scene.tif")
+    exported = export_onnx(checkpoint, tmp_path / "int8.onnx", "quantize=int8", "calibration=2", "eval_images=2",
+                           "max_miou_drop=100")
+    labels, proba = scene_result(exported, tmp_path / "scene.tif", tmp_path / "int8")
+    predictor = Predictor(load_bundle(exported), device="cpu", mode="slide", crop_size=[48, 48],
+                          stride=[32, 32], blend="gaussian", batch_size=3)
+    assert predictor.model.precision == "int8"
+    expected = predictor.logits_batch([image])[0]
+    assert np.array_equal(labels, expected.argmax(0).numpy()) and len(np.unique(labels)) > 1
+    np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
+    torch_labels, _ = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "pt")
+    assert np.mean(labels == torch_labels) > 0.5  # mostly the float model's classes (5 classes, noise input)
+
+
+def test_a_4_band_16_bit_scene_equals_in_memory_slide_inference_with_the_datasets_normalisation(tmp_path):
+    from segdense.config.train_job import train
+
+    from test_bands_end_to_end import folder_overrides, write_folder
+    from train_utils import compose_config
+
+    train(compose_config(folder_overrides(write_folder(tmp_path / "data"))), run_dir=tmp_path / "run")
+    torch.use_deterministic_algorithms(False)
+    model = varied_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "varied.pt")
+    image = np.random.default_rng(4).integers(0, 4000, (150, 110, 4), dtype=np.uint16)
+    tifffile.imwrite(tmp_path / "scene.tif", image, photometric="minisblack", planarconfig="contig", tile=(32, 32),
+                     compression="zlib")
+    labels, proba = scene_result(model, tmp_path / "scene.tif", tmp_path / "out")
+    bundle = load_bundle(model)
+    assert bundle.dataset["config"]["normalize"]["mean"] == [2000.0, 1500.0, 1000.0, 500.0]
+    predictor = Predictor(bundle, device="cpu", mode="slide", crop_size=[48, 48], stride=[32, 32],
+                          blend="gaussian", batch_size=3)
+    expected = predictor.logits_batch([tifffile.imread(tmp_path / "scene.tif")])[0]
+    assert labels.shape == (150, 110) and len(np.unique(labels)) > 1
+    assert np.array_equal(labels, expected.argmax(0).numpy())
+    np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_georeferenced_scene_gives_cloud_optimized_geotiffs_with_its_crs_and_transform(checkpoint, tmp_path):
+    rasterio = pytest.importorskip("rasterio")
+    from rasterio.transform import Affine
+
+    image = np.random.default_rng(0).integers(0, 256, (170, 130, 3), dtype=np.uint8)
+    transform = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 4100000.0)
+    with rasterio.open(tmp_path / "scene.tif", "w", driver="GTiff", height=170, width=130, count=3, dtype="uint8",
+                       crs="EPSG:32633", transform=transform, tiled=True, blockxsize=32, blockysize=32,
+                       compress="deflate", interleave="pixel") as dst:
+        dst.write(np.moveaxis(image, -1, 0))
+    overrides = scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "out", "save_proba=true")
+    labels, proba = scene_result(checkpoint, tmp_path / "scene.tif", tmp_path / "out")
+    for name in ("scene.tif", "scene_proba.tif"):
+        with rasterio.open(tmp_path / "out" / name) as src:
+            assert src.crs == rasterio.crs.CRS.from_epsg(32633) and src.transform == transform
+            assert src.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG" and src.block_shapes[0] == (256, 256)
+            assert src.count == (1 if name == "scene.tif" else 5)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["scene.tif", "scene_proba.tif"]
+    predictor = Predictor(load_bundle(checkpoint), device="cpu", mode="slide", crop_size=[48, 48],
+                          stride=[32, 32], blend="gaussian", batch_size=3)
+    expected = predictor.logits_batch([image])[0]
+    assert np.array_equal(labels, expected.argmax(0).numpy()) and len(np.unique(labels)) > 1
+    np.testing.assert_allclose(proba, expected.softmax(0).permute(1, 2, 0).numpy(), rtol=0, atol=1e-5)
+    assert infer_job(compose_infer(overrides)).skipped == [tmp_path / "scene.tif"]  # the run is recognised

@@ -13,6 +13,7 @@ import tifffile
 from segdense.errors import UserError
 
 logger = logging.getLogger("segdense.data")
+LARGE_SEGMENT_BYTES = 256 * 2**20  # a compressed segment above this is worth a warning: every window decodes it
 
 
 class TiffWindowError(UserError):
@@ -56,10 +57,10 @@ class TiffWindows:
             return (f"{self.path}: bands stored as {separate} separate planes; the whole image "
                     f"({self.height * self.width * pixel / 1e6:.0f} MB) is read into memory once")
         rows, cols = self.segment_shape
-        if not self._raw and rows * cols * pixel > 256 * 2**20:
-            return (f"{self.path}: stored in segments of {rows}x{cols} pixels; every window reads whole segments "
-                    f"({rows * cols * pixel / 1e6:.0f} MB each); rewrite it tiled (e.g. tifffile tile=(512, 512)) "
-                    "to read less")
+        if not self._raw and rows * cols * pixel > LARGE_SEGMENT_BYTES:
+            return (f"{self.path}: stored in compressed segments of {rows}x{cols} pixels; every window reads and "
+                    f"decodes whole segments ({rows * cols * pixel / 1e6:.2f} MB each); rewrite it tiled (e.g. "
+                    "tifffile tile=(512, 512)) to read less")
         return None
 
     def read(self, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:

@@ -22,7 +22,7 @@ from .predictor import Predictor
 from .tta import window_starts
 
 ReadWindow = Callable[[int, int, int, int], np.ndarray]  # (y0, y1, x0, x1) -> (h, w, bands) array
-FINALISE_COLUMNS = 4096  # columns normalised at a time: bounds the temporaries of the last step
+READ_COLUMNS = 2048  # columns of a strip read at a time, beyond what the next windows need
 
 
 @dataclass
@@ -57,33 +57,64 @@ class SceneGrid:
         """Rows [top, bottom) of band ``k``."""
         return self.ys[k], self.ys[k + 1] if k + 1 < len(self.ys) else self.height
 
+    @property
+    def overlap_rows(self) -> int:
+        """The most rows a row of windows reaches below its band (into the next row of windows)."""
+        return max(y + self.crop[0] - self.band(j)[1] for j, y in enumerate(self.ys))
+
     def first_row_reaching(self, k: int) -> int:
         """The first row of windows that covers band ``k``'s top row."""
         return next(j for j, y in enumerate(self.ys) if y + self.crop[0] > self.ys[k])
 
 
-class _Accumulator:
-    """Blended logit sums of rows [top, top + len) across the scene's width, grown and dropped a band at a time."""
+class _Strip:
+    """Rows [y0, y1) of the scene read left to right, :data:`READ_COLUMNS` columns at a time: ``columns(x0, x1)``
+    with ``x0`` never decreasing keeps only the columns from ``x0`` on."""
 
-    def __init__(self, num_classes: int, width: int):
-        self.top = 0
-        self.sums = torch.zeros((num_classes, 0, width))
+    def __init__(self, read: ReadWindow, y0: int, y1: int, width: int):
+        self.read, self.y0, self.y1, self.width = read, y0, y1, width
+        self.data: np.ndarray | None = None
+        self.start = self.end = 0
 
-    def cover(self, bottom: int) -> None:
-        missing = bottom - self.top - self.sums.shape[1]
-        if missing > 0:
-            self.sums = torch.cat([self.sums, self.sums.new_zeros((self.sums.shape[0], missing, self.sums.shape[2]))], 1)
+    def columns(self, x0: int, x1: int) -> np.ndarray:
+        if x1 > self.end:
+            first = max(x0, self.end)
+            end = min(self.width, max(x1, self.end + READ_COLUMNS))
+            new = self.read(self.y0, self.y1, first, end)
+            kept = self.data[:, x0 - self.start:] if self.data is not None and x0 < self.end else new[:, :0]
+            self.data, self.start, self.end = np.concatenate([kept, new], axis=1), x0, end
+        return self.data[:, x0 - self.start:x1 - self.start]
 
-    def drop_above(self, row: int) -> None:
-        if row > self.top:
-            self.sums = self.sums[:, row - self.top:].clone()
-            self.top = row
+
+class _Carry:
+    """The float32 sums rows of windows left on the rows below their band, across the width: ``data[:, :rows]``.
+    One buffer for the whole scene, updated in place as a row of windows moves right (a column is read before it
+    is overwritten), so neither its size nor the heap changes from row to row."""
+
+    def __init__(self, num_classes: int, max_rows: int, width: int):
+        self.data = torch.zeros((num_classes, max_rows, width))
+        self.rows = 0
+
+
+class _Band:
+    """The output of band ``k``: labels (h, W) and, with ``save_proba``, probabilities (C, h, W), filled a few
+    columns at a time."""
+
+    def __init__(self, k: int, num_classes: int, height: int, width: int, label_dtype, save_proba: bool):
+        self.k = k
+        self.labels = np.empty((height, width), label_dtype)
+        self.proba = np.empty((num_classes, height, width), np.float32) if save_proba else None
 
 
 class StreamedSlide:
     """Band after band of a scene's slide prediction: ``bands(read, indices)`` yields (k, labels (h, W), probabilities
-    (C, h, W) or None) for the bands ``indices`` (ascending), reading the scene through ``read`` a strip of windows
-    at a time."""
+    (C, h, W) or None) for the bands ``indices`` (ascending), reading the scene through ``read`` a few windows at a
+    time.
+
+    A row of windows is added left to right, a batch of windows at a time; the columns left of the next window are
+    then final for the band and normalised at once. What the row adds to the rows below its band (the overlap with
+    the next row of windows) is the only state kept across the width: float32 sums of ``crop - stride`` rows, the
+    same numbers the in-memory sum holds there, so the result stays exact."""
 
     def __init__(self, predictor: Predictor, grid: SceneGrid, save_proba: bool = False, progress: bool = False):
         self.predictor, self.grid, self.save_proba = predictor, grid, save_proba
@@ -94,51 +125,65 @@ class StreamedSlide:
         indices = sorted(indices)
         bar = tqdm(total=len(indices) * len(self.grid.xs), unit="tile", desc="scene", dynamic_ncols=True,
                    disable=not (self.progress and sys.stderr.isatty()))
-        acc, next_row = None, None
+        carry, next_row = _Carry(self.predictor.num_classes, self.grid.overlap_rows, self.grid.width), None
         with bar:
             for k in indices:
                 if next_row != k:  # the first band, or one after a gap: start from the rows of windows reaching in
-                    acc = _Accumulator(self.predictor.num_classes, self.grid.width)
+                    carry.rows = 0
                     for j in range(self.grid.first_row_reaching(k), k):
-                        self._add_row(acc, read, j)
-                self._add_row(acc, read, k, bar)
+                        self._add_row(read, j, carry)
                 top, bottom = self.grid.band(k)
-                acc.drop_above(top)
-                labels, proba = self._finalise(acc, top, bottom)
-                acc.drop_above(bottom)
+                band = _Band(k, self.predictor.num_classes, bottom - top, self.grid.width, self.label_dtype,
+                             self.save_proba)
+                self._add_row(read, k, carry, band, bar)
                 next_row = k + 1
-                yield k, labels, proba
+                yield k, band.labels, band.proba
 
     @torch.inference_mode()
-    def _add_row(self, acc: _Accumulator, read: ReadWindow, j: int, bar: tqdm | None = None) -> None:
-        (ch, cw), y = self.grid.crop, self.grid.ys[j]
-        strip = read(y, y + ch, 0, self.grid.width)
-        acc.cover(y + ch)
-        row = y - acc.top
+    def _add_row(self, read: ReadWindow, j: int, carry: _Carry, band: _Band | None = None,
+                 bar: tqdm | None = None) -> None:
+        """Add row of windows ``j`` on top of ``carry`` (the sums earlier rows left on its rows), fill ``band``
+        and leave in ``carry`` the sums this row leaves on the rows below band ``j``."""
+        (ch, cw), (y, xs) = self.grid.crop, (self.grid.ys[j], self.grid.xs)
+        below = y + ch - self.grid.band(j)[1]
+        strip = _Strip(read, y, y + ch, self.grid.width)
+        sums, left = torch.zeros((self.predictor.num_classes, ch, 0)), 0  # columns [left, left + width) of the row
         batch = self.predictor.batch_size
-        for start in range(0, len(self.grid.xs), batch):
-            xs = self.grid.xs[start:start + batch]
-            logits = self.predictor.logits_batch([strip[:, x:x + cw] for x in xs])
-            for x, item in zip(xs, logits):
+        for start in range(0, len(xs), batch):
+            chunk = xs[start:start + batch]
+            sums = self._widen(sums, left, chunk[-1] + cw, carry)
+            logits = self.predictor.logits_batch([strip.columns(x, x + cw) for x in chunk])
+            for x, item in zip(chunk, logits):
                 if tuple(item.shape[-2:]) != (ch, cw):
                     raise ValueError(f"the model's eval pipeline resized a {ch}x{cw} window; scene prediction needs a "
                                      "pipeline that keeps the size (normalisation only)")
-                acc.sums[:, row:row + ch, x:x + cw] += item * self.grid.weight
+                sums[:, :, x - left:x - left + cw] += item * self.grid.weight
+            final = xs[start + batch] if start + batch < len(xs) else self.grid.width
+            done, sums = sums[:, :, :final - left], sums[:, :, final - left:]
+            carry.data[:, :below, left:final] = done[:, ch - below:]
+            if band is not None:
+                self._finalise(band, done[:, :ch - below], left, final)
+            left = final
             if bar is not None:
-                bar.update(len(xs))
+                bar.update(len(chunk))
+        carry.rows = below
 
-    def _finalise(self, acc: _Accumulator, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray | None]:
-        height, width = bottom - top, self.grid.width
-        labels = np.empty((height, width), self.label_dtype)
-        proba = np.empty((acc.sums.shape[0], height, width), np.float32) if self.save_proba else None
-        rows = self.grid.row_sums[top:bottom, None]
-        for x0 in range(0, width, FINALISE_COLUMNS):
-            x1 = min(width, x0 + FINALISE_COLUMNS)
-            logits = acc.sums[:, :height, x0:x1] / (rows * self.grid.col_sums[None, x0:x1])
-            labels[:, x0:x1] = logits.argmax(0).numpy()
-            if proba is not None:
-                proba[:, :, x0:x1] = logits.softmax(0).numpy()
-        return labels, proba
+    @staticmethod
+    def _widen(sums: torch.Tensor, left: int, right: int, carry: _Carry) -> torch.Tensor:
+        """``sums`` (columns from ``left``) extended to column ``right``: what ``carry`` holds there, zeros below."""
+        have = left + sums.shape[2]
+        if right <= have:
+            return sums
+        more = sums.new_zeros((sums.shape[0], sums.shape[1], right - have))
+        more[:, :carry.rows] = carry.data[:, :carry.rows, have:right]
+        return torch.cat([sums, more], 2)
+
+    def _finalise(self, band: _Band, sums: torch.Tensor, x0: int, x1: int) -> None:
+        top, bottom = self.grid.band(band.k)
+        logits = sums / (self.grid.row_sums[top:bottom, None] * self.grid.col_sums[None, x0:x1])
+        band.labels[:, x0:x1] = logits.argmax(0).numpy()
+        if band.proba is not None:
+            band.proba[:, :, x0:x1] = logits.softmax(0).numpy()
 
 
 def scene_grid(height: int, width: int, crop: Sequence[int], stride: Sequence[int] | None, blend: str) -> SceneGrid:

@@ -10,7 +10,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
@@ -18,6 +18,7 @@ import tifffile
 from segdense.errors import UserError
 from segdense.version import __version__
 
+from .cog import write_cog
 from .writers import atomic_write_bytes, npy_bytes
 
 TILE = 256  # output tile side: a multiple of 16, as TIFF requires
@@ -47,16 +48,19 @@ def run_fingerprint(checkpoint: str | os.PathLike, scene: str | os.PathLike, opt
 
 class SceneOutput:
     """``NAME.tif`` (class indices; a palette TIFF up to 256 classes) and with ``num_classes`` probabilities
-    ``NAME_proba.tif`` (float32, bands last), for a ``height`` x ``width`` scene."""
+    ``NAME_proba.tif`` (float32, bands last), for a ``height`` x ``width`` scene. With ``georef`` (the input's CRS
+    and affine transform) both are Cloud-Optimized GeoTIFFs placed where the input lies."""
 
     def __init__(self, path: str | os.PathLike, fingerprint: str, height: int, width: int, num_classes: int,
-                 save_proba: bool, palette: Sequence[Sequence[int]] | None = None):
+                 save_proba: bool, palette: Sequence[Sequence[int]] | None = None,
+                 georef: tuple[Any, Any] | None = None):
         self.path = Path(path)
         self.proba_path = self.path.with_name(self.path.stem + "_proba.tif")
         self.parts = self.path.with_name(f".{self.path.name}.parts")
         self.fingerprint, self.height, self.width = fingerprint, height, width
         self.num_classes, self.save_proba, self.palette = num_classes, save_proba, palette
         self.label_dtype = np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
+        self.georef = georef
 
     def is_complete(self) -> bool:
         """Whether the output already holds this run's result (the other one: :class:`SceneOutputError`)."""
@@ -87,16 +91,19 @@ class SceneOutput:
         return done
 
     def needed_bytes(self) -> int:
-        """The most the run writes: every band, then the TIFFs (uncompressed at worst) before the bands go."""
+        """The most the run writes: every band, then the TIFFs (uncompressed at worst) before the bands go, and
+        for a Cloud-Optimized GeoTIFF its copy with overviews (a third more)."""
         pixel = self.label_dtype.itemsize + (4 * self.num_classes if self.save_proba else 0)
-        return 2 * self.height * self.width * pixel
+        copies = 2 if self.georef is None else 2 + 4 / 3
+        return int(copies * self.height * self.width * pixel)
 
     def check_disk_space(self) -> None:
         free = shutil.disk_usage(self.path.parent).free
         if self.needed_bytes() > free:
             raise SceneOutputError(f"{self.path}: a {self.height}x{self.width} scene needs up to "
                                    f"{self.needed_bytes() / 1e9:.2f} GB (its bands, then the TIFF"
-                                   f"{'s' if self.save_proba else ''} uncompressed at worst) and "
+                                   f"{'s' if self.save_proba else ''} uncompressed at worst"
+                                   f"{'' if self.georef is None else ' and their Cloud-Optimized copies'}) and "
                                    f"{self.path.parent} has {free / 1e9:.2f} GB free")
 
     def write_band(self, k: int, labels: np.ndarray, proba: np.ndarray | None) -> None:
@@ -118,15 +125,19 @@ class SceneOutput:
 
     def _write(self, path: Path, kind: str, bands, samples: tuple, dtype: np.dtype, colormap) -> None:
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        cog = path.with_name(f".{path.name}.cog{os.getpid()}")
         try:
             tifffile.imwrite(tmp, data=self._tiles(kind, bands), shape=(self.height, self.width, *samples),
                              dtype=dtype, tile=(TILE, TILE), compression="zlib", bigtiff=True,
                              photometric="palette" if colormap is not None else "minisblack", colormap=colormap,
                              planarconfig="contig" if samples else None, metadata=None,
                              description=json.dumps({"segdense_scene": self.fingerprint, "kind": kind}))
-            os.replace(tmp, path)
+            if self.georef is not None:
+                write_cog(tmp, cog, *self.georef, TILE, "NEAREST" if kind == "labels" else "AVERAGE")
+            os.replace(cog if self.georef is not None else tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+            cog.unlink(missing_ok=True)
 
     def _tiles(self, kind: str, bands: Sequence[tuple[int, int]]) -> Iterator[np.ndarray]:
         """The output's tiles in row-major order, read from the band files one tile row at a time (memory-mapped:

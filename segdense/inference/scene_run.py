@@ -11,6 +11,7 @@ from typing import Sequence
 from segdense.data.loader import ShardSampler
 from segdense.data.tiff_windows import TiffWindows
 from segdense.errors import ConfigError
+from segdense.readers import georeference
 
 from .predictor import Predictor
 from .scene import SceneGrid, StreamedSlide, scene_grid
@@ -54,7 +55,7 @@ def open_scene(path: str | os.PathLike, output: str | os.PathLike, predictor: Pr
     source = TiffWindows(path)
     grid = scene_grid(source.height, source.width, crop, stride, blend)
     sink = SceneOutput(output, fingerprint, source.height, source.width, predictor.num_classes, save_proba,
-                       predictor.palette)
+                       predictor.palette, georeference(path))
     return SceneJob(source, grid, sink)
 
 

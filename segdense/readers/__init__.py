@@ -7,7 +7,7 @@ Nothing here converts or scales values: normalisation to float happens once, in 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -18,8 +18,8 @@ IMAGE_EXTENSIONS = pil.EXTENSIONS + tiff.EXTENSIONS + npy.EXTENSIONS
 _TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 _NPY_MAGIC = b"\x93NUMPY"
 
-__all__ = ["IMAGE_EXTENSIONS", "LAYOUTS", "ImageMetadata", "ImageReadError", "format_of", "read_image",
-           "select_bands", "to_hwc"]
+__all__ = ["IMAGE_EXTENSIONS", "LAYOUTS", "ImageMetadata", "ImageReadError", "format_of", "georeference",
+           "read_image", "select_bands", "to_hwc"]
 
 
 def format_of(path: Path) -> str:
@@ -62,6 +62,13 @@ def read_image(path: str | Path, layout: str | None = None,
     if kind == "tiff":
         return tiff.read(path, layout)
     return pil.read(path, upright=upright)
+
+
+def georeference(path: str | Path) -> tuple[Any, Any] | None:
+    """A GeoTIFF's (CRS, affine transform), read with rasterio without its pixels; None for any other file (and
+    for every file when rasterio is not installed)."""
+    path = Path(path)
+    return geotiff.georeference(path) if format_of(path) == "geotiff" else None
 
 
 def select_bands(image: np.ndarray, bands: Sequence[int] | None, source: str | Path) -> np.ndarray:

@@ -3,6 +3,7 @@ transform and the nodata value in the metadata, so outputs can be written in the
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -28,3 +29,16 @@ def read(path: Path) -> tuple[np.ndarray, ImageMetadata]:
     except rasterio.errors.RasterioError as exc:
         raise ImageReadError(path, f"cannot be read as a GeoTIFF ({exc})") from None
     return np.ascontiguousarray(np.moveaxis(array, 0, -1)), meta
+
+
+def georeference(path: Path) -> tuple[Any, Any] | None:
+    """The (CRS, affine transform) of a GeoTIFF without reading its pixels; None when it holds neither."""
+    import rasterio
+    from rasterio.transform import Affine
+
+    try:
+        with rasterio.open(path) as src:
+            crs, transform = src.crs, src.transform
+    except rasterio.errors.RasterioError as exc:
+        raise ImageReadError(path, f"cannot be read as a GeoTIFF ({exc})") from None
+    return None if crs is None and transform == Affine.identity() else (crs, transform)
