@@ -80,14 +80,19 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at --batch x 3 x --crop x --crop")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for --onnx-models "
                    "(default: torch's thread count)")
+    add_scene_arguments(p)
+    p.add_argument("--json", type=Path, default=None, help="write all measurements here")
+    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    return p.parse_args(argv)
+
+
+def add_scene_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``--preset scene``."""
     p.add_argument("--scene-side", type=int, default=SCENE_SIDE, help="--preset scene: segdense's scene side")
     p.add_argument("--monai-side", type=int, nargs="+", default=[MONAI_SIDE],
                    help="--preset scene: sides at which MONAI (whole scene in memory) and segdense both run")
     p.add_argument("--scene-folder", type=Path, default=Path("/tmp/segdense_scenes"),
                    help="--preset scene: where the scenes (kept for later runs) and predictions are written")
-    p.add_argument("--json", type=Path, default=None, help="write all measurements here")
-    p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
-    return p.parse_args(argv)
 
 
 def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
