@@ -115,6 +115,7 @@ def _ddp_worker(rank, port, out, no_sync_calls):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_accumulation_syncs_only_the_last_micro_batch_and_equals_one_process(tmp_path):
     calls = tmp_path / "no_sync_calls.pt"
     spawn_within(_ddp_worker, (free_port(), str(tmp_path), str(calls)), nprocs=2, seconds=240)

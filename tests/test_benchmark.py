@@ -437,6 +437,7 @@ def test_scene_summary_compares_speed_on_the_same_side_and_memory_with_monai_s_l
     assert failed["megapixels_per_s"] is None and "failed: killed" in scene_table(summarise_scene(results))
 
 
+@pytest.mark.slow
 def test_scene_preset_measures_both_tools_in_fresh_processes_and_their_labels_agree(tmp_path, capsys):
     pytest.importorskip("monai", reason="MONAI is the scene preset's peer (pip install -e '.[bench]')")
     args = ["--preset", "scene", "--scene-side", "600", "--monai-side", "600", "--scene-folder", str(tmp_path),

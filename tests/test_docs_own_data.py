@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import numpy as np
 import tifffile
 from PIL import Image
@@ -21,6 +22,7 @@ def documented_commands() -> list[str]:
     return [block.replace("\\\n", " ").strip() for block in blocks]
 
 
+@pytest.mark.slow
 def test_the_documented_4_band_16_bit_commands_run(tmp_path):
     root = tmp_path / "satellite"
     (root / "images").mkdir(parents=True)

@@ -152,6 +152,7 @@ def _ddp_worker(rank, port, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_every_process_stops_at_rank_0s_decision(tmp_path):
     spawn_within(_ddp_worker, (free_port(), str(tmp_path)), nprocs=2, seconds=180)
     ends = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]

@@ -3,6 +3,7 @@ process's average on the same global batch (float64, frozen BatchNorm), and a re
 import os
 from datetime import timedelta
 
+import pytest
 import torch
 
 from segdense.engine import Trainer, TrainSettings, build_optimizer, build_scheduler
@@ -63,6 +64,7 @@ def _ddp_worker(rank, port, out):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_ddp_ranks_hold_one_average_equal_to_one_process_and_resume_restores_it(tmp_path):
     spawn_within(_ddp_worker, (free_port(), str(tmp_path)), nprocs=2, seconds=240)
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in (0, 1)]

@@ -105,6 +105,7 @@ def healthy(uri: str) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_a_run_on_an_mlflow_server_reads_back(mlflow_server, tmp_path):
     run_dir = tmp_path / "run"
     train(compose_config(TINY + ["logger=[mlflow]", "report=true", f"mlflow.tracking_uri={mlflow_server}"]),

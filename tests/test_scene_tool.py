@@ -104,6 +104,7 @@ def slowed_run(overrides: list[str]) -> None:
     infer_job(compose_infer(overrides))
 
 
+@pytest.mark.slow
 def test_a_run_killed_with_kill_9_resumes_byte_identical(checkpoint, tmp_path):
     write_scene(tmp_path / "scene.tif", 330, 100)  # 10 bands of 4 windows
     whole = scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "whole", "save_proba=true")
@@ -143,6 +144,7 @@ def sharded_worker(rank: int, port: int, overrides: list[str]) -> None:
         cleanup_distributed()
 
 
+@pytest.mark.slow
 def test_two_processes_share_the_bands_and_write_one_processs_files(checkpoint, tmp_path, caplog):
     write_scene(tmp_path / "scene.tif", 250, 90)  # 8 bands: 4 per rank (rank 1 adds a row of windows before its own)
     threads = torch.get_num_threads()

@@ -294,6 +294,7 @@ def reported(found: dict, case: str) -> dict:
     return found[case]
 
 
+@pytest.mark.slow
 def test_under_torchrun_every_process_uses_rank_0s_inputs_and_dataset_length(tiny_checkpoint, tmp_path):  # noqa: F811
     names = write_images(tmp_path / "rerun", [f"a{i}.png" for i in range(6)])
     views = write_images(tmp_path / "views", [f"a{i}.png" for i in range(7)])
@@ -330,6 +331,7 @@ def start_alone(rank: int, port: int, overrides: list[str], cwd: Path) -> subpro
     ("nonexistent_key=1", r"did not all meet within 3 s \(.*1/2 clients joined"),  # ends before it joins
     ("checkpoint=missing.pt", r"lost the other processes in gather_object"),  # ends after it joined
 ], ids=["before-joining", "after-joining"])
+@pytest.mark.slow
 def test_a_process_that_ends_stops_the_other_within_the_bound(tiny_checkpoint, tmp_path, death, expected):  # noqa: F811
     write_images(tmp_path / "images", ["a.png", "b.png", "c.png"])
     port = free_port()

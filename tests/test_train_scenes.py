@@ -37,6 +37,7 @@ def tiny(*extra):
         "dataset.patch_size=64", "crop_size=[64,64]", *extra]
 
 
+@pytest.mark.slow
 def test_the_documented_scenes_command_trains_on_two_tiled_scenes(tmp_path):
     text = (ROOT / "docs" / "data.md").read_text()
     command = re.search(r"tests/test_train_scenes.py.*?```bash\n(.*?)\n```", text, re.S).group(1)

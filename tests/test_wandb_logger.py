@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2
 
 from segdense.config.train_job import train
@@ -24,6 +25,8 @@ def wandb_records(path: Path):
         if block - pos % block < 7 or (kind == 0 and length == 0):  # the rest of the block is padding
             pos += block - pos % block
             continue
+        if pos + 7 + length > len(data):  # the service is still writing this chunk
+            return
         parts += data[pos + 7:pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):
@@ -38,7 +41,12 @@ def offline_run(run_dir: Path, run_id: str, n: int, timeout: float = 30):
     once its last record, the exit, is on disk (W&B's service process writes it a moment after ``finish``)."""
     deadline = time.monotonic() + timeout
     while True:
-        run = read_offline_run(sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))[n], run_id)
+        try:
+            run = read_offline_run(sorted((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))[n], run_id)
+        except DecodeError:  # read while W&B's service was writing a record: read again
+            if time.monotonic() > deadline:
+                raise
+            run = (None,)
         if run[-1] is not None or time.monotonic() > deadline:
             return run
         time.sleep(0.2)
