@@ -20,7 +20,7 @@ from .block_graphs import BlockGraphs
 from .dense_concat import chained_concat, dense_path
 from .efficient_block import efficient_dense_block, supports_efficient
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .freezing import FreezableBackbone, check_freezing, stage_of_parameter
 from .image_input import check_image_batch, use_channels_last
 from .random_masks import dropout_mask
 from .registry import register_backbone
@@ -223,7 +223,7 @@ def _checked_output_stride(units: list[int], growth_rate: int, theta: float, ini
     return output_stride
 
 
-class DenseNet(nn.Module):
+class DenseNet(FreezableBackbone):
     """DenseNet-BC backbone and classifier.
 
     Args:
@@ -340,13 +340,6 @@ class DenseNet(nn.Module):
         """0 for a stem parameter, ``i + 1`` for one of dense block ``i`` or the transition after it (norm5 with the
         last block); names relative to this backbone. Stage-wise learning-rate decay reads it."""
         return stage_of_parameter(self, self.stages(), param_name)
-
-    def train(self, mode: bool = True) -> "DenseNet":
-        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
-        super().train(mode)
-        if mode:
-            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
-        return self
 
     def _build_features(self, num_init_features: int, bn_size: int, drop_rate: float,
                         memory_efficient: bool) -> int:

@@ -30,7 +30,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .densenet import DenseBlock
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing
+from .freezing import FreezableBackbone, check_freezing
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
 from ..errors import CheckpointError
@@ -121,7 +121,7 @@ def _check(down: list[int], up: list[int], bottleneck: int, growth_rate: int, nu
         raise ValueError(f"drop_rate must be in [0, 1), got {drop_rate}")
 
 
-class FCDenseNet(nn.Module):
+class FCDenseNet(FreezableBackbone):
     """FC-DenseNet as a segdense backbone: the down path, the bottleneck and the up path.
 
     Args:
@@ -205,13 +205,6 @@ class FCDenseNet(nn.Module):
         """The first conv, then each down block with its transition down: the units ``frozen_stages`` counts."""
         return [[self.firstconv]] + [[getattr(self, f"denseblock_down{i}"), getattr(self, f"transition_down{i}")]
                                      for i in range(1, len(self.down_blocks) + 1)]
-
-    def train(self, mode: bool = True) -> "FCDenseNet":
-        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
-        super().train(mode)
-        if mode:
-            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
-        return self
 
     def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """The skips, the bottleneck's new channels and each up block's output, named as ``feature_info``."""

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..errors import CheckpointError
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing
+from .freezing import FreezableBackbone, check_freezing
 from .hardnet_block import HarDBlock
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
@@ -65,7 +65,7 @@ def upsample_concat(x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
     return torch.cat([up, skip], 1)
 
 
-class FCHarDNet(nn.Module):
+class FCHarDNet(FreezableBackbone):
     """FC-HarDNet-70 as a segdense backbone.
 
     Args:
@@ -132,13 +132,6 @@ class FCHarDNet(nn.Module):
         """The stem, then each down block with its 1x1 conv and pool: the units ``frozen_stages`` counts."""
         starts = [0] + self.block_indices + [len(self.base)]
         return [list(self.base[a:b]) for a, b in zip(starts[:-1], starts[1:])]
-
-    def train(self, mode: bool = True) -> "FCHarDNet":
-        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
-        super().train(mode)
-        if mode:
-            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
-        return self
 
     def forward_features(self, x: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
         """Each down block's output, then each up block's, named as ``feature_info``."""

@@ -23,6 +23,19 @@ def check_freezing(norm_eval: bool, frozen_stages: int, num_stages: int) -> None
             f"only the stem), got {frozen_stages!r}")
 
 
+class FreezableBackbone(nn.Module):
+    """A backbone whose ``train(mode)`` puts its ``norm_eval`` and ``frozen_stages`` state back each time (over its
+    ``stages()``: the stem's modules, then each stage's). A family without ``norm_eval`` keeps its BatchNorms as
+    ``train`` leaves them."""
+
+    def train(self, mode: bool = True) -> "FreezableBackbone":
+        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
+        super().train(mode)
+        if mode:
+            apply_freezing(self, self.stages(), getattr(self, "norm_eval", False), self.frozen_stages)
+        return self
+
+
 def apply_freezing(backbone: nn.Module, stages: Sequence[Sequence[nn.Module]], norm_eval: bool,
                    frozen_stages: int) -> None:
     """Put ``backbone`` in the state its options ask for; call after every ``train(mode)``. ``stages``: the stem's

@@ -37,7 +37,7 @@ from segdense.errors import CheckpointError, ConfigError
 
 from .atrous import moved_up_left, two_tap_padding
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .freezing import FreezableBackbone, check_freezing, stage_of_parameter
 from .hardnet_block import HarDBlock
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
@@ -137,7 +137,7 @@ def hardnet_block(in_channels: int, growth_rate: int, grmul: float, num_layers: 
     return HarDBlock(in_channels, growth_rate, grmul, num_layers, make, memory_efficient=memory_efficient)
 
 
-class HarDNet(nn.Module):
+class HarDNet(FreezableBackbone):
     """HarDNet with ``output_stride`` 32, 16, 8 or 4 by dilation.
 
     Args (see ``ARCHITECTURES`` for the published values):
@@ -238,13 +238,6 @@ class HarDNet(nn.Module):
         """The stage a parameter belongs to: 0 the stem, i + 1 block i (with its 1x1 conv and downsampling),
         ``num_stages + 1`` the classifier."""
         return stage_of_parameter(self, self.stages(), name, outside=self.num_stages + 1)
-
-    def train(self, mode: bool = True) -> "HarDNet":
-        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
-        super().train(mode)
-        if mode:
-            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
-        return self
 
     @property
     def min_input_size(self) -> int:

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from .atrous import half_pixel_centred, two_tap_padding
 from .dense_concat import chained_concat, dense_path
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .freezing import FreezableBackbone, check_freezing, stage_of_parameter
 from .image_input import check_image_batch
 from .random_masks import drop_path_mask
 from .rdnet_efficient import efficient_stage
@@ -175,7 +175,7 @@ class TransitionConv(nn.Conv2d):
         return super().forward(x)
 
 
-class RDNet(nn.Module):
+class RDNet(FreezableBackbone):
     """RDNet with ``output_stride`` 32, 16, 8 (or ``patch_size``) by dilation.
 
     Args (timm's names):
@@ -283,13 +283,6 @@ class RDNet(nn.Module):
         """The stage a parameter belongs to (by its name in this module): 0 the stem, i + 1 stage i (with the
         transition before it), ``num_stages + 1`` the classifier."""
         return stage_of_parameter(self, self.stages(), name, outside=self.num_stages + 1)
-
-    def train(self, mode: bool = True) -> "RDNet":
-        """``nn.Module.train``, then ``frozen_stages`` applied again."""
-        super().train(mode)
-        if mode:
-            apply_freezing(self, self.stages(), False, self.frozen_stages)
-        return self
 
     @property
     def min_input_size(self) -> int:

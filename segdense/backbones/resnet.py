@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 
 from .features import FeatureSpec
-from .freezing import apply_freezing, check_freezing, stage_of_parameter
+from .freezing import FreezableBackbone, check_freezing, stage_of_parameter
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
 from .weights import adapt_input_conv, download_weights, read_state_dict, state_dict_mismatch
@@ -31,7 +31,7 @@ RESNET_OUTPUT_STRIDES = (8, 16, 32)
 _DILATE = {32: [False, False, False], 16: [False, False, True], 8: [False, True, True]}
 
 
-class ResNet(nn.Module):
+class ResNet(FreezableBackbone):
     """A torchvision ResNet without its classifier, as a segdense backbone.
 
     Args:
@@ -102,13 +102,6 @@ class ResNet(nn.Module):
         """0 for a stem parameter, ``i`` for one of ``layer<i>``; names relative to this backbone. Stage-wise
         learning-rate decay reads it."""
         return stage_of_parameter(self, self.stages(), param_name)
-
-    def train(self, mode: bool = True) -> "ResNet":
-        """``nn.Module.train``, then ``norm_eval`` and ``frozen_stages`` applied again."""
-        super().train(mode)
-        if mode:
-            apply_freezing(self, self.stages(), self.norm_eval, self.frozen_stages)
-        return self
 
     @property
     def min_input_size(self) -> int:
