@@ -8,13 +8,11 @@ import os
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 from segdense.config.eval_job import evaluate_job
 from segdense.config.infer_job import infer_job
@@ -26,7 +24,7 @@ from infer_fixtures import tiny_checkpoint, write_image  # noqa: F401 (a fixture
 from test_eval import compose_eval
 from test_infer import compose_infer
 from torchrun_utils import kill_group
-from train_utils import free_port
+from train_utils import free_port, spawn_within
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,17 +79,6 @@ def worker(rank: int, port: int, checkpoint: str, root: str) -> None:
         cleanup_distributed()
 
 
-def spawn(fn, args) -> None:
-    """``fn(rank, *args)`` in ``WORLD`` fresh processes; fails (and kills them) after ``TIMEOUT_S``."""
-    context = mp.start_processes(fn, args=args, nprocs=WORLD, join=False, start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not context.join(timeout=1):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                process.kill()
-            pytest.fail(f"the {WORLD} processes did not finish within {TIMEOUT_S} s (a collective waiting?)")
-
-
 def make_folders(root: Path) -> None:
     rng = np.random.default_rng(0)
     (root / "in_seven").mkdir()
@@ -130,7 +117,7 @@ def runs(tiny_checkpoint, tmp_path_factory):  # noqa: F811
         run_all(checkpoint, root, "one")
     finally:
         torch.set_num_threads(threads)
-    spawn(worker, (free_port(), str(checkpoint), str(root)))
+    spawn_within(worker, (free_port(), str(checkpoint), str(root)), WORLD, TIMEOUT_S)
     return root
 
 
