@@ -3,7 +3,6 @@ import logging
 
 import numpy as np
 import pytest
-import torch
 
 from segdense.config.train_job import train
 from segdense.errors import ConfigError
@@ -11,7 +10,7 @@ from segdense.data.statistics import ClassStatistics, class_statistics
 from segdense.runtime import load_checkpoint
 from segdense.losses import build_criterion, build_loss, median_frequency_weights
 
-from test_losses import LOGITS, TARGET, logits_t, softmax_at, target_t, valid_pixels
+from test_losses import TARGET, logits_t, softmax_at, target_t, valid_pixels
 from train_utils import TINY, compose_config
 
 

@@ -5,7 +5,6 @@ import shlex
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tifffile
 from PIL import Image
 

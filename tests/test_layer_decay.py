@@ -3,7 +3,6 @@ rule, lr * decay ** (num_layers - id - 1) with num_layers = stages + 2, on every
 import re
 
 import pytest
-import torch
 import torch.nn as nn
 
 from segdense.backbones import build_backbone

@@ -1,9 +1,7 @@
 """Predictions of binary and multilabel models: the task's sigmoid and threshold make the labels, and the label
 files are a 0/1 palette PNG (binary) or a (H, W, C) TIFF or one PNG per class (multilabel)."""
 import numpy as np
-import pytest
 import tifffile
-import torch
 from PIL import Image
 
 from segdense.inference import Predictor

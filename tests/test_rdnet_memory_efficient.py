@@ -5,7 +5,6 @@ network: in float64 the same features, input gradient and parameter gradients in
 and at most half the bytes autograd keeps for backward."""
 import pytest
 import torch
-import torch.nn as nn
 
 from segdense.backbones import build_backbone
 from segdense.backbones.rdnet import LayerNorm2d

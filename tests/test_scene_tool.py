@@ -20,8 +20,8 @@ from segdense.inference import Predictor, load_bundle
 
 from infer_fixtures import tiny_checkpoint  # noqa: F401 (a fixture)
 from test_infer import compose_infer
-from test_sharded_tools import WORLD, spawn, varied_checkpoint
-from train_utils import free_port
+from test_sharded_tools import TIMEOUT_S, WORLD, varied_checkpoint
+from train_utils import free_port, spawn_within
 
 ROOT = Path(__file__).resolve().parents[1]
 SCENE = ["mode=scene", "crop_size=[48,48]", "stride=[32,32]", "batch_size=3", "progress=false", "device=cpu"]
@@ -154,8 +154,8 @@ def test_two_processes_share_the_bands_and_write_one_processs_files(checkpoint, 
                                                 "save_proba=true")))
     finally:
         torch.set_num_threads(threads)
-    spawn(sharded_worker, (free_port(), scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "two",
-                                                        "save_proba=true")))
+    spawn_within(sharded_worker, (free_port(), scene_overrides(checkpoint, tmp_path / "scene.tif", tmp_path / "two",
+                                                               "save_proba=true")), WORLD, TIMEOUT_S)
     for name in ("scene.tif", "scene_proba.tif"):
         assert (tmp_path / "two" / name).read_bytes() == (tmp_path / "one" / name).read_bytes()
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["scene.tif", "scene_proba.tif"]
