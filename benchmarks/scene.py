@@ -24,6 +24,8 @@ import numpy as np
 import tifffile
 import torch
 
+from segdense.tasks import class_argmax
+
 from .scene_memory import small_model, write_scene
 
 IMPLS = ("segdense", "monai")
@@ -90,8 +92,10 @@ def predict_segdense(case: SceneCase, scene: Path, output: Path) -> tuple[float,
 
 def predict_monai(case: SceneCase, scene: Path, output: Path) -> tuple[float, float]:
     """(resident MB once the model is ready, seconds to read ``scene`` whole, normalise it in place, run
-    ``sliding_window_inference``, take the labels a few rows at a time (no int64 copy of the scene) and write them as
-    segdense does (tiled 256^2, zlib))."""
+    ``sliding_window_inference``, take the labels a few rows at a time (no int64 copy of the scene) with segdense's
+    argmax (the same labels step on both sides: torch.argmax over the class dimension of (C, H, W) logits takes
+    several times as long, see :func:`segdense.tasks.class_argmax`) and write them as segdense does (tiled 256^2,
+    zlib, one compressing thread per torch thread))."""
     from monai.inferers import sliding_window_inference
 
     model = small_model().eval()
@@ -109,9 +113,10 @@ def predict_monai(case: SceneCase, scene: Path, output: Path) -> tuple[float, fl
         del inputs
         labels = np.empty(logits.shape[2:], np.uint8)
         for y in range(0, labels.shape[0], 1024):
-            labels[y:y + 1024] = logits[0, :, y:y + 1024].argmax(0).numpy()
+            labels[y:y + 1024] = class_argmax(logits[0, :, y:y + 1024], 0).numpy()
     del logits
-    tifffile.imwrite(output, labels, tile=(256, 256), compression="zlib", bigtiff=True)
+    tifffile.imwrite(output, labels, tile=(256, 256), compression="zlib", bigtiff=True,
+                     maxworkers=torch.get_num_threads())
     return ready, time.perf_counter() - start
 
 

@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from segdense.errors import CheckpointError, ConfigError, MissingFileError, ProcessGroupError
+from segdense.tasks import class_argmax
 
 Infer = Callable[[nn.Module, torch.Tensor], torch.Tensor]
 
@@ -189,7 +190,7 @@ def whole_logits(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 def argmax_labels(logits: torch.Tensor) -> torch.Tensor:
     """Class indices of (N, C, H, W) logits: the multiclass task's labels."""
-    return logits.argmax(1)
+    return class_argmax(logits, 1)
 
 
 @torch.inference_mode()

@@ -25,6 +25,25 @@ from .errors import ConfigError
 IGNORE_INDEX = 255
 
 
+def class_argmax(logits: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """``torch.argmax(logits, dim)``: the index (int64) of the largest value along ``dim``, the first of equal
+    maxima, NaN counted as the largest. On CPU, where the class dimension is not the innermost one (logits of shape
+    (N, C, H, W) or (C, H, W) in the contiguous layout), torch's reduction strides across memory and takes 4-15x
+    the time of a running maximum over the classes, one elementwise pass per class; that is what this computes,
+    and it hands pixels holding a NaN back to ``torch.argmax``."""
+    if logits.device.type != "cpu" or logits.stride(dim) == 1 or logits.shape[dim] > 32767 or logits.is_complex():
+        return logits.argmax(dim)
+    classes = logits.movedim(dim, 0)
+    best = classes[0]
+    index = torch.zeros(best.shape, dtype=torch.uint8 if classes.shape[0] <= 256 else torch.int16)
+    for k in range(1, classes.shape[0]):
+        index.masked_fill_(classes[k] > best, k)
+        best = torch.maximum(best, classes[k])
+    if best.dtype.is_floating_point and bool(best.isnan().any()):
+        return logits.argmax(dim)
+    return index.long()
+
+
 class Task(abc.ABC):
     """What differs between segmentation tasks. ``class_names`` are the dataset's classes (binary: background and
     foreground); ``threshold`` turns a sigmoid probability into a label (binary and multilabel)."""
@@ -128,7 +147,7 @@ class MulticlassTask(Task):
         return logits.softmax(1)
 
     def labels(self, logits):
-        return logits.argmax(1)
+        return class_argmax(logits, 1)
 
 
 class BinaryTask(Task):

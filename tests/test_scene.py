@@ -55,6 +55,26 @@ def test_streamed_prediction_equals_in_memory_slide_inference(blend, size, crop,
     assert len(np.unique(labels)) > 1
 
 
+@pytest.mark.parametrize("task,channels", [("binary", 1), ("multilabel", NUM_CLASSES)])
+def test_streamed_binary_and_multilabel_equal_in_memory_slide_inference(task, channels):
+    """The logits summed are the task's (binary: one), labels and probabilities are the task's: a binary scene is
+    no argmax over one channel (all zeros), a multilabel one has a 0/1 band per class."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 5, padding=2), nn.ReLU(), nn.Conv2d(8, channels, 5, padding=2))
+    names = ["background", "foreground"] if task == "binary" else [f"c{i}" for i in range(channels)]
+    predictor = Predictor.from_model(model, class_names=names, task={"name": task, "threshold": 0.45}, device="cpu",
+                                     mode="slide", crop_size=(40, 48), stride=(24, 30), blend="gaussian",
+                                     batch_size=3)
+    image = scene(110, 130)
+    bands = streamed(predictor, image, scene_grid(110, 130, (40, 48), (24, 30), "gaussian"))
+    labels = np.concatenate([labels for _, labels, _ in bands], axis=-2)
+    proba = np.concatenate([proba for _, _, proba in bands], axis=1)
+    expected = predictor.logits_batch([image])[0][None]
+    assert np.array_equal(labels, predictor.task.labels(expected)[0].numpy())
+    np.testing.assert_allclose(proba, predictor.task.activation(expected)[0].numpy(), rtol=0, atol=1e-5)
+    assert 0.05 < labels.mean() < 0.95
+
+
 def test_bands_computed_alone_equal_bands_computed_in_one_pass():
     predictor = Predictor.from_model(small_model(), device="cpu", batch_size=2)
     image, grid = scene(130, 70), scene_grid(130, 70, (40, 40), (12, 30), "gaussian")  # 4 rows of windows overlap
@@ -122,3 +142,29 @@ def test_tiff_in_large_compressed_segments_is_read_and_says_how_much_each_window
     assert windows.read_note in caplog.text
     with TiffWindows(tmp_path / "two_strips.tif") as windows:  # segments under the threshold: no warning
         assert windows.read_note is None
+
+
+@pytest.mark.parametrize("task,channels", [("binary", 1), ("multilabel", 3)])
+def test_scene_files_of_binary_and_multilabel_models_hold_the_task_s_labels_and_probabilities(tmp_path, task,
+                                                                                              channels):
+    """predict_scene writes binary labels 0/1 and one probability band; multilabel one 0/1 band per class (bands
+    last) and one probability band per class: what the predictor gives the whole image."""
+    from segdense.inference.scene_run import predict_scene
+
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Conv2d(3, channels, 3, padding=1))
+    names = ["background", "foreground"] if task == "binary" else ["a", "b", "c"]
+    predictor = Predictor.from_model(model, class_names=names, task={"name": task}, device="cpu")
+    image = scene(70, 90)
+    tifffile.imwrite(tmp_path / "scene.tif", image)
+    predict_scene(predictor, tmp_path / "scene.tif", tmp_path / "out.tif", (70, 90), None, "gaussian", "run",
+                  save_proba=True)
+    labels, proba = tifffile.imread(tmp_path / "out.tif"), tifffile.imread(tmp_path / "out_proba.tif")
+    expected_labels, expected_proba = predictor.predict(image), predictor.predict_proba(image)
+    if task == "binary":
+        expected_proba = expected_proba[0]
+    else:
+        expected_labels, expected_proba = np.moveaxis(expected_labels, 0, -1), np.moveaxis(expected_proba, 0, -1)
+    assert labels.shape == expected_labels.shape and np.array_equal(labels, expected_labels)
+    np.testing.assert_allclose(proba, expected_proba, rtol=0, atol=1e-5)
+    assert set(np.unique(labels)) == {0, 1}

@@ -142,6 +142,26 @@ class SegmentationTransform:
             mask_out = torch.from_numpy(np.ascontiguousarray(mask_out))
         return image_out.float(), mask_tensor(mask_out)
 
+    def lookup_table(self, dtype: np.dtype, bands: int) -> np.ndarray | None:
+        """The pipeline as a table (bands, values) of float32: ``table[b, v]`` is what it makes of value ``v`` in band
+        ``b`` of an unsigned 8- or 16-bit image, computed by running the pipeline once on an image that holds every
+        value. None for other dtypes, for images the pipeline refuses (their dtype or band count), and for pipelines
+        with a step that is not a fixed per-band map of each value (anything but ``Normalize`` in its ``standard``
+        mode and :class:`NormalizeBands`), where a pixel's result may depend on more than its own value."""
+        dtype = np.dtype(dtype)
+        steps = _flatten(self.pipeline.transforms)
+        pointwise = all(t.p == 1 and (isinstance(t, NormalizeBands) or (
+            isinstance(t, A.Normalize) and t.normalization == "standard")) for t in steps)
+        if dtype not in (np.uint8, np.uint16) or not pointwise:
+            return None
+        values = np.arange(np.iinfo(dtype).max + 1, dtype=dtype)
+        ramp = np.ascontiguousarray(np.repeat(values[:, None, None], bands, axis=2))  # (values, 1, bands)
+        try:
+            table, _ = self(ramp, np.zeros(ramp.shape[:2], np.uint8))
+        except ImageReadError:
+            return None
+        return np.ascontiguousarray(table[:, :, 0].numpy())
+
     @property
     def input_scaling(self) -> InputScaling | None:
         """What the pipeline's normalisation does to the file's values (:class:`InputScaling`; None when it

@@ -50,6 +50,7 @@ class Predictor:
         self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size,
                                  blend=blend)
         self._transform = None
+        self._tables: dict[tuple, np.ndarray | None] = {}  # window_batch's lookup tables by (dtype, bands)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
@@ -117,16 +118,22 @@ class Predictor:
         reader, ``bands`` and ``layout``; arrays in the file's own units, or 8-bit RGB for an 8-bit RGB model)."""
         return load_image(source, rgb_arrays=self.bundle.takes_8bit_rgb, **self.bundle.reading)
 
-    def preprocess(self, image: Any) -> tuple[np.ndarray, torch.Tensor]:
-        """(the image as read, normalised float tensor (C, h, w)) through the model's eval pipeline; one
-        :class:`ImageReadError` naming the image when the pipeline or the model cannot take it."""
-        array = self.read(image)
+    @property
+    def transform(self):
+        """The model's eval pipeline (:class:`segdense.data.transforms.SegmentationTransform`), built when first
+        used."""
         if self._transform is None:
             from segdense.data import build_transforms  # albumentations: imported when first used
 
             self._transform = build_transforms(self.bundle.eval_pipeline, in_channels=self.in_channels)
+        return self._transform
+
+    def preprocess(self, image: Any) -> tuple[np.ndarray, torch.Tensor]:
+        """(the image as read, normalised float tensor (C, h, w)) through the model's eval pipeline; one
+        :class:`ImageReadError` naming the image when the pipeline or the model cannot take it."""
+        array = self.read(image)
         try:
-            tensor, _ = self._transform(array, np.zeros(array.shape[:2], dtype=np.uint8))
+            tensor, _ = self.transform(array, np.zeros(array.shape[:2], dtype=np.uint8))
         except ImageReadError as exc:
             raise ImageReadError(image if isinstance(image, (str, os.PathLike)) else "image", exc.problem) from None
         return array, tensor
@@ -135,6 +142,30 @@ class Predictor:
     def in_channels(self) -> int:
         """The band count the model takes."""
         return input_channels(self.model)
+
+    def window_batch(self, windows: Sequence[np.ndarray]) -> torch.Tensor:
+        """Windows of one scene, all of one size (h, w, bands), as one normalised batch (B, C, h, w): each window's
+        :meth:`preprocess` tensor. An 8- or 16-bit scene under a per-value pipeline (the usual normalisation) is
+        mapped through the pipeline's lookup table (:meth:`SegmentationTransform.lookup_table`): the same numbers
+        without running the pipeline on every window. Windows the pipeline refuses go through it, which raises."""
+        arrays = [self.read(window) for window in windows]
+        first = arrays[0]
+        key = (first.dtype.str, first.shape[2])
+        if key not in self._tables:
+            self._tables[key] = self.transform.lookup_table(first.dtype, first.shape[2])
+        table = self._tables[key]
+        if table is None or len({a.shape for a in arrays}) > 1:
+            return torch.stack([self.preprocess(a)[1] for a in arrays])
+        batch = torch.empty((len(arrays), first.shape[2], *first.shape[:2]))
+        for array, item in zip(arrays, batch.numpy()):
+            for band in range(array.shape[2]):
+                np.take(table[band], array[..., band], out=item[band])
+        return batch
+
+    @torch.inference_mode()
+    def logits_of_batch(self, batch: torch.Tensor) -> torch.Tensor:
+        """Float32 logits (B, num_classes, h, w) on the CPU of a normalised batch (:meth:`window_batch`)."""
+        return self._forward(batch.to(self.device)).float().cpu()
 
     def logits_batch(self, images: Sequence[Any]) -> list[torch.Tensor]:
         """Float32 logits (num_classes, H, W) on the CPU for each image, at the image's own size."""

@@ -97,13 +97,14 @@ class _Carry:
 
 
 class _Band:
-    """The output of band ``k``: labels (h, W) and, with ``save_proba``, probabilities (C, h, W), filled a few
-    columns at a time."""
+    """The output of band ``k``: labels (h, W), multilabel (C, h, W), and, with ``save_proba``, probabilities
+    (channels, h, W), filled a few columns at a time."""
 
-    def __init__(self, k: int, num_classes: int, height: int, width: int, label_dtype, save_proba: bool):
+    def __init__(self, k: int, label_shape: tuple[int, ...], channels: int, width: int, label_dtype,
+                 save_proba: bool):
         self.k = k
-        self.labels = np.empty((height, width), label_dtype)
-        self.proba = np.empty((num_classes, height, width), np.float32) if save_proba else None
+        self.labels = np.empty((*label_shape, width), label_dtype)
+        self.proba = np.empty((channels, *label_shape[-1:], width), np.float32) if save_proba else None
 
 
 class StreamedSlide:
@@ -118,14 +119,15 @@ class StreamedSlide:
 
     def __init__(self, predictor: Predictor, grid: SceneGrid, save_proba: bool = False, progress: bool = False):
         self.predictor, self.grid, self.save_proba = predictor, grid, save_proba
-        self.progress = progress
+        self.progress, self.task = progress, predictor.task
+        self.channels = self.task.out_channels  # the logits summed: binary one, else one per class
         self.label_dtype = np.uint8 if predictor.num_classes <= 256 else np.uint16
 
     def bands(self, read: ReadWindow, indices: Iterable[int]) -> Iterator[tuple[int, np.ndarray, np.ndarray | None]]:
         indices = sorted(indices)
         bar = tqdm(total=len(indices) * len(self.grid.xs), unit="tile", desc="scene", dynamic_ncols=True,
                    disable=not (self.progress and sys.stderr.isatty()))
-        carry, next_row = _Carry(self.predictor.num_classes, self.grid.overlap_rows, self.grid.width), None
+        carry, next_row = _Carry(self.channels, self.grid.overlap_rows, self.grid.width), None
         with bar:
             for k in indices:
                 if next_row != k:  # the first band, or one after a gap: start from the rows of windows reaching in
@@ -133,8 +135,8 @@ class StreamedSlide:
                     for j in range(self.grid.first_row_reaching(k), k):
                         self._add_row(read, j, carry)
                 top, bottom = self.grid.band(k)
-                band = _Band(k, self.predictor.num_classes, bottom - top, self.grid.width, self.label_dtype,
-                             self.save_proba)
+                label_shape = (self.channels, bottom - top) if self.task.target_dims == 4 else (bottom - top,)
+                band = _Band(k, label_shape, self.channels, self.grid.width, self.label_dtype, self.save_proba)
                 self._add_row(read, k, carry, band, bar)
                 next_row = k + 1
                 yield k, band.labels, band.proba
@@ -147,16 +149,16 @@ class StreamedSlide:
         (ch, cw), (y, xs) = self.grid.crop, (self.grid.ys[j], self.grid.xs)
         below = y + ch - self.grid.band(j)[1]
         strip = _Strip(read, y, y + ch, self.grid.width)
-        sums, left = torch.zeros((self.predictor.num_classes, ch, 0)), 0  # columns [left, left + width) of the row
+        sums, left = torch.zeros((self.channels, ch, 0)), 0  # columns [left, left + width) of the row
         batch = self.predictor.batch_size
         for start in range(0, len(xs), batch):
             chunk = xs[start:start + batch]
             sums = self._widen(sums, left, chunk[-1] + cw, carry)
-            logits = self.predictor.logits_batch([strip.columns(x, x + cw) for x in chunk])
-            for x, item in zip(chunk, logits):
-                if tuple(item.shape[-2:]) != (ch, cw):
-                    raise ValueError(f"the model's eval pipeline resized a {ch}x{cw} window; scene prediction needs a "
-                                     "pipeline that keeps the size (normalisation only)")
+            windows = self.predictor.window_batch([strip.columns(x, x + cw) for x in chunk])
+            if tuple(windows.shape[-2:]) != (ch, cw):
+                raise ValueError(f"the model's eval pipeline resized a {ch}x{cw} window; scene prediction needs a "
+                                 "pipeline that keeps the size (normalisation only)")
+            for x, item in zip(chunk, self.predictor.logits_of_batch(windows)):
                 sums[:, :, x - left:x - left + cw] += item * self.grid.weight
             final = xs[start + batch] if start + batch < len(xs) else self.grid.width
             done, sums = sums[:, :, :final - left], sums[:, :, final - left:]
@@ -181,9 +183,9 @@ class StreamedSlide:
     def _finalise(self, band: _Band, sums: torch.Tensor, x0: int, x1: int) -> None:
         top, bottom = self.grid.band(band.k)
         logits = sums / (self.grid.row_sums[top:bottom, None] * self.grid.col_sums[None, x0:x1])
-        band.labels[:, x0:x1] = logits.argmax(0).numpy()
+        band.labels[..., x0:x1] = self.task.labels(logits[None])[0].numpy()
         if band.proba is not None:
-            band.proba[:, :, x0:x1] = logits.softmax(0).numpy()
+            band.proba[:, :, x0:x1] = self.task.activation(logits[None])[0].numpy()
 
 
 def scene_grid(height: int, width: int, crop: Sequence[int], stride: Sequence[int] | None, blend: str) -> SceneGrid:

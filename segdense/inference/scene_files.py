@@ -14,6 +14,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
+import torch
 
 from segdense.errors import UserError
 from segdense.version import __version__
@@ -47,20 +48,24 @@ def run_fingerprint(checkpoint: str | os.PathLike, scene: str | os.PathLike, opt
 
 
 class SceneOutput:
-    """``NAME.tif`` (class indices; a palette TIFF up to 256 classes) and with ``num_classes`` probabilities
-    ``NAME_proba.tif`` (float32, bands last), for a ``height`` x ``width`` scene. With ``georef`` (the input's CRS
-    and affine transform) both are Cloud-Optimized GeoTIFFs placed where the input lies."""
+    """``NAME.tif`` (class indices, a palette TIFF up to 256 classes; binary 0/1; multilabel one 0/1 band per class,
+    ``label_bands`` of them, bands last) and with ``save_proba`` the probabilities ``NAME_proba.tif`` (float32,
+    ``proba_bands`` bands last: one per class, binary one), for a ``height`` x ``width`` scene. With ``georef`` (the
+    input's CRS and affine transform) both are Cloud-Optimized GeoTIFFs placed where the input lies."""
 
     def __init__(self, path: str | os.PathLike, fingerprint: str, height: int, width: int, num_classes: int,
                  save_proba: bool, palette: Sequence[Sequence[int]] | None = None,
-                 georef: tuple[Any, Any] | None = None):
+                 georef: tuple[Any, Any] | None = None, label_bands: int = 1, proba_bands: int | None = None):
         self.path = Path(path)
         self.proba_path = self.path.with_name(self.path.stem + "_proba.tif")
         self.parts = self.path.with_name(f".{self.path.name}.parts")
         self.fingerprint, self.height, self.width = fingerprint, height, width
-        self.num_classes, self.save_proba, self.palette = num_classes, save_proba, palette
+        self.num_classes, self.save_proba = num_classes, save_proba
+        self.palette = palette if label_bands == 1 else None
+        self.label_bands, self.proba_bands = label_bands, proba_bands or num_classes
         self.label_dtype = np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
         self.georef = georef
+        self.workers = max(1, torch.get_num_threads())  # threads compressing the output's tiles
 
     def is_complete(self) -> bool:
         """Whether the output already holds this run's result (the other one: :class:`SceneOutputError`)."""
@@ -93,7 +98,7 @@ class SceneOutput:
     def needed_bytes(self) -> int:
         """The most the run writes: every band, then the TIFFs (uncompressed at worst) before the bands go, and
         for a Cloud-Optimized GeoTIFF its copy with overviews (a third more)."""
-        pixel = self.label_dtype.itemsize + (4 * self.num_classes if self.save_proba else 0)
+        pixel = self.label_dtype.itemsize * self.label_bands + (4 * self.proba_bands if self.save_proba else 0)
         copies = 2 if self.georef is None else 2 + 4 / 3
         return int(copies * self.height * self.width * pixel)
 
@@ -118,9 +123,11 @@ class SceneOutput:
         if self.palette is not None and self.label_dtype == np.uint8:
             colormap = np.zeros((3, 256), np.uint16)
             colormap[:, :len(self.palette)] = np.asarray(self.palette, np.uint16).T[:, :256] * 257
-        self._write(self.path, "labels", bands, (), self.label_dtype, colormap)
+        samples = (self.label_bands,) if self.label_bands > 1 else ()
+        self._write(self.path, "labels", bands, samples, self.label_dtype, colormap)
         if self.save_proba:
-            self._write(self.proba_path, "proba", bands, (self.num_classes,), np.dtype(np.float32), None)
+            self._write(self.proba_path, "proba", bands, (self.proba_bands,) if self.proba_bands > 1 else (),
+                        np.dtype(np.float32), None)
         shutil.rmtree(self.parts)
 
     def _write(self, path: Path, kind: str, bands, samples: tuple, dtype: np.dtype, colormap) -> None:
@@ -130,7 +137,7 @@ class SceneOutput:
             tifffile.imwrite(tmp, data=self._tiles(kind, bands), shape=(self.height, self.width, *samples),
                              dtype=dtype, tile=(TILE, TILE), compression="zlib", bigtiff=True,
                              photometric="palette" if colormap is not None else "minisblack", colormap=colormap,
-                             planarconfig="contig" if samples else None, metadata=None,
+                             planarconfig="contig" if samples else None, metadata=None, maxworkers=self.workers,
                              description=json.dumps({"segdense_scene": self.fingerprint, "kind": kind}))
             if self.georef is not None:
                 write_cog(tmp, cog, *self.georef, TILE, "NEAREST" if kind == "labels" else "AVERAGE")
@@ -148,13 +155,15 @@ class SceneOutput:
                       for k, (top, bottom) in enumerate(bands) if top < y1 and bottom > y0]
             for x0 in range(0, self.width, TILE):
                 x1 = min(self.width, x0 + TILE)
-                yield np.concatenate([_rows(band, max(y0, top) - top, min(y1, bottom) - top, x0, x1, kind)
+                yield np.concatenate([_rows(band, max(y0, top) - top, min(y1, bottom) - top, x0, x1)
                                       for top, bottom, band in pieces])
             del pieces
 
 
-def _rows(band: np.ndarray, r0: int, r1: int, x0: int, x1: int, kind: str) -> np.ndarray:
-    if kind == "proba":  # (C, h, W) -> (h, w, C)
+def _rows(band: np.ndarray, r0: int, r1: int, x0: int, x1: int) -> np.ndarray:
+    if band.ndim == 3 and band.shape[0] == 1:  # a binary task's probability: one band
+        return np.array(band[0, r0:r1, x0:x1])
+    if band.ndim == 3:  # probabilities, multilabel labels: (C, h, W) -> (h, w, C)
         return np.ascontiguousarray(np.moveaxis(band[:, r0:r1, x0:x1], 0, -1))
     return np.array(band[r0:r1, x0:x1])
 

@@ -54,8 +54,10 @@ def open_scene(path: str | os.PathLike, output: str | os.PathLike, predictor: Pr
                stride: Sequence[int] | None, blend: str, fingerprint: str, save_proba: bool = False) -> SceneJob:
     source = TiffWindows(path)
     grid = scene_grid(source.height, source.width, crop, stride, blend)
+    task = predictor.task
     sink = SceneOutput(output, fingerprint, source.height, source.width, predictor.num_classes, save_proba,
-                       predictor.palette, georeference(path))
+                       predictor.palette, georeference(path),
+                       label_bands=task.num_classes if task.target_dims == 4 else 1, proba_bands=task.out_channels)
     return SceneJob(source, grid, sink)
 
 

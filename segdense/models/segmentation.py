@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 
 from ..heads.common import resize_to
+from ..tasks import class_argmax
 
 
 class SegmentationModel(nn.Module):
@@ -45,7 +46,7 @@ class SegmentationModel(nn.Module):
         self.eval()
         try:
             with torch.inference_mode():
-                return self(x).argmax(1)
+                return class_argmax(self(x), 1)
         finally:
             self.train(was_training)
 
