@@ -36,9 +36,11 @@ import torch.nn.functional as F
 from segdense.errors import CheckpointError, ConfigError
 
 from .atrous import moved_up_left, two_tap_padding
+from .dense_concat import dense_path
 from .features import FeatureSpec
 from .freezing import FreezableBackbone, check_freezing, stage_of_parameter
 from .hardnet_block import HarDBlock
+from .hardnet_efficient import recomputed
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
 from .weights import adapt_input_conv, read_state_dict, state_dict_mismatch
@@ -153,7 +155,8 @@ class HarDNet(FreezableBackbone):
         channels_last: as :class:`~segdense.backbones.DenseNet` (``None``: channels-last on CPU inputs).
         norm_eval, frozen_stages: ``backbones.freezing`` (a stage is a block with its 1x1 conv and downsampling).
         memory_efficient: train the HarDBlocks keeping only each layer's output for backward, recomputing the
-            layers in backward (``hardnet_efficient``); the same values, the same parameters and checkpoints.
+            layers in backward, and the stem, transition and downsampling modules keeping only their inputs
+            (``hardnet_efficient``); the same values, the same parameters and checkpoints.
     """
 
     def __init__(
@@ -254,7 +257,7 @@ class HarDNet(FreezableBackbone):
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         last = max(self._feature_after)
         for i, module in enumerate(self.base[:last + 1]):
-            x = module(x)
+            x = self._run(module, x)
             if i in self._feature_after:
                 name, lag = self._feature_after[i]
                 out[name] = moved_up_left(x, lag)
@@ -267,8 +270,20 @@ class HarDNet(FreezableBackbone):
             return next(reversed(self.forward_features(x).values()))
         check_image_batch(x, self.in_channels, self.min_input_size, f"at output_stride={self.output_stride}")
         for module in self.base:
-            x = module(x)
+            x = self._run(module, x)
         return x
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)``; in memory-efficient training a stem, transition or downsampling module is recomputed in
+        backward (``hardnet_efficient.recomputed``), keeping only its input."""
+        if isinstance(module, _RECOMPUTED) and dense_path(self.memory_efficient, self.training) == "buffer":
+            return recomputed(module, x)
+        return module(x)
+
+
+# The modules between the HarDBlocks that memory-efficient training recomputes (not the dropout, whose mask a
+# recomputation would draw anew, nor the classifier).
+_RECOMPUTED = (ConvLayer, DWConvLayer, MaxPool2x2, nn.MaxPool2d)
 
 
 def _checked_spec(widths, growth_rates, num_layers, downsample):
