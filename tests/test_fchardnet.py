@@ -1,5 +1,6 @@
 """FC-HarDNet-70: the authors' module tree, parameter count and logits (golden file made from their code by
 tests/make_fchardnet_golden.py), their training checkpoints and ImageNet encoder through tools/convert.py."""
+import argparse
 from collections import OrderedDict
 from pathlib import Path
 
@@ -117,12 +118,44 @@ def test_the_converted_eval_pipeline_is_their_normalisation(converted):
     assert pipeline == [{"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
 
 
-def test_a_numpy_best_iou_is_named_and_the_file_refused(tmp_path, authors_state):
+def _as_numpy1_wrote_it(path):
+    """A legacy-format file (as their 2019 torch wrote it) whose NumPy scalars name NumPy 1's module, as theirs do."""
+    data = path.read_bytes()
+    assert data.count(b"cnumpy._core.multiarray\nscalar\n") == 1  # protocol 2: GLOBAL, a text module and name
+    path.write_bytes(data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+
+
+@pytest.mark.parametrize("numpy1", [False, True])
+def test_a_numpy_best_iou_converts_and_is_reported(tmp_path, authors_state, capsys, numpy1):
+    torch.save(training_checkpoint(authors_state, best_iou=np.float64(0.777)), tmp_path / "model.pkl",
+               _use_new_zipfile_serialization=not numpy1)
+    if numpy1:
+        _as_numpy1_wrote_it(tmp_path / "model.pkl")
+    imported = convert(tmp_path / "model.pkl", tmp_path / "out.pt")
+    assert imported.layout == "fchardnet-ptsemseg"
+    assert "the file's training record: epoch 90000, best_iou 0.777" in capsys.readouterr().out
+    converted = torch.load(tmp_path / "out.pt", weights_only=True)  # plain values only: no NumPy allowlist needed
+    assert converted["converted_from"]["notes"][-1] == "the file's training record: epoch 90000, best_iou 0.777"
+    assert torch.equal(converted["model"]["head.classifier.weight"], authors_state["finalConv.weight"].float())
+
+
+def test_numpy_scalars_are_allowed_for_the_read_alone(tmp_path, authors_state):
     torch.save(training_checkpoint(authors_state, best_iou=np.float64(0.777)), tmp_path / "model.pkl")
+    convert(tmp_path / "model.pkl", tmp_path / "out.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):  # torch's own allowlist is left as it was
+        torch.load(tmp_path / "model.pkl", weights_only=True)
+
+
+@pytest.mark.parametrize("unsafe", [np.array([0.7, 0.8]), argparse.Namespace(lr=0.02), Path("runs/best")],
+                         ids=["numpy array", "argparse args", "a Path"])
+def test_anything_else_unsafe_beside_a_numpy_scalar_is_refused_in_one_line(tmp_path, authors_state, unsafe):
+    checkpoint = {**training_checkpoint(authors_state, best_iou=np.float64(0.777)), "extra": unsafe}
+    torch.save(checkpoint, tmp_path / "model.pkl")
     with pytest.raises(CheckpointError) as error:
         convert(tmp_path / "model.pkl", tmp_path / "out.pt")
-    assert "best_iou" in str(error.value) and "numpy" in str(error.value)
-    assert "trust" not in str(error.value) and not (tmp_path / "out.pt").exists()
+    message = str(error.value)
+    assert "\n" not in message and "extra" in message and "scalar" not in message
+    assert "weights_only=True only" in message and "trust" not in message and not (tmp_path / "out.pt").exists()
 
 
 def test_their_imagenet_encoder_becomes_the_encoder_of_fchardnet70(tmp_path, authors_state):
