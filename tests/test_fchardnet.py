@@ -1,6 +1,8 @@
 """FC-HarDNet-70: the authors' module tree, parameter count and logits (golden file made from their code by
 tests/make_fchardnet_golden.py), their training checkpoints and ImageNet encoder through tools/convert.py."""
 import argparse
+import hashlib
+import io
 from collections import OrderedDict
 from pathlib import Path
 
@@ -9,13 +11,15 @@ import pytest
 import torch
 
 import segdense
-from segdense.backbones import build_backbone
+from segdense.backbones import build_backbone, fchardnet
+from segdense.backbones.weights import git_blob_id
 from segdense.errors import CheckpointError
 from segdense.importers.fchardnet_ptsemseg import authors_to_segdense
 from segdense.models.builder import build_model
 
 from make_hardnet_golden import seeded_state
 from test_convert import convert
+from test_rdnet_imagenet import cache_dir, hub  # noqa: F401 (the loopback server fixture)
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "fchardnet.pt"
 HEAD = {"name": "tiramisu", "align_corners": True}
@@ -171,6 +175,54 @@ def test_their_imagenet_encoder_becomes_the_encoder_of_fchardnet70(tmp_path, aut
         ours, expected = net.forward_features(x), theirs.forward_features(x.flip(1))
     for name in ("down1", "down3", "down5"):
         assert rel_error(ours[name], expected[name]) <= 1e-6
+
+
+def _petite(authors_state):
+    """Their hardnet_petite_base.pth as their repository holds it: their base's state_dict, an OrderedDict saved
+    by their 2019 torch (the legacy format); and its git blob id."""
+    buffer = io.BytesIO()
+    torch.save(OrderedDict((k[len("base."):], v.float()) for k, v in authors_state.items() if k.startswith("base.")),
+               buffer, _use_new_zipfile_serialization=False)
+    body = buffer.getvalue()
+    return body, hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
+
+
+def test_imagenet_downloads_their_encoder_checks_its_git_blob_and_loads_it_as_converted(
+        hub, monkeypatch, tmp_path, authors_state):
+    body, blob = _petite(authors_state)
+    hub.routes["/PingoLH/FCHarDNet/weights/hardnet_petite_base.pth"] = (200, {}, body)
+    monkeypatch.setattr(fchardnet, "PETITE_URL", f"{hub.base}/PingoLH/FCHarDNet/weights/hardnet_petite_base.pth")
+    monkeypatch.setattr(fchardnet, "PETITE_GIT_BLOB", blob)
+    downloaded = build_backbone("fchardnet70", pretrained="imagenet")
+    (tmp_path / "hardnet_petite_base.pth").write_bytes(body)
+    convert(tmp_path / "hardnet_petite_base.pth", tmp_path / "petite.pt")
+    converted = build_backbone("fchardnet70", pretrained=str(tmp_path / "petite.pt"))
+    ours, theirs = downloaded.state_dict(), converted.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k.startswith("base."))
+    assert torch.equal(ours["base.0.conv.weight"], authors_state["base.0.conv.weight"].float().flip(1))  # RGB
+    assert [p.name for p in cache_dir(tmp_path).iterdir()] == ["hardnet_petite_base.pth"]
+
+
+def test_a_petite_download_that_is_not_their_blob_is_refused_in_one_line(hub, monkeypatch, tmp_path, authors_state):
+    hub.routes["/petite.pth"] = (200, {}, b"a truncated or altered download")
+    monkeypatch.setattr(fchardnet, "PETITE_URL", f"{hub.base}/petite.pth")
+    with pytest.raises(CheckpointError) as error:
+        build_backbone("fchardnet70", pretrained="imagenet")
+    message = str(error.value)
+    assert "\n" not in message and f"but the repository holds {fchardnet.PETITE_GIT_BLOB}" in message
+    assert "not kept" in message and list(cache_dir(tmp_path).iterdir()) == []
+
+
+def test_git_blob_ids_are_gits(tmp_path):
+    for body, blob in [(b"", "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"),
+                       (b"hello\n", "ce013625030ba8dba906f756967f9e9ca394464a")]:  # git hash-object's
+        (tmp_path / "f").write_bytes(body)
+        assert git_blob_id(tmp_path / "f") == blob
+
+
+def test_the_petite_url_is_their_repository_file():
+    assert fchardnet.PETITE_URL.startswith("https://raw.githubusercontent.com/PingoLH/FCHarDNet/")
+    assert fchardnet.PETITE_URL.endswith("/weights/hardnet_petite_base.pth")
 
 
 def test_a_pretrained_file_of_another_shape_names_the_key(tmp_path):
