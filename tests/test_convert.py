@@ -162,9 +162,17 @@ def test_the_authors_layout_with_plain_meta_reads_with_weights_only():
     assert read_weights_file(AUTHORS)["meta"]["CLASSES"][0] == "wall"
 
 
-def test_a_meta_entry_that_needs_weights_only_false_is_named_and_the_file_refused(tmp_path):
+def test_a_numpy_scalar_in_meta_converts(tmp_path):
     checkpoint = torch.load(AUTHORS, weights_only=True)
     checkpoint["meta"]["seed"] = np.int64(7)  # as mmseg 0.x's single-GPU runs stored it
+    checkpoint["state_dict"] = OrderedDict(checkpoint["state_dict"])  # as mmcv saved it
+    torch.save(checkpoint, tmp_path / "numpy_meta.pth")
+    assert convert(tmp_path / "numpy_meta.pth", tmp_path / "out.pt").layout == "rdnet-mmseg"
+
+
+def test_a_meta_entry_that_needs_weights_only_false_is_named_and_the_file_refused(tmp_path):
+    checkpoint = torch.load(AUTHORS, weights_only=True)
+    checkpoint["meta"]["seed"] = np.array([7])  # an array: only NumPy scalars are read
     checkpoint["state_dict"] = OrderedDict(checkpoint["state_dict"])  # as mmcv saved it
     torch.save(checkpoint, tmp_path / "numpy_meta.pth")
     with pytest.raises(CheckpointError) as error:

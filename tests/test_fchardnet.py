@@ -1,5 +1,8 @@
 """FC-HarDNet-70: the authors' module tree, parameter count and logits (golden file made from their code by
 tests/make_fchardnet_golden.py), their training checkpoints and ImageNet encoder through tools/convert.py."""
+import argparse
+import hashlib
+import io
 from collections import OrderedDict
 from pathlib import Path
 
@@ -8,13 +11,15 @@ import pytest
 import torch
 
 import segdense
-from segdense.backbones import build_backbone
+from segdense.backbones import build_backbone, fchardnet
+from segdense.backbones.weights import git_blob_id
 from segdense.errors import CheckpointError
 from segdense.importers.fchardnet_ptsemseg import authors_to_segdense
 from segdense.models.builder import build_model
 
 from make_hardnet_golden import seeded_state
 from test_convert import convert
+from test_rdnet_imagenet import cache_dir, hub  # noqa: F401 (the loopback server fixture)
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "fchardnet.pt"
 HEAD = {"name": "tiramisu", "align_corners": True}
@@ -117,12 +122,44 @@ def test_the_converted_eval_pipeline_is_their_normalisation(converted):
     assert pipeline == [{"type": "Normalize", "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}]
 
 
-def test_a_numpy_best_iou_is_named_and_the_file_refused(tmp_path, authors_state):
+def _as_numpy1_wrote_it(path):
+    """A legacy-format file (as their 2019 torch wrote it) whose NumPy scalars name NumPy 1's module, as theirs do."""
+    data = path.read_bytes()
+    assert data.count(b"cnumpy._core.multiarray\nscalar\n") == 1  # protocol 2: GLOBAL, a text module and name
+    path.write_bytes(data.replace(b"cnumpy._core.multiarray\n", b"cnumpy.core.multiarray\n"))
+
+
+@pytest.mark.parametrize("numpy1", [False, True])
+def test_a_numpy_best_iou_converts_and_is_reported(tmp_path, authors_state, capsys, numpy1):
+    torch.save(training_checkpoint(authors_state, best_iou=np.float64(0.777)), tmp_path / "model.pkl",
+               _use_new_zipfile_serialization=not numpy1)
+    if numpy1:
+        _as_numpy1_wrote_it(tmp_path / "model.pkl")
+    imported = convert(tmp_path / "model.pkl", tmp_path / "out.pt")
+    assert imported.layout == "fchardnet-ptsemseg"
+    assert "the file's training record: epoch 90000, best_iou 0.777" in capsys.readouterr().out
+    converted = torch.load(tmp_path / "out.pt", weights_only=True)  # plain values only: no NumPy allowlist needed
+    assert converted["converted_from"]["notes"][-1] == "the file's training record: epoch 90000, best_iou 0.777"
+    assert torch.equal(converted["model"]["head.classifier.weight"], authors_state["finalConv.weight"].float())
+
+
+def test_numpy_scalars_are_allowed_for_the_read_alone(tmp_path, authors_state):
     torch.save(training_checkpoint(authors_state, best_iou=np.float64(0.777)), tmp_path / "model.pkl")
+    convert(tmp_path / "model.pkl", tmp_path / "out.pt")
+    with pytest.raises(Exception, match="Weights only load failed"):  # torch's own allowlist is left as it was
+        torch.load(tmp_path / "model.pkl", weights_only=True)
+
+
+@pytest.mark.parametrize("unsafe", [np.array([0.7, 0.8]), argparse.Namespace(lr=0.02), Path("runs/best")],
+                         ids=["numpy array", "argparse args", "a Path"])
+def test_anything_else_unsafe_beside_a_numpy_scalar_is_refused_in_one_line(tmp_path, authors_state, unsafe):
+    checkpoint = {**training_checkpoint(authors_state, best_iou=np.float64(0.777)), "extra": unsafe}
+    torch.save(checkpoint, tmp_path / "model.pkl")
     with pytest.raises(CheckpointError) as error:
         convert(tmp_path / "model.pkl", tmp_path / "out.pt")
-    assert "best_iou" in str(error.value) and "numpy" in str(error.value)
-    assert "trust" not in str(error.value) and not (tmp_path / "out.pt").exists()
+    message = str(error.value)
+    assert "\n" not in message and "extra" in message and "scalar" not in message
+    assert "weights_only=True only" in message and "trust" not in message and not (tmp_path / "out.pt").exists()
 
 
 def test_their_imagenet_encoder_becomes_the_encoder_of_fchardnet70(tmp_path, authors_state):
@@ -138,6 +175,54 @@ def test_their_imagenet_encoder_becomes_the_encoder_of_fchardnet70(tmp_path, aut
         ours, expected = net.forward_features(x), theirs.forward_features(x.flip(1))
     for name in ("down1", "down3", "down5"):
         assert rel_error(ours[name], expected[name]) <= 1e-6
+
+
+def _petite(authors_state):
+    """Their hardnet_petite_base.pth as their repository holds it: their base's state_dict, an OrderedDict saved
+    by their 2019 torch (the legacy format); and its git blob id."""
+    buffer = io.BytesIO()
+    torch.save(OrderedDict((k[len("base."):], v.float()) for k, v in authors_state.items() if k.startswith("base.")),
+               buffer, _use_new_zipfile_serialization=False)
+    body = buffer.getvalue()
+    return body, hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
+
+
+def test_imagenet_downloads_their_encoder_checks_its_git_blob_and_loads_it_as_converted(
+        hub, monkeypatch, tmp_path, authors_state):
+    body, blob = _petite(authors_state)
+    hub.routes["/PingoLH/FCHarDNet/weights/hardnet_petite_base.pth"] = (200, {}, body)
+    monkeypatch.setattr(fchardnet, "PETITE_URL", f"{hub.base}/PingoLH/FCHarDNet/weights/hardnet_petite_base.pth")
+    monkeypatch.setattr(fchardnet, "PETITE_GIT_BLOB", blob)
+    downloaded = build_backbone("fchardnet70", pretrained="imagenet")
+    (tmp_path / "hardnet_petite_base.pth").write_bytes(body)
+    convert(tmp_path / "hardnet_petite_base.pth", tmp_path / "petite.pt")
+    converted = build_backbone("fchardnet70", pretrained=str(tmp_path / "petite.pt"))
+    ours, theirs = downloaded.state_dict(), converted.state_dict()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours if k.startswith("base."))
+    assert torch.equal(ours["base.0.conv.weight"], authors_state["base.0.conv.weight"].float().flip(1))  # RGB
+    assert [p.name for p in cache_dir(tmp_path).iterdir()] == ["hardnet_petite_base.pth"]
+
+
+def test_a_petite_download_that_is_not_their_blob_is_refused_in_one_line(hub, monkeypatch, tmp_path, authors_state):
+    hub.routes["/petite.pth"] = (200, {}, b"a truncated or altered download")
+    monkeypatch.setattr(fchardnet, "PETITE_URL", f"{hub.base}/petite.pth")
+    with pytest.raises(CheckpointError) as error:
+        build_backbone("fchardnet70", pretrained="imagenet")
+    message = str(error.value)
+    assert "\n" not in message and f"but the repository holds {fchardnet.PETITE_GIT_BLOB}" in message
+    assert "not kept" in message and list(cache_dir(tmp_path).iterdir()) == []
+
+
+def test_git_blob_ids_are_gits(tmp_path):
+    for body, blob in [(b"", "e69de29bb2d1d6434b8b29ae775ad8c2e48c5391"),
+                       (b"hello\n", "ce013625030ba8dba906f756967f9e9ca394464a")]:  # git hash-object's
+        (tmp_path / "f").write_bytes(body)
+        assert git_blob_id(tmp_path / "f") == blob
+
+
+def test_the_petite_url_is_their_repository_file():
+    assert fchardnet.PETITE_URL.startswith("https://raw.githubusercontent.com/PingoLH/FCHarDNet/")
+    assert fchardnet.PETITE_URL.endswith("/weights/hardnet_petite_base.pth")
 
 
 def test_a_pretrained_file_of_another_shape_names_the_key(tmp_path):

@@ -1,6 +1,9 @@
 """HarDNet backbones: the authors' module tree, parameter counts and outputs (golden file made from their code by
-tests/make_hardnet_golden.py), their ImageNet files loading strictly, output strides by dilation with the maps
+tests/make_hardnet_golden.py), their ImageNet files loading strictly (downloaded by name from a loopback server, hash-checked), output strides by dilation with the maps
 lined up with the strided ones, freezing and stage_of."""
+import hashlib
+import io
+from collections import OrderedDict
 from pathlib import Path
 
 import pytest
@@ -8,10 +11,12 @@ import torch
 import torch.nn.functional as F
 
 from segdense.backbones import build_backbone
+from segdense.backbones.hardnet import AUTHORS_URLS, load_hardnet_pretrained
 from segdense.backbones.hardnet_block import harmonic_links, layer_width
 from segdense.errors import CheckpointError, ConfigError
 
 from make_hardnet_golden import NETS, seeded_state
+from test_rdnet_imagenet import cache_dir, hub  # noqa: F401 (the loopback server fixture)
 
 GOLDEN = Path(__file__).parent / "data" / "golden" / "hardnet.pt"
 PARAMETERS = {"hardnet39ds": 3_488_228, "hardnet68ds": 4_180_602, "hardnet68": 17_565_348, "hardnet85": 36_670_212}
@@ -84,9 +89,47 @@ def test_other_architectures_file_names_the_keys(tmp_path):
         build_backbone("hardnet39ds", pretrained=str(path))
 
 
-def test_imagenet_names_the_authors_file_to_download():
-    with pytest.raises(ConfigError, match=r"hardnet68-5d684880\.pth and pass pretrained="):
+def _publish(hub, monkeypatch, name, body, digest=None):
+    """``body`` served as the authors' file of ``name``, its URL named with ``digest``'s (default: the body's SHA256)
+    first 8 hex digits as theirs are (``hardnet68-5d684880.pth``)."""
+    file = f"{name}-{(digest or hashlib.sha256(body).hexdigest())[:8]}.pth"
+    hub.routes[f"/hardnet/{file}"] = (200, {}, body)
+    monkeypatch.setitem(AUTHORS_URLS, name, f"{hub.base}/hardnet/{file}")
+    return file
+
+
+def test_imagenet_downloads_the_authors_file_checks_its_name_hash_and_loads_it(hub, monkeypatch, tmp_path):
+    state = seeded_state(build_backbone("hardnet39ds", num_classes=1000).state_dict())
+    buffer = io.BytesIO()  # their files predate torch's zip format
+    torch.save(OrderedDict((k, v.float()) for k, v in state.items()), buffer, _use_new_zipfile_serialization=False)
+    file = _publish(hub, monkeypatch, "hardnet39ds", buffer.getvalue())
+    model = build_backbone("hardnet39ds", pretrained="imagenet", num_classes=1000)
+    assert all(torch.equal(v, state[k].float()) for k, v in model.state_dict().items() if v.is_floating_point())
+    assert [p.name for p in cache_dir(tmp_path).iterdir()] == [file]  # torch.hub's own name: one cache for both
+    hub.routes.clear()  # the second time the cached copy is used: no request
+    again = build_backbone("hardnet39ds", pretrained="imagenet")
+    assert len(hub.requests) == 1 and torch.equal(again.base[0].conv.weight, state["base.0.conv.weight"].float())
+
+
+def test_a_download_that_does_not_match_the_hash_in_its_name_is_refused_in_one_line(hub, monkeypatch, tmp_path):
+    expected = hashlib.sha256(b"the authors' file").hexdigest()
+    _publish(hub, monkeypatch, "hardnet68", b"a truncated or altered download", digest=expected)
+    with pytest.raises(CheckpointError) as error:
         build_backbone("hardnet68", pretrained="imagenet")
+    message = str(error.value)
+    assert "\n" not in message and f"but its name says {expected[:8]}" in message and "not kept" in message
+    assert list(cache_dir(tmp_path).iterdir()) == []
+
+
+def test_imagenet_downloads_from_the_authors_urls():
+    assert AUTHORS_URLS == {name: f"https://ping-chao.com/hardnet/{name}-{digest}.pth" for name, digest in [
+        ("hardnet39ds", "0e6c6fa9"), ("hardnet68ds", "632474d2"), ("hardnet68", "5d684880"),
+        ("hardnet85", "a28faa00")]}
+
+
+def test_imagenet_for_a_custom_hardnet_is_refused_with_the_named_variants():
+    with pytest.raises(ConfigError, match="pretrained='imagenet' needs a named HarDNet: hardnet39ds, hardnet68ds"):
+        load_hardnet_pretrained(build_backbone("hardnet39ds", **SMALL), "imagenet")
 
 
 def test_invalid_output_stride_lists_the_valid_ones():

@@ -101,12 +101,15 @@ def test_block_input_gradient_reaches_stem():
     assert eff.features.conv0.weight.grad.abs().sum() > 0
 
 
-def _saved_bytes(net, x) -> int:
-    """Bytes of distinct storages autograd keeps for backward after a forward pass."""
+def _saved_bytes(net, x, parameters: bool = True) -> int:
+    """Bytes of distinct storages autograd keeps for backward after a forward pass (without ``parameters``, not
+    counting the net's parameters, which autograd refers to without copying: the activations alone)."""
     storages = {}
+    skipped = set() if parameters else {p.untyped_storage().data_ptr() for p in net.parameters()}
 
     def pack(t):
-        storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        if t.untyped_storage().data_ptr() not in skipped:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):

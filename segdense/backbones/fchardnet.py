@@ -32,15 +32,20 @@ from .freezing import FreezableBackbone, check_freezing
 from .hardnet_block import HarDBlock
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
-from .weights import adapt_input_conv, read_state_dict, state_dict_mismatch
+from .weights import adapt_input_conv, download_weights, read_state_dict, state_dict_mismatch
 
-__all__ = ["FCHarDNet", "fchardnet70"]
+__all__ = ["FCHarDNet", "fchardnet70", "petite_encoder_weights", "rgb_first_conv"]
 
 STEM_CHANNELS = (16, 24, 32, 48)
 TRANSITION_CHANNELS = (64, 96, 160, 224, 320)
 GROWTH_RATES = (10, 16, 18, 24, 32)
 NUM_LAYERS = (4, 4, 8, 8, 8)
 GRMUL = 1.7
+# The authors' ImageNet encoder, as their repository holds it (the last commit that changed it), and its git blob id:
+# ``pretrained="imagenet"`` downloads it and checks it against that id.
+PETITE_URL = ("https://raw.githubusercontent.com/PingoLH/FCHarDNet/c285029b1c07a8ebecaae6b0a858063f4546f43b/"
+              "weights/hardnet_petite_base.pth")
+PETITE_GIT_BLOB = "59ad749fde704f83988acd0a32b849e20778b9bf"
 
 
 class ConvLayer(nn.Sequential):
@@ -154,10 +159,28 @@ class FCHarDNet(FreezableBackbone):
         return self.forward_features(x)[f"up{len(self.denseBlocksUp)}"]
 
 
+def rgb_first_conv(weights: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+    """``weights`` with the conv ``key``'s input channels reversed: the authors' model reads BGR images, segdense's
+    RGB ones."""
+    return {**weights, key: weights[key].flip(1)} if key in weights else weights
+
+
+def petite_encoder_weights(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The authors' ``hardnet_petite_base.pth`` (their ``base``'s state_dict: ``0.conv.weight``...) as
+    ``fchardnet70``'s encoder weights (``base.*``), the first conv reading RGB."""
+    return rgb_first_conv({f"base.{k}": v for k, v in state.items()}, "base.0.conv.weight")
+
+
 def load_fchardnet_pretrained(model: FCHarDNet, path: str | Path) -> None:
     """Loads a file of the whole backbone, or of its encoder only (keys ``base.*``: the authors'
-    ``hardnet_petite_base.pth`` after ``tools/convert.py``), strictly over the keys it covers."""
-    state, own = read_state_dict(Path(path)), model.state_dict()
+    ``hardnet_petite_base.pth`` after ``tools/convert.py``), strictly over the keys it covers; ``"imagenet"``
+    downloads the authors' file and loads it as its conversion would."""
+    if str(path) == "imagenet":
+        path = download_weights(PETITE_URL, "fchardnet70", git_blob=PETITE_GIT_BLOB)
+        state = petite_encoder_weights(read_state_dict(path))
+    else:
+        state = read_state_dict(Path(path))
+    own = model.state_dict()
     stem = "base.0.conv.weight"
     if stem in state and state[stem].shape[1] != own[stem].shape[1]:  # e.g. an RGB file for 4-band data
         state[stem] = adapt_input_conv(state[stem], own[stem].shape[1])
@@ -172,7 +195,8 @@ def load_fchardnet_pretrained(model: FCHarDNet, path: str | Path) -> None:
 @register_backbone(kwargs_to=FCHarDNet)
 def fchardnet70(pretrained: str | None = None, **kwargs) -> FCHarDNet:
     """FC-HarDNet-70 (use with ``head=fchardnet``). ``pretrained``: a converted file of the whole backbone or of its
-    encoder (the authors' ImageNet ``hardnet_petite_base.pth``). Other keyword arguments are :class:`FCHarDNet`'s."""
+    encoder (the authors' ImageNet ``hardnet_petite_base.pth``), or ``"imagenet"`` to download that encoder. Other
+    keyword arguments are :class:`FCHarDNet`'s."""
     model = FCHarDNet(**kwargs)
     if pretrained:
         load_fchardnet_pretrained(model, pretrained)

@@ -36,15 +36,17 @@ import torch.nn.functional as F
 from segdense.errors import CheckpointError, ConfigError
 
 from .atrous import moved_up_left, two_tap_padding
+from .dense_concat import dense_path
 from .features import FeatureSpec
 from .freezing import FreezableBackbone, check_freezing, stage_of_parameter
 from .hardnet_block import HarDBlock
+from .hardnet_efficient import recomputed
 from .image_input import check_image_batch, use_channels_last
 from .registry import register_backbone
-from .weights import adapt_input_conv, read_state_dict, state_dict_mismatch
+from .weights import adapt_input_conv, download_weights, read_state_dict, state_dict_mismatch
 
 __all__ = ["HarDNet", "ARCHITECTURES", "hardnet39ds", "hardnet68ds", "hardnet68", "hardnet85",
-           "load_hardnet_pretrained"]
+           "download_hardnet_imagenet", "load_hardnet_pretrained"]
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +65,8 @@ ARCHITECTURES = {
                       growth_rates=(24, 24, 28, 36, 48, 256), num_layers=(8, 16, 16, 16, 16, 4),
                       downsample=(1, 0, 1, 0, 1, 0), depthwise=False, drop_rate=0.2, last_block_dropout=0.1),
 }
-# Where the authors publish the ImageNet files (their hardnet.py); segdense does not download them.
+# Where the authors publish the ImageNet files (their hardnet.py): ``pretrained="imagenet"`` downloads them, each
+# checked against the SHA256 prefix in its name as torch.hub does.
 AUTHORS_URLS = {
     "hardnet39ds": "https://ping-chao.com/hardnet/hardnet39ds-0e6c6fa9.pth",
     "hardnet68ds": "https://ping-chao.com/hardnet/hardnet68ds-632474d2.pth",
@@ -153,7 +156,8 @@ class HarDNet(FreezableBackbone):
         channels_last: as :class:`~segdense.backbones.DenseNet` (``None``: channels-last on CPU inputs).
         norm_eval, frozen_stages: ``backbones.freezing`` (a stage is a block with its 1x1 conv and downsampling).
         memory_efficient: train the HarDBlocks keeping only each layer's output for backward, recomputing the
-            layers in backward (``hardnet_efficient``); the same values, the same parameters and checkpoints.
+            layers in backward, and the stem, transition and downsampling modules keeping only their inputs
+            (``hardnet_efficient``); the same values, the same parameters and checkpoints.
     """
 
     def __init__(
@@ -254,7 +258,7 @@ class HarDNet(FreezableBackbone):
         out: OrderedDict[str, torch.Tensor] = OrderedDict()
         last = max(self._feature_after)
         for i, module in enumerate(self.base[:last + 1]):
-            x = module(x)
+            x = self._run(module, x)
             if i in self._feature_after:
                 name, lag = self._feature_after[i]
                 out[name] = moved_up_left(x, lag)
@@ -267,8 +271,20 @@ class HarDNet(FreezableBackbone):
             return next(reversed(self.forward_features(x).values()))
         check_image_batch(x, self.in_channels, self.min_input_size, f"at output_stride={self.output_stride}")
         for module in self.base:
-            x = module(x)
+            x = self._run(module, x)
         return x
+
+    def _run(self, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """``module(x)``; in memory-efficient training a stem, transition or downsampling module is recomputed in
+        backward (``hardnet_efficient.recomputed``), keeping only its input."""
+        if isinstance(module, _RECOMPUTED) and dense_path(self.memory_efficient, self.training) == "buffer":
+            return recomputed(module, x)
+        return module(x)
+
+
+# The modules between the HarDBlocks that memory-efficient training recomputes (not the dropout, whose mask a
+# recomputation would draw anew, nor the classifier).
+_RECOMPUTED = (ConvLayer, DWConvLayer, MaxPool2x2, nn.MaxPool2d)
 
 
 def _checked_spec(widths, growth_rates, num_layers, downsample):
@@ -285,15 +301,21 @@ def _checked_spec(widths, growth_rates, num_layers, downsample):
     return widths, growth_rates, num_layers, downsample
 
 
+def download_hardnet_imagenet(arch: str | None) -> Path:
+    """The authors' ImageNet file of the named HarDNet ``arch`` in the torch hub cache, under the name torch.hub
+    gives it (downloaded the first time, and checked against the SHA256 prefix its name carries)."""
+    if arch not in AUTHORS_URLS:
+        raise ConfigError(f"pretrained='imagenet' needs a named HarDNet: {', '.join(AUTHORS_URLS)} (the authors' "
+                          "ImageNet weights); pass pretrained=PATH to load a file of this architecture instead")
+    return download_weights(AUTHORS_URLS[arch], arch)
+
+
 def load_hardnet_pretrained(model: HarDNet, pretrained: str | os.PathLike, arch: str | None = None) -> None:
-    """Load one of the authors' ImageNet files (``hardnet68.pth``...: their key names, classifier ``base.N.*``
-    included) into ``model`` strictly. The classifier is dropped, with a log line, when the model has none or one of
-    another size; a different ``in_channels`` adapts the stem."""
-    if str(pretrained) == "imagenet":
-        where = f" from {AUTHORS_URLS[arch]}" if arch in AUTHORS_URLS else ""
-        raise ConfigError(f"segdense does not download HarDNet weights: download the authors' ImageNet file{where} "
-                          "and pass pretrained=/path/to/it")
-    path = Path(pretrained)
+    """Load one of the authors' ImageNet files (``hardnet68-5d684880.pth``...: their key names, classifier
+    ``base.N.*`` included; ``"imagenet"`` downloads the one of the named ``arch``) into ``model`` strictly. The
+    classifier is dropped, with a log line, when the model has none or one of another size; a different
+    ``in_channels`` adapts the stem."""
+    path = download_hardnet_imagenet(arch) if str(pretrained) == "imagenet" else Path(pretrained)
     state = read_state_dict(path)
     own = model.state_dict()
     head = f"base.{len(model.base) - (0 if model.num_classes is None else 1)}."
@@ -319,8 +341,8 @@ def _hardnet(arch: str, pretrained: str | None, **kwargs) -> HarDNet:
 
 @register_backbone(kwargs_to=HarDNet)
 def hardnet39ds(pretrained: str | None = None, **kwargs) -> HarDNet:
-    """HarDNet-39DS (depthwise; 3,488,228 parameters with the 1000-class classifier). ``pretrained``: the
-    authors' ImageNet file. Other keyword arguments are :class:`HarDNet`'s."""
+    """HarDNet-39DS (depthwise; 3,488,228 parameters with the 1000-class classifier). ``pretrained``: a path to
+    the authors' ImageNet file, or ``"imagenet"`` to download it. Other keyword arguments are :class:`HarDNet`'s."""
     return _hardnet("hardnet39ds", pretrained, **kwargs)
 
 

@@ -20,6 +20,11 @@ cannot hold every layer's input as a view: recomputing the whole layer from the 
 choice, as in RDNet's stages (``rdnet_efficient``, whose autocast handling this shares). A layer is recomputed
 with the same operations on the same values, so in float64 gradients equal the plain graph's up to the order in
 which a feature map's gradients are summed.
+
+The modules between the blocks (the stem convs and pool, each block's 1x1 conv and its downsampling) are
+recomputed the same way, one module per Function (:func:`recomputed`): each keeps only its input, which the module
+before it returned and keeps anyway, not its convolution's, BatchNorm's and activation's outputs or a max pool's
+indices.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import torch.nn as nn
 
 from .rdnet_efficient import autocast_state
 
-__all__ = ["batch_stats_untracked", "efficient_hardblock"]
+__all__ = ["batch_stats_untracked", "efficient_hardblock", "recomputed"]
 
 
 @contextlib.contextmanager
@@ -114,3 +119,25 @@ def efficient_hardblock(x: torch.Tensor, block: nn.Module) -> torch.Tensor:
     """A HarDBlock's training forward keeping only its input and its layers' outputs for backward; returns what the
     plain block returns. ``block``: a ``hardnet_block.HarDBlock`` (``layers``, ``links``, ``outputs``)."""
     return _EfficientHarDBlock.apply(x, block, *block.parameters())
+
+
+class _Recomputed(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, module: nn.Module, *params: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.module = module
+        ctx.autocast = autocast_state(x.device.type)
+        return module(x)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        x, = ctx.saved_tensors
+        got = _layer_backward(ctx, [x], ctx.module, [0], grad_out)
+        grad_x = got["inputs"][0] if ctx.needs_input_grad[0] else None
+        return (grad_x, None, *[got["params"].get(id(p)) for p in ctx.module.parameters()])
+
+
+def recomputed(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` in training, keeping only ``x`` for backward and recomputing ``module`` there (its BatchNorms'
+    running statistics updated once, in forward)."""
+    return _Recomputed.apply(x, module, *module.parameters())

@@ -83,13 +83,15 @@ def download_imagenet_weights(arch: str, timeout: float = 30.0) -> Path:
     return download_weights(IMAGENET_URLS[arch], arch, timeout)
 
 
-def download_weights(url: str, arch: str, timeout: float = 30.0, filename: str | None = None) -> Path:
+def download_weights(url: str, arch: str, timeout: float = 30.0, filename: str | None = None,
+                     git_blob: str | None = None) -> Path:
     """Download ``url`` (the ImageNet weights of ``arch``) into the torch hub cache as ``filename`` (default: the
     URL's last part), or use the cached copy, and return its path.
 
     The download is checked against a SHA256: the prefix a torchvision file name carries (``densenet121-a639ec97.pth``,
     as torch.hub's ``check_hash`` reads it), else the one the server publishes for the file (the HF hub's
-    ``X-Linked-Etag``, an LFS file's SHA256, as huggingface_hub reads it). A file that does not match, or comes
+    ``X-Linked-Etag``, an LFS file's SHA256, as huggingface_hub reads it); or, for a file a git repository holds,
+    against its ``git_blob`` id (the SHA-1 git names the file's content by). A file that does not match, or comes
     without a hash to check, is refused and nothing is kept. Without network: one clear error, no half-written file.
     """
     cache = Path(torch.hub.get_dir()) / "checkpoints"
@@ -100,7 +102,10 @@ def download_weights(url: str, arch: str, timeout: float = 30.0, filename: str |
     tmp = target.with_suffix(target.suffix + f".part{os.getpid()}")
     try:
         digest, published = _fetch(url, tmp, timeout)
-        _check_sha256(url, digest, published, target)
+        if git_blob is None:
+            _check_sha256(url, digest, published, target)
+        else:
+            _check_git_blob(url, git_blob_id(tmp), git_blob)
         os.replace(tmp, target)
     except (urllib.error.URLError, OSError, TimeoutError) as e:
         raise RuntimeError(
@@ -159,6 +164,22 @@ def _check_sha256(url: str, digest: str, published: str | None, target: Path) ->
         raise CheckpointError(f"{url}: the downloaded file's SHA256 is {digest}, but {source} {expected}: a corrupt "
                               f"or altered download, not kept; try again, or download it yourself and pass "
                               f"pretrained=PATH")
+
+
+def git_blob_id(path: Path) -> str:
+    """The id git gives ``path``'s content: the SHA-1 of ``blob <size>\\0`` followed by the bytes."""
+    digest = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _check_git_blob(url: str, got: str, expected: str) -> None:
+    if got != expected:
+        raise CheckpointError(f"{url}: the downloaded file's git blob id is {got}, but the repository holds "
+                              f"{expected}: a corrupt or altered download, not kept; try again, or download it "
+                              "yourself and pass pretrained=PATH")
 
 
 def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:

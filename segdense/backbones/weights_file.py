@@ -1,12 +1,16 @@
 """Reading a weights file safely: the pretrained loaders and the checkpoint importers both read files here.
 
 Every file is read with ``torch.load(weights_only=True)`` (or safetensors), which never runs code from the file.
-A file that holds other Python objects is refused; the message names the entry that holds one (found by
-listing the pickle's globals, without importing or calling any of them) and never suggests turning
+Beside tensors and plain values it accepts NumPy scalars (``np.float64(0.777)``, as training scripts store a best
+score): NumPy's scalar reconstruction and its numeric dtypes are allowlisted for the read alone
+(``torch.serialization.safe_globals``), under the names NumPy 1 and 2 pickle them with; arrays and every other
+object are not. A file that holds other Python objects is refused; the message names the entry that holds one
+(found by listing the pickle's globals, without importing or calling any of them) and never suggests turning
 ``weights_only`` off.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import pickle
@@ -15,11 +19,35 @@ import warnings
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from segdense.errors import CheckpointError, MissingFileError
 
 _PICKLE_PROTOCOL_OPCODE = 0x80
+# NumPy's numeric dtypes, by their type codes (bool, signed and unsigned integers, floats, complex).
+_NUMERIC_DTYPE_CODES = "?bhilqBHILQefdgFDG"
+
+
+def numpy_scalar_globals() -> list:
+    """What a pickled NumPy scalar refers to, as ``torch.serialization.safe_globals`` takes it: the scalar
+    reconstruction under NumPy 2's and NumPy 1's module name, ``np.dtype`` and the numeric dtype classes."""
+    scalar = (np._core if hasattr(np, "_core") else np.core).multiarray.scalar
+    dtypes = {type(np.dtype(code)) for code in _NUMERIC_DTYPE_CODES}
+    return [(scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar"), np.dtype,
+            *sorted(dtypes, key=lambda t: t.__name__)]
+
+
+def numpy_scalars_allowed() -> contextlib.AbstractContextManager:
+    """Within it, ``torch.load(weights_only=True)`` accepts NumPy scalars (torch 2.6 and later, whose
+    ``safe_globals`` takes the ``(global, name)`` pairs NumPy 1's names need; earlier torch refuses them)."""
+    if torch.torch_version.TorchVersion(torch.__version__) < (2, 6):
+        return contextlib.nullcontext()
+    return torch.serialization.safe_globals(numpy_scalar_globals())
+
+
+def _allowlisted_names() -> set[str]:
+    return {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in numpy_scalar_globals()}
 
 
 def read_weights_file(path: str | os.PathLike) -> object:
@@ -36,7 +64,7 @@ def read_weights_file(path: str | os.PathLike) -> object:
         except (SafetensorError, OSError, ValueError) as e:
             raise CheckpointError(f"{path} could not be read as safetensors (corrupt or truncated): {e}") from None
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), numpy_scalars_allowed():
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch.load raises several kinds (unpickling, zip, weights-only refusals)
@@ -64,10 +92,12 @@ def _why_unreadable(path: Path, error: Exception) -> str:
 def unsafe_globals(path: Path, error: Exception) -> list[str]:
     """The Python classes and functions the file's pickle refers to that ``weights_only=True`` refuses."""
     try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+        found = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # the legacy (non-zip) format: torch's message names the first one
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        return [found.group(1)] if found else []
+        first = re.search(r"GLOBAL ([\w.]+)", str(error))
+        found = [first.group(1)] if first else []
+    allowed = _allowlisted_names()
+    return sorted(name for name in found if name not in allowed)
 
 
 class _StandIn:

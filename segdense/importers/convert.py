@@ -6,6 +6,7 @@ from functools import partial
 from pathlib import Path
 from typing import Mapping
 
+import numpy as np
 import torch
 
 from segdense.backbones.registry import BACKBONES
@@ -25,11 +26,14 @@ LAYOUTS = (rdnet_mmseg, rdnet_imagenet, denseaspp_authors, torchvision_densenet,
 
 
 def _state_and_meta(obj: object, path: Path) -> dict:
-    """``{"state_dict", "meta"}`` of a file: a bare state_dict, or one under ``state_dict``/``model``/``model_state``
-    (the FC-HarDNet authors'), with a DataParallel ``module.`` prefix removed."""
+    """``{"state_dict", "meta", "record"}`` of a file: a bare state_dict, or one under ``state_dict``/``model``/
+    ``model_state`` (the FC-HarDNet authors'), with a DataParallel ``module.`` prefix removed; ``record`` the
+    training record a training script stored beside it (``epoch``, ``best_iou``: numbers, NumPy scalars too)."""
     if isinstance(obj, dict) and "model" in obj and "model_config" in obj:
         raise CheckpointError(f"{path} is a segdense checkpoint already: use it as it is")
     meta = obj.get("meta") if isinstance(obj, dict) else None
+    record = {k: obj[k].item() if isinstance(obj[k], np.generic) else obj[k] for k in TRAINING_RECORD
+              if isinstance(obj, dict) and isinstance(obj.get(k), (int, float, np.integer, np.floating))}
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state"):
             if isinstance(obj.get(key), dict):
@@ -40,7 +44,11 @@ def _state_and_meta(obj: object, path: Path) -> dict:
                               f"or 'model_state'); {known_layouts()}")
     if all(k.startswith("module.") for k in obj):
         obj = {k[len("module."):]: v for k, v in obj.items()}
-    return {"state_dict": obj, "meta": meta if isinstance(meta, dict) else {}}
+    return {"state_dict": obj, "meta": meta if isinstance(meta, dict) else {}, "record": record}
+
+
+# What a training script stores beside the weights that the conversion reports (the FC-HarDNet authors' train.py).
+TRAINING_RECORD = ("epoch", "best_iou")
 
 
 def known_layouts() -> str:
@@ -62,6 +70,9 @@ def import_file(path: str | os.PathLike, backbone: str | Mapping | None = None, 
         with config_values("backbone"):
             BACKBONES.get(name)  # the registry's message: the names and the closest one
     imported = layout.import_checkpoint(checkpoint, path, backbone, aux, output_stride)
+    if checkpoint["record"]:
+        imported.notes.append("the file's training record: " + ", ".join(f"{k} {v}" for k, v in
+                                                                        checkpoint["record"].items()))
     if imported.model_config is not None:
         build = partial(build_model, **imported.model_config)
     else:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from segdense.backbones.fchardnet import rgb_first_conv
 from segdense.data.cityscapes import CLASS_NAMES, PALETTE
 from segdense.errors import ConfigError
 
@@ -37,11 +38,6 @@ def authors_to_segdense(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
     ``backbone.`` unchanged."""
     return {(f"head.classifier.{k[len(CLASSIFIER):]}" if k.startswith(CLASSIFIER) else f"backbone.{k}"): v
             for k, v in state.items()}
-
-
-def rgb_first_conv(weights: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
-    """``weights`` with the conv ``key``'s input channels reversed (BGR to RGB)."""
-    return {**weights, key: weights[key].flip(1)} if key in weights else weights
 
 
 def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bool, output_stride: int) -> Imported:

@@ -9,9 +9,10 @@ import re
 
 import torch
 
+from segdense.backbones.fchardnet import petite_encoder_weights
 from segdense.errors import ConfigError
 
-from .fchardnet_ptsemseg import BGR_NOTE, rgb_first_conv
+from .fchardnet_ptsemseg import BGR_NOTE
 from .result import Imported
 
 NAME = "hardnet-petite"
@@ -25,6 +26,6 @@ def matches(state: dict[str, torch.Tensor]) -> bool:
 def import_checkpoint(checkpoint: dict, path, backbone: str | None, keep_aux: bool, output_stride: int) -> Imported:
     if backbone not in (None, "fchardnet70"):
         raise ConfigError(f"backbone={backbone}: {path} is FC-HarDNet-70's encoder (backbone=fchardnet70)")
-    weights = rgb_first_conv({f"base.{k}": v for k, v in checkpoint["state_dict"].items()}, "base.0.conv.weight")
+    weights = petite_encoder_weights(checkpoint["state_dict"])
     return Imported(layout=NAME, weights=weights, backbone={"name": "fchardnet70"}, part="base.",
                     notes=[BGR_NOTE, "the encoder only (base.*): the decoder starts from its initialisation"])
