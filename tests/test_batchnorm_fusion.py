@@ -1,6 +1,7 @@
 """The fused inference form: a copy of an eval-mode model with every BatchNorm that follows a convolution feeding
 nothing else folded into it, giving the unfused model's outputs (float64: to rounding; float32: to 1e-5) in the
 module states users run it in."""
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -9,7 +10,9 @@ from segdense import Predictor
 from segdense.models import build_model
 from segdense.models.batchnorm_fusion import fold_conv_batchnorms
 
+from infer_fixtures import write_image
 from test_export_int8 import randomise_batchnorms
+from test_infer import compose_infer
 
 FCHARDNET = ("fchardnet70", {"name": "tiramisu", "align_corners": True})
 
@@ -116,3 +119,23 @@ def test_the_predictor_with_fold_batchnorms_predicts_what_the_unfused_model_pred
     picture = (torch.rand(70, 90, 3, generator=torch.Generator().manual_seed(2)) * 255).byte().numpy()
     expected, got = plain.predict_proba(picture), fused.predict_proba(picture)
     assert float(abs(expected - got).max()) <= 1e-5 and (plain.predict(picture) == fused.predict(picture)).all()
+
+
+def test_infer_tool_with_fold_batchnorms_writes_the_same_probabilities(tiny_checkpoint, tmp_path, monkeypatch):
+    import segdense.inference.predictor as predictor_module
+    from segdense.config.infer_job import infer_job
+
+    folded = []
+    monkeypatch.setattr(predictor_module, "fold_conv_batchnorms",
+                        lambda model, example: folded.append(model) or fold_conv_batchnorms(model, example))
+    rng = np.random.default_rng(0)
+    picture = write_image(tmp_path / "a.png", rng.integers(0, 255, (48, 56, 3), dtype=np.uint8))
+    probabilities = []
+    for fold in ("false", "true"):
+        out = tmp_path / f"out_{fold}"
+        infer_job(compose_infer([f"checkpoint={tiny_checkpoint}", f"input={picture}", f"output={out}",
+                                 "progress=false", "overlay=false", "save_proba=true", f"fold_batchnorms={fold}"]))
+        probabilities.append(np.load(out / "a_proba.npy").astype(np.float32))
+        assert len(folded) == (fold == "true")
+    # float16 files: equal to their rounding
+    assert np.abs(probabilities[0] - probabilities[1]).max() <= 1e-3
