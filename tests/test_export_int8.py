@@ -390,3 +390,36 @@ def test_an_rdnet_upernet_quantizes_without_a_warning_and_keeps_its_normalisatio
     # A model trained two steps predicts one class almost everywhere, so compare the logits themselves.
     errors = [float((g - e).norm() / e.norm()) for g, e in zip(got, expected)]
     assert max(errors) < 0.05, f"INT8 logits differ from float32's by {max(errors):.3f} (relative L2)"
+
+
+# FC-HarDNet-70 trained briefly on 64x64 synthetic shapes: it learns three of the five classes (mIoU near 38).
+FCHARDNET_RUN = [o for o in TINY_EVAL if not o.startswith(("backbone", "head", "iterations", "val_interval",
+                                                          "checkpoint_interval", "dataset.num_samples",
+                                                          "dataset.image_size", "crop_size"))] + [
+    "backbone=fchardnet70", "head=fchardnet", "dataset.num_samples=16", "dataset.image_size=64", "crop_size=[64,64]",
+    "iterations=60", "val_interval=60", "checkpoint_interval=60"]
+
+
+def test_fchardnet70_int8_passes_the_guard_within_one_miou_point_with_float_logits(tmp_path, capsys):
+    # HarDBlocks are concatenations of sparse links and the decoder concatenates upsampled maps with skips: every
+    # Conv reads int8 weights, and the logits' last upsampling stays float32 (quantized, the full-size logits would
+    # be rounded to 8 bits and dequantized again, for nothing).
+    import onnx
+
+    from segdense.config.export_job import export_job
+
+    train(compose_config(FCHARDNET_RUN), run_dir=tmp_path / "run")
+    torch.use_deterministic_algorithms(False)
+    checkpoint, output = tmp_path / "run" / "checkpoints" / "last.pt", tmp_path / "fchardnet70.int8.onnx"
+    result = export_job(compose_export([f"checkpoint={checkpoint}", f"output={output}", "quantize=int8",
+                                        "calibration=8", "verify_images=0"]))  # max_miou_drop: the default, 1
+    assert result["fp32_miou"] > 25, "the briefly trained model should predict several classes"
+    assert not result["forced"] and result["drop"] <= 1.0 and output.is_file()
+    assert f"wrote {output} (onnx, int8)\n" in capsys.readouterr().out
+    graph = onnx.load(str(output)).graph
+    produced_by = {out: node for node in graph.node for out in node.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert len(convs) == 70 and all(produced_by[n.input[1]].op_type == "DequantizeLinear" for n in convs)
+    last = produced_by[graph.output[0].name]
+    assert last.op_type == "Resize" and produced_by[last.input[0]].op_type == "DequantizeLinear"
+    assert not [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == last.output[0]]

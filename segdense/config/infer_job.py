@@ -35,6 +35,7 @@ def infer_job(cfg: DictConfig):
         return scene_job(cfg, files, bundle, device, output)
     with config_values("inference options"):
         predictor = Predictor(bundle, device=str(device), amp=cfg.amp, batch_size=cfg.batch_size,
+                              fold_batchnorms=bool(cfg.fold_batchnorms),
                               **infer_options(cfg, bundle))
     logger.info("%s: %d image(s)%s -> %s", predictor, len(files), f" across {world} processes" if world > 1 else "",
                 output)

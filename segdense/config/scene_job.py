@@ -28,6 +28,7 @@ def scene_job(cfg: DictConfig, files: list[Path], bundle, device, output: Path) 
     blend = cfg.blend or "gaussian"
     with config_values("inference options"):
         predictor = Predictor(bundle, device=str(device), amp=cfg.amp, batch_size=cfg.batch_size,
+                              fold_batchnorms=bool(cfg.fold_batchnorms),
                               **{**options, "mode": "whole", "blend": blend})
     settings = {"crop_size": list(crop), "stride": options["stride"], "blend": blend, "scales": options["scales"],
                 "flip": options["flip"], "batch_size": predictor.batch_size, "amp": str(predictor.amp_dtype),

@@ -3,7 +3,8 @@
 The float32 export (:func:`segdense.export.export_model`, checked against PyTorch) has its BatchNorms removed
 (:mod:`segdense.export.batchnorm_folding`), then ONNX Runtime's static quantizer writes a QDQ graph with
 per-channel int8 weights and uint8 activations whose ranges come from calibration images run through the graph
-(min/max over every tensor). Both models are then evaluated on the validation images; the INT8 file is written
+(min/max over every tensor); the nodes that write the logits without weights of their own (the last
+upsampling) stay float32. Both models are then evaluated on the validation images; the INT8 file is written
 only when its mIoU is at most ``max_miou_drop`` points below float32's (or when forced). A score that is not a
 number (no labelled pixel in the evaluation images) fails the guard: nothing was compared. The export does not time
 the models; ``tools/benchmark.py --onnx-models`` does.
@@ -38,6 +39,8 @@ FOLD_TOLERANCE = 1e-5  # largest logit difference the BatchNorm folding may make
 # weight ..." for RDNet's LayerNorms; "Expected bias ... to be an initializer" for GroupNorm, which exports as
 # InstanceNormalization).
 FLOAT_OPS = frozenset({"LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization"})
+# Operators that are worth running in INT8 even when they write the model's output (they carry the weights).
+WEIGHTED_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul"})
 
 
 def quantize_int8(float_path: str | os.PathLike, output: str | os.PathLike,
@@ -52,6 +55,7 @@ def quantize_int8(float_path: str | os.PathLike, output: str | os.PathLike,
     if not calibration:
         raise ExportError("no calibration image (calibration=0, or an empty calibration_dir)")
     folded, counts = fold_batchnorms(onnx.load(str(float_path)))
+    float_tail = output_writers_without_weights(folded)
     folded_path = temporary_path_for(Path(output).with_suffix(".folded.onnx"))
     try:
         onnx.save(folded, str(folded_path))
@@ -68,10 +72,20 @@ def quantize_int8(float_path: str | os.PathLike, output: str | os.PathLike,
         with _without_preprocessing_advice():
             quantize_static(str(folded_path), str(output), Images(), quant_format=QuantFormat.QDQ,
                             op_types_to_quantize=sorted(set(QDQRegistry) - FLOAT_OPS), per_channel=True,
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                            nodes_to_exclude=float_tail)
     finally:
         folded_path.unlink(missing_ok=True)
     return counts
+
+
+def output_writers_without_weights(model) -> list[str]:
+    """Names of the nodes that write a graph output and carry no weights (a segmentation model's last bilinear
+    upsampling of its logits). They stay float32: quantized, the logits would be rounded to 8 bits at full image
+    size and dequantized again, which costs time (docs/hardnet.md measures it) and precision for nothing, since the upsampling reads the dequantized output of the last convolution either way."""
+    outputs = {out.name for out in model.graph.output}
+    return [node.name for node in model.graph.node
+            if outputs.intersection(node.output) and node.op_type not in WEIGHTED_OPS]
 
 
 def _fold_difference(float_path, folded_path, image: torch.Tensor) -> float:

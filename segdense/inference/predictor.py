@@ -9,10 +9,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from segdense.models.batchnorm_fusion import fold_conv_batchnorms
 from segdense.runtime import autocast_context, resolve_amp, resolve_device
 
 from .images import ImageReadError, load_image
 from .loading import ModelBundle, default_palette, input_channels, load_bundle, min_input_size
+from .onnx_model import OnnxModel
 from .tta import build_infer, describe_infer
 
 
@@ -28,6 +30,10 @@ class Predictor:
     softmax and argmax; binary sigmoid and the checkpoint's threshold (labels 0/1); multilabel a sigmoid and the
     threshold per class (labels (C, H, W) of 0/1).
 
+    ``fold_batchnorms`` runs a copy of the model with each BatchNorm that follows a convolution folded into it
+    (:func:`segdense.models.batchnorm_fusion.fold_conv_batchnorms`): the same predictions up to float rounding, fewer
+    passes over the feature maps. ONNX models have theirs folded by ONNX Runtime already.
+
     >>> predictor = Predictor.from_checkpoint("best.pt")
     >>> labels = predictor.predict("street.jpg")      # (H, W) int64 class indices
     >>> probs = predictor.predict_proba(image_array)   # (C, H, W) float32, sums to 1 over C (multiclass)
@@ -36,7 +42,7 @@ class Predictor:
     def __init__(self, bundle: ModelBundle, device: str | torch.device = "auto", amp: str | bool = "auto",
                  mode: str = "whole", crop_size: int | Sequence[int] | None = None,
                  stride: int | Sequence[int] | None = None, scales: Sequence[float] | None = None,
-                 flip: bool = False, batch_size: int = 4, blend: str = "mean"):
+                 flip: bool = False, batch_size: int = 4, blend: str = "mean", fold_batchnorms: bool = False):
         self.bundle = bundle
         self.task = bundle.task
         self.device = resolve_device(str(device)) if not isinstance(device, torch.device) else device
@@ -46,11 +52,20 @@ class Predictor:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.batch_size = int(batch_size)
         self.min_size = min_input_size(self.model)
+        if fold_batchnorms and not isinstance(self.model, OnnxModel):
+            self.model = fold_conv_batchnorms(self.model, self._example())
         crop = crop_size if crop_size is not None else bundle.crop_size
         self.infer = build_infer(mode, crop, stride, scales, flip, min_size=self.min_size, max_batch=self.batch_size,
                                  blend=blend)
         self._transform = None
         self._tables: dict[tuple, np.ndarray | None] = {}  # window_batch's lookup tables by (dtype, bands)
+
+    def _example(self) -> torch.Tensor:
+        """A random input batch the model takes (one image at least 64 pixels a side), on its device."""
+        parameter = next(self.model.parameters(), torch.empty(0))
+        size = max(self.min_size, 64)
+        return torch.randn(1, input_channels(self.model), size, size, generator=torch.Generator().manual_seed(0)).to(
+            self.device, parameter.dtype)
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, device: str | torch.device = "auto",
@@ -58,7 +73,7 @@ class Predictor:
         """Rebuild the model from a segdense ``.pt`` checkpoint or ``.safetensors`` file, or run an ``.onnx`` export of
         one with ONNX Runtime (same pre- and post-processing, from its metadata); ``kwargs`` as for
         :class:`Predictor` (``amp``, ``mode``, ``crop_size``, ``stride``, ``scales``, ``flip``, ``batch_size``,
-        ``blend``)."""
+        ``blend``, ``fold_batchnorms``)."""
         return cls(load_bundle(path), device=device, **kwargs)
 
     @classmethod
