@@ -8,6 +8,9 @@ from dataclasses import dataclass
 IMPLS = ("segdense", "torchvision", "peer", "timm")
 # What users would otherwise pick: torchvision's segmentation models (ResNet-50, dilated to OS8).
 PEERS = ("deeplabv3_resnet50", "fcn_resnet50")
+# The real-time peers (MobileNetV3-Large, dilated once: output stride 16), for ``--preset realtime``.
+REALTIME_PEERS = ("lraspp_mobilenet_v3_large", "deeplabv3_mobilenet_v3_large")
+PEER_OUTPUT_STRIDES = {**dict.fromkeys(PEERS, 8), **dict.fromkeys(REALTIME_PEERS, 16)}
 AMP_DTYPES = (None, "bf16", "fp16")
 
 
@@ -15,13 +18,16 @@ AMP_DTYPES = (None, "bf16", "fp16")
 class Row:
     """One configuration to measure. ``impl="torchvision"`` is the baseline: torchvision's DenseNet
     of the same architecture with the same dilation applied (backbone rows only). ``impl="peer"``
-    is a torchvision segmentation model named by ``backbone`` (one of ``PEERS``; output stride 8,
-    ``weights=None``), with the same classes, loss, dtype and layout as the segdense rows.
+    is a torchvision segmentation model named by ``backbone`` (one of ``PEERS``, output stride 8, or of
+    ``REALTIME_PEERS``, output stride 16; ``weights=None``), with the same classes, loss, dtype and layout as
+    the segdense rows.
     ``impl="timm"``: timm's ``features_only`` model named by ``backbone`` under segdense's ``head``
     (``benchmarks.timm_backbone``); ``memory_efficient`` there is timm's ``set_grad_checkpointing()``.
     ``fused``: segdense's fused (Triton) dense-block kernels for memory-efficient rows (CUDA);
     ``None`` keeps the model's default (PyTorch operators). ``cuda_graphs``: segdense's dense
-    blocks captured and replayed as CUDA graphs (``DenseNet(cuda_graphs=True)``; CUDA)."""
+    blocks captured and replayed as CUDA graphs (``DenseNet(cuda_graphs=True)``; CUDA). ``head`` is a registered
+    head or a ``conf/head/`` option (``fchardnet``). ``infer_size``: (height, width) of a separate inference input, one
+    image (a frame, as real-time use sees it); ``None``: inference on the training batch."""
 
     impl: str = "segdense"
     backbone: str = "densenet121"
@@ -40,14 +46,15 @@ class Row:
     fused: bool | None = None
     cuda_graphs: bool = False
     height: int | None = None  # input height when it differs from ``crop`` (the width), e.g. CamVid's 360x480
+    infer_size: tuple[int, int] | None = None  # (height, width) of a one-image inference input (None: the batch)
 
     def __post_init__(self) -> None:
         if self.impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {self.impl!r}")
-        if self.impl == "peer" and (self.backbone not in PEERS or self.output_stride != 8
+        if self.impl == "peer" and (self.output_stride != PEER_OUTPUT_STRIDES.get(self.backbone)
                                     or self.head is not None or self.memory_efficient):
-            raise ValueError(f"peer rows are torchvision's {PEERS} at output stride 8 (no head, "
-                             f"no memory-efficient mode), got backbone={self.backbone!r}, "
+            raise ValueError(f"peer rows are torchvision's {PEERS} at output stride 8 or {REALTIME_PEERS} at 16 (no "
+                             f"head, no memory-efficient mode), got backbone={self.backbone!r}, "
                              f"output_stride={self.output_stride}")
         if self.cuda_graphs and (self.impl != "segdense" or self.device != "cuda"):
             raise ValueError(f"cuda_graphs rows are segdense rows on device='cuda', got "
@@ -63,6 +70,8 @@ class Row:
             raise ValueError("units (and growth_rate) are given exactly when backbone='densenet_custom'")
         if self.batch < 1 or min(self.size) < self.output_stride:
             raise ValueError(f"batch must be >= 1 and crop >= output_stride, got {self.batch}, {self.size}")
+        if self.infer_size is not None and (len(self.infer_size) != 2 or min(self.infer_size) < self.output_stride):
+            raise ValueError(f"infer_size must be (height, width), each >= output_stride, got {self.infer_size}")
 
     @property
     def size(self) -> tuple[int, int]:
@@ -70,7 +79,13 @@ class Row:
         return (self.crop if self.height is None else self.height), self.crop
 
     def _size_label(self) -> str:
-        return f"b{self.batch}x{self.crop}" if self.height is None else f"b{self.batch}x{self.height}x{self.crop}"
+        size = f"b{self.batch}x{self.crop}" if self.height is None else f"b{self.batch}x{self.height}x{self.crop}"
+        return size if self.infer_size is None else f"{size} inf1x{self.infer_size[0]}x{self.infer_size[1]}"
+
+    @property
+    def infer_batch(self) -> int:
+        """Images per inference: one with ``infer_size``, else the training batch."""
+        return self.batch if self.infer_size is None else 1
 
     @property
     def mode(self) -> str:
@@ -121,8 +136,9 @@ class Row:
     @classmethod
     def from_json(cls, text: str) -> "Row":
         d = json.loads(text)
-        if d.get("units") is not None:
-            d["units"] = tuple(d["units"])
+        for key in ("units", "infer_size"):
+            if d.get(key) is not None:
+                d[key] = tuple(d[key])
         return cls(**d)
 
 
@@ -137,6 +153,11 @@ class Settings:
     measure_flops: bool = True
     matmul_size: int | None = None  # largest side of the peak-measuring GEMM shapes (None: 4096 CPU, 8192 CUDA)
     onnx: bool = False  # also time ONNX Runtime inference of segdense plain backbone rows (CPU)
+    # Every row's float32 ONNX export and its INT8 twin (segdense.export.quantize_int8) timed with ONNX Runtime
+    # beside eager at the row's inference size, with each one's inference peak memory (CPU; benchmarks.int8).
+    int8: bool = False
+    calibration_images: int = 2  # INT8 calibration: this many seeded random images ...
+    calibration_size: tuple[int, int] = (256, 512)  # ... of this (height, width), at most the inference size
 
 
 def family(device: str, output_stride: int, batch: int, crop: int, head: str | None = None,
@@ -200,6 +221,39 @@ def rdnet_rows(device: str) -> list[Row]:
             Row("peer", backbone="deeplabv3_resnet50", output_stride=8, **kw)]
 
 
+INFER_SIZE, TRAIN_SIZE = (1024, 2048), (512, 1024)  # Cityscapes: whole frames, and the usual training crop
+# The real-time comparison: (backbone, head, output stride, memory-efficient on CPU). FC-HarDNet-70's decoder ends
+# at stride 4, the FC-DenseNets' at full resolution; densenet121 takes the default head at the default stride 16.
+# FC-DenseNet103 trains memory-efficient on CPU: its plain step at 512x1024 needs about 13 GB.
+REALTIME_MODELS = (("fchardnet70", "fchardnet", 4, False), ("fcdensenet56", "tiramisu", 1, False),
+                   ("fcdensenet103", "tiramisu", 1, True), ("densenet121", "deeplabv3plus_lite", 16, False))
+
+
+REALTIME_NAMES = tuple(m[0] for m in REALTIME_MODELS) + REALTIME_PEERS
+
+
+def realtime_rows(device: str, infer_size: tuple[int, int] = INFER_SIZE, train_size: tuple[int, int] = TRAIN_SIZE,
+                  only: tuple[str, ...] | None = None) -> list[Row]:
+    """FC-HarDNet-70, FC-DenseNet56/103, densenet121 + the default head and torchvision's real-time peers
+    (``REALTIME_PEERS``), 19 classes (Cityscapes'): inference at ``infer_size``, a training step at ``train_size``.
+    CPU: float32, batch 1 (torchvision's DeepLabV3 at batch 2: its image-pooling BatchNorm cannot train on one
+    image). CUDA: batch 8, channels-last, a float32 and a bf16 row of each model, every FC-DenseNet memory-efficient.
+    ``only``: keep the rows of these backbones / peers."""
+    gpu = device == "cuda"
+    common = dict(device=device, crop=train_size[1], height=train_size[0], infer_size=tuple(infer_size),
+                  num_classes=19, channels_last=gpu)
+    rows = []
+    for amp in ("bf16", None) if gpu else (None,):
+        kw = dict(common, amp=amp, batch=8 if gpu else 1)
+        for backbone, head, stride, memory_efficient in REALTIME_MODELS:
+            rows.append(Row("segdense", backbone=backbone, head=head, output_stride=stride,
+                            memory_efficient=memory_efficient or (gpu and backbone.startswith("fcdensenet")), **kw))
+        rows.append(Row("peer", backbone="lraspp_mobilenet_v3_large", output_stride=16, **kw))
+        rows.append(Row("peer", backbone="deeplabv3_mobilenet_v3_large", output_stride=16,
+                        **dict(kw, batch=max(kw["batch"], 2))))
+    return [r for r in rows if only is None or r.backbone in only]
+
+
 def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48), growth_rate: int = 12,
                   batch: int = 2, crop: int = 128, output_stride: int = 8) -> list[Row]:
     """Custom DenseNets with ``u`` units in each of 4 blocks: peak memory vs depth."""
@@ -219,6 +273,7 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     deeplabv3 at OS8 with batch 8 (the memory-efficient target's configuration), and the FC-DenseNet rows.
     ``fcdensenet``: :func:`fcdensenet_rows` on the device (CPU: batch 1; CUDA: batch 3).
     ``rdnet``: :func:`rdnet_rows` on the device (CPU: batch 2, 256^2; CUDA: batch 8, 512^2, bf16).
+    ``realtime``: :func:`realtime_rows` (``overrides`` are its arguments); on CPU also float32 and INT8 ONNX.
     Compiled rows are opt-in (``--compile`` adds a compiled twin of every row): compiling
     DenseNet-121 + ASPP took over three minutes on an H200 with torch 2.11, longer than a preset
     should."""
@@ -239,6 +294,10 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
         return fcdensenet_rows(device), Settings(warmup=1, reps=3 if device == "cpu" else 10)
     if name == "rdnet":
         return rdnet_rows(device), Settings(warmup=1, reps=3 if device == "cpu" else 10)
+    if name == "realtime":
+        # Few repetitions: an FC-DenseNet103 inference at 1024x2048 takes about 20 s on 2 CPU cores.
+        settings = Settings(warmup=1, reps=2 if device == "cpu" else 10, measure_flops=False, int8=device == "cpu")
+        return realtime_rows(device, **overrides), settings
     if name == "growth":
         return growth_series(device), Settings(warmup=1, reps=3)
     if name == "gpu":
@@ -262,4 +321,4 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
 
 
-PRESETS = ("quick", "cpu", "growth", "gpu", "fcdensenet", "rdnet")
+PRESETS = ("quick", "cpu", "growth", "gpu", "fcdensenet", "rdnet", "realtime")

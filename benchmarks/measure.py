@@ -7,17 +7,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from segdense.inference.onnx_model import onnx_session
 from segdense.runtime import autocast_context
 
 from .config import Row
-from .models import build, loss_of, make_input
+from .models import build, loss_of, make_inference_input, make_input
 
 _AMP = {"bf16": torch.bfloat16, "fp16": torch.float16}
+SPIN_PAUSE_S = 0.2  # before each timed run of two runtimes taking turns (their threads spin-wait after a run)
 
 
 def autocast(row: Row):
@@ -51,11 +54,34 @@ def timed(fn, device: str) -> float:
     return time.perf_counter() - t
 
 
-def count_flops(row: Row, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
-    """(inference FLOPs, training-step FLOPs) of one batch, by ``torch.utils.flop_counter``."""
+def take_turns(sessions: list, feeds: list[dict], warmup: int, reps: int,
+               log: Callable[[str], None] | None = None) -> list[list[float]]:
+    """Seconds per ``session.run`` of each ONNX Runtime session on its feed: ``warmup`` runs each, then ``reps``
+    rounds taking turns, each run after a pause, so a change in load hits every session alike."""
+    for i, (session, feed) in enumerate(zip(sessions, feeds)):
+        if log:
+            log(f"warm-up: model {i + 1}/{len(sessions)}")
+        for _ in range(warmup):
+            session.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for rep in range(reps):
+        if log:
+            log(f"rep {rep + 1}/{reps}")
+        for session, feed, t in zip(sessions, feeds, times):
+            time.sleep(SPIN_PAUSE_S)
+            start = time.perf_counter()
+            session.run(None, feed)
+            t.append(time.perf_counter() - start)
+    return times
+
+
+def count_flops(row: Row, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                x_infer: torch.Tensor | None = None) -> tuple[float, float]:
+    """(inference FLOPs of ``x_infer`` (default ``x``), training-step FLOPs of ``x``), by
+    ``torch.utils.flop_counter``."""
     model.eval()
     with FlopCounterMode(display=False) as fc:
-        infer(row, model, x)
+        infer(row, model, x if x_infer is None else x_infer)
     inference = float(fc.get_total_flops())
     model.train()
     with FlopCounterMode(display=False) as fc:
@@ -106,20 +132,44 @@ def cpu_peak_bytes_here(row: Row) -> int:
     model = build(row)
     x, y = make_input(row)
     train_step(row, model, x, y)
+    return _peak_growth(lambda: train_step(row, model, x, y))
+
+
+def cpu_infer_peak_bytes_here(row: Row, onnx_path: str | None = None) -> int:
+    """Run inside a fresh process: peak resident-set growth during the first inference of the row's one-image
+    input (:func:`benchmarks.models.make_inference_input`) once the model (or the ONNX file ``onnx_path``, in an
+    ONNX Runtime session) is loaded: the memory a deployment needs beside its weights, ONNX Runtime's arena (filled
+    by the first run and kept) included."""
+    torch.manual_seed(0)
+    x = make_inference_input(row)
+    if onnx_path is None:
+        model = build(row).eval()
+        return _peak_growth(lambda: infer(row, model, x))
+    session = onnx_session(onnx_path)
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    return _peak_growth(lambda: session.run(None, feed))
+
+
+def _peak_growth(fn) -> int:
     base = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the peak-RSS high-water mark
-    train_step(row, model, x, y)
+    fn()
     return (_status_kb("VmHWM") - base) * 1024
 
 
-def cpu_peak_bytes(row: Row, timeout: float = 600.0) -> int:
-    """Peak training memory of a CPU row, measured in a fresh subprocess so rows don't
-    contaminate each other. glibc is told to mmap every block over 64 KiB, so freed tensors
-    return to the OS and the resident set follows the live tensors."""
+def cpu_peak_bytes(row: Row, kind: str = "train", onnx_path: str | os.PathLike | None = None,
+                   timeout: float = 900.0) -> int:
+    """Peak memory of a CPU row, measured in a fresh subprocess so rows don't contaminate each other: of a
+    training step (``kind="train"``, :func:`cpu_peak_bytes_here`) or of an inference (``"infer"``, eager or the
+    ONNX file ``onnx_path``: :func:`cpu_infer_peak_bytes_here`). glibc is told to mmap every block over 64 KiB, so
+    freed tensors return to the OS and the resident set follows the live tensors."""
+    if kind not in ("train", "infer") or (onnx_path is not None and kind != "infer"):
+        raise ValueError(f"kind must be 'train' or 'infer' (ONNX files: 'infer'), got {kind!r}")
     root = str(Path(__file__).resolve().parents[1])  # the folder holding benchmarks/ (and segdense/)
     env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536",
                PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", row.to_json()],
+    extra = [kind] + ([str(onnx_path)] if onnx_path is not None else [])
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.worker", row.to_json(), *extra],
                           capture_output=True, text=True, env=env, timeout=timeout)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["(no output)"]

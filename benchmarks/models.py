@@ -7,10 +7,14 @@ import torch.nn.functional as F
 from torchvision.models import densenet as tvd
 from torchvision.models import segmentation
 
+from omegaconf import OmegaConf
+
 from segdense import build_model
 from segdense.backbones import build_backbone
 from segdense.backbones.registry import BACKBONES
+from segdense.config.overrides import CONF_DIR
 from segdense.heads import build_head
+from segdense.heads.registry import HEADS
 from segdense.models import SegmentationModel
 
 from .config import Row
@@ -74,15 +78,29 @@ class _SegdenseFeatures(nn.Module):
 def backbone_kwargs(row: Row) -> dict:
     """The segdense backbone builder's arguments for ``row`` (with or without a head)."""
     kw = dict(output_stride=row.output_stride, memory_efficient=row.memory_efficient, **_dense_options(row))
-    if "output_stride" not in BACKBONES.signature(row.backbone)[0]:  # FC-DenseNets: full resolution
+    accepted = BACKBONES.signature(row.backbone)[0]
+    if "output_stride" not in accepted:  # FC-DenseNets (full resolution), FC-HarDNet (stride 4)
         del kw["output_stride"]
+    if "memory_efficient" not in accepted:
+        if row.memory_efficient:
+            raise ValueError(f"{row.backbone} has no memory-efficient mode")
+        del kw["memory_efficient"]
     if row.backbone == "densenet_custom":
         kw.update(num_units_per_block=row.units, growth_rate=row.growth_rate)
     return kw
 
 
+def head_block(head: str) -> str | dict:
+    """A registered head's name as it is, or the block of the ``conf/head/`` option of that name (``fchardnet``:
+    the tiramisu head with the FC-HarDNet authors' ``align_corners=True``)."""
+    path = CONF_DIR / "head" / f"{head}.yaml"
+    if head in HEADS or not path.is_file():
+        return head
+    return OmegaConf.to_container(OmegaConf.load(path))
+
+
 def _segdense_model(row: Row) -> nn.Module:
-    return build_model(row.backbone, row.head, num_classes=row.num_classes, **backbone_kwargs(row))
+    return build_model(row.backbone, head_block(row.head), num_classes=row.num_classes, **backbone_kwargs(row))
 
 
 def _timm_model(row: Row) -> nn.Module:
@@ -116,14 +134,24 @@ def build(row: Row) -> nn.Module:
 
 
 def make_input(row: Row, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """A random image batch and a random label map."""
+    """A random image batch and a random label map (the training input)."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(row.batch, 3, *row.size, generator=g)
     y = torch.randint(0, row.num_classes, (row.batch, *row.size), generator=g)
+    return _placed(row, x), y.to(row.device)
+
+
+def make_inference_input(row: Row, seed: int = 0) -> torch.Tensor:
+    """The inference input: the training input's images, or one random image of ``row.infer_size``."""
+    if row.infer_size is None:
+        return make_input(row, seed)[0]
+    g = torch.Generator().manual_seed(seed)
+    return _placed(row, torch.randn(1, 3, *row.infer_size, generator=g))
+
+
+def _placed(row: Row, x: torch.Tensor) -> torch.Tensor:
     x = x.to(row.device)
-    if row.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x, y.to(row.device)
+    return x.contiguous(memory_format=torch.channels_last) if row.channels_last else x
 
 
 def loss_of(row: Row, out: torch.Tensor | dict, y: torch.Tensor) -> torch.Tensor:

@@ -4,7 +4,6 @@ is not skewed by load drifting between two phases. The first file is the baselin
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -12,7 +11,8 @@ import numpy as np
 
 from segdense.inference.onnx_model import import_onnxruntime, onnx_session, read_onnx_metadata
 
-from .runner import SPIN_PAUSE_S, machine_info, median_spread
+from .measure import take_turns
+from .runner import machine_info, median_spread
 
 
 def _precision(session, path: Path) -> str:
@@ -34,18 +34,7 @@ def time_onnx_models(paths: list[Path], size: int, batch: int, threads: int, rep
     sessions = [onnx_session(p, threads) for p in paths]
     x = np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)
     feeds = [{s.get_inputs()[0].name: x} for s in sessions]
-    for path, session, feed in zip(paths, sessions, feeds):
-        log(f"warm-up: {path}")
-        for _ in range(warmup):
-            session.run(None, feed)
-    times: list[list[float]] = [[] for _ in paths]
-    for rep in range(reps):
-        log(f"rep {rep + 1}/{reps}")
-        for i, (session, feed) in enumerate(zip(sessions, feeds)):
-            time.sleep(SPIN_PAUSE_S)
-            start = time.perf_counter()
-            session.run(None, feed)
-            times[i].append(time.perf_counter() - start)
+    times = take_turns(sessions, feeds, warmup, reps, log=log)
     rows = []
     for path, session, t in zip(paths, sessions, times):
         median, spread = median_spread(t)

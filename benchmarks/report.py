@@ -27,14 +27,15 @@ def summarise(run: dict) -> list[dict]:
         onnx_eager, _ = median_spread(res.onnx_eager_s)
         d = {"label": r.label(), "config": dataclasses.asdict(r), "error": res.error,
              "train_step_s": train, "train_spread": train_sp, "infer_s": inf, "infer_spread": inf_sp,
-             "train_img_s": _ratio(r.batch, train), "infer_img_s": _ratio(r.batch, inf),
+             "train_img_s": _ratio(r.batch, train), "infer_img_s": _ratio(r.infer_batch, inf),
              "onnx_infer_s": onnx, "onnx_spread": onnx_sp, "onnx_vs_eager": _ratio(onnx_eager, onnx),
-             "peak_mb": res.peak_bytes / 2**20 if res.peak_bytes is not None else None,
-             "gflops_per_img": res.flops_infer / r.batch / 1e9 if res.flops_infer else None,
+             "peak_mb": _mb(res.peak_bytes),
+             "gflops_per_img": res.flops_infer / r.infer_batch / 1e9 if res.flops_infer else None,
              "train_gflops_per_img": res.flops_train / r.batch / 1e9 if res.flops_train else None,
              "infer_peak_frac": _ratio(_ratio(res.flops_infer, inf), peak),
              "train_peak_frac": _ratio(_ratio(res.flops_train, train), peak),
              "first_step_s": res.first_step_s, "train_s_raw": res.train_s, "infer_s_raw": res.infer_s}
+        d.update(_int8_fields(res))
         out.append(d)
     by_key = {}
     for res, d in zip(results, out):
@@ -61,6 +62,22 @@ def summarise(run: dict) -> list[dict]:
             for m, key in (("train", "train_step_s"), ("infer", "infer_s"), ("mem", "peak_mb")):
                 d[f"{m}_vs_{name}"] = _ratio(d[key], base[key]) if base and base is not d else None
     return out
+
+
+def _mb(n: int | None) -> float | None:
+    return n / 2**20 if n is not None else None
+
+
+def _int8_fields(res: Result) -> dict:
+    """The float32 and INT8 ONNX columns (``Settings.int8``): images per second, ``int8_vs_onnx`` (INT8's speed
+    over float32 ONNX's, median over median of the alternating runs) and each inference's peak MB."""
+    onnx, _ = median_spread(res.onnx_s)
+    int8, int8_sp = median_spread(res.int8_s)
+    return {"onnx_img_s": _ratio(res.row.infer_batch, onnx), "int8_infer_s": int8, "int8_spread": int8_sp,
+            "int8_img_s": _ratio(res.row.infer_batch, int8), "int8_vs_onnx": _ratio(onnx, int8),
+            "infer_peak_mb": _mb(res.infer_peak_bytes), "onnx_peak_mb": _mb(res.onnx_peak_bytes),
+            "int8_peak_mb": _mb(res.int8_peak_bytes), "int8_info": res.int8_info,
+            "onnx_s_raw": res.onnx_s, "int8_s_raw": res.int8_s}
 
 
 def _f(v, fmt):
@@ -90,17 +107,34 @@ COLUMNS = [
 ]
 
 
-def table(rows: list[dict], markdown: bool = False) -> str:
-    """Fixed-width table (or Markdown) of the summarised rows; errors on their own lines."""
+# --preset realtime: training at the row's batch and crop, inference of one image at its infer_size.
+REALTIME_COLUMNS = [
+    ("row", 60, lambda d: d["label"]),
+    ("train im/s", 10, lambda d: _f(d["train_img_s"], ".3f")),
+    ("train MB", 8, lambda d: _f(d["peak_mb"], ".0f")),
+    ("inf im/s", 8, lambda d: _f(d["infer_img_s"], ".3f")),
+    ("inf MB", 6, lambda d: _f(d["infer_peak_mb"], ".0f")),
+    ("onnx im/s", 9, lambda d: _f(d["onnx_img_s"], ".3f")),
+    ("onnx MB", 7, lambda d: _f(d["onnx_peak_mb"], ".0f")),
+    ("int8 im/s", 9, lambda d: _f(d["int8_img_s"], ".3f")),
+    ("int8 MB", 7, lambda d: _f(d["int8_peak_mb"], ".0f")),
+    ("int8/onnx", 9, lambda d: _f(d["int8_vs_onnx"], ".2f")),
+]
+
+
+def table(rows: list[dict], markdown: bool = False, columns: list | None = None) -> str:
+    """Fixed-width table (or Markdown) of the summarised rows in ``columns`` (default ``COLUMNS``); errors on their
+    own lines."""
+    columns = COLUMNS if columns is None else columns
     if markdown:
-        lines = ["| " + " | ".join(c[0] for c in COLUMNS) + " |",
-                 "|" + "|".join("---" for _ in COLUMNS) + "|"]
-        lines += ["| " + " | ".join(str(c[2](d)) for c in COLUMNS) + " |" for d in rows]
+        lines = ["| " + " | ".join(c[0] for c in columns) + " |",
+                 "|" + "|".join("---" for _ in columns) + "|"]
+        lines += ["| " + " | ".join(str(c[2](d)) for c in columns) + " |" for d in rows]
     else:
-        lines = ["  ".join(c[0].rjust(c[1]) if i else c[0].ljust(c[1]) for i, c in enumerate(COLUMNS))]
+        lines = ["  ".join(c[0].rjust(c[1]) if i else c[0].ljust(c[1]) for i, c in enumerate(columns))]
         for d in rows:
-            cells = [str(c[2](d)) for c in COLUMNS]
-            lines.append("  ".join(v.rjust(c[1]) if i else v.ljust(c[1]) for i, (v, c) in enumerate(zip(cells, COLUMNS))))
+            cells = [str(c[2](d)) for c in columns]
+            lines.append("  ".join(v.rjust(c[1]) if i else v.ljust(c[1]) for i, (v, c) in enumerate(zip(cells, columns))))
     lines += [f"error in {d['label']}: {d['error']}" for d in rows if d["error"]]
     return "\n".join(lines)
 

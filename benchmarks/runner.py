@@ -16,8 +16,9 @@ import torch.nn as nn
 from segdense.engine import comparison
 
 from .config import Row, Settings
-from .measure import count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, sync, timed, train_step
-from .models import build, make_input
+from .int8 import measure_int8
+from .measure import SPIN_PAUSE_S, count_flops, cpu_peak_bytes, cuda_peak_bytes, infer, sync, timed, train_step
+from .models import build, make_inference_input, make_input
 from .peak import choose_peak, measured_peak, this_cpu_fma_peak
 
 
@@ -28,7 +29,13 @@ class Result:
     infer_s: list[float] = field(default_factory=list)
     onnx_s: list[float] = field(default_factory=list)
     onnx_eager_s: list[float] = field(default_factory=list)  # eager, alternating with onnx_s
+    int8_s: list[float] = field(default_factory=list)  # the INT8 export, alternating with onnx_s (Settings.int8)
     peak_bytes: int | None = None
+    # Inference peak memory (Settings.int8): eager, float32 ONNX, INT8 ONNX
+    infer_peak_bytes: int | None = None
+    onnx_peak_bytes: int | None = None
+    int8_peak_bytes: int | None = None
+    int8_info: dict | None = None  # how the INT8 file was made (benchmarks.int8)
     flops_infer: float | None = None  # per batch
     flops_train: float | None = None  # per batch, forward + backward of the plain network
     first_step_s: float | None = None  # first training step + first inference (compile time)
@@ -49,7 +56,7 @@ def median_spread(xs: list[float]) -> tuple[float | None, float | None]:
 def machine_info(device: str) -> dict:
     """What the timings depend on (:func:`segdense.engine.comparison.machine_info`), with the platform, the
     oneDNN primitive cache and glibc's malloc thresholds the run used (``segdense.allocator``)."""
-    info = dict(comparison.machine_info(), platform=platform.platform(),
+    info = dict(comparison.machine_info(), platform=platform.platform(), load_average=os.getloadavg(),
                 ld_preload=os.environ.get("LD_PRELOAD") or None,
                 onednn_primitive_cache_capacity=os.environ.get("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "1024"),
                 malloc_mmap_threshold=os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
@@ -67,9 +74,6 @@ def _safe(result: Result, fn: Callable[[], None], log) -> None:
     except Exception as e:  # one row failing must not lose the others' numbers
         result.error = f"{type(e).__name__}: {e}".splitlines()[0][:300]
         log(f"  ! {result.row.label()}: {result.error}")
-
-
-SPIN_PAUSE_S = 0.2
 
 
 def _onnx_times(row: Row, model, x, reps: int) -> tuple[list[float], list[float]]:
@@ -120,6 +124,7 @@ class Session:
         self.results = [Result(r) for r in rows]
         self.models: dict[int, nn.Module] = {}
         self.inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.infer_inputs: dict[int, torch.Tensor] = {}
         for res in self.results:
             self.guard(res, lambda res=res: self._build(res))
 
@@ -127,6 +132,7 @@ class Session:
         torch.manual_seed(0)
         model = build(res.row)
         self.inputs[id(res)] = make_input(res.row)
+        self.infer_inputs[id(res)] = make_inference_input(res.row)
         self.models[id(res)] = torch.compile(model) if res.row.compile else model
 
     def guard(self, result: Result, fn: Callable[[], None]) -> None:
@@ -139,10 +145,10 @@ class Session:
         self.log("warm-up ...")
         for i in range(self.settings.warmup):
             for res in self.live():
-                model, (x, y) = self.models[id(res)], self.inputs[id(res)]
+                model, (x, y), xi = self.models[id(res)], self.inputs[id(res)], self.infer_inputs[id(res)]
                 start = time.perf_counter()
                 self.guard(res, lambda: train_step(res.row, model, x, y))
-                self.guard(res, lambda: (model.eval(), infer(res.row, model, x), model.train()))
+                self.guard(res, lambda: (model.eval(), infer(res.row, model, xi), model.train()))
                 if i == 0 and res.error is None:
                     sync(self.device)
                     res.first_step_s = time.perf_counter() - start
@@ -158,8 +164,8 @@ class Session:
                 self.models[id(res)].train(train)
             for _ in range(self.settings.reps):
                 for res in self.live():
-                    model, (x, y) = self.models[id(res)], self.inputs[id(res)]
-                    step = (lambda: train_step(res.row, model, x, y)) if train else (lambda: infer(res.row, model, x))
+                    model, (x, y), xi = self.models[id(res)], self.inputs[id(res)], self.infer_inputs[id(res)]
+                    step = (lambda: train_step(res.row, model, x, y)) if train else (lambda: infer(res.row, model, xi))
                     times = res.train_s if train else res.infer_s
                     self.guard(res, lambda: times.append(timed(step, self.device)))
         for res in self.live():
@@ -167,14 +173,28 @@ class Session:
 
     def time_onnx(self) -> None:
         """ONNX Runtime beside eager, for segdense's plain eager backbone rows (CPU)."""
+        if self.settings.int8:
+            return self.time_int8()
         for res in self.live():
             r = res.row
             if r.impl == "segdense" and not r.memory_efficient and r.head is None and not r.compile:
                 self.log(f"ONNX Runtime: {r.label()}")
                 self.guard(res, lambda res=res: self._onnx(res))
 
+    def time_int8(self) -> None:
+        """Every eager row's float32 ONNX export and its INT8 twin, alternating, with their peak memory (CPU)."""
+        for res in self.live():
+            if not res.row.compile:
+                self.log(f"float32 and INT8 ONNX: {res.row.label()}")
+                self.guard(res, lambda res=res: self._int8(res))
+
+    def _int8(self, res: Result) -> None:
+        m = measure_int8(res.row, self.models[id(res)], self.infer_inputs[id(res)], self.settings, self.log)
+        res.onnx_s, res.int8_s, res.int8_info = m["onnx_s"], m["int8_s"], m["info"]
+        res.onnx_peak_bytes, res.int8_peak_bytes = m["onnx_peak_bytes"], m["int8_peak_bytes"]
+
     def _onnx(self, res: Result) -> None:
-        ort_s, eager_s = _onnx_times(res.row, self.models[id(res)], self.inputs[id(res)][0], self.settings.reps)
+        ort_s, eager_s = _onnx_times(res.row, self.models[id(res)], self.infer_inputs[id(res)], self.settings.reps)
         res.onnx_s.extend(ort_s)
         res.onnx_eager_s.extend(eager_s)
 
@@ -202,17 +222,19 @@ class Session:
                 self.guard(res, lambda: setattr(res, "peak_bytes", cuda_peak_bytes(res.row, model, x, y)))
             else:
                 self.guard(res, lambda: setattr(res, "peak_bytes", cpu_peak_bytes(res.row)))
+                if self.settings.int8:  # the exports' peaks were measured beside their timings
+                    self.guard(res, lambda: setattr(res, "infer_peak_bytes", cpu_peak_bytes(res.row, "infer")))
 
 
 def _flops(row: Row) -> tuple[float, float]:
     torch.manual_seed(0)
     x, y = make_input(row)
-    return count_flops(row, build(row), x, y)
+    return count_flops(row, build(row), x, y, make_inference_input(row))
 
 
 def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print) -> dict:
     """Measure every row; rows' repetitions are interleaved so load changes hit all alike."""
-    t0 = time.perf_counter()
+    t0, load_start = time.perf_counter(), os.getloadavg()
     # oneDNN (CPU convolutions) caches 1024 compiled primitives by default. Interleaving many
     # rows (shapes x memory formats x passes) overflows it, and every call then recompiles its
     # kernels: measured 1.6-3x slower rows, worst for those with the most distinct primitives.
@@ -226,7 +248,7 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
     session = Session(rows, settings, log)
     session.warm_up()
     session.time_steps()
-    if settings.onnx and torch.device(device).type == "cpu":
+    if (settings.onnx or settings.int8) and torch.device(device).type == "cpu":
         session.time_onnx()
     if settings.measure_flops:
         session.count_flops()
@@ -241,4 +263,4 @@ def run(rows: list[Row], settings: Settings, log: Callable[[str], None] = print)
     log(f"peak, best of start and end: {peak['flops'] / 1e9:.1f} GFLOP/s ({peak['source']})")
     return {"machine": machine_info(device), "settings": dataclasses.asdict(settings),
             "peak_flops": peak["flops"], "peak": {**peak, "dtype": str(peak_dtype)},
-            "wall_s": time.perf_counter() - t0, "results": session.results}
+            "wall_s": time.perf_counter() - t0, "load_average_start": load_start, "results": session.results}

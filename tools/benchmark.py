@@ -5,6 +5,8 @@
     python tools/benchmark.py --preset cpu --json cpu.json  # the numbers in docs/benchmarks.md
     python tools/benchmark.py --preset gpu --json gpu.json  # H100/H200: bf16, channels_last, OS16/OS8
     python tools/benchmark.py --preset rdnet                # rdnet_tiny + UperNet: plain, memory-efficient, timm
+    python tools/benchmark.py --preset realtime             # FC-HarDNet-70 & co.: eager, float32 and INT8 ONNX
+    python tools/benchmark.py --preset realtime --infer-size 256 512 --train-size 128 256 --only fchardnet70
     python tools/benchmark.py --backbone densenet121 --output-stride 32 8 --batch 2 --crop 256 \
         --device cuda --amp bf16 --channels-last --compile   # eager and compiled twins of each row
     python tools/benchmark.py --onnx-models model.onnx model.int8.onnx --crop 512 --batch 1 --threads 2
@@ -29,8 +31,9 @@ from pathlib import Path
 import torch
 
 from benchmarks import PRESETS, Row, Settings, family, peer_rows, preset, run, run_as_avx2, summarise, table, to_json
+from benchmarks.config import INFER_SIZE, REALTIME_NAMES, TRAIN_SIZE
 from benchmarks.onnx_models import onnx_table, time_onnx_models
-from benchmarks.report import describe_peak
+from benchmarks.report import REALTIME_COLUMNS, describe_peak
 from benchmarks.runner import machine_info
 from benchmarks.scene import MONAI_SIDE, SCENE_SIDE, run_scene, scene_cases, scene_table, summarise_scene
 from segdense.allocator import tune_malloc
@@ -80,10 +83,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "at --batch x 3 x --crop x --crop")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime threads for --onnx-models "
                    "(default: torch's thread count)")
+    add_realtime_arguments(p)
     add_scene_arguments(p)
     p.add_argument("--json", type=Path, default=None, help="write all measurements here")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     return p.parse_args(argv)
+
+
+def add_realtime_arguments(p: argparse.ArgumentParser) -> None:
+    """The options of ``--preset realtime`` (benchmarks.config.realtime_rows)."""
+    p.add_argument("--infer-size", type=int, nargs=2, default=list(INFER_SIZE), metavar=("H", "W"),
+                   help="--preset realtime: the one-image inference input (default: 1024 2048)")
+    p.add_argument("--train-size", type=int, nargs=2, default=list(TRAIN_SIZE), metavar=("H", "W"),
+                   help="--preset realtime: the training input (default: 512 1024)")
+    p.add_argument("--only", nargs="+", default=None, metavar="MODEL",
+                   help="--preset realtime: only these backbones / torchvision peers (e.g. fchardnet70 "
+                        "lraspp_mobilenet_v3_large)")
 
 
 def add_scene_arguments(p: argparse.ArgumentParser) -> None:
@@ -97,7 +112,13 @@ def add_scene_arguments(p: argparse.ArgumentParser) -> None:
 
 def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
     name = "quick" if args.quick else args.preset
-    if name:
+    if name == "realtime":
+        rows, settings = preset(name, device=args.device or "cpu", infer_size=tuple(args.infer_size),
+                                train_size=tuple(args.train_size), only=args.only and tuple(args.only))
+        if not rows:
+            raise ValueError(f"--only {' '.join(args.only)}: no such model in --preset realtime; valid: "
+                             f"{', '.join(REALTIME_NAMES)}")
+    elif name:
         rows, settings = preset(name, device=args.device or ("cuda" if name == "gpu" else "cpu"))
     else:
         rows = []
@@ -176,6 +197,18 @@ def scene_main(args: argparse.Namespace, log) -> int:
     return 1 if failed else 0
 
 
+def realtime_note(summary: list[dict], settings: Settings) -> str:
+    """What ``--preset realtime``'s rows measure, and how its INT8 files were calibrated."""
+    lines = ["train: one training step (cross-entropy) at the row's batch and size, peak MB in a fresh process; "
+             "inf / onnx / int8: one image at the 'inf' size, eager PyTorch, ONNX Runtime float32, ONNX Runtime INT8, "
+             "peak MB of the first inference after loading, each in a fresh process"]
+    if settings.int8:
+        calibrated = next((d["int8_info"]["calibration"] for d in summary if d.get("int8_info")), None)
+        lines.append(f"INT8: QDQ, per-channel int8 weights, uint8 activations, calibrated on {calibrated} (for "
+                     "speed only; accuracy: docs/benchmarks.md)")
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
@@ -198,8 +231,13 @@ def main(argv=None) -> int:
     print(f"machine: {measured['machine']}")
     print(malloc)
     print(describe_peak(measured["peak"]))
-    print(f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s")
-    print(table(summary, markdown=args.markdown))
+    print(f"{settings.reps} reps after {settings.warmup} warm-up; wall {measured['wall_s']:.0f} s; load average "
+          f"{measured['load_average_start'][0]:.2f} at the start, {measured['machine']['load_average'][0]:.2f} at "
+          "the end (1 min)")
+    realtime = args.preset == "realtime"
+    print(table(summary, markdown=args.markdown, columns=REALTIME_COLUMNS if realtime else None))
+    if realtime:
+        print(realtime_note(summary, settings))
     over = [d["label"] for d in summary if max(d["infer_peak_frac"] or 0, d["train_peak_frac"] or 0) > 1]
     if over:
         print(f"note: {len(over)} row(s) above 100 % of the peak ({', '.join(over)}): their counted FLOPs include "
