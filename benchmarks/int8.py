@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
+import onnx
 import torch
 import torch.nn as nn
 
@@ -35,14 +36,16 @@ def calibration_images(settings: Settings, infer_size: tuple[int, int]) -> list[
 
 
 def export_pair(model: nn.Module, folder: Path, calibration: list[torch.Tensor]) -> tuple[Path, Path, dict]:
-    """(float32 ONNX file, INT8 ONNX file, the quantizer's BatchNorm-folding counts) of ``model`` in ``folder``;
-    ``model`` is left in training mode."""
-    fp32 = export_onnx(model.eval(), folder / "model.onnx")
+    """(float32 ONNX file, INT8 ONNX file, the quantizer's BatchNorm-folding counts and the INT8 graph's number of
+    ``QuantizeLinear`` nodes) of ``model`` in ``folder``; ``model`` is left in training mode."""
+    fp32, int8 = folder / "model.onnx", folder / "model.int8.onnx"
     try:
-        counts = quantize_int8(fp32, folder / "model.int8.onnx", calibration)
+        export_onnx(model.eval(), fp32)
+        counts = quantize_int8(fp32, int8, calibration)
     finally:
         model.train()
-    return fp32, folder / "model.int8.onnx", counts
+    counts["quantize_nodes"] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
+    return fp32, int8, counts
 
 
 def measure_int8(row: Row, model: nn.Module, x: torch.Tensor, settings: Settings,

@@ -197,13 +197,13 @@ def scene_main(args: argparse.Namespace, log) -> int:
     return 1 if failed else 0
 
 
-def realtime_note(summary: list[dict], settings: Settings) -> str:
+def realtime_note(summary: list[dict]) -> str:
     """What ``--preset realtime``'s rows measure, and how its INT8 files were calibrated."""
     lines = ["train: one training step (cross-entropy) at the row's batch and size, peak MB in a fresh process; "
              "inf / onnx / int8: one image at the 'inf' size, eager PyTorch, ONNX Runtime float32, ONNX Runtime INT8, "
              "peak MB of the first inference after loading, each in a fresh process"]
-    if settings.int8:
-        calibrated = next((d["int8_info"]["calibration"] for d in summary if d.get("int8_info")), None)
+    calibrated = next((d["int8_info"]["calibration"] for d in summary if d.get("int8_info")), None)
+    if calibrated:
         lines.append(f"INT8: QDQ, per-channel int8 weights, uint8 activations, calibrated on {calibrated} (for "
                      "speed only; accuracy: docs/benchmarks.md)")
     return "\n".join(lines)
@@ -237,7 +237,7 @@ def main(argv=None) -> int:
     realtime = args.preset == "realtime"
     print(table(summary, markdown=args.markdown, columns=REALTIME_COLUMNS if realtime else None))
     if realtime:
-        print(realtime_note(summary, settings))
+        print(realtime_note(summary))
     over = [d["label"] for d in summary if max(d["infer_peak_frac"] or 0, d["train_peak_frac"] or 0) > 1]
     if over:
         print(f"note: {len(over)} row(s) above 100 % of the peak ({', '.join(over)}): their counted FLOPs include "
