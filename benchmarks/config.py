@@ -264,6 +264,27 @@ def growth_series(device: str = "cpu", units: tuple[int, ...] = (6, 12, 24, 48),
     return rows
 
 
+def gpu_rows() -> list[Row]:
+    """The ``gpu`` preset's rows."""
+    kw = dict(channels_last=True, amp="bf16")
+    rows = []
+    for os_ in (16, 8):
+        rows += family("cuda", os_, 16, 512, **kw)
+        rows += family("cuda", os_, 16, 512, head="deeplabv3", **kw)
+    rows += peer_rows("cuda", 16, 512, **kw)
+    # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2,
+    # with the fused kernels and without (PyTorch ops), beside the peers.
+    rows += family("cuda", 8, 8, 512, head="deeplabv3", **kw)
+    rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, **kw) if r.memory_efficient]
+    # ... and with CUDA-graphed dense blocks (plain, memory-efficient, memory-efficient fused).
+    rows += family("cuda", 8, 8, 512, head="deeplabv3", cuda_graphs=True, **kw)
+    rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, cuda_graphs=True, **kw)
+             if r.memory_efficient]
+    rows += peer_rows("cuda", 8, 512, **kw)
+    rows += fcdensenet_rows("cuda")
+    return rows
+
+
 def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Settings]:
     """Named grids. ``quick``: densenet121 plain at OS32 (also with channels-last weights and
     input for both) and plain + memory-efficient at OS8, batch 2, 256^2, each beside torchvision
@@ -301,23 +322,7 @@ def preset(name: str, device: str = "cpu", **overrides) -> tuple[list[Row], Sett
     if name == "growth":
         return growth_series(device), Settings(warmup=1, reps=3)
     if name == "gpu":
-        kw = dict(channels_last=True, amp="bf16")
-        rows = []
-        for os_ in (16, 8):
-            rows += family("cuda", os_, 16, 512, **kw)
-            rows += family("cuda", os_, 16, 512, head="deeplabv3", **kw)
-        rows += peer_rows("cuda", 16, 512, **kw)
-        # The memory-efficient target's own GPU configuration: deeplabv3, OS8, batch 8, 512^2,
-        # with the fused kernels and without (PyTorch ops), beside the peers.
-        rows += family("cuda", 8, 8, 512, head="deeplabv3", **kw)
-        rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, **kw) if r.memory_efficient]
-        # ... and with CUDA-graphed dense blocks (plain, memory-efficient, memory-efficient fused).
-        rows += family("cuda", 8, 8, 512, head="deeplabv3", cuda_graphs=True, **kw)
-        rows += [r for r in family("cuda", 8, 8, 512, head="deeplabv3", fused=True, cuda_graphs=True, **kw)
-                 if r.memory_efficient]
-        rows += peer_rows("cuda", 8, 512, **kw)
-        rows += fcdensenet_rows("cuda")
-        return rows, Settings(warmup=3, reps=10)
+        return gpu_rows(), Settings(warmup=3, reps=10)
     raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(PRESETS)}")
 
 

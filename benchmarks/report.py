@@ -23,19 +23,16 @@ def summarise(run: dict) -> list[dict]:
         r = res.row
         train, train_sp = median_spread(res.train_s)
         inf, inf_sp = median_spread(res.infer_s)
-        onnx, onnx_sp = median_spread(res.onnx_s)
-        onnx_eager, _ = median_spread(res.onnx_eager_s)
         d = {"label": r.label(), "config": dataclasses.asdict(r), "error": res.error,
              "train_step_s": train, "train_spread": train_sp, "infer_s": inf, "infer_spread": inf_sp,
              "train_img_s": _ratio(r.batch, train), "infer_img_s": _ratio(r.infer_batch, inf),
-             "onnx_infer_s": onnx, "onnx_spread": onnx_sp, "onnx_vs_eager": _ratio(onnx_eager, onnx),
              "peak_mb": _mb(res.peak_bytes),
              "gflops_per_img": res.flops_infer / r.infer_batch / 1e9 if res.flops_infer else None,
              "train_gflops_per_img": res.flops_train / r.batch / 1e9 if res.flops_train else None,
              "infer_peak_frac": _ratio(_ratio(res.flops_infer, inf), peak),
              "train_peak_frac": _ratio(_ratio(res.flops_train, train), peak),
-             "first_step_s": res.first_step_s, "train_s_raw": res.train_s, "infer_s_raw": res.infer_s}
-        d.update(_int8_fields(res))
+             "first_step_s": res.first_step_s, "train_s_raw": res.train_s, "infer_s_raw": res.infer_s,
+             **_onnx_fields(res)}
         out.append(d)
     by_key = {}
     for res, d in zip(results, out):
@@ -68,12 +65,15 @@ def _mb(n: int | None) -> float | None:
     return n / 2**20 if n is not None else None
 
 
-def _int8_fields(res: Result) -> dict:
-    """The float32 and INT8 ONNX columns (``Settings.int8``): images per second, ``int8_vs_onnx`` (INT8's speed
-    over float32 ONNX's, median over median of the alternating runs) and each inference's peak MB."""
-    onnx, _ = median_spread(res.onnx_s)
+def _onnx_fields(res: Result) -> dict:
+    """The ONNX Runtime columns: float32 against eager (``onnx_vs_eager``, ``Settings.onnx``); float32 and INT8
+    (``Settings.int8``): images per second, ``int8_vs_onnx`` (INT8's speed over float32 ONNX's, median over median
+    of the alternating runs) and each inference's peak MB."""
+    onnx, onnx_sp = median_spread(res.onnx_s)
+    onnx_eager, _ = median_spread(res.onnx_eager_s)
     int8, int8_sp = median_spread(res.int8_s)
-    return {"onnx_img_s": _ratio(res.row.infer_batch, onnx), "int8_infer_s": int8, "int8_spread": int8_sp,
+    return {"onnx_infer_s": onnx, "onnx_spread": onnx_sp, "onnx_vs_eager": _ratio(onnx_eager, onnx),
+            "onnx_img_s": _ratio(res.row.infer_batch, onnx), "int8_infer_s": int8, "int8_spread": int8_sp,
             "int8_img_s": _ratio(res.row.infer_batch, int8), "int8_vs_onnx": _ratio(onnx, int8),
             "infer_peak_mb": _mb(res.infer_peak_bytes), "onnx_peak_mb": _mb(res.onnx_peak_bytes),
             "int8_peak_mb": _mb(res.int8_peak_bytes), "int8_info": res.int8_info,
