@@ -75,6 +75,12 @@ def test_cli_only_names_no_realtime_model_is_one_clear_error(capsys):
     assert "--only resnet18" in err and "fchardnet70" in err and "Traceback" not in err
 
 
+def test_cli_realtime_sizes_without_the_realtime_preset_are_refused(capsys):
+    assert _benchmark_cli().main(["--quick", "--infer-size", "64", "64"]) == 2
+    err = capsys.readouterr().err
+    assert "--infer-size: options of --preset realtime only" in err and "Traceback" not in err
+
+
 def test_inference_peak_memory_holds_at_least_the_logits_eager_and_in_onnx_runtime(tmp_path):
     row = Row("segdense", backbone="densenet_custom", units=(2, 2, 2, 2), growth_rate=8, head="fcn",
               output_stride=8, batch=1, crop=64, infer_size=(256, 384), num_classes=19)

@@ -92,9 +92,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def add_realtime_arguments(p: argparse.ArgumentParser) -> None:
     """The options of ``--preset realtime`` (benchmarks.config.realtime_rows)."""
-    p.add_argument("--infer-size", type=int, nargs=2, default=list(INFER_SIZE), metavar=("H", "W"),
+    p.add_argument("--infer-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="--preset realtime: the one-image inference input (default: 1024 2048)")
-    p.add_argument("--train-size", type=int, nargs=2, default=list(TRAIN_SIZE), metavar=("H", "W"),
+    p.add_argument("--train-size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="--preset realtime: the training input (default: 512 1024)")
     p.add_argument("--only", nargs="+", default=None, metavar="MODEL",
                    help="--preset realtime: only these backbones / torchvision peers (e.g. fchardnet70 "
@@ -112,9 +112,13 @@ def add_scene_arguments(p: argparse.ArgumentParser) -> None:
 
 def rows_and_settings(args: argparse.Namespace) -> tuple[list[Row], Settings]:
     name = "quick" if args.quick else args.preset
+    realtime_options = [o for o, v in (("--infer-size", args.infer_size), ("--train-size", args.train_size),
+                                       ("--only", args.only)) if v is not None]
+    if realtime_options and name != "realtime":
+        raise ValueError(f"{', '.join(realtime_options)}: options of --preset realtime only")
     if name == "realtime":
-        rows, settings = preset(name, device=args.device or "cpu", infer_size=tuple(args.infer_size),
-                                train_size=tuple(args.train_size), only=args.only and tuple(args.only))
+        rows, settings = preset(name, device=args.device or "cpu", infer_size=tuple(args.infer_size or INFER_SIZE),
+                                train_size=tuple(args.train_size or TRAIN_SIZE), only=args.only and tuple(args.only))
         if not rows:
             raise ValueError(f"--only {' '.join(args.only)}: no such model in --preset realtime; valid: "
                              f"{', '.join(REALTIME_NAMES)}")
