@@ -108,18 +108,13 @@ COLUMNS = [
 
 
 # --preset realtime: training at the row's batch and crop, inference of one image at its infer_size.
-REALTIME_COLUMNS = [
-    ("row", 60, lambda d: d["label"]),
-    ("train im/s", 10, lambda d: _f(d["train_img_s"], ".3f")),
-    ("train MB", 8, lambda d: _f(d["peak_mb"], ".0f")),
-    ("inf im/s", 8, lambda d: _f(d["infer_img_s"], ".3f")),
-    ("inf MB", 6, lambda d: _f(d["infer_peak_mb"], ".0f")),
-    ("onnx im/s", 9, lambda d: _f(d["onnx_img_s"], ".3f")),
-    ("onnx MB", 7, lambda d: _f(d["onnx_peak_mb"], ".0f")),
-    ("int8 im/s", 9, lambda d: _f(d["int8_img_s"], ".3f")),
-    ("int8 MB", 7, lambda d: _f(d["int8_peak_mb"], ".0f")),
-    ("int8/onnx", 9, lambda d: _f(d["int8_vs_onnx"], ".2f")),
-]
+REALTIME_COLUMNS = [("row", 60, lambda d: d["label"])] + [
+    (title, len(title), lambda d, key=key, fmt=fmt: _f(d[key], fmt)) for title, key, fmt in (
+        ("train im/s", "train_img_s", ".3f"), ("train MB", "peak_mb", ".0f"),
+        ("inf im/s", "infer_img_s", ".3f"), ("inf MB", "infer_peak_mb", ".0f"),
+        ("onnx im/s", "onnx_img_s", ".3f"), ("onnx MB", "onnx_peak_mb", ".0f"),
+        ("int8 im/s", "int8_img_s", ".3f"), ("int8 MB", "int8_peak_mb", ".0f"),
+        ("int8/onnx", "int8_vs_onnx", ".2f"))]
 
 
 def table(rows: list[dict], markdown: bool = False, columns: list | None = None) -> str:
