@@ -11,6 +11,7 @@ is measured in a fresh process (:func:`benchmarks.measure.cpu_infer_peak_bytes_h
 """
 from __future__ import annotations
 
+import gc
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -44,6 +45,7 @@ def export_pair(model: nn.Module, folder: Path, calibration: list[torch.Tensor])
         counts = quantize_int8(fp32, int8, calibration)
     finally:
         model.train()
+        gc.collect()  # the calibrator's tensors, before the timed sessions fill their arenas
     counts["quantize_nodes"] = sum(n.op_type == "QuantizeLinear" for n in onnx.load(str(int8)).graph.node)
     return fp32, int8, counts
 
