@@ -14,7 +14,6 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 import tifffile
-import torch
 
 from segdense.errors import UserError
 from segdense.version import __version__
@@ -65,7 +64,6 @@ class SceneOutput:
         self.label_bands, self.proba_bands = label_bands, proba_bands or num_classes
         self.label_dtype = np.dtype(np.uint8 if num_classes <= 256 else np.uint16)
         self.georef = georef
-        self.workers = max(1, torch.get_num_threads())  # threads compressing the output's tiles
 
     def is_complete(self) -> bool:
         """Whether the output already holds this run's result (the other one: :class:`SceneOutputError`)."""
@@ -137,7 +135,7 @@ class SceneOutput:
             tifffile.imwrite(tmp, data=self._tiles(kind, bands), shape=(self.height, self.width, *samples),
                              dtype=dtype, tile=(TILE, TILE), compression="zlib", bigtiff=True,
                              photometric="palette" if colormap is not None else "minisblack", colormap=colormap,
-                             planarconfig="contig" if samples else None, metadata=None, maxworkers=self.workers,
+                             planarconfig="contig" if samples else None, metadata=None,
                              description=json.dumps({"segdense_scene": self.fingerprint, "kind": kind}))
             if self.georef is not None:
                 write_cog(tmp, cog, *self.georef, TILE, "NEAREST" if kind == "labels" else "AVERAGE")
