@@ -55,14 +55,15 @@ def timed(fn, device: str) -> float:
 
 
 def take_turns(sessions: list, feeds: list[dict], warmup: int, reps: int,
-               log: Callable[[str], None] | None = None) -> list[list[float]]:
+               log: Callable[[str], None] | None = None, run_options=None) -> list[list[float]]:
     """Seconds per ``session.run`` of each ONNX Runtime session on its feed: ``warmup`` runs each, then ``reps``
-    rounds taking turns, each run after a pause, so a change in load hits every session alike."""
+    rounds taking turns, each run after a pause, so a change in load hits every session alike. ``run_options``
+    (an ``onnxruntime.RunOptions``) goes to every run."""
     for i, (session, feed) in enumerate(zip(sessions, feeds)):
         if log:
             log(f"warm-up: model {i + 1}/{len(sessions)}")
         for _ in range(warmup):
-            session.run(None, feed)
+            session.run(None, feed, run_options)
     times: list[list[float]] = [[] for _ in sessions]
     for rep in range(reps):
         if log:
@@ -70,7 +71,7 @@ def take_turns(sessions: list, feeds: list[dict], warmup: int, reps: int,
         for session, feed, t in zip(sessions, feeds, times):
             time.sleep(SPIN_PAUSE_S)
             start = time.perf_counter()
-            session.run(None, feed)
+            session.run(None, feed, run_options)
             t.append(time.perf_counter() - start)
     return times
 
