@@ -5,6 +5,7 @@ import importlib.util
 import json
 import statistics
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -100,6 +101,9 @@ class _RecordingSession:
     def __init__(self):
         self.options = []
 
+    def get_inputs(self):
+        return [SimpleNamespace(name="x")]
+
     def run(self, outputs, feed, run_options=None):
         self.options.append(run_options)
 
@@ -109,15 +113,9 @@ def test_realtime_timed_runs_shrink_onnx_runtime_arena_after_every_run(monkeypat
     was killed for memory; every warm-up and timed run of both files must carry the option."""
     sessions = [_RecordingSession(), _RecordingSession()]
     monkeypatch.setattr(int8, "export_pair", lambda model, folder, calibration: ("a.onnx", "b.onnx", {}))
-    monkeypatch.setattr(int8.onnx, "load", lambda path: type("M", (), {"graph": type("G", (), {"node": []})})())
-    monkeypatch.setattr(int8, "onnx_session", lambda path, threads: sessions.pop(0) if sessions else None)
+    monkeypatch.setattr(int8.onnx, "load", lambda path: SimpleNamespace(graph=SimpleNamespace(node=[])))
     recorded = list(sessions)
-
-    class _Input:
-        name = "x"
-
-    for s in recorded:
-        s.get_inputs = lambda: [_Input()]
+    monkeypatch.setattr(int8, "onnx_session", lambda path, threads: sessions.pop(0))
     row = preset("realtime", infer_size=(32, 32), train_size=(32, 32), only=("fchardnet70",))[0][0]
     settings = dataclasses.replace(preset("realtime")[1], warmup=1, reps=3, measure_memory=False)
     int8.measure_int8(row, torch.nn.Identity(), torch.zeros(1, 3, 32, 32), settings, log=lambda s: None)
